@@ -1,0 +1,47 @@
+# Quick start:  make demo   (set up .venv, run the default study on the built-in dataset)
+#               make test   (set up .venv with test tools, run the whole test suite)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CORES ?= 2
+export PATH := $(abspath $(BIN)):$(PATH)
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: demo test venv report lint fmt bench clean-results
+
+$(BIN)/.installed: requirements.txt requirements-dev.txt constraints.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements-dev.txt -c constraints.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
+
+venv: $(BIN)/.installed
+
+demo: venv
+	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/snakemake --cores $(CORES) --report results/report.html
+	@echo "Report: results/report.html"
+
+report: venv
+	$(BIN)/snakemake --cores $(CORES) --report results/report.html
+
+test: venv
+	$(BIN)/python -m pytest
+
+lint: venv
+	$(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check Snakefile rules/
+	$(BIN)/ruff check workflow_scripts tests benchmarks
+	$(BIN)/ruff format --check workflow_scripts tests benchmarks
+
+fmt: venv
+	$(BIN)/snakefmt Snakefile rules/
+	$(BIN)/ruff format workflow_scripts tests benchmarks
+
+bench: venv
+	$(BIN)/python benchmarks/run_all.py --out docs/PERFORMANCE.md
+
+clean-results:
+	rm -rf results/*/ results/report.html

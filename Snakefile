@@ -1,0 +1,15 @@
+# Adversarial transferability between chest X-ray classifiers (NIH ChestX-ray14).
+# Default target: the whole study on the built-in synthetic dataset, see README.md.
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/train.smk"
+include: "rules/attack.smk"
+include: "rules/evaluate.smk"
+
+
+rule all:
+    input:
+        all_outputs(),
+    default_target: True

@@ -1,0 +1,122 @@
+import math
+import sys
+from pathlib import Path
+
+import pandas as pd
+from snakemake.exceptions import WorkflowError as SnakemakeWorkflowError
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+sys.path.insert(0, str(Path(workflow.basedir) / "workflow_scripts"))
+from cxrtransfer import WorkflowError  # noqa: E402
+from cxrtransfer import plan  # noqa: E402
+from cxrtransfer.train import model_settings  # noqa: E402
+
+
+# config/config.yaml is the default run; a --configfile replaces it instead of being merged
+# into it (a merge would mix the default models into another study's).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
+
+
+validate(config, "../config/config.schema.yaml")
+try:
+    plan.check_config(config, workflow.basedir)
+except WorkflowError as e:
+    raise SnakemakeWorkflowError(f"Invalid configuration: {e}")
+
+RES = config["resources"]
+SPLITS = ["train", "val", "test"]
+EPS_LABELS = [plan.eps_label(e) for e in config["eps"]]
+ADV_SETS = plan.adversarial_sets(config)
+TASKS = list(config["tasks"])
+MODELS = list(config["models"])
+
+
+wildcard_constraints:
+    task="|".join(TASKS),
+    data_task="|".join(TASKS),
+    split="train|val|test",
+    shard=r"\d{3,}",
+    model="|".join(MODELS),
+    source="|".join(MODELS),
+    target="|".join(MODELS),
+    attack="|".join(config["attacks"]),
+    eps=r"[0-9.]+",
+
+
+def data_dir():
+    if config["data"]["source"] == "synthetic":
+        return "results/synthetic/nih-chest-xrays"
+    return config["data"]["kaggle_dir"]
+
+
+def download_inputs(wildcards):
+    """The download the manifests are built from (the synthetic rule's output or the real one)."""
+    if config["data"]["source"] == "synthetic":
+        return {"download": data_dir()}
+    d = Path(data_dir())
+    if not (d / "Data_Entry_2017.csv").is_file():
+        raise SnakemakeWorkflowError(
+            f"data.kaggle_dir '{d}' holds no Data_Entry_2017.csv. Point it at the extracted "
+            "Kaggle download (nih-chest-xrays/data) or fetch it with "
+            "`snakemake fetch_kaggle --cores 1` (needs Kaggle credentials)."
+        )
+    return {
+        "csv": d / "Data_Entry_2017.csv",
+        "train_val": d / "train_val_list.txt",
+        "test": d / "test_list.txt",
+    }
+
+
+def shard_ids(task, split):
+    """Shard numbers of a task's split; known once the task's manifest checkpoint ran."""
+    manifest = checkpoints.manifest.get(task=task).output.manifest
+    n = int((pd.read_csv(manifest, usecols=["split"])["split"] == split).sum())
+    return [f"{i:03d}" for i in range(max(1, math.ceil(n / config["data"]["shard_size"])))]
+
+
+def shards(task, split):
+    return [f"results/shards/{task}/{split}/{s}.h5" for s in shard_ids(task, split)]
+
+
+def model_task(name):
+    return config["models"][name]["task"]
+
+
+def gpu_resources(runtime_key):
+    res = {
+        "gpu": RES["gpu"],
+        "cpus_per_gpu": RES["cpus_per_gpu"],
+        "mem_mb": RES["gpu_mem_mb"],
+        "runtime": RES[runtime_key],
+    }
+    if RES["gpu_partition"]:
+        res["slurm_partition"] = RES["gpu_partition"]
+    return res
+
+
+def adv_shards(s):
+    return [
+        f"results/attacks/{s.source}/{s.data_task}/{s.attack}/eps{s.eps}/{i}.h5"
+        for i in shard_ids(s.data_task, "test")
+    ]
+
+
+def cell_files():
+    return [
+        f"results/metrics/cells/{s.source}/{s.data_task}/{s.attack}/eps{s.eps}/{t}.json"
+        for s in ADV_SETS
+        for t in plan.targets_for(config, s.data_task)
+    ]
+
+
+def all_outputs():
+    return [
+        *[f"results/shards/{t}/summary.csv" for t in TASKS],
+        *[f"results/models/{m}/model.keras" for m in MODELS],
+        *cell_files(),
+        *evaluation_outputs(),
+    ]

@@ -1,0 +1,24 @@
+"""Rule shard: decode one shard of a task's split into HDF5."""
+
+import pandas as pd
+
+from cxrtransfer.shards import shard_rows, write_shard
+from cxrtransfer.utils import run_main
+
+
+def main(sm):
+    p, w = sm.params, sm.wildcards
+    manifest = pd.read_csv(sm.input.manifest, dtype={"image_index": str})
+    rows = shard_rows(manifest, w.split, int(w.shard), p.shard_size)
+    attrs = {
+        "task": w.task,
+        "label": p.label,
+        "split": w.split,
+        "shard": int(w.shard),
+        "source": p.source,
+        "manifest": str(sm.input.manifest),
+    }
+    write_shard(rows, sm.output[0], p.image_size, attrs, sm.threads, p.max_rejected_fraction)
+
+
+run_main(main, snakemake)  # noqa: F821

@@ -1,0 +1,157 @@
+"""tf.data input pipelines read straight from the HDF5 shards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from . import WorkflowError
+from .shards import check_image_size
+
+
+def shard_arrays(paths, image_size: int, patients: set[int] | None = None):
+    """Yield (images uint8 (n,H,W), labels int64, image_index str) per shard, optionally only
+    the given patients. Reads one shard at a time: memory is bounded by one shard."""
+    for p in paths:
+        try:
+            with h5py.File(p, "r") as f:
+                images = f["images"]
+                check_image_size(images, p, image_size)
+                labels = f["labels"][...].astype(np.int64)
+                names = f["image_index"][...].astype(str)
+                pids = f["patient_id"][...]
+                keep = np.ones(len(labels), bool) if patients is None else np.isin(pids, list(patients))
+                idx = np.flatnonzero(keep)
+                if len(idx) == 0:
+                    continue
+                imgs = images[...][idx] if len(idx) < len(keep) else images[...]
+        except (OSError, KeyError) as e:
+            raise WorkflowError(f"Cannot read shard '{p}' ({e}). Delete it and rerun.") from None
+        yield imgs, labels[idx], names[idx]
+
+
+def count_labels(paths, image_size: int, patients: set[int] | None = None) -> tuple[int, int]:
+    n0 = n1 = 0
+    for p in paths:
+        with h5py.File(p, "r") as f:
+            labels = f["labels"][...]
+            pids = f["patient_id"][...]
+            check_image_size(f["images"], p, image_size)
+        if patients is not None:
+            labels = labels[np.isin(pids, list(patients))]
+        n1 += int((labels == 1).sum())
+        n0 += int((labels == 0).sum())
+    return n0, n1
+
+
+def augmentation_layers(aug: dict, seed: int):
+    import keras
+
+    layers = []
+    if aug.get("rotation", 0) > 0:
+        layers.append(keras.layers.RandomRotation(aug["rotation"], fill_mode="constant", seed=seed))
+    if aug.get("zoom", 0) > 0:
+        z = aug["zoom"]
+        layers.append(keras.layers.RandomZoom((-z, z), fill_mode="constant", seed=seed + 1))
+    if aug.get("shift", 0) > 0:
+        s = aug["shift"]
+        layers.append(keras.layers.RandomTranslation(s, s, fill_mode="constant", seed=seed + 2))
+    if aug.get("horizontal_flip", False):
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seed + 3))
+    return layers
+
+
+def make_dataset(
+    paths,
+    image_size: int,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    patients: set[int] | None = None,
+    augment: dict | None = None,
+    shuffle_buffer: int = 4096,
+):
+    """(images float32 in [0, 1] (B,H,W,1), labels int) batches, shuffled and prefetched.
+
+    Augmentation (Keras preprocessing layers) is applied only when ``augment`` is given,
+    i.e. for training.
+    """
+    import tensorflow as tf
+
+    paths = [str(p) for p in paths]
+    if not paths:
+        raise WorkflowError("No shards given to the input pipeline.")
+    order = list(paths)
+
+    def gen():
+        shard_order = order
+        if shuffle:
+            shard_order = list(np.random.default_rng(seed + gen.epoch).permutation(order))
+            gen.epoch += 1
+        for imgs, labels, _ in shard_arrays(shard_order, image_size, patients):
+            yield from zip(imgs, labels, strict=True)
+
+    gen.epoch = 0
+    ds = tf.data.Dataset.from_generator(
+        gen,
+        output_signature=(
+            tf.TensorSpec((image_size, image_size), tf.uint8),
+            tf.TensorSpec((), tf.int64),
+        ),
+    )
+    if shuffle:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+
+    def to_float(x, y):
+        return tf.cast(x, tf.float32)[..., None] / 255.0, y
+
+    ds = ds.map(to_float, num_parallel_calls=tf.data.AUTOTUNE)
+    if augment:
+        layers = augmentation_layers(augment, seed)
+        if layers:
+            import keras
+
+            pipe = keras.Sequential(layers)
+
+            def aug(x, y):
+                return tf.clip_by_value(pipe(x, training=True), 0.0, 1.0), y
+
+            ds = ds.map(aug, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def load_split(paths, image_size: int) -> dict:
+    """All images of a (test or val) split, for evaluation; fine for eval-sized splits."""
+    imgs, labels, names = [], [], []
+    for a, b, c in shard_arrays(paths, image_size):
+        imgs.append(a)
+        labels.append(b)
+        names.append(c)
+    if not imgs:
+        raise WorkflowError(f"No images in shards {[str(Path(p)) for p in paths]}")
+    return {
+        "images": np.concatenate(imgs),
+        "labels": np.concatenate(labels),
+        "image_index": np.concatenate(names),
+    }
+
+
+def subset_patients(train_shards, subset: str, seed: int) -> set[int] | None:
+    """Patients of the training shards kept by ``train_subset``: None (all), or one of two
+    disjoint halves split by patient with ``seed``, so models trained on half_a and half_b
+    share no patient."""
+    if subset == "all":
+        return None
+    if subset not in ("half_a", "half_b"):
+        raise WorkflowError(f"train_subset must be all, half_a or half_b, not '{subset}'")
+    pids = set()
+    for p in train_shards:
+        with h5py.File(p, "r") as f:
+            pids.update(int(x) for x in f["patient_id"][...])
+    pats = np.array(sorted(pids))
+    np.random.default_rng(seed + 7919).shuffle(pats)
+    half = len(pats) // 2
+    return set((pats[:half] if subset == "half_a" else pats[half:]).tolist())

@@ -1,0 +1,204 @@
+"""Model construction and loading: every checkpoint sees float32 grayscale pixels in [0, 1].
+
+The pixel -> backbone path (grayscale-to-RGB tiling, resizing where the backbone needs a larger
+input, the architecture's own normalisation) is built from standard Keras layers inside the
+model, so ``keras.models.load_model(path)`` works in safe mode with no custom objects, and an
+epsilon of k/255 means the same thing for every architecture.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from . import WorkflowError
+
+# How each keras.applications family expects its input (see each module's preprocess_input).
+#   caffe: RGB->BGR, 0..255 minus ImageNet channel means (channels are identical here, so the
+#          BGR flip is a no-op)
+#   tf:    0..255 -> [-1, 1]
+#   torch: 0..1 minus ImageNet mean, divided by ImageNet std
+#   raw:   the model includes its own preprocessing and wants 0..255
+_CAFFE = ("ResNet50", "ResNet101", "ResNet152", "VGG16", "VGG19")
+_TORCH = ("DenseNet121", "DenseNet169", "DenseNet201")
+_TF = (
+    "InceptionV3",
+    "InceptionResNetV2",
+    "Xception",
+    "MobileNet",
+    "MobileNetV2",
+    "ResNet50V2",
+    "ResNet101V2",
+    "ResNet152V2",
+    "NASNetMobile",
+    "NASNetLarge",
+)
+# Smallest input side each backbone accepts (others: 32).
+_MIN_SIDE = {
+    "InceptionV3": 75,
+    "InceptionResNetV2": 75,
+    "Xception": 71,
+    "NASNetMobile": 32,
+    "NASNetLarge": 32,
+}
+
+IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
+IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+
+def preprocessing_mode(arch: str) -> str:
+    if arch in _CAFFE:
+        return "caffe"
+    if arch in _TORCH:
+        return "torch"
+    if arch in _TF:
+        return "tf"
+    # EfficientNet*, ConvNeXt*, RegNet*, MobileNetV3*: include their own preprocessing.
+    return "raw"
+
+
+def backbone_constructor(arch: str):
+    import keras
+
+    ctor = getattr(keras.applications, arch, None)
+    if ctor is None or not callable(ctor):
+        known = sorted(n for n in dir(keras.applications) if n[:1].isupper())
+        raise WorkflowError(
+            f"Unknown architecture '{arch}': it is not a keras.applications model. "
+            f"Use one of: {', '.join(known)}."
+        )
+    return ctor
+
+
+def pixel_preprocessing(arch: str, image_size: int):
+    """Keras layers that map a (H, W, 1) float image in [0, 1] to the backbone's input."""
+    import keras
+
+    layers = []
+    side = max(image_size, _MIN_SIDE.get(arch, 32))
+    if side != image_size:
+        layers.append(keras.layers.Resizing(side, side, interpolation="bilinear", name="resize"))
+    mode = preprocessing_mode(arch)
+    if mode == "caffe":
+        mean = [m / 255.0 for m in CAFFE_MEAN_BGR]
+        var = [(1.0 / 255.0) ** 2] * 3
+    elif mode == "torch":
+        mean = list(IMAGENET_MEAN_RGB)
+        var = [s**2 for s in IMAGENET_STD_RGB]
+    elif mode == "tf":
+        mean, var = [0.5] * 3, [0.25] * 3
+    else:
+        mean, var = [0.0] * 3, [(1.0 / 255.0) ** 2] * 3
+    layers.append(keras.layers.Normalization(mean=mean, variance=var, name=f"normalise_{mode}"))
+    return side, layers
+
+
+def build_model(
+    arch: str,
+    image_size: int,
+    pretrained: str = "none",
+    seed: int | None = None,
+    dropout: float = 0.2,
+    hidden: int = 128,
+):
+    """Pixels in [0, 1], shape (H, W, 1) -> softmax over (no finding, finding).
+
+    Head as in the seed study: global average pooling, Dense(128), Dropout(0.2), Dense(2).
+    """
+    import keras
+
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    ctor = backbone_constructor(arch)
+    side, pre = pixel_preprocessing(arch, image_size)
+    weights = resolve_pretrained(pretrained, arch)
+    inputs = keras.Input((image_size, image_size, 1), dtype="float32", name="pixels")
+    x = keras.layers.Concatenate(axis=-1, name="gray_to_rgb")([inputs, inputs, inputs])
+    for layer in pre:
+        x = layer(x)
+    try:
+        backbone = ctor(include_top=False, weights=weights, input_shape=(side, side, 3))
+    except WorkflowError:
+        raise
+    except Exception as e:  # noqa: BLE001 - turned into a message the user can act on
+        raise _weights_error(e, arch, pretrained) from None
+    x = backbone(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.Dense(hidden, activation="relu", name="fc")(x)
+    x = keras.layers.Dropout(dropout, name="dropout")(x)
+    outputs = keras.layers.Dense(2, activation="softmax", name="probs", dtype="float32")(x)
+    return keras.Model(inputs, outputs, name=f"{arch}_pixels")
+
+
+def resolve_pretrained(pretrained: str, arch: str):
+    if pretrained in (None, "", "none"):
+        return None
+    if pretrained == "imagenet":
+        return "imagenet"
+    p = Path(pretrained)
+    if not p.is_file():
+        raise WorkflowError(
+            f"pretrained: '{pretrained}' for {arch} is neither 'imagenet', 'none' nor an "
+            "existing weights file. Give the path to a Keras weights file of the backbone "
+            "without its top (e.g. saved with backbone.save_weights('x.weights.h5'))."
+        )
+    if not (p.name.endswith(".weights.h5") or p.suffix == ".h5"):
+        raise WorkflowError(
+            f"pretrained weights file '{pretrained}' must be a Keras weights file ending in "
+            "'.weights.h5' (or a legacy '.h5')."
+        )
+    return str(p)
+
+
+def _weights_error(e: Exception, arch: str, pretrained: str) -> WorkflowError:
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if pretrained == "imagenet":
+        return WorkflowError(
+            f"Could not get the ImageNet weights for {arch} ({msg}). Keras downloads them "
+            "from the internet on first use; this machine could not. Alternatives: set "
+            "`pretrained: none` to train from scratch, or `pretrained: /path/to/backbone."
+            "weights.h5` to a local weights file (Keras caches downloads under "
+            "~/.keras/models/ -- copy them there from a machine with network access)."
+        )
+    return WorkflowError(
+        f"Could not load the weights file '{pretrained}' into a {arch} backbone ({msg}). "
+        "Is it a weights file of this architecture, saved without its classification top?"
+    )
+
+
+def load_checkpoint(path: str | os.PathLike, image_size: int | None = None):
+    """Load a model checkpoint in safe mode and check it honours the model contract."""
+    import keras
+
+    path = Path(path)
+    if not path.is_file():
+        raise WorkflowError(f"Model checkpoint '{path}' does not exist. Run its training rule.")
+    if path.stat().st_size == 0:
+        raise WorkflowError(f"Model checkpoint '{path}' is empty (truncated). Delete it and retrain.")
+    try:
+        model = keras.models.load_model(path, compile=False, safe_mode=True)
+    except Exception as e:  # noqa: BLE001
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise WorkflowError(
+            f"Cannot load model checkpoint '{path}': {first}. It is truncated, corrupt or not "
+            "a Keras .keras file written by this workflow; delete it and rerun training."
+        ) from None
+    check_contract(model, path, image_size)
+    return model
+
+
+def check_contract(model, path, image_size: int | None = None) -> None:
+    shape = tuple(model.input_shape)
+    out = tuple(model.output_shape)
+    if len(shape) != 4 or shape[-1] != 1 or out[-1] != 2:
+        raise WorkflowError(
+            f"Model '{path}' does not follow the model contract: input {shape}, output {out}; "
+            "expected input (None, H, W, 1) pixels in [0, 1] and a 2-class softmax output. "
+            "Foreign checkpoints must be wrapped with cxrtransfer.models.build_model."
+        )
+    if image_size is not None and (shape[1] != image_size or shape[2] != image_size):
+        raise WorkflowError(
+            f"Model '{path}' expects {shape[1]}x{shape[2]} images but data.image_size is "
+            f"{image_size}: retrain it (changing data.image_size reruns training) or fix the config."
+        )

@@ -1,0 +1,232 @@
+"""The built-in dataset: a small synthetic download with exactly the Kaggle layout.
+
+``generate(out_dir, ...)`` writes, deterministically from a seed:
+
+- ``Data_Entry_2017.csv`` with the real header and the real file's trailing comma,
+- ``BBox_List_2017.csv``, ``train_val_list.txt`` and ``test_list.txt`` (patient-wise split),
+- ``images_001/images/*.png`` ... 8-bit grayscale PNGs (a few RGBA, as in the real set).
+
+Images are drawn chest-like: a thorax, two lungs with rib texture, a cardiac silhouette. Each
+finding adds a visual signal a CNN can learn: Cardiomegaly enlarges the cardiac silhouette,
+Pneumothorax darkens a lung apex, removes its texture and draws a pleural line, Effusion
+blunts a costophrenic angle, Infiltration adds patchy opacities, Mass/Nodule add round
+opacities. Patients vary (anatomy, exposure) and findings persist across follow-ups.
+This is a demonstration dataset: numbers obtained with it are not clinical results.
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from . import LABELS, NO_FINDING, WorkflowError
+from .utils import LOG, Progress
+
+CSV_HEADER = (
+    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
+    "View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
+)
+BBOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
+
+
+@dataclass
+class SyntheticSpec:
+    seed: int = 20171
+    n_patients: int = 400
+    max_followups: int = 6
+    image_size: int = 128
+    images_per_folder: int = 500
+    test_fraction: float = 0.25
+    no_finding_fraction: float = 0.5
+    prevalence: dict = field(default_factory=dict)
+    rgba_fraction: float = 0.01
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> SyntheticSpec:
+        known = cls.__dataclass_fields__
+        unknown = set(cfg) - set(known)
+        if unknown:
+            raise WorkflowError(f"Unknown data.synthetic keys: {sorted(unknown)}")
+        return cls(**cfg)
+
+    def label_prevalence(self) -> dict:
+        prev = {
+            "Pneumothorax": 0.3,
+            "Cardiomegaly": 0.3,
+            "Effusion": 0.2,
+            "Infiltration": 0.2,
+            "Atelectasis": 0.08,
+            "Mass": 0.05,
+            "Nodule": 0.05,
+        }
+        prev.update(self.prevalence or {})
+        for k in prev:
+            if k not in LABELS:
+                raise WorkflowError(f"data.synthetic.prevalence: unknown label '{k}'")
+        return {k: v for k, v in prev.items() if v > 0}
+
+
+def _ellipse(yy, xx, cy, cx, ry, rx):
+    return ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
+
+
+def _soft_ellipse(yy, xx, cy, cx, ry, rx, edge=0.08):
+    d = np.sqrt(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2)
+    return np.clip((1.0 + edge - d) / (2 * edge), 0.0, 1.0)
+
+
+def render(labels: set[str], anatomy: dict, rng: np.random.Generator, size: int) -> np.ndarray:
+    """Draw one chest-like radiograph (uint8, size x size) showing ``labels``."""
+    s = size
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) / s
+    img = np.full((s, s), 0.08, np.float32)
+    # thorax (soft tissue)
+    img += 0.35 * _soft_ellipse(yy, xx, 0.55, 0.5, 0.5, 0.44, 0.1)
+    # lungs: dark, with rib texture
+    lung_ry, lung_rx = anatomy["lung_ry"], anatomy["lung_rx"]
+    cy = 0.52
+    lungs = []
+    for side, cx in (("R", 0.5 - anatomy["lung_sep"]), ("L", 0.5 + anatomy["lung_sep"])):
+        m = _soft_ellipse(yy, xx, cy, cx, lung_ry, lung_rx, 0.06)
+        lungs.append((side, cx, m))
+        img -= 0.28 * m
+    ribs = 0.05 * (0.5 + 0.5 * np.sin((yy * anatomy["rib_freq"] + 0.15 * np.abs(xx - 0.5)) * 6.283))
+    texture = 0.03 * rng.standard_normal((s, s)).astype(np.float32)
+    lung_mask = np.maximum(lungs[0][2], lungs[1][2])
+    img += lung_mask * (ribs + texture)
+    # mediastinum and heart (image right = patient's left)
+    img += 0.3 * _soft_ellipse(yy, xx, 0.45, 0.5, 0.35, 0.06, 0.15)
+    heart_w = anatomy["heart_w"] * (rng.uniform(1.45, 1.75) if "Cardiomegaly" in labels else 1.0)
+    heart_h = anatomy["heart_h"] * (1.2 if "Cardiomegaly" in labels else 1.0)
+    img += 0.42 * _soft_ellipse(yy, xx, 0.66, 0.53, heart_h, heart_w, 0.1)
+    if "Pneumothorax" in labels:
+        side, cx, m = lungs[int(rng.integers(0, 2))]
+        depth = rng.uniform(0.35, 0.55)  # fraction of the lung height that collapsed
+        top = cy - lung_ry
+        region = m * (yy < top + depth * 2 * lung_ry)
+        outer = np.abs(xx - 0.5) > np.abs(cx - 0.5) - lung_rx * rng.uniform(0.1, 0.4)
+        region = region * outer
+        img = img * (1 - region) + region * (0.02 + 0.01 * rng.standard_normal((s, s)))
+        # pleural line: bright thin edge of the collapsed region
+        edge = np.abs(np.gradient(region.astype(np.float32), axis=1))
+        edge += np.abs(np.gradient(region.astype(np.float32), axis=0))
+        img += 0.5 * np.clip(edge * 3, 0, 1)
+    if "Effusion" in labels:
+        side, cx, m = lungs[int(rng.integers(0, 2))]
+        level = cy + lung_ry * rng.uniform(0.45, 0.75)
+        img += 0.25 * m * (yy > level)
+    if "Infiltration" in labels or "Consolidation" in labels or "Pneumonia" in labels:
+        for _ in range(int(rng.integers(2, 5))):
+            py, px = rng.uniform(0.35, 0.75), rng.choice([0.33, 0.67]) + rng.uniform(-0.07, 0.07)
+            img += 0.15 * _soft_ellipse(yy, xx, py, px, rng.uniform(0.04, 0.09), rng.uniform(0.03, 0.08), 0.5)
+    if "Mass" in labels or "Nodule" in labels:
+        r = 0.06 if "Mass" in labels else 0.025
+        py, px = rng.uniform(0.3, 0.7), rng.choice([0.32, 0.68])
+        img += 0.3 * _soft_ellipse(yy, xx, py, px, r, r, 0.2)
+    if "Atelectasis" in labels:
+        side, cx, m = lungs[int(rng.integers(0, 2))]
+        img += 0.12 * m * (yy > cy + 0.1)
+    # exposure and noise
+    img = img * anatomy["contrast"] + anatomy["brightness"]
+    img += 0.015 * rng.standard_normal((s, s)).astype(np.float32)
+    return np.clip(img * 255.0, 0, 255).astype(np.uint8)
+
+
+def _patient_anatomy(rng: np.random.Generator) -> dict:
+    return {
+        "lung_ry": rng.uniform(0.27, 0.33),
+        "lung_rx": rng.uniform(0.14, 0.17),
+        "lung_sep": rng.uniform(0.17, 0.2),
+        "rib_freq": rng.uniform(7, 10),
+        "heart_w": rng.uniform(0.1, 0.125),
+        "heart_h": rng.uniform(0.11, 0.14),
+        "contrast": rng.uniform(0.85, 1.15),
+        "brightness": rng.uniform(-0.05, 0.08),
+    }
+
+
+def _patient_labels(rng, prev: dict, no_finding_fraction: float, chronic: set) -> list[str]:
+    if rng.random() < no_finding_fraction and not chronic:
+        return [NO_FINDING]
+    labels = set(chronic if rng.random() < 0.8 else ())
+    for lab, p in prev.items():
+        if rng.random() < p * 0.5:
+            labels.add(lab)
+    if not labels:
+        names = list(prev)
+        labels.add(names[int(rng.integers(0, len(names)))])
+    return sorted(labels, key=LABELS.index)
+
+
+def generate(out_dir: str | Path, spec: SyntheticSpec) -> dict:
+    """Write the synthetic download into ``out_dir`` (replaced if present); return counts."""
+    out = Path(out_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    rng = np.random.default_rng(spec.seed)
+    prev = spec.label_prevalence()
+    rows, bbox_rows = [], []
+    test_patients = set()
+    patients = list(range(1, spec.n_patients + 1))
+    n_test = max(1, int(round(spec.test_fraction * len(patients))))
+    for pid in rng.permutation(patients)[:n_test]:
+        test_patients.add(int(pid))
+    plan = []
+    for pid in patients:
+        anatomy = _patient_anatomy(rng)
+        chronic = set()
+        if rng.random() > spec.no_finding_fraction:
+            # a persistent finding: most of this patient's images show it
+            chronic.add(list(prev)[int(rng.choice(len(prev), p=np.array(list(prev.values())) / sum(prev.values())))])
+        n_fu = int(rng.integers(1, spec.max_followups + 1))
+        age = int(rng.integers(18, 90))
+        sex = "M" if rng.random() < 0.56 else "F"
+        for fu in range(n_fu):
+            labels = _patient_labels(rng, prev, spec.no_finding_fraction, chronic)
+            plan.append((pid, fu, age, sex, anatomy, labels, int(rng.integers(0, 2**31 - 1))))
+    progress = Progress(len(plan), "synthetic images", every_seconds=10)
+    for i, (pid, fu, age, sex, anatomy, labels, img_seed) in enumerate(plan):
+        name = f"{pid:08d}_{fu:03d}.png"
+        folder = out / f"images_{i // spec.images_per_folder + 1:03d}" / "images"
+        folder.mkdir(parents=True, exist_ok=True)
+        irng = np.random.default_rng(img_seed)
+        arr = render(set(labels), anatomy, irng, spec.image_size)
+        if irng.random() < spec.rgba_fraction:
+            rgba = np.stack([arr, arr, arr, np.full_like(arr, 255)], axis=-1)
+            Image.fromarray(rgba, mode="RGBA").save(folder / name)
+        else:
+            Image.fromarray(arr, mode="L").save(folder / name)
+        view = "PA" if irng.random() < 0.6 else "AP"
+        spacing = 0.143 * 1024 / spec.image_size
+        rows.append(
+            [name, "|".join(labels), fu, pid, age + fu // 3, sex, view, spec.image_size,
+             spec.image_size, f"{spacing:.3f}", f"{spacing:.3f}"]
+        )
+        for lab in labels:
+            if lab in ("Cardiomegaly", "Pneumothorax") and irng.random() < 0.2:
+                s = spec.image_size
+                bbox_rows.append([name, lab, f"{0.3 * s:.4f}", f"{0.4 * s:.4f}", f"{0.4 * s:.4f}", f"{0.35 * s:.4f}"])
+        progress.update()
+    with open(out / "Data_Entry_2017.csv", "w", newline="") as f:
+        f.write(CSV_HEADER + ",\n")
+        w = csv.writer(f, lineterminator=",\n")  # the real file ends every line with a comma
+        w.writerows(rows)
+    with open(out / "BBox_List_2017.csv", "w", newline="") as f:
+        f.write(BBOX_HEADER + "\n")
+        w = csv.writer(f, lineterminator=",,,\n")
+        w.writerows(bbox_rows)
+    test = sorted(r[0] for r in rows if r[3] in test_patients)
+    train = sorted(r[0] for r in rows if r[3] not in test_patients)
+    (out / "test_list.txt").write_text("\n".join(test) + "\n")
+    (out / "train_val_list.txt").write_text("\n".join(train) + "\n")
+    counts = {"images": len(rows), "patients": spec.n_patients, "test_images": len(test)}
+    for lab in [NO_FINDING, *LABELS]:
+        counts[lab] = sum(lab in r[1].split("|") for r in rows)
+    LOG.info("synthetic download written to %s: %s", out, counts)
+    return counts

@@ -1,0 +1,313 @@
+"""Tables from evaluated cells: the long table, source x target matrices, a plain-words summary.
+
+No optional dependencies: the Markdown and LaTeX writers are small and local (pandas'
+``to_markdown`` needs tabulate and ``Styler.to_latex`` needs jinja2, which are not runtime
+requirements).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import WorkflowError
+from .metrics import cell_columns
+from .utils import atomic_path
+
+ID_COLUMNS = ("data_task", "attack", "eps", "source", "target", "relation")
+RELATIONS = ("white-box", "surrogate", "cross-architecture", "cross-task")
+NA = "n/a"
+
+
+# ----------------------------------------------------------------------------------------------
+# Long table and relations
+# ----------------------------------------------------------------------------------------------
+
+
+def long_table(cells: list[dict]) -> pd.DataFrame:
+    """One row per cell; columns: identifiers (``ID_COLUMNS``), then the ``compute_cell`` keys in
+    their fixed order (``metrics.cell_columns()``), then any other keys alphabetically. Rows are
+    sorted by data_task, attack, eps, source, target."""
+    if not cells:
+        raise WorkflowError("No evaluated cells to tabulate (the list of cells is empty).")
+    for i, c in enumerate(cells):
+        missing = [k for k in ID_COLUMNS if k not in c]
+        if missing:
+            raise WorkflowError(f"Cell {i} lacks identifier key(s): {', '.join(missing)}.")
+    df = pd.DataFrame(list(cells))
+    known = list(ID_COLUMNS) + [c for c in cell_columns() if c != "notes"]
+    ordered = [c for c in known if c in df.columns]
+    rest = sorted(c for c in df.columns if c not in ordered and c != "notes")
+    cols = ordered + rest + (["notes"] if "notes" in df.columns else [])
+    df = df[cols]
+    if "notes" in df.columns:
+        df["notes"] = df["notes"].fillna("").astype(str)
+    dup = df.duplicated(subset=list(ID_COLUMNS[:5]))
+    if dup.any():
+        first = df.loc[dup, list(ID_COLUMNS[:5])].iloc[0].to_dict()
+        raise WorkflowError(f"{int(dup.sum())} duplicate cell(s), e.g. {first}.")
+    return df.sort_values(list(ID_COLUMNS[:5]), kind="stable").reset_index(drop=True)
+
+
+def relation(
+    source_model: dict, target_model: dict, data_task: str, source_name: str, target_name: str
+) -> str:
+    """How the source relates to the target for a cell evaluated on ``data_task`` images.
+
+    ``white-box`` if the source is the target (same name); ``cross-task`` if the source was
+    trained for another task than ``data_task``; ``cross-architecture`` if the architectures
+    differ; otherwise ``surrogate`` (same task and architecture, independently trained).
+    """
+    for name, m in ((source_name, source_model), (target_name, target_model)):
+        if not isinstance(m, dict) or "task" not in m or "arch" not in m:
+            raise WorkflowError(f"Model '{name}' needs 'task' and 'arch' entries in config.")
+    if source_name == target_name:
+        return "white-box"
+    if source_model["task"] != data_task:
+        return "cross-task"
+    if source_model["arch"] != target_model["arch"]:
+        return "cross-architecture"
+    return "surrogate"
+
+
+# ----------------------------------------------------------------------------------------------
+# Matrices
+# ----------------------------------------------------------------------------------------------
+
+
+def matrices(df: pd.DataFrame, value: str) -> dict[tuple, pd.DataFrame]:
+    """Source x target matrices of ``value`` for each (data_task, attack, eps).
+
+    Each matrix has index ``source`` and columns ``target`` (both sorted); a missing combination
+    is NaN.
+    """
+    missing = [c for c in (*ID_COLUMNS[:5], value) if c not in df.columns]
+    if missing:
+        raise WorkflowError(f"Table lacks column(s) {', '.join(missing)} for the {value} matrices.")
+    out = {}
+    for key, g in df.groupby(["data_task", "attack", "eps"], sort=True):
+        if g.duplicated(subset=["source", "target"]).any():
+            raise WorkflowError(f"Duplicate source/target rows for {key}.")
+        m = g.pivot(index="source", columns="target", values=value)
+        m = m.sort_index(axis=0).sort_index(axis=1).astype(float)
+        m.index.name, m.columns.name = "source", "target"
+        out[tuple(key)] = m
+    return out
+
+
+def _fmt(x, digits: int = 3) -> str:
+    try:
+        xf = float(x)
+    except (TypeError, ValueError):
+        return str(x)
+    return NA if math.isnan(xf) else f"{xf:.{digits}f}"
+
+
+def _md_escape(s) -> str:
+    return str(s).replace("|", "\\|")
+
+
+def matrix_markdown(m: pd.DataFrame, digits: int = 3) -> str:
+    """A Markdown table of a matrix (row label column first, numbers right-aligned)."""
+    corner = f"{m.index.name or ''} \\ {m.columns.name or ''}".strip()
+    header = [corner] + [_md_escape(c) for c in m.columns]
+    rows = [
+        [_md_escape(i)] + [_fmt(v, digits) for v in r]
+        for i, r in zip(m.index, m.to_numpy(), strict=True)
+    ]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join([" --- "] + [" ---: "] * m.shape[1]) + "|",
+    ]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+_TEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+
+
+def tex_escape(s) -> str:
+    return "".join(_TEX_SPECIAL.get(ch, ch) for ch in str(s))
+
+
+def matrix_latex(m: pd.DataFrame, digits: int = 3) -> str:
+    """A LaTeX ``tabular`` of a matrix (no packages needed)."""
+    corner = f"{tex_escape(m.index.name or '')} $\\backslash$ {tex_escape(m.columns.name or '')}"
+    lines = [
+        "\\begin{tabular}{l" + "r" * m.shape[1] + "}",
+        "\\hline",
+        " & ".join([corner] + [tex_escape(c) for c in m.columns]) + " \\\\",
+        "\\hline",
+    ]
+    for i, r in zip(m.index, m.to_numpy(), strict=True):
+        lines.append(" & ".join([tex_escape(i)] + [_fmt(v, digits) for v in r]) + " \\\\")
+    lines += ["\\hline", "\\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_matrix(df: pd.DataFrame, stem: str | os.PathLike) -> list[Path]:
+    """Write ``stem.csv`` (full precision, row labels in the first column, NaN as "n/a"),
+    ``stem.md`` and ``stem.tex`` (3 decimals, NaN as "n/a"). Each file is written atomically.
+    Returns the three paths."""
+    stem = Path(stem)
+    paths = [stem.with_name(stem.name + ext) for ext in (".csv", ".md", ".tex")]
+    with atomic_path(paths[0]) as tmp:
+        df.to_csv(tmp, na_rep=NA, index_label=df.index.name or "source")
+    with atomic_path(paths[1]) as tmp:
+        tmp.write_text(matrix_markdown(df))
+    with atomic_path(paths[2]) as tmp:
+        tmp.write_text(matrix_latex(df))
+    return paths
+
+
+# ----------------------------------------------------------------------------------------------
+# Plain-words summary
+# ----------------------------------------------------------------------------------------------
+
+
+def _mean(x: pd.Series) -> float:
+    x = pd.to_numeric(x, errors="coerce").to_numpy(dtype=float)
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if x.size else float("nan")
+
+
+def summary_markdown(df: pd.DataFrame, models: dict, data_source: str) -> str:
+    """A short Markdown summary of headline findings per (data task, attack, eps).
+
+    For each group: mean transfer rate, fooling rate and adversarial AUROC per relation
+    (white-box, surrogate, cross-architecture, cross-task), and whether the expected ordering
+    holds: white-box strongest (lowest adversarial AUROC, highest fooling rate), then surrogate,
+    cross-architecture, cross-task. ``data_source`` ("synthetic" or "kaggle") is stated; for
+    synthetic data the text says the numbers are a demonstration, not clinical results.
+    """
+    need = [*ID_COLUMNS, "transfer_rate", "fooling_rate", "adv_auroc", "clean_auroc"]
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise WorkflowError(f"Table lacks column(s) {', '.join(missing)} for the summary.")
+    lines = ["# Adversarial transferability: summary", ""]
+    if data_source == "synthetic":
+        lines += [
+            "**Data: the built-in synthetic dataset.** These are demonstration numbers that show "
+            "the workflow runs end to end; they are NOT clinical results and say nothing about "
+            "real chest X-ray classifiers.",
+            "",
+        ]
+    elif data_source == "kaggle":
+        lines += [
+            "**Data: the NIH ChestX-ray14 images (Kaggle copy).** The numbers below come from "
+            "this data and these models only.",
+            "",
+        ]
+    else:
+        lines += [f"**Data: {data_source}.** The numbers below come from this data only.", ""]
+    names = sorted(set(df["source"]) | set(df["target"]))
+    if models:
+        desc = [
+            f"{n} ({models[n].get('arch', '?')}, task {models[n].get('task', '?')})"
+            for n in names
+            if n in models
+        ]
+        lines += ["Models: " + ", ".join(desc) + ".", ""]
+    lines += [
+        "Transfer rate: among images the source attack fooled and the target classified "
+        "correctly when clean, the fraction that also fool the target (white-box is close to 1 "
+        "by construction). Fooling rate: fraction of all images the target gets wrong on the "
+        "adversarial version. Lower adversarial AUROC = stronger attack. Means are over the "
+        "(source, target) cells of each relation.",
+        "",
+    ]
+    for (task, attack, eps), g in df.groupby(["data_task", "attack", "eps"], sort=True):
+        lines.append(f"## Data task {task}, attack {attack}, eps {_fmt_eps(eps)}")
+        lines.append("")
+        lines.append(
+            "| relation | cells | transfer rate | fooling rate | adv. AUROC | clean AUROC |"
+        )
+        lines.append("| --- | ---: | ---: | ---: | ---: | ---: |")
+        stats = {}
+        for rel in RELATIONS:
+            r = g[g["relation"] == rel]
+            if r.empty:
+                continue
+            s = {
+                k: _mean(r[k])
+                for k in ("transfer_rate", "fooling_rate", "adv_auroc", "clean_auroc")
+            }
+            stats[rel] = s
+            lines.append(
+                f"| {rel} | {len(r)} | {_fmt(s['transfer_rate'])} | {_fmt(s['fooling_rate'])} | "
+                f"{_fmt(s['adv_auroc'])} | {_fmt(s['clean_auroc'])} |"
+            )
+        lines.append("")
+        lines.append(_ordering_sentence(stats))
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _fmt_eps(eps) -> str:
+    try:
+        e = float(eps)
+    except (TypeError, ValueError):
+        return str(eps)
+    return f"{int(e)}/255" if e.is_integer() else f"{e:g}/255"
+
+
+def _ordering_sentence(stats: dict) -> str:
+    """Plain words on whether attack strength follows white-box > surrogate > cross-architecture
+    > cross-task, judged by mean adversarial AUROC (lower = stronger)."""
+    auc = {r: s["adv_auroc"] for r, s in stats.items() if not math.isnan(s["adv_auroc"])}
+    present = [r for r in RELATIONS if r in auc]
+    if len(present) < 2:
+        return (
+            "Fewer than two relations have a defined adversarial AUROC here, so there is no "
+            "ordering to check."
+        )
+    parts = []
+    wb_ok = True
+    if "white-box" in auc:
+        others = {r: v for r, v in auc.items() if r != "white-box"}
+        strongest = min(others, key=others.get)
+        wb_ok = auc["white-box"] <= others[strongest]
+        if wb_ok:
+            parts.append(
+                f"As expected, the white-box attack is strongest (mean adversarial AUROC "
+                f"{_fmt(auc['white-box'])} vs {_fmt(others[strongest])} for {strongest})."
+            )
+        else:
+            parts.append(
+                f"Unexpectedly, the white-box attack is NOT the strongest: {strongest} sources "
+                f"reach a lower mean adversarial AUROC ({_fmt(others[strongest])}) than white-box "
+                f"({_fmt(auc['white-box'])})."
+            )
+    transfer = [r for r in present if r != "white-box"]
+    inversions = [
+        (a, b) for i, a in enumerate(transfer) for b in transfer[i + 1 :] if auc[a] > auc[b]
+    ]
+    if inversions:
+        txt = "; ".join(
+            f"{b} ({_fmt(auc[b])}) is stronger than {a} ({_fmt(auc[a])})" for a, b in inversions
+        )
+        parts.append(
+            "The expected ordering surrogate > cross-architecture > cross-task does not hold: "
+            f"{txt}."
+        )
+    elif len(transfer) >= 2:
+        lead = "The transfer relations" if wb_ok else "Apart from that, the transfer relations"
+        parts.append(f"{lead} follow the expected ordering ({' > '.join(transfer)}).")
+    if wb_ok and not inversions and len(present) >= 2:
+        parts.append("Overall the expected ordering holds.")
+    return " ".join(parts)
