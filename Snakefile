@@ -2,6 +2,9 @@
 # Default target: the whole study on the built-in synthetic dataset, see README.md.
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/train.smk"

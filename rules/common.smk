@@ -9,7 +9,8 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow_scripts"))
-from cxrtransfer import WorkflowError  # noqa: E402
+# Snakefiles share one namespace with Snakemake itself: import modules, not clashing names.
+import cxrtransfer  # noqa: E402
 from cxrtransfer import plan  # noqa: E402
 from cxrtransfer.train import model_settings  # noqa: E402
 
@@ -24,7 +25,7 @@ if not workflow.overwrite_configfiles:
 validate(config, "../config/config.schema.yaml")
 try:
     plan.check_config(config, workflow.basedir)
-except WorkflowError as e:
+except cxrtransfer.WorkflowError as e:
     raise SnakemakeWorkflowError(f"Invalid configuration: {e}")
 
 RES = config["resources"]
@@ -39,7 +40,7 @@ wildcard_constraints:
     task="|".join(TASKS),
     data_task="|".join(TASKS),
     split="train|val|test",
-    shard=r"\d{3,}",
+    shard=r"\d\d\d+",
     model="|".join(MODELS),
     source="|".join(MODELS),
     target="|".join(MODELS),
@@ -105,18 +106,9 @@ def adv_shards(s):
     ]
 
 
-def cell_files():
-    return [
-        f"results/metrics/cells/{s.source}/{s.data_task}/{s.attack}/eps{s.eps}/{t}.json"
-        for s in ADV_SETS
-        for t in plan.targets_for(config, s.data_task)
-    ]
-
-
 def all_outputs():
     return [
         *[f"results/shards/{t}/summary.csv" for t in TASKS],
         *[f"results/models/{m}/model.keras" for m in MODELS],
-        *cell_files(),
         *evaluation_outputs(),
     ]

@@ -29,11 +29,11 @@ SIZE = 16
 def synthetic(n: int, seed: int):
     """uint8 (n, SIZE, SIZE) noise images; label 1 images carry a bright 4x4 patch."""
     rng = np.random.default_rng(seed)
-    x = rng.uniform(0.25, 0.6, size=(n, SIZE, SIZE))
+    x = rng.uniform(0.35, 0.6, size=(n, SIZE, SIZE))
     y = rng.integers(0, 2, size=n)
     for i in np.flatnonzero(y):
         r, c = rng.integers(0, SIZE - 4, size=2)
-        x[i, r : r + 4, c : c + 4] += 0.3
+        x[i, r : r + 4, c : c + 4] += 0.15
     return np.round(x * 255).astype(np.uint8), y.astype(np.int32)
 
 
@@ -49,13 +49,13 @@ def trained():
             keras.Input((SIZE, SIZE, 1)),
             keras.layers.Conv2D(8, 3, activation="relu"),
             keras.layers.Conv2D(16, 3, activation="relu"),
-            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.GlobalMaxPooling2D(),
             keras.layers.Dense(2, activation="softmax"),
         ]
     )
-    model.compile(keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
+    model.compile(keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
     xtr, ytr = synthetic(1024, 1)
-    model.fit(as_float(xtr), ytr, epochs=12, batch_size=64, verbose=0)
+    model.fit(as_float(xtr), ytr, epochs=10, batch_size=32, verbose=0)
     x_u8, y = synthetic(128, 2)
     acc = np.mean(np.argmax(model.predict(as_float(x_u8), verbose=0), 1) == y)
     assert acc >= 0.9, f"test model did not learn the pattern (accuracy {acc:.2f})"
@@ -93,7 +93,10 @@ def test_outputs_within_budget_and_range(trained, name):
     model, x_u8, y = trained
     spec = AttackSpec(**SPECS[name])
     attack = make_attack(model, spec)
-    x = as_float(x_u8[:48])
+    x_u8 = x_u8[:48].copy()
+    x_u8[:16, :3] = 0  # pixels at the range limits, where clipping matters
+    x_u8[:16, -3:] = 255
+    x = as_float(x_u8)
     adv = attack(x, y[:48]).numpy()
     assert adv.shape == x.shape and adv.dtype == np.float32
     assert adv.min() >= 0.0 and adv.max() <= 1.0
@@ -109,7 +112,7 @@ def test_outputs_within_budget_and_range(trained, name):
     assert attack.graph.experimental_get_tracing_count() == 1
 
 
-def test_xla_matches_bounds_and_mostly_agrees(trained):
+def test_xla_within_budget_and_agrees(trained):
     model, x_u8, y = trained
     spec = AttackSpec(**SPECS["mi_di"])
     x = as_float(x_u8[:48])
@@ -117,7 +120,9 @@ def test_xla_matches_bounds_and_mostly_agrees(trained):
     adv = make_attack(model, spec)(x, y[:48]).numpy()
     assert np.abs(adv_xla - x).max() <= spec.eps / 255 + 1e-6
     assert 0.0 <= adv_xla.min() and adv_xla.max() <= 1.0
-    assert np.mean(predict(model, adv_xla) == predict(model, adv)) >= 0.9
+    # Random draws happen outside the XLA cluster: same starts and DI transforms.
+    assert np.mean(np.abs(adv_xla - adv) < 1e-5) >= 0.99
+    assert np.mean(predict(model, adv_xla) == predict(model, adv)) >= 0.95
 
 
 def test_diverse_input_is_resize_pad_resize():
@@ -145,6 +150,7 @@ def test_quantise_integer_bound(norm, eps):
     clean = rng.integers(0, 256, size=(20, 12, 12)).astype(np.uint8)
     clean[0] = 0
     clean[1] = 255
+    clean[3] = 128
     c = clean.astype(np.float64) / 255
     if norm == "linf":
         d = rng.uniform(-1, 1, size=c.shape) * eps / 255
@@ -153,9 +159,15 @@ def test_quantise_integer_bound(norm, eps):
         d *= eps / 255 / np.linalg.norm(d.reshape(20, -1), axis=1)[:, None, None]
         d[2] = 0.0
         d[2, :5, :4] = 0.55 / 255  # rounds to +1 in 20 pixels: norm 4.47, exceeds 2.55
+        d[3] = 0.0
+        d[3, 4, 4] = 0.99 * eps / 255  # one pixel: rounds to round(0.99 eps), inside budget
     adv = np.clip(c + d * (1 + 1e-6), 0, 1)  # a little float excess, as from an attack
     for a in (adv, adv[..., None]):
-        out = quantise(clean if a.ndim == 3 else clean[..., None], a, AttackSpec("pgd", norm, eps))
+        out = quantise(
+            clean if a.ndim == 3 else clean[..., None],
+            a,
+            AttackSpec("pgd", norm, eps, step=eps / 4),
+        )
         assert out.dtype == np.uint8 and out.shape == clean.shape
         q = out.astype(np.int64) - clean.astype(np.int64)
         if norm == "linf":
@@ -164,7 +176,8 @@ def test_quantise_integer_bound(norm, eps):
                 assert np.abs(q).max() == np.floor(eps)  # not trivially the clean image
         else:
             assert np.linalg.norm(q.reshape(20, -1), axis=1).max() <= eps
-            assert np.abs(q).sum() > 0
+            r = round(0.99 * eps)  # nearest if inside the budget, else truncated
+            assert q[3, 4, 4] == (r if r <= eps else np.floor(0.99 * eps))
             if eps < 4.47:
                 assert np.abs(q[2]).max() == 0  # truncated toward the clean image
     # On the integer grid and inside the budget, quantise is exact.
@@ -172,7 +185,7 @@ def test_quantise_integer_bound(norm, eps):
     if norm == "l2":
         grid[:, :, :] = clean
         grid[:, 0, 0] = np.clip(clean[:, 0, 0].astype(np.int64) + 1, 0, 255)
-    out = quantise(clean, grid.astype(np.float64) / 255, AttackSpec("pgd", norm, eps))
+    out = quantise(clean, grid.astype(np.float64) / 255, AttackSpec("pgd", norm, eps, step=eps / 4))
     np.testing.assert_array_equal(out, grid.astype(np.uint8))
 
 
@@ -181,7 +194,7 @@ def test_pgd_agrees_with_art(trained, norm):
     art_cls = pytest.importorskip("art.estimators.classification")
     art_ev = pytest.importorskip("art.attacks.evasion")
     model, x_u8, y = trained
-    eps, step = (8.0, 2.0) if norm == "linf" else (60.0, 15.0)
+    eps, step = (12.0, 3.0) if norm == "linf" else (45.0, 12.0)
     spec = AttackSpec("pgd", norm, eps=eps, step=step, steps=10)
     x = as_float(x_u8)
     ours = make_attack(model, spec)(x, y).numpy()
@@ -251,7 +264,7 @@ def test_targeted_raises_opposite_class(trained):
     x = as_float(x_u8)
     target = 1 - y
     p0 = model(x, training=False).numpy()[np.arange(len(y)), target]
-    adv = make_attack(model, AttackSpec("pgd", eps=8, step=2, steps=10, targeted=True))(x, y)
+    adv = make_attack(model, AttackSpec("pgd", eps=12, step=3, steps=10, targeted=True))(x, y)
     p1 = model(adv, training=False).numpy()[np.arange(len(y)), target]
     assert np.mean(p1 > p0) >= 0.95
     assert p1.mean() > p0.mean() + 0.2

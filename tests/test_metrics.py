@@ -9,8 +9,6 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import roc_auc_score
-
 from cxrtransfer import WorkflowError
 from cxrtransfer.metrics import (
     COUNTS,
@@ -19,6 +17,7 @@ from cxrtransfer.metrics import (
     cell_columns,
     compute_cell,
 )
+from sklearn.metrics import roc_auc_score
 
 T_TARGET = 0.45
 T_SOURCE = 0.55

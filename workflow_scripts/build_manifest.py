@@ -1,8 +1,7 @@
 """Checkpoint manifest: verify the download, split by patient, write the task's manifest."""
 
 from cxrtransfer.ingest import build_manifest, check_rejected_fraction
-from cxrtransfer.utils import LOG, write_csv
-from cxrtransfer import WorkflowError  # noqa: F401
+from cxrtransfer.utils import LOG, run_main, write_csv
 
 
 def main(sm):

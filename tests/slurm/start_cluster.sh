@@ -5,11 +5,17 @@
 #
 # STATE_DIR (default: $SLURM_TEST_DIR, else /tmp/cxrtransfer-slurm) receives everything:
 # slurm.conf, gres.conf, the munge key/socket, spool and state dirs, pid files and logs.
-# Nothing under /etc is changed: daemons and clients read $STATE_DIR/slurm.conf through
-# the SLURM_CONF environment variable, which callers must export:
+# Daemons and clients read $STATE_DIR/slurm.conf through the SLURM_CONF environment
+# variable, which callers should export:
 #
 #   export SLURM_CONF=$STATE_DIR/slurm.conf
 #   sinfo; sbatch ...; squeue
+#
+# The only change outside STATE_DIR: /etc/slurm/slurm.conf becomes a symlink to
+# $STATE_DIR/slurm.conf (removed again by stop_cluster.sh), because Snakemake's
+# slurm-jobstep executor strips all SLURM_* variables, SLURM_CONF included, from the
+# environment of the `srun` it runs inside each job, so srun only finds the default path.
+# The script refuses to run if /etc/slurm/slurm.conf exists and is not such a symlink.
 #
 # Must run as root (it installs Debian's slurm-wlm and munge if missing, and starts munged
 # as user munge, slurmctld and slurmd as root). Stale daemons from an earlier run with the
@@ -118,6 +124,12 @@ sed -e "s|@HOST@|$HOST|g" -e "s|@STATE@|$STATE|g" \
     -e "s|@DEF_MEM_PER_CPU@|$DEF_MEM_PER_CPU|g" -e "s|@GPUS@|$GPUS|g" \
     "$HERE/slurm.conf.in" >"$STATE/slurm.conf"
 export SLURM_CONF="$STATE/slurm.conf"
+ETC_CONF=/etc/slurm/slurm.conf
+if [[ -e "$ETC_CONF" || -L "$ETC_CONF" ]] && [[ "$(readlink "$ETC_CONF" || true)" != */slurm.conf ]]; then
+    die "$ETC_CONF exists and is not a symlink left by this script; not touching it"
+fi
+mkdir -p /etc/slurm
+ln -sfn "$SLURM_CONF" "$ETC_CONF"
 
 # --- 5. slurmctld, slurmd ------------------------------------------------------------------
 slurmctld -i >>"$STATE/log/slurmctld.stdout" 2>&1 || die "slurmctld did not start"

@@ -6,6 +6,7 @@
 # Stops slurmd, slurmctld and munged by the pid files under STATE_DIR (default:
 # $SLURM_TEST_DIR, else /tmp/cxrtransfer-slurm), checking that each pid still belongs to
 # the expected program. Jobs still running are cancelled first. Logs stay in STATE_DIR/log.
+# Removes the /etc/slurm/slurm.conf symlink start_cluster.sh made.
 set -uo pipefail
 
 STATE="${1:-${SLURM_TEST_DIR:-/tmp/cxrtransfer-slurm}}"
@@ -50,4 +51,8 @@ stop() {
 stop slurmd "$STATE/run/slurmd.pid"
 stop slurmctld "$STATE/run/slurmctld.pid"
 stop munged "$STATE/munge/munged.pid"
+# the symlink start_cluster.sh made, if it still points into this state dir
+if [[ -L /etc/slurm/slurm.conf ]] && [[ "$(readlink /etc/slurm/slurm.conf)" == "$STATE/slurm.conf" ]]; then
+    rm -f /etc/slurm/slurm.conf
+fi
 exit 0

@@ -19,6 +19,7 @@ from . import WorkflowError
 
 METHODS = ("fgsm", "pgd")
 NORMS = ("linf", "l2")
+ALG = "philox"  # fixed stateless RNG: the same numbers with and without XLA
 _CONFIG_KEYS = {
     "method",
     "norm",
@@ -208,8 +209,9 @@ def make_attack(model, spec: AttackSpec, jit_compile: bool = False) -> Callable:
     """Return ``attack(x, y) -> x_adv``: the whole attack loop in one ``tf.function``.
 
     x: float32 (N, H, W, 1) in [0, 1]; y: int labels (N,). Traced once for any batch size.
-    Randomness (random start, DI) comes from stateless ops seeded by ``spec.seed`` only, so a
-    call is a pure function of (x, y).
+    Random numbers (random start, DI) come from stateless Philox ops seeded by ``spec.seed``
+    only and are drawn outside the (optionally XLA-compiled) loop, so a call is a pure function
+    of (x, y) and gives the same draws with and without ``jit_compile``.
     """
     import tensorflow as tf
 
@@ -224,52 +226,48 @@ def make_attack(model, spec: AttackSpec, jit_compile: bool = False) -> Callable:
     linf = spec.norm == "linf"
     mu = float(spec.momentum)
     dp, ds = float(spec.diversity_prob), float(spec.diversity_scale)
-    seed0 = int(spec.seed)
 
-    def rng_seed(key):
-        return tf.stack([tf.constant(seed0, tf.int64), tf.cast(key, tf.int64)])
+    def seed(stream: int):
+        return tf.constant([int(spec.seed), stream], tf.int64)
 
     def per_image_norm(t):
-        return tf.sqrt(tf.reduce_sum(tf.square(t), axis=[1, 2, 3], keepdims=True))
+        return tf.sqrt(tf.reduce_sum(tf.square(t), axis=[-3, -2, -1], keepdims=True))
 
     def project(x, x_adv):
         d = x_adv - x
         if linf:
             d = tf.clip_by_value(d, -eps, eps)
         else:
-            n = per_image_norm(d)
-            d = d * tf.minimum(1.0, tf.math.divide_no_nan(tf.constant(eps), n))
+            d = d * tf.minimum(1.0, tf.math.divide_no_nan(tf.constant(eps), per_image_norm(d)))
         return tf.clip_by_value(x + d, 0.0, 1.0)
 
-    def start(x, r):
+    def draws(x):
+        """Random starts (restarts, N, H, W, C) and DI uniforms (restarts, steps, 4)."""
+        shp = tf.concat([[restarts], tf.shape(x)], axis=0)
         if not spec.random_start:
-            return x
-        key = r * (steps + 1)
-        if linf:
-            d = tf.random.stateless_uniform(tf.shape(x), rng_seed(key), -eps, eps)
-        else:
-            g = tf.random.stateless_normal(tf.shape(x), rng_seed(key))
+            d0 = tf.zeros([restarts, 1, 1, 1, 1])
+        elif linf:
+            d0 = tf.random.stateless_uniform(shp, seed(0), -eps, eps, alg=ALG)
+        else:  # uniform in the L2 ball: Gaussian direction, radius eps * U^(1/dim)
+            g = tf.random.stateless_normal(shp, seed(0), alg=ALG)
             dim = float(np.prod([int(s) for s in x.shape[1:]]))
-            rad = tf.random.stateless_uniform(tf.shape(x)[:1], rng_seed(-1 - key))
-            rad = eps * rad ** (1.0 / dim)
-            d = tf.math.divide_no_nan(g, per_image_norm(g)) * rad[:, None, None, None]
-        return project(x, x + d)
+            rad = tf.random.stateless_uniform(shp[:2], seed(1), alg=ALG) ** (1.0 / dim)
+            d0 = tf.math.divide_no_nan(g, per_image_norm(g)) * (eps * rad)[..., None, None, None]
+        u = tf.random.stateless_uniform([restarts, steps, 4], seed(2), alg=ALG)
+        return d0, u
 
-    def gradient(x_adv, target, key):
+    def gradient(x_adv, target, u):
         with tf.GradientTape() as tape:
             tape.watch(x_adv)
-            x_in = x_adv
-            if dp > 0:
-                u = tf.random.stateless_uniform([4], rng_seed(key))
-                x_in = diverse_input(x_adv, u, dp, ds)
+            x_in = diverse_input(x_adv, u, dp, ds) if dp > 0 else x_adv
             loss = tf.reduce_sum(cross_entropy(target, model(x_in, training=False)))
         return tape.gradient(loss, x_adv)
 
-    def run(x, target, r):
-        x_adv = start(x, r)
+    def run(x, target, d0, u):
+        x_adv = project(x, x + d0) if spec.random_start else x
         g = tf.zeros_like(x)
         for i in tf.range(steps):
-            grad = gradient(x_adv, target, r * (steps + 1) + i + 1)
+            grad = gradient(x_adv, target, u[i])
             if mu > 0:
                 l1 = tf.reduce_mean(tf.abs(grad), axis=[1, 2, 3], keepdims=True)
                 g = mu * g + tf.math.divide_no_nan(grad, l1)
@@ -281,27 +279,33 @@ def make_attack(model, spec: AttackSpec, jit_compile: bool = False) -> Callable:
             x_adv = project(x, x_adv + (direction * step) * d)
         return x_adv
 
-    @tf.function(
-        input_signature=[
-            tf.TensorSpec((None, *shape), tf.float32),
-            tf.TensorSpec((None,), tf.int32),
-        ],
-        jit_compile=jit_compile,
-    )
-    def attack_graph(x, y):
+    def loop(x, y, d0, u):
         target = 1 - y if spec.targeted else y
         if restarts == 1:
-            return run(x, target, tf.constant(0))
+            return run(x, target, d0[0], u[0])
         best = x
         worst = np.inf if spec.targeted else -np.inf
         best_loss = tf.fill(tf.shape(y), tf.constant(worst, tf.float32))
         for r in tf.range(restarts):
-            x_adv = run(x, target, r)
+            x_adv = run(x, target, d0[r], u[r])
             loss = cross_entropy(target, model(x_adv, training=False))
             better = loss < best_loss if spec.targeted else loss > best_loss
             best = tf.where(better[:, None, None, None], x_adv, best)
             best_loss = tf.where(better, loss, best_loss)
         return best
+
+    if jit_compile:
+        loop = tf.function(loop, jit_compile=True)
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec((None, *shape), tf.float32),
+            tf.TensorSpec((None,), tf.int32),
+        ]
+    )
+    def attack_graph(x, y):
+        d0, u = draws(x)
+        return loop(x, y, d0, u)
 
     def attack(x, y):
         return attack_graph(tf.convert_to_tensor(x, tf.float32), tf.cast(y, tf.int32))

@@ -72,6 +72,7 @@ def make_dataset(
     patients: set[int] | None = None,
     augment: dict | None = None,
     shuffle_buffer: int = 4096,
+    n_images: int | None = None,
 ):
     """(images float32 in [0, 1] (B,H,W,1), labels int) batches, shuffled and prefetched.
 
@@ -103,6 +104,8 @@ def make_dataset(
     )
     if shuffle:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if n_images is not None:  # lets Keras know the epoch length (no "ran out of data")
+        ds = ds.apply(tf.data.experimental.assert_cardinality(n_images))
     ds = ds.batch(batch_size)
 
     def to_float(x, y):

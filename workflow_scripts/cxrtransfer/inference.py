@@ -29,9 +29,9 @@ def predict_probs(model, images_u8: np.ndarray, batch_size: int = 128, predict_f
     return out
 
 
-def predict_shards(model, paths, image_size: int, batch_size: int = 128) -> dict:
+def predict_shards(model, paths, image_size: int, batch_size: int = 128, predict_fn=None) -> dict:
     """Stream shards through the model; returns labels, probs, image_index (one shard in memory)."""
-    fn = make_predict_fn(model)
+    fn = predict_fn or make_predict_fn(model)
     labels, probs, names = [], [], []
     for imgs, y, n in shard_arrays(paths, image_size):
         probs.append(predict_probs(model, imgs, batch_size, fn))

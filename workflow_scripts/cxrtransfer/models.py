@@ -101,6 +101,7 @@ def build_model(
     seed: int | None = None,
     dropout: float = 0.2,
     hidden: int = 128,
+    bn_momentum: float | None = None,
 ):
     """Pixels in [0, 1], shape (H, W, 1) -> softmax over (no finding, finding).
 
@@ -123,6 +124,13 @@ def build_model(
         raise
     except Exception as e:  # noqa: BLE001 - turned into a message the user can act on
         raise _weights_error(e, arch, pretrained) from None
+    if bn_momentum is not None:
+        # Keras' default (0.99) leaves the moving statistics near their initial values for
+        # the first few hundred steps, so a from-scratch model on a small dataset predicts a
+        # constant in inference mode (validation AUC exactly 0.5) while it learns in training.
+        for layer in backbone.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = bn_momentum
     x = backbone(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     x = keras.layers.Dense(hidden, activation="relu", name="fc")(x)

@@ -45,6 +45,7 @@ class SyntheticSpec:
     no_finding_fraction: float = 0.5
     prevalence: dict = field(default_factory=dict)
     rgba_fraction: float = 0.01
+    signal: float = 1.0
 
     @classmethod
     def from_config(cls, cfg: dict) -> SyntheticSpec:
@@ -80,8 +81,13 @@ def _soft_ellipse(yy, xx, cy, cx, ry, rx, edge=0.08):
     return np.clip((1.0 + edge - d) / (2 * edge), 0.0, 1.0)
 
 
-def render(labels: set[str], anatomy: dict, rng: np.random.Generator, size: int) -> np.ndarray:
-    """Draw one chest-like radiograph (uint8, size x size) showing ``labels``."""
+def render(
+    labels: set[str], anatomy: dict, rng: np.random.Generator, size: int, signal: float = 1.0
+) -> np.ndarray:
+    """Draw one chest-like radiograph (uint8, size x size) showing ``labels``.
+
+    ``signal`` scales how visible the findings are (1 = the default, subtle; 2 = obvious).
+    """
     s = size
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) / s
     img = np.full((s, s), 0.08, np.float32)
@@ -101,21 +107,23 @@ def render(labels: set[str], anatomy: dict, rng: np.random.Generator, size: int)
     img += lung_mask * (ribs + texture)
     # mediastinum and heart (image right = patient's left)
     img += 0.3 * _soft_ellipse(yy, xx, 0.45, 0.5, 0.35, 0.06, 0.15)
-    heart_w = anatomy["heart_w"] * (rng.uniform(1.45, 1.75) if "Cardiomegaly" in labels else 1.0)
-    heart_h = anatomy["heart_h"] * (1.2 if "Cardiomegaly" in labels else 1.0)
+    heart_w = anatomy["heart_w"] * (1 + signal * rng.uniform(0.25, 0.6) if "Cardiomegaly" in labels else 1.0)
+    heart_h = anatomy["heart_h"] * (rng.uniform(1.0, 1.2) if "Cardiomegaly" in labels else 1.0)
     img += 0.42 * _soft_ellipse(yy, xx, 0.66, 0.53, heart_h, heart_w, 0.1)
     if "Pneumothorax" in labels:
         side, cx, m = lungs[int(rng.integers(0, 2))]
-        depth = rng.uniform(0.35, 0.55)  # fraction of the lung height that collapsed
+        depth = rng.uniform(0.2, 0.5)  # fraction of the lung height that collapsed
         top = cy - lung_ry
         region = m * (yy < top + depth * 2 * lung_ry)
-        outer = np.abs(xx - 0.5) > np.abs(cx - 0.5) - lung_rx * rng.uniform(0.1, 0.4)
+        outer = np.abs(xx - 0.5) > np.abs(cx - 0.5) - lung_rx * rng.uniform(0.0, 0.4)
         region = region * outer
-        img = img * (1 - region) + region * (0.02 + 0.01 * rng.standard_normal((s, s)))
-        # pleural line: bright thin edge of the collapsed region
+        # the collapsed part loses its lung texture and darkens; a faint pleural line remains
+        dark = min(1.0, signal * rng.uniform(0.4, 0.8))
+        flat = 0.05 + 0.02 * rng.standard_normal((s, s))
+        img = img * (1 - dark * region) + dark * region * flat
         edge = np.abs(np.gradient(region.astype(np.float32), axis=1))
         edge += np.abs(np.gradient(region.astype(np.float32), axis=0))
-        img += 0.5 * np.clip(edge * 3, 0, 1)
+        img += signal * rng.uniform(0.1, 0.3) * np.clip(edge * 3, 0, 1)
     if "Effusion" in labels:
         side, cx, m = lungs[int(rng.integers(0, 2))]
         level = cy + lung_ry * rng.uniform(0.45, 0.75)
@@ -133,7 +141,7 @@ def render(labels: set[str], anatomy: dict, rng: np.random.Generator, size: int)
         img += 0.12 * m * (yy > cy + 0.1)
     # exposure and noise
     img = img * anatomy["contrast"] + anatomy["brightness"]
-    img += 0.015 * rng.standard_normal((s, s)).astype(np.float32)
+    img += 0.03 * rng.standard_normal((s, s)).astype(np.float32)
     return np.clip(img * 255.0, 0, 255).astype(np.uint8)
 
 
@@ -143,7 +151,7 @@ def _patient_anatomy(rng: np.random.Generator) -> dict:
         "lung_rx": rng.uniform(0.14, 0.17),
         "lung_sep": rng.uniform(0.17, 0.2),
         "rib_freq": rng.uniform(7, 10),
-        "heart_w": rng.uniform(0.1, 0.125),
+        "heart_w": rng.uniform(0.095, 0.135),
         "heart_h": rng.uniform(0.11, 0.14),
         "contrast": rng.uniform(0.85, 1.15),
         "brightness": rng.uniform(-0.05, 0.08),
@@ -196,7 +204,7 @@ def generate(out_dir: str | Path, spec: SyntheticSpec) -> dict:
         folder = out / f"images_{i // spec.images_per_folder + 1:03d}" / "images"
         folder.mkdir(parents=True, exist_ok=True)
         irng = np.random.default_rng(img_seed)
-        arr = render(set(labels), anatomy, irng, spec.image_size)
+        arr = render(set(labels), anatomy, irng, spec.image_size, spec.signal)
         if irng.random() < spec.rgba_fraction:
             rgba = np.stack([arr, arr, arr, np.full_like(arr, 255)], axis=-1)
             Image.fromarray(rgba, mode="RGBA").save(folder / name)

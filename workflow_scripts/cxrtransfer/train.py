@@ -30,6 +30,7 @@ TRAINING_DEFAULTS = {
     "patience": 4,
     "class_weight": "balanced",
     "min_val_auc": 0.6,
+    "bn_momentum": 0.9,
 }
 
 
@@ -112,8 +113,10 @@ def _callbacks(model_dir: Path, work: Path, s: dict, val_ds_fn):
         """Validation AUROC (scikit-learn) into the epoch logs as ``val_auc``."""
 
         def on_epoch_end(self, epoch, logs=None):
-            y, p = val_ds_fn(self.model)
+            y, p = val_ds_fn(self.model, self)
             logs["val_auc"] = binary_metrics(y, p, 0.5)["auc"]
+            p_true = np.clip(np.where(y == 1, p, 1 - p), 1e-7, 1.0)
+            logs["val_loss"] = float(-np.log(p_true).mean())
             LOG.info(
                 "epoch %d/%d: loss %.4f val_loss %.4f val_auc %.4f",
                 epoch + 1,
@@ -172,7 +175,7 @@ def train_model(
     import keras
 
     from .data import count_labels, make_dataset
-    from .inference import predict_shards
+    from .inference import make_predict_fn, predict_shards
     from .models import build_model
 
     out = Path(out_dir)
@@ -209,7 +212,9 @@ def train_model(
         s["name"], s["arch"], s["pretrained"], n, n1, vn0 + vn1, class_weight,
     )
     keras.utils.set_random_seed(s["seed"])
-    model = build_model(s["arch"], size, s["pretrained"], seed=s["seed"])
+    model = build_model(
+        s["arch"], size, s["pretrained"], seed=s["seed"], bn_momentum=s["bn_momentum"]
+    )
     model.compile(
         optimizer=_optimizer(s, steps),
         loss="sparse_categorical_crossentropy",
@@ -217,22 +222,23 @@ def train_model(
     )
     train_ds = make_dataset(
         train_shards, size, s["batch_size"], shuffle=True, seed=s["seed"], patients=patients,
-        augment=s["augment"] or None,
+        augment=s["augment"] or None, n_images=n,
     )
-    val_ds = make_dataset(val_shards, size, 128, shuffle=False)
 
-    def val_preds(m):
-        r = predict_shards(m, val_shards, size)
+    def val_preds(m, holder):
+        if not hasattr(holder, "predict_fn"):  # trace the compiled prediction once
+            holder.predict_fn = make_predict_fn(m)
+        r = predict_shards(m, val_shards, size, predict_fn=holder.predict_fn)
         return r["labels"], r["probs"]
 
     t0 = time.time()
     model.fit(
         train_ds,
-        validation_data=val_ds,
         epochs=s["epochs"],
         class_weight=class_weight,
         callbacks=_callbacks(out, work, s, val_preds),
-        verbose=2,
+        shuffle=False,
+        verbose=0,  # one line per epoch from ValAUC instead of Keras' progress bars
     )
     wall = time.time() - t0
     history = _previous_history(work / "log.csv")
@@ -290,3 +296,13 @@ def check_quality(s: dict, val_m: dict, test_m: dict, val_probs: np.ndarray) -> 
                 f"threshold (predicted positive fraction {m['predicted_positive_fraction']}). "
                 "It has collapsed; see its history.csv and retrain with other settings."
             )
+
+
+def json_threshold(metrics_path) -> float:
+    """The decision threshold a model chose on its validation split (from metrics.json)."""
+    try:
+        return float(json.loads(Path(metrics_path).read_text())["threshold"])
+    except (OSError, KeyError, ValueError) as e:
+        raise WorkflowError(
+            f"Cannot read the decision threshold from '{metrics_path}' ({e}); rerun training."
+        ) from None

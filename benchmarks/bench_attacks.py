@@ -1,0 +1,238 @@
+"""Benchmark PGD implementations on one model, batch and setting (image-steps per second).
+
+Compares: our compiled PGD (cxrtransfer.attacks.make_attack), the same with XLA, an eager
+per-step GradientTape loop, ART's ProjectedGradientDescent, and the bound: one forward+backward
+pass w.r.t. the input in a tf.function, timed per step. Optionally the compiled PGD and the bound
+under a Keras mixed-precision policy.
+
+    .venv/bin/python benchmarks/bench_attacks.py --image-size 64 --batch 32 --steps 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--arch", default="ResNet50", help="keras.applications backbone")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats after one warm-up")
+    p.add_argument("--eps", type=float, default=8.0, help="1/255 units (step = eps/4)")
+    p.add_argument("--no-xla", action="store_true", help="skip the jit_compile=True variant")
+    p.add_argument("--no-art", action="store_true", help="skip ART")
+    p.add_argument("--no-mixed", action="store_true", help="skip the mixed-precision variant")
+    p.add_argument("--mixed-policy", default="mixed_bfloat16", help="Keras dtype policy to try")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    return p.parse_args(argv)
+
+
+def timed(fn, repeats: int):
+    """One warm-up call (tracing/compilation, timed separately), then ``repeats`` timed calls."""
+    t0 = time.perf_counter()
+    out = fn()
+    warm = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return times, warm, out
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import keras
+    import tensorflow as tf
+    from cxrtransfer.attacks import AttackSpec, cross_entropy, make_attack
+    from cxrtransfer.models import build_model
+
+    n, s, steps = args.batch, args.image_size, args.steps
+    spec = AttackSpec("pgd", "linf", eps=args.eps, step=args.eps / 4, steps=steps)
+    eps, step = spec.eps / 255, spec.step / 255
+    rng = np.random.default_rng(0)
+    x_np = rng.uniform(0, 1, size=(n, s, s, 1)).astype(np.float32)
+    y_np = rng.integers(0, 2, size=n).astype(np.int32)
+    x, y = tf.constant(x_np), tf.constant(y_np)
+
+    def build(policy=None):
+        if policy:
+            keras.mixed_precision.set_global_policy(policy)
+        try:
+            return build_model(args.arch, s, pretrained="none", seed=0)
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+
+    model = build()
+    results = {}
+
+    def record(name, fn, calls_per_run=1):
+        times, warm, out = timed(fn, args.repeats)
+        rates = [n * steps / t for t in times]
+        results[name] = {
+            "median": statistics.median(rates),
+            "min": min(rates),
+            "max": max(rates),
+            "warmup_s": warm,
+            "times_s": times,
+        }
+        if out is not None:
+            out = np.asarray(out)
+            ref = results.get("ours", {}).get("_out")
+            results[name]["_out"] = out
+            if ref is not None:
+                results[name]["max_diff_vs_ours_255"] = float(np.abs(out - ref).max() * 255)
+        print(f"  {name}: median {results[name]['median']:.1f} image-steps/s", flush=True)
+
+    print(f"{args.arch} {s}x{s}, batch {n}, {steps} PGD steps, {args.repeats} repeats", flush=True)
+
+    # (a) ours, compiled loop
+    ours = make_attack(model, spec)
+    record("ours", lambda: ours(x, y).numpy())
+
+    # (b) ours with XLA
+    if not args.no_xla:
+        ours_xla = make_attack(model, spec, jit_compile=True)
+        record("ours_xla", lambda: ours_xla(x, y).numpy())
+
+    # (c) eager per-step loop
+    def eager():
+        x_adv = x
+        for _ in range(steps):
+            with tf.GradientTape() as tape:
+                tape.watch(x_adv)
+                loss = tf.reduce_sum(cross_entropy(y, model(x_adv, training=False)))
+            g = tape.gradient(loss, x_adv)
+            x_adv = tf.clip_by_value(
+                x + tf.clip_by_value(x_adv + step * tf.sign(g) - x, -eps, eps), 0, 1
+            )
+        return x_adv.numpy()
+
+    record("eager", eager)
+
+    # (d) ART
+    if not args.no_art:
+        from art.attacks.evasion import ProjectedGradientDescent
+        from art.estimators.classification import TensorFlowV2Classifier
+
+        def loss_object(y_onehot, probs):
+            return tf.reduce_sum(cross_entropy(tf.argmax(y_onehot, axis=1), probs))
+
+        clf = TensorFlowV2Classifier(
+            model=model,
+            nb_classes=2,
+            input_shape=(s, s, 1),
+            loss_object=loss_object,
+            clip_values=(0.0, 1.0),
+        )
+        pgd = ProjectedGradientDescent(
+            clf,
+            norm=np.inf,
+            eps=eps,
+            eps_step=step,
+            max_iter=steps,
+            num_random_init=0,
+            batch_size=n,
+            verbose=False,
+        )
+        y_onehot = np.eye(2, dtype=np.float32)[y_np]
+        record("art", lambda: pgd.generate(x_np, y=y_onehot))
+
+    # (e) bound: forward + backward w.r.t. the input, one tf.function call per step
+    def make_bound(m):
+        @tf.function
+        def grad(xx, yy):
+            with tf.GradientTape() as tape:
+                tape.watch(xx)
+                loss = tf.reduce_sum(cross_entropy(yy, m(xx, training=False)))
+            return tape.gradient(loss, xx)
+
+        def run():
+            for _ in range(steps):
+                g = grad(x, y)
+            g.numpy()
+
+        return run
+
+    record("bound", make_bound(model))
+
+    # Mixed precision (compiled loop and its bound)
+    if not args.no_mixed:
+        try:
+            mp = build(args.mixed_policy)
+            ours_mp = make_attack(mp, spec)
+            record(f"ours_{args.mixed_policy}", lambda: ours_mp(x, y).numpy())
+            record(f"bound_{args.mixed_policy}", make_bound(mp))
+        except Exception as e:  # noqa: BLE001 - report and carry on
+            print(f"  mixed precision ({args.mixed_policy}) failed: {type(e).__name__}: {e}")
+
+    for r in results.values():
+        r.pop("_out", None)
+    ref = results["ours"]["median"]
+    ratios = {
+        "ours/eager": ref / results["eager"]["median"],
+        "ours/bound": ref / results["bound"]["median"],
+    }
+    if "art" in results:
+        ratios["ours/art"] = ref / results["art"]["median"]
+    if "ours_xla" in results:
+        ratios["ours_xla/ours"] = results["ours_xla"]["median"] / ref
+
+    print()
+    print(
+        f"PGD L-inf, {args.arch} {s}x{s}, batch {n}, {steps} steps, median of {args.repeats} "
+        f"repeats after a warm-up; TF {tf.__version__}, Keras {keras.__version__}, "
+        f"{os.cpu_count()} CPU cores"
+    )
+    print()
+    print(
+        "| method | image-steps/s (median) | min-max | spread % | warm-up s "
+        "| vs ours | max abs diff vs ours (1/255) |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, r in results.items():
+        spread = 100 * (r["max"] - r["min"]) / r["median"]
+        diff = r.get("max_diff_vs_ours_255")
+        print(
+            f"| {name} | {r['median']:.1f} | {r['min']:.1f}-{r['max']:.1f} | {spread:.1f} "
+            f"| {r['warmup_s']:.1f} | {r['median'] / ref:.2f} "
+            f"| {'' if diff is None else f'{diff:.3g}'} |"
+        )
+    print()
+    targets = {"ours/eager": 3.0, "ours/art": 1.0, "ours/bound": 0.9}
+    for k, v in ratios.items():
+        t = targets.get(k)
+        verdict = "" if t is None else f" (target >= {t:g}: {'met' if v >= t else 'NOT met'})"
+        print(f"- {k} = {v:.2f}{verdict}")
+    best = max(results, key=lambda k: results[k]["median"] if not k.startswith("bound") else -1)
+    print(f"- fastest attack variant on this machine: {best}")
+
+    if args.json:
+        from cxrtransfer.utils import write_json
+
+        write_json(
+            args.json,
+            {
+                "settings": vars(args),
+                "platform": platform.platform(),
+                "tensorflow": tf.__version__,
+                "keras": keras.__version__,
+                "results": results,
+                "ratios": ratios,
+            },
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

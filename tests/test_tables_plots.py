@@ -1,0 +1,284 @@
+"""Tests of cxrtransfer.tables and cxrtransfer.plots."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from cxrtransfer import WorkflowError, plots, tables
+from cxrtransfer.metrics import cell_columns, compute_cell
+from PIL import Image
+
+MODELS = {
+    "pneu_r50": {"task": "pneumothorax", "arch": "ResNet50"},
+    "pneu_r50_s2": {"task": "pneumothorax", "arch": "ResNet50"},
+    "pneu_d121": {"task": "pneumothorax", "arch": "DenseNet121"},
+    "card_r50": {"task": "cardiomegaly", "arch": "ResNet50"},
+}
+TARGETS = ("pneu_d121", "pneu_r50", "pneu_r50_s2")
+STRENGTH = {"white-box": 0.9, "surrogate": 0.6, "cross-architecture": 0.4, "cross-task": 0.1}
+
+
+def fake_cells(eps_list=(2, 8), attacks=("pgd",), swap_wb=False):
+    """Cell dicts with every compute_cell key; values follow a known formula."""
+    cells = []
+    for attack in attacks:
+        for eps in eps_list:
+            for s in MODELS:
+                for t in TARGETS:
+                    rel = tables.relation(MODELS[s], MODELS[t], "pneumothorax", s, t)
+                    st = STRENGTH[rel] * eps / 8
+                    if swap_wb and rel in ("white-box", "surrogate"):
+                        st = STRENGTH["surrogate" if rel == "white-box" else "white-box"] * eps / 8
+                    c = {k: 0.5 for k in cell_columns()}
+                    c.update(
+                        notes="",
+                        transfer_rate=st,
+                        fooling_rate=st * 0.8,
+                        clean_auroc=0.9,
+                        adv_auroc=0.9 * (1 - st),
+                        adv_auroc_ci_low=0.9 * (1 - st) - 0.05,
+                        adv_auroc_ci_high=min(0.9 * (1 - st) + 0.05, 1.0),
+                        source=s,
+                        target=t,
+                        data_task="pneumothorax",
+                        attack=attack,
+                        eps=eps,
+                        relation=rel,
+                    )
+                    cells.append(c)
+    return cells
+
+
+@pytest.fixture(scope="module")
+def table():
+    return tables.long_table(fake_cells())
+
+
+# ----------------------------------------------------------------------------------------------
+# relation()
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("source", "target", "task", "expected"),
+    [
+        ("pneu_r50", "pneu_r50", "pneumothorax", "white-box"),
+        ("pneu_r50_s2", "pneu_r50", "pneumothorax", "surrogate"),
+        ("pneu_d121", "pneu_r50", "pneumothorax", "cross-architecture"),
+        ("card_r50", "pneu_r50", "pneumothorax", "cross-task"),
+        # pneumothorax sources attacking cardiomegaly images are cross-task, whatever the arch
+        ("pneu_r50", "card_r50", "cardiomegaly", "cross-task"),
+        ("pneu_d121", "card_r50", "cardiomegaly", "cross-task"),
+        # same name wins over everything
+        ("card_r50", "card_r50", "pneumothorax", "white-box"),
+    ],
+)
+def test_relation(source, target, task, expected):
+    assert tables.relation(MODELS[source], MODELS[target], task, source, target) == expected
+
+
+def test_relation_needs_task_and_arch():
+    with pytest.raises(WorkflowError, match="'x'.*task"):
+        tables.relation({"arch": "ResNet50"}, MODELS["pneu_r50"], "pneumothorax", "x", "pneu_r50")
+
+
+# ----------------------------------------------------------------------------------------------
+# long_table, matrices, write_matrix
+# ----------------------------------------------------------------------------------------------
+
+
+def test_long_table_columns_and_rows(table):
+    cols = list(table.columns)
+    assert cols[:6] == list(tables.ID_COLUMNS)
+    assert cols[6:9] == ["clean_auroc", "clean_auroc_ci_low", "clean_auroc_ci_high"]
+    assert cols[-1] == "notes"
+    assert len(table) == 2 * len(MODELS) * len(TARGETS)
+    # Input order does not matter: rows are sorted.
+    rev = tables.long_table(list(reversed(fake_cells())))
+    pd.testing.assert_frame_equal(rev, table)
+    assert list(table["eps"].iloc[:3]) == [2, 2, 2]
+
+
+def test_long_table_with_real_cells_and_errors():
+    rng = np.random.default_rng(0)
+    n = 40
+    y = rng.integers(0, 2, n)
+    idx = [str(i) for i in range(n)]
+    clean = pd.DataFrame({"image_index": idx, "label": y, "prob": rng.random(n)})
+    adv = clean.assign(
+        prob=rng.random(n), source_clean_prob=0.5, source_adv_prob=rng.random(n), l2=1.0, linf=0.01
+    )
+    c = compute_cell(clean, adv, 0.5, 0.5, n_boot=20)
+    c.update(source="a", target="b", data_task="t", attack="pgd", eps=4, relation="surrogate")
+    df = tables.long_table([c])
+    assert list(df.columns) == list(tables.ID_COLUMNS) + cell_columns()
+    with pytest.raises(WorkflowError, match="duplicate"):
+        tables.long_table([c, c])
+    bad = dict(c)
+    del bad["relation"]
+    with pytest.raises(WorkflowError, match="relation"):
+        tables.long_table([bad])
+    with pytest.raises(WorkflowError, match="empty"):
+        tables.long_table([])
+
+
+def test_matrices_shape_and_values(table):
+    mats = tables.matrices(table, "transfer_rate")
+    assert sorted(mats) == [("pneumothorax", "pgd", 2), ("pneumothorax", "pgd", 8)]
+    m = mats[("pneumothorax", "pgd", 8)]
+    assert m.shape == (len(MODELS), len(TARGETS))
+    assert list(m.index) == sorted(MODELS) and list(m.columns) == sorted(TARGETS)
+    assert m.loc["pneu_r50", "pneu_r50"] == pytest.approx(STRENGTH["white-box"])
+    assert m.loc["pneu_r50_s2", "pneu_r50"] == pytest.approx(STRENGTH["surrogate"])
+    assert m.loc["pneu_d121", "pneu_r50"] == pytest.approx(STRENGTH["cross-architecture"])
+    assert m.loc["card_r50", "pneu_d121"] == pytest.approx(STRENGTH["cross-task"])
+    m2 = tables.matrices(table, "adv_auroc")[("pneumothorax", "pgd", 2)]
+    assert m2.loc["pneu_r50", "pneu_r50"] == pytest.approx(0.9 * (1 - 0.9 * 2 / 8))
+    # A missing (source, target) combination is NaN.
+    part = table[~((table["source"] == "card_r50") & (table["target"] == "pneu_r50"))]
+    m3 = tables.matrices(part, "transfer_rate")[("pneumothorax", "pgd", 8)]
+    assert math.isnan(m3.loc["card_r50", "pneu_r50"]) and m3.shape == m.shape
+    with pytest.raises(WorkflowError, match="no_such"):
+        tables.matrices(table, "no_such")
+
+
+def test_write_matrix_round_trip(table, tmp_path):
+    m = tables.matrices(table, "transfer_rate")[("pneumothorax", "pgd", 8)].copy()
+    m.loc["card_r50", "pneu_r50"] = np.nan
+    m.loc["pneu_d121", "pneu_d121"] = 1 / 3
+    paths = tables.write_matrix(m, tmp_path / "sub" / "transfer_pgd_8")
+    assert [p.name for p in paths] == [f"transfer_pgd_8.{e}" for e in ("csv", "md", "tex")]
+    back = pd.read_csv(paths[0], index_col=0)
+    assert list(back.index) == list(m.index) and list(back.columns) == list(m.columns)
+    np.testing.assert_array_equal(back.to_numpy(), m.to_numpy())  # exact, NaN where NaN
+
+    md = paths[1].read_text().splitlines()
+    assert md[0].startswith("| source \\ target |") and md[1].startswith("| --- |")
+    cells = {r.split("|")[1].strip(): [x.strip() for x in r.split("|")[2:-1]] for r in md[2:]}
+    header = [x.strip() for x in md[0].split("|")[2:-1]]
+    assert cells["card_r50"][header.index("pneu_r50")] == "n/a"
+    assert cells["pneu_d121"][header.index("pneu_d121")] == "0.333"
+    for name, vals in cells.items():
+        for col, v in zip(header, vals, strict=True):
+            if v != "n/a":
+                assert float(v) == pytest.approx(m.loc[name, col], abs=5e-4)
+
+    tex = paths[2].read_text()
+    assert tex.startswith("\\begin{tabular}{lrrr}") and tex.rstrip().endswith("\\end{tabular}")
+    assert "pneu\\_d121 & 0.333 &" in tex and "n/a" in tex
+    assert "pneu_r50" not in tex  # underscores escaped
+    assert len([ln for ln in tex.splitlines() if ln.endswith("\\\\")]) == 1 + len(m)
+
+
+# ----------------------------------------------------------------------------------------------
+# summary_markdown
+# ----------------------------------------------------------------------------------------------
+
+
+def test_summary_expected_ordering_synthetic(table):
+    text = tables.summary_markdown(table, MODELS, "synthetic")
+    assert "NOT clinical results" in text and "demonstration" in text
+    assert "## Data task pneumothorax, attack pgd, eps 8/255" in text
+    assert "As expected, the white-box attack is strongest" in text
+    assert "Overall the expected ordering holds." in text
+    assert "Unexpectedly" not in text
+    row = next(ln for ln in text.splitlines() if ln.startswith("| cross-task |"))
+    assert row.split("|")[2].strip() == "3"  # card_r50 x 3 targets
+
+
+def test_summary_reports_violated_ordering():
+    df = tables.long_table(fake_cells(swap_wb=True))
+    text = tables.summary_markdown(df, MODELS, "kaggle")
+    assert "NOT clinical" not in text and "Kaggle" in text
+    assert "the white-box attack is NOT the strongest" in text
+    assert "Overall the expected ordering holds." not in text
+
+
+def test_summary_reports_transfer_inversion(table):
+    df = table.copy()
+    xt = df["relation"] == "cross-task"
+    df.loc[xt, "adv_auroc"] = 0.2  # cross-task suddenly stronger than the surrogates
+    text = tables.summary_markdown(df, MODELS, "synthetic")
+    assert "does not hold" in text and "cross-task (0.200) is stronger than surrogate" in text
+
+
+# ----------------------------------------------------------------------------------------------
+# Plots
+# ----------------------------------------------------------------------------------------------
+
+
+def _png(path):
+    assert path.exists() and path.stat().st_size > 5_000
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        return im.size
+
+
+def test_plot_transfer_heatmap(tmp_path):
+    df = tables.long_table(fake_cells(eps_list=(1, 2, 4, 8)))
+    df.loc[(df["source"] == "card_r50") & (df["target"] == "pneu_r50"), "transfer_rate"] = np.nan
+    one = tables.long_table(fake_cells(eps_list=(4,)))
+    plots.plot_transfer_heatmap(df, "pneumothorax", "pgd", tmp_path / "h4.png")
+    plots.plot_transfer_heatmap(one, "pneumothorax", "pgd", tmp_path / "h1.png")
+    w4, h4 = _png(tmp_path / "h4.png")
+    w1, h1 = _png(tmp_path / "h1.png")
+    assert w4 > 2.5 * w1 and h4 > 250 and w1 > 300
+    with pytest.raises(WorkflowError, match="no rows"):
+        plots.plot_transfer_heatmap(df, "pneumothorax", "fgsm", tmp_path / "x.png")
+
+
+def test_plot_auroc_vs_eps(tmp_path, table):
+    out = tmp_path / "auroc.png"
+    plots.plot_auroc_vs_eps(table, "pneumothorax", "pgd", "pneu_r50", out)
+    w, h = _png(out)
+    assert 500 < w < 2000 and 300 < h < 1200
+
+
+def test_plot_roc(tmp_path):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    clean = pd.DataFrame({"label": y, "prob": np.clip(0.3 * y + rng.random(200) * 0.7, 0, 1)})
+    adv = clean.assign(prob=rng.random(200))
+    plots.plot_roc(clean, adv, "ROC of target", tmp_path / "roc.png")
+    w, h = _png(tmp_path / "roc.png")
+    assert 300 < w < 1500 and 300 < h < 1500
+    # A single class must not crash: the figure says why there is no curve.
+    plots.plot_roc(clean.assign(label=0), adv.assign(label=0), "one class", tmp_path / "r1.png")
+    _png(tmp_path / "r1.png")
+
+
+def test_select_examples_picks_flipped_and_most_perturbed():
+    #              0     1     2     3     4     5     6     7
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    clean = np.array([0.1, 0.2, 0.3, 0.6, 0.9, 0.8, 0.7, 0.4])
+    adv = np.array([0.9, 0.55, 0.4, 0.9, 0.1, 0.45, 0.8, 0.1])
+    l2 = np.array([1.0, 5.0, 9.0, 2.0, 1.0, 3.0, 8.0, 9.5])
+    # class 0: flipped = 0 (+0.8), 1 (+0.35); 3 was wrong when clean. largest l2 = 2.
+    # class 1: flipped = 4 (-0.8), 5 (-0.35); 7 was wrong when clean. largest l2 = 7, then 6.
+    assert plots.select_examples(labels, clean, adv, l2, 2) == [0, 2, 4, 7]
+    assert plots.select_examples(labels, clean, adv, l2, 3) == [0, 2, 1, 4, 7, 5]
+    assert plots.select_examples(labels, clean, adv, l2, 1) == [0, 4]
+    # No duplicates: the most flipped image is also the most perturbed one.
+    l2b = np.array([9.0, 1.0, 1.0, 1.0, 9.0, 1.0, 1.0, 1.0])
+    sel = plots.select_examples(labels, clean, adv, l2b, 2)
+    assert sel == [0, 1, 4, 5] and len(set(sel)) == len(sel)
+    # More requested than available: every image of each class, once.
+    assert sorted(plots.select_examples(labels, clean, adv, l2, 10)) == list(range(8))
+    with pytest.raises(WorkflowError, match="differ in length"):
+        plots.select_examples(labels, clean, adv[:3], l2, 1)
+
+
+def test_plot_examples(tmp_path):
+    rng = np.random.default_rng(1)
+    clean = (rng.random((3, 48, 48, 1)) * 255).astype(np.uint8)
+    adv = np.clip(clean.astype(int) + rng.integers(-4, 5, clean.shape), 0, 255).astype(np.uint8)
+    args = (clean, adv, [0, 1, 1], [0.2, 0.8, 0.6], [0.7, 0.3, 0.5], ["a.png", "b.png", "c.png"])
+    plots.plot_examples(*args, "Examples", tmp_path / "ex.png")
+    plots.plot_examples(*args, "Examples", tmp_path / "ex2.png", amplify=10, threshold=0.5)
+    w, h = _png(tmp_path / "ex.png")
+    assert h > 600 and w > 500  # three rows, three columns
+    with pytest.raises(WorkflowError, match="disagree"):
+        plots.plot_examples(clean, adv[:2], *args[2:], "x", tmp_path / "bad.png")

@@ -1,0 +1,22 @@
+"""Rule tables: transfer.csv (long form), source x target matrices, summary.md."""
+
+import json
+from pathlib import Path
+
+from cxrtransfer.tables import long_table, matrices, summary_markdown, write_matrix
+from cxrtransfer.utils import atomic_path, run_main, write_csv
+
+
+def main(sm):
+    cells = [c for path in sm.input.sets for c in json.loads(Path(path).read_text())]
+    df = long_table(cells)
+    write_csv(sm.output.transfer, df)
+    out_dir = Path(sm.params.matrix_dir)
+    for value in ("transfer_rate", "adv_auroc"):
+        for (task, attack, eps), m in matrices(df, value).items():
+            write_matrix(m, out_dir / f"{task}_{attack}_eps{eps:g}_{value}")
+    with atomic_path(sm.output.summary) as tmp:
+        tmp.write_text(summary_markdown(df, dict(sm.params.models), sm.params.data_source))
+
+
+run_main(main, snakemake)  # noqa: F821
