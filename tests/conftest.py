@@ -1,0 +1,56 @@
+"""Shared fixtures: a small synthetic Kaggle-layout download and its manifests."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "workflow_scripts"))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from cxrtransfer.synthetic import SyntheticSpec, generate  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def small_download(tmp_path_factory) -> Path:
+    """A small synthetic download (read-only for tests; copy it before changing it)."""
+    out = tmp_path_factory.mktemp("download") / "nih"
+    spec = SyntheticSpec(
+        seed=3,
+        n_patients=160,
+        max_followups=4,
+        image_size=64,
+        images_per_folder=100,
+        test_fraction=0.3,
+        prevalence={"Pneumothorax": 0.5, "Cardiomegaly": 0.5},
+        rgba_fraction=0.05,
+        signal=2.0,
+    )
+    generate(out, spec)
+    return out
+
+
+@pytest.fixture(scope="session")
+def pneumothorax_shards(small_download, tmp_path_factory) -> dict:
+    """Shards of the Pneumothorax task at 32 px: {split: [paths]}."""
+    from cxrtransfer.ingest import build_manifest
+    from cxrtransfer.shards import n_shards, shard_rows, write_shard
+
+    manifest, _, _ = build_manifest(small_download, "Pneumothorax", 0.2, 1)
+    out = tmp_path_factory.mktemp("shards")
+    paths = {}
+    for split in ("train", "val", "test"):
+        n = int((manifest["split"] == split).sum())
+        paths[split] = []
+        for i in range(n_shards(n, 64)):
+            p = out / split / f"{i:03d}.h5"
+            write_shard(shard_rows(manifest, split, i, 64), p, 32, {"task": "pneumothorax", "split": split})
+            paths[split].append(p)
+    return paths
