@@ -5,7 +5,7 @@ per-step GradientTape loop, ART's ProjectedGradientDescent, and the bound: one f
 pass w.r.t. the input in a tf.function, timed per step. Optionally the compiled PGD and the bound
 under a Keras mixed-precision policy.
 
-    .venv/bin/python benchmarks/bench_attacks.py --image-size 64 --batch 32 --steps 10
+    .venv/bin/python benchmarks/bench_attacks.py --image-size 64 --batch 16 --steps 5 --json out.json
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--arch", default="ResNet50", help="keras.applications backbone")
     p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--steps", type=int, default=5)
     p.add_argument("--repeats", type=int, default=3, help="timed repeats after one warm-up")
     p.add_argument("--eps", type=float, default=8.0, help="1/255 units (step = eps/4)")
     p.add_argument("--no-xla", action="store_true", help="skip the jit_compile=True variant")
@@ -37,17 +37,28 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def timed(fn, repeats: int):
-    """One warm-up call (tracing/compilation, timed separately), then ``repeats`` timed calls."""
-    t0 = time.perf_counter()
-    out = fn()
-    warm = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
+def run_interleaved(methods: dict, repeats: int, n_images_steps: int) -> dict:
+    """Warm up every method once (tracing/compilation), then time them round-robin.
+
+    Interleaving spreads any background load evenly over the methods, so ratios stay fair on a
+    shared machine.
+    """
+    res = {}
+    for name, fn in methods.items():
         t0 = time.perf_counter()
         out = fn()
-        times.append(time.perf_counter() - t0)
-    return times, warm, out
+        res[name] = {"warmup_s": time.perf_counter() - t0, "times_s": [], "_out": out}
+        print(f"  warm-up {name}: {res[name]['warmup_s']:.1f}s", flush=True)
+    for r in range(repeats):
+        for name, fn in methods.items():
+            t0 = time.perf_counter()
+            fn()
+            res[name]["times_s"].append(time.perf_counter() - t0)
+        print(f"  round {r + 1}/{repeats} done", flush=True)
+    for v in res.values():
+        rates = [n_images_steps / t for t in v["times_s"]]
+        v.update(median=statistics.median(rates), min=min(rates), max=max(rates))
+    return res
 
 
 def main(argv=None) -> int:
@@ -74,36 +85,15 @@ def main(argv=None) -> int:
             keras.mixed_precision.set_global_policy("float32")
 
     model = build()
-    results = {}
-
-    def record(name, fn, calls_per_run=1):
-        times, warm, out = timed(fn, args.repeats)
-        rates = [n * steps / t for t in times]
-        results[name] = {
-            "median": statistics.median(rates),
-            "min": min(rates),
-            "max": max(rates),
-            "warmup_s": warm,
-            "times_s": times,
-        }
-        if out is not None:
-            out = np.asarray(out)
-            ref = results.get("ours", {}).get("_out")
-            results[name]["_out"] = out
-            if ref is not None:
-                results[name]["max_diff_vs_ours_255"] = float(np.abs(out - ref).max() * 255)
-        print(f"  {name}: median {results[name]['median']:.1f} image-steps/s", flush=True)
-
+    methods = {}
     print(f"{args.arch} {s}x{s}, batch {n}, {steps} PGD steps, {args.repeats} repeats", flush=True)
 
-    # (a) ours, compiled loop
+    # (a) ours, compiled loop; (b) the same with XLA
     ours = make_attack(model, spec)
-    record("ours", lambda: ours(x, y).numpy())
-
-    # (b) ours with XLA
+    methods["ours"] = lambda: ours(x, y).numpy()
     if not args.no_xla:
         ours_xla = make_attack(model, spec, jit_compile=True)
-        record("ours_xla", lambda: ours_xla(x, y).numpy())
+        methods["ours_xla"] = lambda: ours_xla(x, y).numpy()
 
     # (c) eager per-step loop
     def eager():
@@ -118,7 +108,7 @@ def main(argv=None) -> int:
             )
         return x_adv.numpy()
 
-    record("eager", eager)
+    methods["eager"] = eager
 
     # (d) ART
     if not args.no_art:
@@ -146,7 +136,7 @@ def main(argv=None) -> int:
             verbose=False,
         )
         y_onehot = np.eye(2, dtype=np.float32)[y_np]
-        record("art", lambda: pgd.generate(x_np, y=y_onehot))
+        methods["art"] = lambda: pgd.generate(x_np, y=y_onehot)
 
     # (e) bound: forward + backward w.r.t. the input, one tf.function call per step
     def make_bound(m):
@@ -164,20 +154,24 @@ def main(argv=None) -> int:
 
         return run
 
-    record("bound", make_bound(model))
+    methods["bound"] = make_bound(model)
 
-    # Mixed precision (compiled loop and its bound)
+    # Mixed precision: the compiled loop and its bound under a Keras dtype policy
     if not args.no_mixed:
         try:
             mp = build(args.mixed_policy)
             ours_mp = make_attack(mp, spec)
-            record(f"ours_{args.mixed_policy}", lambda: ours_mp(x, y).numpy())
-            record(f"bound_{args.mixed_policy}", make_bound(mp))
+            methods[f"ours_{args.mixed_policy}"] = lambda: ours_mp(x, y).numpy()
+            methods[f"bound_{args.mixed_policy}"] = make_bound(mp)
         except Exception as e:  # noqa: BLE001 - report and carry on
             print(f"  mixed precision ({args.mixed_policy}) failed: {type(e).__name__}: {e}")
 
+    results = run_interleaved(methods, args.repeats, n * steps)
+    ref_out = results["ours"]["_out"]
     for r in results.values():
-        r.pop("_out", None)
+        out = r.pop("_out")
+        if out is not None:
+            r["max_diff_vs_ours_255"] = float(np.abs(np.asarray(out) - ref_out).max() * 255)
     ref = results["ours"]["median"]
     ratios = {
         "ours/eager": ref / results["eager"]["median"],
@@ -187,6 +181,9 @@ def main(argv=None) -> int:
         ratios["ours/art"] = ref / results["art"]["median"]
     if "ours_xla" in results:
         ratios["ours_xla/ours"] = results["ours_xla"]["median"] / ref
+    mp_name = f"ours_{args.mixed_policy}"
+    if mp_name in results:
+        ratios[f"{mp_name}/ours"] = results[mp_name]["median"] / ref
 
     print()
     print(
@@ -202,7 +199,7 @@ def main(argv=None) -> int:
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, r in results.items():
         spread = 100 * (r["max"] - r["min"]) / r["median"]
-        diff = r.get("max_diff_vs_ours_255")
+        diff = r.get("max_diff_vs_ours_255") if name != "ours" else None
         print(
             f"| {name} | {r['median']:.1f} | {r['min']:.1f}-{r['max']:.1f} | {spread:.1f} "
             f"| {r['warmup_s']:.1f} | {r['median'] / ref:.2f} "

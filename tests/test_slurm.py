@@ -31,7 +31,12 @@ pytestmark = pytest.mark.slurm
 ROOT = Path(__file__).resolve().parents[1]
 SLURM_TESTS = ROOT / "tests" / "slurm"
 STATE_DIR = Path(os.environ.get("SLURM_TEST_DIR", "/tmp/cxrtransfer-slurm"))
-PROFILE_ARGS = ["--profile", str(ROOT / "profiles" / "slurm"), "--profile", str(SLURM_TESTS / "profile")]
+PROFILE_ARGS = [
+    "--profile",
+    str(ROOT / "profiles" / "slurm"),
+    "--profile",
+    str(SLURM_TESTS / "profile"),
+]
 # Rules that may run on the submit host instead of through SLURM: Snakemake runs a rule
 # without shell/script/run (the target rule) locally by itself.
 LOCAL_RULES = {"all"}
@@ -109,24 +114,71 @@ def slurm_env():
 # ----------------------------------------------------------------------------------------
 
 
-def run_snakemake(args, *, cwd: Path, env: dict, log: Path, limit: int) -> str:
-    """Run snakemake under `timeout -k 10 limit` (it ignores SIGTERM while polling);
-    return its output, fail the test with the output's tail if it did not succeed."""
-    cmd = ["timeout", "-k", "10", str(limit), snakemake_exe(), *map(str, args)]
-    with open(log, "w") as fh:
-        proc = subprocess.run(
-            cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT
+class SnakemakeRun:
+    """snakemake started in the background under `timeout -k 10 limit` (it ignores SIGTERM
+    while it polls SLURM), its output going to `log`."""
+
+    def __init__(self, args, *, cwd: Path, env: dict, log: Path, limit: int):
+        self.cmd = ["timeout", "-k", "10", str(limit), snakemake_exe(), *map(str, args)]
+        self.log = log
+        self._fh = open(log, "w")
+        self.proc = subprocess.Popen(
+            self.cmd,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._fh,
+            stderr=subprocess.STDOUT,
         )
-    text = log.read_text(errors="replace")
-    if proc.returncode != 0:
-        what = "timed out" if proc.returncode in (124, 137) else f"failed (exit {proc.returncode})"
-        pytest.fail(f"snakemake {what}: {' '.join(cmd)}\nfull log: {log}\n{tail(text)}")
-    return text
+
+    def wait(self) -> str:
+        """Wait for the run; return its output, fail the test with its tail if it failed."""
+        rc = self.proc.wait()
+        self._fh.close()
+        text = self.log.read_text(errors="replace")
+        if rc != 0:
+            what = "timed out" if rc in (124, 137) else f"failed (exit {rc})"
+            pytest.fail(
+                f"snakemake {what}: {' '.join(self.cmd)}\nfull log: {self.log}\n{tail(text)}"
+            )
+        return text
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._fh.close()
+
+
+def run_snakemake(args, *, cwd: Path, env: dict, log: Path, limit: int) -> str:
+    return SnakemakeRun(args, cwd=cwd, env=env, log=log, limit=limit).wait()
+
+
+def strip_embedded_logs(text: str) -> str:
+    """Snakemake's log without the job logs it quotes for failed jobs ("Logfile X:" and a
+    block between two lines of '='): a quoted SLURM log holds the job's inner Snakemake run,
+    whose own "localrule NAME: ... jobid: 0" blocks must not count as jobs of this run."""
+    out, lines, i = [], text.splitlines(keepends=True), 0
+    while i < len(lines):
+        if (
+            lines[i].startswith("Logfile ")
+            and i + 1 < len(lines)
+            and re.fullmatch(r"={20,}\n?", lines[i + 1])
+        ):
+            i += 2
+            while i < len(lines) and not re.fullmatch(r"={20,}\n?", lines[i]):
+                i += 1
+            i += 1
+            continue
+        out.append(lines[i])
+        i += 1
+    return "".join(out)
 
 
 def parse_jobs(text: str) -> dict[int, dict]:
     """Snakemake job id -> {rule, local, resources, slurm_ids: [...], finished} from a log."""
     jobs: dict[int, dict] = {}
+    text = strip_embedded_logs(text)
     for m in JOB_BLOCK_RE.finditer(text):
         kind, rule, body_before, jobid, body_after = m.groups()
         body = body_before + body_after
@@ -183,7 +235,9 @@ def assert_all_jobs_went_through_slurm(jobs: dict[int, dict]) -> dict[int, dict]
     unfinished = {j: v.get("rule") for j, v in jobs.items() if not v["finished"]}
     assert not unfinished, f"jobs that never finished: {unfinished}"
     local = {v["rule"] for v in jobs.values() if v["local"]}
-    assert local <= LOCAL_RULES, f"rules run on the submit host instead of SLURM: {local - LOCAL_RULES}"
+    assert local <= LOCAL_RULES, (
+        f"rules run on the submit host instead of SLURM: {local - LOCAL_RULES}"
+    )
     remote = {j: v for j, v in jobs.items() if not v["local"]}
     assert remote, "no job went through SLURM"
     no_id = {j: v["rule"] for j, v in remote.items() if not v["slurm_ids"]}
@@ -200,9 +254,9 @@ def assert_slurm_evidence(remote: dict[int, dict], ctld: str) -> None:
         sid, slog = job["slurm_ids"][-1], job["logs"][-1]
         assert slog.name == f"{sid}.log", slog
         assert slog.is_file(), f"SLURM output file of job {sid} ({job['rule']}) missing: {slog}"
-        assert re.search(rf"^(rule|checkpoint) {re.escape(job['rule'])}:", slog.read_text(), re.M), (
-            f"{slog} does not hold the Snakemake log of rule {job['rule']}"
-        )
+        assert re.search(
+            rf"^(local)?(rule|checkpoint) {re.escape(job['rule'])}:", slog.read_text(), re.M
+        ), f"{slog} does not hold the Snakemake log of rule {job['rule']}"
         assert sid in allocated, f"slurmctld never allocated SLURM job {sid} ({job['rule']})"
         assert sid in completed, f"slurmctld has no successful completion of job {sid}"
 
@@ -259,7 +313,11 @@ TRIVIAL_SNAKEFILE = textwrap.dedent(
 def test_trivial_workflow_runs_through_slurm(slurm_env, tmp_path):
     (tmp_path / "Snakefile").write_text(TRIVIAL_SNAKEFILE)
     text = run_snakemake(
-        PROFILE_ARGS, cwd=tmp_path, env=slurm_env, log=tmp_path / "snakemake.out", limit=TRIVIAL_LIMIT
+        PROFILE_ARGS,
+        cwd=tmp_path,
+        env=slurm_env,
+        log=tmp_path / "snakemake.out",
+        limit=TRIVIAL_LIMIT,
     )
     jobs = parse_jobs(text)
     remote = assert_all_jobs_went_through_slurm(jobs)
@@ -342,21 +400,26 @@ def test_workflow_on_slurm_matches_local_run(slurm_env, tmp_path):
 
     # Both runs start in the project root, as a user's would (so profiles/default, the
     # workflow profile, applies to both); --directory puts each run's results/ elsewhere.
-    slurm_text = run_snakemake(
-        [*PROFILE_ARGS, *workflow_args(slurm_dir, overlay)],
-        cwd=ROOT,
-        env=slurm_env,
-        log=tmp_path / "snakemake-slurm.out",
-        limit=WORKFLOW_LIMIT,
-    )
+    # They run at the same time: the SLURM run spends most of its time waiting for polls.
     local_env = {k: v for k, v in slurm_env.items() if k != "SLURM_CONF"}
-    local_text = run_snakemake(
+    local = SnakemakeRun(
         ["--cores", "2", *workflow_args(local_dir, overlay)],
         cwd=ROOT,
         env=local_env,
         log=tmp_path / "snakemake-local.out",
         limit=WORKFLOW_LIMIT,
     )
+    try:
+        slurm_text = run_snakemake(
+            [*PROFILE_ARGS, *workflow_args(slurm_dir, overlay)],
+            cwd=ROOT,
+            env=slurm_env,
+            log=tmp_path / "snakemake-slurm.out",
+            limit=WORKFLOW_LIMIT,
+        )
+        local_text = local.wait()
+    finally:
+        local.kill()
 
     slurm_files, local_files = result_files(slurm_dir), result_files(local_dir)
     assert slurm_files, "the SLURM run produced no results/"

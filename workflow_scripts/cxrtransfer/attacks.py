@@ -8,7 +8,6 @@ softmax over (no finding, finding)).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -95,13 +94,21 @@ class AttackSpec:
         return float(self.eps) if self.method == "fgsm" else float(self.step)
 
     def attrs(self) -> dict:
-        """Plain python scalars, for HDF5 attributes."""
-        out = {}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            out[f.name] = v if isinstance(v, str | bool) else type(f.default)(v)
-        out["steps"] = int(self.steps)
-        return out
+        """Plain python scalars for HDF5 attributes (step/steps as actually used)."""
+        return {
+            "method": str(self.method),
+            "norm": str(self.norm),
+            "eps": float(self.eps),
+            "step": self.step_size,
+            "steps": self.iterations,
+            "targeted": bool(self.targeted),
+            "random_start": bool(self.random_start),
+            "restarts": int(self.restarts),
+            "momentum": float(self.momentum),
+            "diversity_prob": float(self.diversity_prob),
+            "diversity_scale": float(self.diversity_scale),
+            "seed": int(self.seed),
+        }
 
 
 def spec_from_config(attack_cfg: dict, eps: float) -> AttackSpec:
@@ -221,7 +228,8 @@ def make_attack(model, spec: AttackSpec, jit_compile: bool = False) -> Callable:
     eps = float(spec.eps) / 255.0
     step = spec.step_size / 255.0
     steps = spec.iterations
-    restarts = int(spec.restarts)
+    # Without random start or DI every restart is the same deterministic run: do it once.
+    restarts = int(spec.restarts) if spec.random_start or spec.diversity_prob > 0 else 1
     direction = -1.0 if spec.targeted else 1.0
     linf = spec.norm == "linf"
     mu = float(spec.momentum)

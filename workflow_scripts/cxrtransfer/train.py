@@ -139,9 +139,10 @@ def _callbacks(model_dir: Path, work: Path, s: dict, val_ds_fn):
                 since = len(prev) - 1 - int(prev["val_auc"].to_numpy().argmax())
                 self.wait = since
 
+    # Order matters: ValAUC fills logs["val_auc"] for the others; BackupAndRestore saves last,
+    # so a kill between two callbacks at worst repeats one epoch, never skips its log row.
     return [
         ValAUC(),
-        keras.callbacks.BackupAndRestore(str(work / "backup"), save_freq="epoch"),
         keras.callbacks.ModelCheckpoint(
             str(work / "best.keras"),
             monitor="val_auc",
@@ -152,6 +153,7 @@ def _callbacks(model_dir: Path, work: Path, s: dict, val_ds_fn):
         ResumableEarlyStopping(monitor="val_auc", mode="max", patience=s["patience"]),
         keras.callbacks.CSVLogger(str(work / "log.csv"), append=True),
         keras.callbacks.TensorBoard(str(model_dir / "tensorboard"), write_graph=False),
+        keras.callbacks.BackupAndRestore(str(work / "backup"), save_freq="epoch"),
     ]
 
 
