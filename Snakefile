@@ -13,6 +13,6 @@ include: "rules/evaluate.smk"
 
 
 rule all:
+    default_target: True
     input:
         all_outputs(),
-    default_target: True

@@ -14,7 +14,6 @@ import cxrtransfer  # noqa: E402
 from cxrtransfer import plan  # noqa: E402
 from cxrtransfer.train import model_settings  # noqa: E402
 
-
 # config/config.yaml is the default run; a --configfile replaces it instead of being merged
 # into it (a merge would mix the default models into another study's).
 if not workflow.overwrite_configfiles:
@@ -76,7 +75,9 @@ def shard_ids(task, split):
     """Shard numbers of a task's split; known once the task's manifest checkpoint ran."""
     manifest = checkpoints.manifest.get(task=task).output.manifest
     n = int((pd.read_csv(manifest, usecols=["split"])["split"] == split).sum())
-    return [f"{i:03d}" for i in range(max(1, math.ceil(n / config["data"]["shard_size"])))]
+    return [
+        f"{i:03d}" for i in range(max(1, math.ceil(n / config["data"]["shard_size"])))
+    ]
 
 
 def shards(task, split):
@@ -111,4 +112,87 @@ def all_outputs():
         *[f"results/shards/{t}/summary.csv" for t in TASKS],
         *[f"results/models/{m}/model.keras" for m in MODELS],
         *evaluation_outputs(),
+    ]
+
+
+# Evaluation, tables and plots.
+def clean_predictions(target):
+    task = model_task(target)
+    return [
+        f"results/predictions/{target}/clean/{task}/{i}.csv"
+        for i in shard_ids(task, "test")
+    ]
+
+
+def adv_predictions(w, target):
+    return [
+        f"results/predictions/{target}/adv/{w.source}/{w.data_task}/{w.attack}/eps{w.eps}/{i}.csv"
+        for i in shard_ids(w.data_task, "test")
+    ]
+
+
+def set_targets(w):
+    return plan.targets_for(config, w.data_task)
+
+
+def set_files():
+    return [
+        f"results/metrics/sets/{s.source}/{s.data_task}/{s.attack}/eps{s.eps}.json"
+        for s in ADV_SETS
+    ]
+
+
+GRID_KEYS = sorted({(s.data_task, s.attack, s.eps) for s in ADV_SETS})
+TASK_ATTACKS = sorted({(s.data_task, s.attack) for s in ADV_SETS})
+
+
+def matrix_files():
+    return [
+        f"results/tables/matrices/{t}_{a}_eps{e}_{v}.{ext}"
+        for t, a, e in GRID_KEYS
+        for v in ("transfer_rate", "adv_auroc")
+        for ext in ("csv", "md", "tex")
+    ]
+
+
+def chosen_cells():
+    """Cells with ROC and example plots: per data task and attack, at the largest eps, the
+    task's first model (the deployed target) attacked from each relation (white-box first).
+    """
+    order = ["white-box", "surrogate", "cross-architecture", "cross-task"]
+    n = config["evaluation"]["roc_cells"]
+    out = []
+    for task, attack in TASK_ATTACKS:
+        target = plan.targets_for(config, task)[0]
+        sets = [s for s in ADV_SETS if s.data_task == task and s.attack == attack]
+        top = max(float(s.eps) for s in sets)
+        sets = [s for s in sets if float(s.eps) == top]
+        sets.sort(
+            key=lambda s: order.index(plan.relation(config, s.source, target, task))
+        )
+        out += [(s.source, task, attack, s.eps, target) for s in sets]
+    return out[:n] if n else []
+
+
+def plot_files():
+    files = [f"results/plots/heatmap/{t}_{a}.png" for t, a in TASK_ATTACKS]
+    files += [
+        f"results/plots/auroc_vs_eps/{t}_{a}_{m}.png"
+        for t, a in TASK_ATTACKS
+        for m in plan.targets_for(config, t)
+    ]
+    for s, t, a, e, m in chosen_cells():
+        files += [
+            f"results/plots/roc/{s}/{t}/{a}/eps{e}/{m}.png",
+            f"results/plots/examples/{s}/{t}/{a}/eps{e}/{m}.png",
+        ]
+    return files
+
+
+def evaluation_outputs():
+    return [
+        "results/tables/transfer.csv",
+        "results/tables/summary.md",
+        "results/report/config.yaml",
+        *plot_files(),
     ]

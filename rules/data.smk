@@ -1,14 +1,14 @@
 rule synthetic_download:
     output:
         directory("results/synthetic/nih-chest-xrays"),
-    params:
-        spec=config["data"]["synthetic"],
     log:
         "results/logs/synthetic_download.log",
     benchmark:
         "results/benchmarks/synthetic_download.tsv"
     conda:
         "../envs/data.yaml"
+    params:
+        spec=config["data"]["synthetic"],
     script:
         "../workflow_scripts/make_synthetic.py"
 
@@ -16,15 +16,15 @@ rule synthetic_download:
 rule fetch_kaggle:
     output:
         csv=f"{config['data']['kaggle_dir']}/Data_Entry_2017.csv",
-    params:
-        dest=config["data"]["kaggle_dir"],
-        dataset="nih-chest-xrays/data",
     log:
         "results/logs/fetch_kaggle.log",
     benchmark:
         "results/benchmarks/fetch_kaggle.tsv"
     conda:
         "../envs/data.yaml"
+    params:
+        dest=lambda w, output: str(Path(output.csv).parent),
+        dataset="nih-chest-xrays/data",
     script:
         "../workflow_scripts/fetch_kaggle.py"
 
@@ -36,18 +36,18 @@ checkpoint manifest:
         manifest="results/manifests/{task}.csv",
         rejected="results/manifests/{task}.rejected.csv",
         summary="results/manifests/{task}.summary.csv",
-    params:
-        data_dir=data_dir(),
-        label=lambda w: config["tasks"][w.task]["label"],
-        val_fraction=config["split"]["val_fraction"],
-        seed=config["split"]["seed"],
-        max_rejected_fraction=config["data"]["max_rejected_fraction"],
     log:
         "results/logs/manifest/{task}.log",
     benchmark:
         "results/benchmarks/manifest/{task}.tsv"
     conda:
         "../envs/data.yaml"
+    params:
+        data_dir=data_dir(),
+        label=lambda w: config["tasks"][w.task]["label"],
+        val_fraction=config["split"]["val_fraction"],
+        seed=config["split"]["seed"],
+        max_rejected_fraction=config["data"]["max_rejected_fraction"],
     script:
         "../workflow_scripts/build_manifest.py"
 
@@ -57,21 +57,21 @@ rule shard:
         manifest="results/manifests/{task}.csv",
     output:
         "results/shards/{task}/{split}/{shard}.h5",
-    params:
-        image_size=config["data"]["image_size"],
-        shard_size=config["data"]["shard_size"],
-        max_rejected_fraction=config["data"]["max_rejected_fraction"],
-        source=config["data"]["source"],
-        label=lambda w: config["tasks"][w.task]["label"],
-    threads: RES["shard_threads"]
-    resources:
-        mem_mb=RES["cpu_mem_mb"],
     log:
         "results/logs/shard/{task}/{split}/{shard}.log",
     benchmark:
         "results/benchmarks/shard/{task}/{split}/{shard}.tsv"
     conda:
         "../envs/data.yaml"
+    threads: RES["shard_threads"]
+    resources:
+        mem_mb=RES["cpu_mem_mb"],
+    params:
+        image_size=config["data"]["image_size"],
+        shard_size=config["data"]["shard_size"],
+        max_rejected_fraction=config["data"]["max_rejected_fraction"],
+        source=config["data"]["source"],
+        label=lambda w: config["tasks"][w.task]["label"],
     script:
         "../workflow_scripts/build_shard.py"
 

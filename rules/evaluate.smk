@@ -1,46 +1,20 @@
-def clean_predictions(target):
-    task = model_task(target)
-    return [
-        f"results/predictions/{target}/clean/{task}/{i}.csv"
-        for i in shard_ids(task, "test")
-    ]
-
-
-def adv_predictions(w, target):
-    return [
-        f"results/predictions/{target}/adv/{w.source}/{w.data_task}/{w.attack}/eps{w.eps}/{i}.csv"
-        for i in shard_ids(w.data_task, "test")
-    ]
-
-
-def set_targets(w):
-    return plan.targets_for(config, w.data_task)
-
-
-def set_files():
-    return [
-        f"results/metrics/sets/{s.source}/{s.data_task}/{s.attack}/eps{s.eps}.json"
-        for s in ADV_SETS
-    ]
-
-
 rule predict_clean:
     input:
         model="results/models/{target}/model.keras",
         shard="results/shards/{data_task}/test/{shard}.h5",
     output:
         "results/predictions/{target}/clean/{data_task}/{shard}.csv",
-    params:
-        image_size=config["data"]["image_size"],
-        batch_size=config["predict_batch_size"],
-    resources:
-        **gpu_resources("predict_runtime"),
     log:
         "results/logs/predict/{target}/clean/{data_task}/{shard}.log",
     benchmark:
         "results/benchmarks/predict/{target}/clean/{data_task}/{shard}.tsv"
     conda:
         "../envs/tensorflow.yaml"
+    resources:
+        **gpu_resources("predict_runtime"),
+    params:
+        image_size=config["data"]["image_size"],
+        batch_size=config["predict_batch_size"],
     script:
         "../workflow_scripts/predict.py"
 
@@ -51,17 +25,17 @@ rule predict_adv:
         attack="results/attacks/{source}/{data_task}/{attack}/eps{eps}/{shard}.h5",
     output:
         "results/predictions/{target}/adv/{source}/{data_task}/{attack}/eps{eps}/{shard}.csv",
-    params:
-        image_size=config["data"]["image_size"],
-        batch_size=config["predict_batch_size"],
-    resources:
-        **gpu_resources("predict_runtime"),
     log:
         "results/logs/predict/{target}/adv/{source}/{data_task}/{attack}/eps{eps}/{shard}.log",
     benchmark:
         "results/benchmarks/predict/{target}/adv/{source}/{data_task}/{attack}/eps{eps}/{shard}.tsv"
     conda:
         "../envs/tensorflow.yaml"
+    resources:
+        **gpu_resources("predict_runtime"),
+    params:
+        image_size=config["data"]["image_size"],
+        batch_size=config["predict_batch_size"],
     script:
         "../workflow_scripts/predict.py"
 
@@ -76,65 +50,18 @@ rule evaluate:
         ],
     output:
         "results/metrics/sets/{source}/{data_task}/{attack}/eps{eps}.json",
-    params:
-        targets=set_targets,
-        evaluation=config["evaluation"],
-        config_models={"models": config["models"]},
     log:
         "results/logs/evaluate/{source}/{data_task}/{attack}/eps{eps}.log",
     benchmark:
         "results/benchmarks/evaluate/{source}/{data_task}/{attack}/eps{eps}.tsv"
     conda:
         "../envs/report.yaml"
+    params:
+        targets=set_targets,
+        evaluation=config["evaluation"],
+        config_models={"models": config["models"]},
     script:
         "../workflow_scripts/evaluate_set.py"
-
-
-
-
-# Summary tables, plots and the report.
-GRID_KEYS = sorted({(s.data_task, s.attack, s.eps) for s in ADV_SETS})
-TASK_ATTACKS = sorted({(s.data_task, s.attack) for s in ADV_SETS})
-
-
-def matrix_files():
-    return [
-        f"results/tables/matrices/{t}_{a}_eps{e}_{v}.{ext}"
-        for t, a, e in GRID_KEYS
-        for v in ("transfer_rate", "adv_auroc")
-        for ext in ("csv", "md", "tex")
-    ]
-
-
-def chosen_cells():
-    """Cells with ROC and example plots: per data task and attack, at the largest eps, the
-    task's first model (the deployed target) attacked from each relation (white-box first)."""
-    order = ["white-box", "surrogate", "cross-architecture", "cross-task"]
-    n = config["evaluation"]["roc_cells"]
-    out = []
-    for task, attack in TASK_ATTACKS:
-        target = plan.targets_for(config, task)[0]
-        sets = [s for s in ADV_SETS if s.data_task == task and s.attack == attack]
-        top = max(float(s.eps) for s in sets)
-        sets = [s for s in sets if float(s.eps) == top]
-        sets.sort(key=lambda s: order.index(plan.relation(config, s.source, target, task)))
-        out += [(s.source, task, attack, s.eps, target) for s in sets]
-    return out[:n] if n else []
-
-
-def plot_files():
-    files = [f"results/plots/heatmap/{t}_{a}.png" for t, a in TASK_ATTACKS]
-    files += [
-        f"results/plots/auroc_vs_eps/{t}_{a}_{m}.png"
-        for t, a in TASK_ATTACKS
-        for m in plan.targets_for(config, t)
-    ]
-    for s, t, a, e, m in chosen_cells():
-        files += [
-            f"results/plots/roc/{s}/{t}/{a}/eps{e}/{m}.png",
-            f"results/plots/examples/{s}/{t}/{a}/eps{e}/{m}.png",
-        ]
-    return files
 
 
 rule tables:
@@ -155,16 +82,16 @@ rule tables:
             report(f, caption="../report/matrix.rst", category="Matrices")
             for f in matrix_files()
         ],
-    params:
-        matrix_dir="results/tables/matrices",
-        models=config["models"],
-        data_source=config["data"]["source"],
     log:
         "results/logs/tables.log",
     benchmark:
         "results/benchmarks/tables.tsv"
     conda:
         "../envs/report.yaml"
+    params:
+        matrix_dir=lambda w, output: str(Path(output.transfer).parent / "matrices"),
+        models=config["models"],
+        data_source=config["data"]["source"],
     script:
         "../workflow_scripts/make_tables.py"
 
@@ -178,14 +105,14 @@ rule plot_heatmap:
             caption="../report/heatmap.rst",
             category="Transfer heatmaps",
         ),
-    params:
-        kind="heatmap",
     log:
         "results/logs/plots/heatmap_{data_task}_{attack}.log",
     benchmark:
         "results/benchmarks/plots/heatmap_{data_task}_{attack}.tsv"
     conda:
         "../envs/report.yaml"
+    params:
+        kind="heatmap",
     script:
         "../workflow_scripts/make_plots.py"
 
@@ -199,14 +126,14 @@ rule plot_auroc:
             caption="../report/auroc.rst",
             category="AUROC against eps",
         ),
-    params:
-        kind="auroc",
     log:
         "results/logs/plots/auroc_{data_task}_{attack}_{target}.log",
     benchmark:
         "results/benchmarks/plots/auroc_{data_task}_{attack}_{target}.tsv"
     conda:
         "../envs/report.yaml"
+    params:
+        kind="auroc",
     script:
         "../workflow_scripts/make_plots.py"
 
@@ -232,15 +159,15 @@ rule plot_cell:
             caption="../report/examples.rst",
             category="Examples",
         ),
-    params:
-        kind="cell",
-        per_class=config["evaluation"]["examples_per_class"],
     log:
         "results/logs/plots/cell/{source}/{data_task}/{attack}/eps{eps}/{target}.log",
     benchmark:
         "results/benchmarks/plots/cell/{source}/{data_task}/{attack}/eps{eps}/{target}.tsv"
     conda:
         "../envs/report.yaml"
+    params:
+        kind="cell",
+        per_class=config["evaluation"]["examples_per_class"],
     script:
         "../workflow_scripts/make_plots.py"
 
@@ -252,22 +179,13 @@ rule study_config:
             caption="../report/config.rst",
             category="Configuration",
         ),
-    params:
-        config=config,
     log:
         "results/logs/study_config.log",
     benchmark:
         "results/benchmarks/study_config.tsv"
     conda:
         "../envs/report.yaml"
+    params:
+        config=config,
     script:
         "../workflow_scripts/write_config.py"
-
-
-def evaluation_outputs():
-    return [
-        "results/tables/transfer.csv",
-        "results/tables/summary.md",
-        "results/report/config.yaml",
-        *plot_files(),
-    ]

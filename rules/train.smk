@@ -7,15 +7,15 @@ rule train:
         model="results/models/{model}/model.keras",
         metrics="results/models/{model}/metrics.json",
         history="results/models/{model}/history.csv",
-    params:
-        settings=lambda w: model_settings(config, w.model),
-    resources:
-        **gpu_resources("train_runtime"),
     log:
         "results/logs/train/{model}.log",
     benchmark:
         "results/benchmarks/train/{model}.tsv"
     conda:
         "../envs/tensorflow.yaml"
+    resources:
+        **gpu_resources("train_runtime"),
+    params:
+        settings=lambda w: model_settings(config, w.model),
     script:
         "../workflow_scripts/train_model.py"
