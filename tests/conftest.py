@@ -24,7 +24,7 @@ def small_download(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("download") / "nih"
     spec = SyntheticSpec(
         seed=3,
-        n_patients=160,
+        n_patients=240,
         max_followups=4,
         image_size=64,
         images_per_folder=100,
@@ -39,7 +39,7 @@ def small_download(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def pneumothorax_shards(small_download, tmp_path_factory) -> dict:
-    """Shards of the Pneumothorax task at 32 px: {split: [paths]}."""
+    """Shards of the Pneumothorax task at 64 px: {split: [paths]}."""
     from cxrtransfer.ingest import build_manifest
     from cxrtransfer.shards import n_shards, shard_rows, write_shard
 
@@ -51,6 +51,6 @@ def pneumothorax_shards(small_download, tmp_path_factory) -> dict:
         paths[split] = []
         for i in range(n_shards(n, 64)):
             p = out / split / f"{i:03d}.h5"
-            write_shard(shard_rows(manifest, split, i, 64), p, 32, {"task": "pneumothorax", "split": split})
+            write_shard(shard_rows(manifest, split, i, 64), p, 64, {"task": "pneumothorax", "split": split})
             paths[split].append(p)
     return paths

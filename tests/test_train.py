@@ -25,10 +25,10 @@ def _settings(**kw):
         "seed": 1,
         "pretrained": "none",
         "train_subset": "all",
-        "image_size": 32,
+        "image_size": 64,
         "split_seed": 1,
         "augment": {"rotation": 0.02, "zoom": 0.05, "shift": 0.05},
-        "epochs": 6,
+        "epochs": 8,
         "learning_rate": 0.002,
         "warmup_epochs": 0,
         "min_val_auc": 0.0,
@@ -63,7 +63,7 @@ def test_outputs_and_metrics_agree_with_recomputation(trained, pneumothorax_shar
     assert 0 <= saved["threshold"] <= 1 and saved["epochs_run"] >= 1 and saved["wall_time_s"] > 0
     assert len(pd.read_csv(out / "history.csv")) == saved["epochs_run"]
     model = keras.models.load_model(out / "model.keras", safe_mode=True, compile=False)
-    test = load_split(pneumothorax_shards["test"], 32)
+    test = load_split(pneumothorax_shards["test"], 64)
     p = model.predict(test["images"][..., None].astype("float32") / 255.0, verbose=0)[:, 1]
     assert saved["test"]["auc"] == pytest.approx(roc_auc_score(test["labels"], p), abs=1e-6)
     pred = p >= saved["threshold"]
@@ -137,8 +137,13 @@ def test_changed_settings_do_not_resume_stale_state(root, tmp_path, pneumothorax
     (out / "work" / "settings.json").write_text(json.dumps({"hash": "something-else"}))
     (out / "work" / "log.csv").write_text("epoch,val_auc\n0,0.99\n1,0.99\n")
     s = pneumothorax_shards
-    metrics = train_model(_settings(epochs=1), s["train"], s["val"], s["test"], out)
-    assert metrics["epochs_run"] == 1
+    try:  # one epoch may or may not pass the quality checks; the log is what matters here
+        train_model(_settings(epochs=1), s["train"], s["val"], s["test"], out)
+    except WorkflowError:
+        pass
+    log = pd.read_csv(out / "work" / "log.csv")
+    assert list(log["epoch"]) == [0]  # the stale two-epoch log was discarded, not resumed
+    assert json.loads((out / "work" / "settings.json").read_text())["hash"] != "something-else"
 
 
 def test_collapsed_model_fails_clearly():

@@ -119,6 +119,8 @@ def plot_transfer_heatmap(
         ax.set_ylabel("source model (attack crafted on)" if j == 0 else "")
         ax.tick_params(axis="x", labelrotation=35)
         ax.tick_params(axis="y", labelrotation=0)
+        if j > 0:  # the rows are the same sources in every panel: label them once
+            ax.set_yticklabels([])
         for lab in ax.get_xticklabels():
             lab.set_horizontalalignment("right")
     fig.suptitle(
@@ -126,7 +128,7 @@ def plot_transfer_heatmap(
         "(WB white-box, S surrogate, XA cross-architecture, XT cross-task)",
         fontsize=11,
     )
-    fig.subplots_adjust(left=0.08, right=0.9, top=0.8, bottom=0.25, wspace=0.35)
+    fig.subplots_adjust(left=0.08, right=0.9, top=0.8, bottom=0.25, wspace=0.08)
     _save(fig, out_png)
 
 
