@@ -151,6 +151,15 @@ def test_transfer_table_is_reproducible_from_prediction_files(run):
         assert row["clean_auroc_ci_low"] <= row["clean_auroc"] <= row["clean_auroc_ci_high"]
 
 
+def test_white_box_pgd_breaks_every_source(run):
+    """Acceptance: white-box PGD at the largest eps drives each source's AUROC below 0.10."""
+    df = pd.read_csv(run / "results" / "tables" / "transfer.csv")
+    wb = df[(df["relation"] == "white-box") & (df["eps"] == df["eps"].max())]
+    assert set(wb["source"]) == set(_config(run)["models"])
+    assert (wb["clean_auroc"] > 0.6).all(), wb[["source", "clean_auroc"]]
+    assert (wb["adv_auroc"] < 0.10).all(), wb[["source", "adv_auroc"]]
+
+
 def test_changing_image_size_reruns_shards_not_the_generator(root, run):
     cfg = _config(run)
     cfg["data"]["image_size"] = 40

@@ -123,12 +123,8 @@ def eps_value(config: dict, label: str) -> float:
 
 
 def relation(config: dict, source: str, target: str, data_task: str) -> str:
-    """white-box, surrogate (same arch, independent training), cross-architecture, cross-task."""
-    s, t = config["models"][source], config["models"][target]
-    if source == target:
-        return "white-box"
-    if s["task"] != data_task:
-        return "cross-task"
-    if s["arch"] != t["arch"]:
-        return "cross-architecture"
-    return "surrogate"
+    """The cell's relation (see ``tables.relation``) from model names and the config."""
+    from .tables import relation as _relation
+
+    m = config["models"]
+    return _relation(m[source], m[target], data_task, source, target)
