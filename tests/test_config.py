@@ -80,7 +80,7 @@ def test_schema_rejects_typos(root, schema, mutate, match):
         (lambda c: c["models"]["pneumothorax_small"].update(task="effusion"), "models.pneumothorax_small.task"),
         (lambda c: c["models"]["pneumothorax_small"].update(arch="ResNet51"), "ResNet51"),
         (lambda c: c["models"]["pneumothorax_small"].update(pretrained="/no/such.weights.h5"), "pretrained"),
-        (lambda c: c["attacks"]["pgd"].update(step=6) or c["attacks"]["pgd"].pop("step_fraction"), "larger than eps"),
+        (lambda c: c["attacks"]["pgd"].update(step=12) or c["attacks"]["pgd"].pop("step_fraction"), "larger than eps"),
         (lambda c: c["attacks"]["pgd"].update(step=1), "either step or step_fraction"),
         (lambda c: c["grid"].append({"sources": ["nobody"], "data_task": "own"}), "nobody"),
         (lambda c: c["grid"].append({"sources": "all", "data_task": "mass"}), "mass"),
@@ -103,7 +103,7 @@ def test_grid_and_relations(root, schema):
     n_models = len(cfg["models"])
     cross = [s for s in sets if s.data_task == "cardiomegaly" and s.source.startswith("pneumothorax")]
     assert len(sets) == (n_models + len(cross) // len(cfg["eps"])) * len(cfg["eps"])
-    assert {s.eps for s in sets} == {"4", "8"}
+    assert {s.eps for s in sets} == {plan.eps_label(e) for e in cfg["eps"]}
     assert plan.relation(cfg, "pneumothorax_small", "pneumothorax_small", "pneumothorax") == "white-box"
     assert plan.relation(cfg, "pneumothorax_small", "pneumothorax_small_s2", "pneumothorax") == "surrogate"
     assert plan.relation(cfg, "pneumothorax_small", "cardiomegaly_small", "cardiomegaly") == "cross-task"

@@ -32,6 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SLURM_TESTS = ROOT / "tests" / "slurm"
 STATE_DIR = Path(os.environ.get("SLURM_TEST_DIR", "/tmp/cxrtransfer-slurm"))
 PROFILE_ARGS = [
+    "--workflow-profile",
+    "none",
     "--profile",
     str(ROOT / "profiles" / "slurm"),
     "--profile",
@@ -408,8 +410,8 @@ def test_workflow_on_slurm_matches_local_run(slurm_env, tmp_path):
     slurm_dir.mkdir()
     local_dir.mkdir()
 
-    # Both runs start in the project root, as a user's would (so profiles/default, the
-    # workflow profile, applies to both); --directory puts each run's results/ elsewhere.
+    # Both runs start in the project root, as a user's would (the SLURM run with the
+    # documented --workflow-profile none); --directory puts each run's results/ elsewhere.
     # They run at the same time, so the local run computes while the SLURM run waits for polls.
     local_env = {k: v for k, v in slurm_env.items() if k != "SLURM_CONF"}
     local = SnakemakeRun(

@@ -170,7 +170,7 @@ def test_changing_image_size_reruns_shards_not_the_generator(root, run):
 
 def test_changing_eps_reruns_only_attack_and_downstream(root, run):
     cfg = _config(run)
-    cfg["eps"] = [4, 8, 2]
+    cfg["eps"] = [*cfg["eps"], 2]
     jobs = planned(root, run, _write(run, cfg, "eps.yaml"))
     assert jobs.get("attack", 0) > 0 and jobs.get("predict_adv", 0) > 0 and jobs.get("evaluate", 0) > 0
     assert not set(jobs) & {"synthetic_download", "manifest", "shard", "shard_summary", "train", "predict_clean"}
@@ -207,3 +207,27 @@ def test_report_builds(root, run):
     snakemake(root, run, "--report", str(run / "report.html"))
     html = (run / "report.html").read_text(errors="replace")
     assert "synthetic" in html and len(html) > 10_000
+
+
+def test_bad_config_stops_before_any_job(root, tmp_path):
+    cfg = yaml.safe_load((root / "config" / "test.yaml").read_text())
+    cfg["eps"] = [4, 300]
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    r = snakemake(root, tmp_path, "-n", configfile="bad.yaml", check=False)
+    assert r.returncode != 0 and "300" in r.stderr + r.stdout
+    assert not (tmp_path / "results").exists()
+
+
+def test_wrong_kaggle_dir_and_missing_credentials_are_explained(root, tmp_path):
+    cfg = yaml.safe_load((root / "config" / "test.yaml").read_text())
+    cfg["data"]["source"] = "kaggle"
+    cfg["data"]["kaggle_dir"] = str(tmp_path / "nowhere")
+    (tmp_path / "k.yaml").write_text(yaml.safe_dump(cfg))
+    r = snakemake(root, tmp_path, "-n", configfile="k.yaml", check=False)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "holds no Data_Entry_2017.csv" in out and "fetch_kaggle" in out
+    r = snakemake(root, tmp_path, "fetch_kaggle", configfile="k.yaml", check=False)
+    log = (tmp_path / "results" / "logs" / "fetch_kaggle.log").read_text()
+    assert r.returncode != 0
+    assert "kaggle" in log and ("not installed" in log or "credentials" in log)
+    assert "Traceback" not in log
