@@ -10,7 +10,8 @@
     for every name (hard links of a few files). The manifest checkpoints run first; then the
     dry run of the whole study is timed, and (unless --no-profile) profiled with cProfile to
     show where planning time goes. --try-cache also times a patched COPY of the workflow whose
-    shard_ids() caches the per-split counts of each manifest (rules/ are not modified).
+    shard_ids() caches the per-split counts of each manifest (rules/ are not modified; skipped
+    when rules/common.smk caches them already).
 (c) flops: forward FLOPs per 224 px image of every architecture of nih.yaml (TF profiler on
     the frozen graph, multiply-add = 2 FLOPs), and a GPU-hours estimate of the study from them.
 
@@ -347,7 +348,7 @@ def patched_copy(work: Path) -> Path | None:
     text = common_smk.read_text()
     old_read = 'n = int((pd.read_csv(manifest, usecols=["split"])["split"] == split).sum())'
     if "def shard_ids(task, split):" not in text or old_read not in text:
-        return None
+        return None  # changed, or caching already
     text = text.replace("\ndef shard_ids(task, split):", CACHE_PATCH, 1)
     text = text.replace(
         old_read, "n = int(_split_counts(manifest, _os.path.getmtime(manifest)).get(split, 0))", 1

@@ -71,13 +71,20 @@ def download_inputs(wildcards):
     }
 
 
+_SPLIT_COUNTS = {}
+
+
 def shard_ids(task, split):
-    """Shard numbers of a task's split; known once the task's manifest checkpoint ran."""
+    """Shard numbers of a task's split; known once the task's manifest checkpoint ran.
+
+    The manifest is read once per file version (input functions call this for every job,
+    thousands of times on the full grid)."""
     manifest = checkpoints.manifest.get(task=task).output.manifest
-    n = int((pd.read_csv(manifest, usecols=["split"])["split"] == split).sum())
-    return [
-        f"{i:03d}" for i in range(max(1, math.ceil(n / config["data"]["shard_size"])))
-    ]
+    key = (manifest, Path(manifest).stat().st_mtime_ns)
+    if key not in _SPLIT_COUNTS:
+        _SPLIT_COUNTS[key] = pd.read_csv(manifest, usecols=["split"])["split"].value_counts()
+    n = int(_SPLIT_COUNTS[key].get(split, 0))
+    return [f"{i:03d}" for i in range(max(1, math.ceil(n / config["data"]["shard_size"])))]
 
 
 def shards(task, split):
