@@ -82,13 +82,12 @@ def main(argv=None) -> int:
         "max_abs_diff_probs": diff,
         "targets": {"ours/baseline": 1.0},
     }
-    print()
-    print(f"Inference, {args.arch} {s}px, {n} uint8 images, our batch {bs}")
-    print("| method | median | min-max | spread | unit |\n|---|---:|---:|---:|---|")
-    for name, r in res.items():
-        print(common.rate_row(name, r))
-    for k, v in ratios.items():
-        print(f"- {k} = {v['value']:.2f}")
+    common.print_rates(
+        f"Inference, {args.arch} {s}px, {n} uint8 images, our batch {bs}",
+        res,
+        ratios,
+        result["targets"],
+    )
     print(f"- max |p_ours - p_predict| = {diff:.2g}")
     if args.json:
         common.write_json(args.json, result)

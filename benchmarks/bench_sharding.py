@@ -197,17 +197,12 @@ def main(argv=None) -> int:
         "memory": memory,
         "targets": {"ours/naive": 3.0, "ours/decode_bound": 0.7, "float64_bytes/shard_bytes": 20.0},
     }
-    print()
-    print(f"Shard writing, {n} PNGs {args.image_size}px -> {SIZE}px, {args.workers} workers")
-    print("| method | median | min-max | spread | unit |\n|---|---:|---:|---:|---|")
-    for name, r in res.items():
-        print(common.rate_row(name, r))
-    for k, v in ratios.items():
-        t = result["targets"].get(k)
-        verdict = (
-            "" if t is None else f" (target >= {t:g}: {'met' if v['value'] >= t else 'NOT met'})"
-        )
-        print(f"- {k} = {v['value']:.2f}{verdict}")
+    common.print_rates(
+        f"Shard writing, {n} PNGs {args.image_size}px -> {SIZE}px, {args.workers} workers",
+        res,
+        ratios,
+        result["targets"],
+    )
     print(f"- shard bytes/image {per_image:.0f} vs float64 RGB {FLOAT64_RGB_BYTES}")
     for m in memory:
         print(

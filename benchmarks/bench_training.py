@@ -170,17 +170,12 @@ def main(argv=None) -> int:
         "ratios": ratios,
         "targets": {"ours/bound": 0.85},
     }
-    print()
-    print(f"Training epoch, {args.arch} {size}px, batch {bs}, {n} images")
-    print("| method | median | min-max | spread | unit |\n|---|---:|---:|---:|---|")
-    for name, r in res.items():
-        print(common.rate_row(name, r))
-    for k, v in ratios.items():
-        t = result["targets"].get(k)
-        verdict = (
-            "" if t is None else f" (target >= {t:g}: {'met' if v['value'] >= t else 'NOT met'})"
-        )
-        print(f"- {k} = {v['value']:.2f}{verdict}")
+    common.print_rates(
+        f"Training epoch, {args.arch} {size}px, batch {bs}, {n} images",
+        res,
+        ratios,
+        result["targets"],
+    )
     if args.json:
         common.write_json(args.json, result)
     tmp.cleanup()

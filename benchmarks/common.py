@@ -121,3 +121,18 @@ def rate_row(name: str, r: dict, unit: str = "images/s") -> str:
 
 def quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def print_rates(title: str, res: dict, ratios: dict, targets: dict) -> None:
+    """Print one benchmark's Markdown table of rates and its ratios with target verdicts."""
+    print()
+    print(title)
+    print("| method | median | min-max | spread | unit |\n|---|---:|---:|---:|---|")
+    for name, r in res.items():
+        print(rate_row(name, r))
+    for k, v in ratios.items():
+        t = targets.get(k)
+        verdict = (
+            "" if t is None else f" (target >= {t:g}: {'met' if v['value'] >= t else 'NOT met'})"
+        )
+        print(f"- {k} = {v['value']:.2f}{verdict}")
