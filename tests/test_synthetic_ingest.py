@@ -139,9 +139,12 @@ def test_overlapping_official_lists_fail(small_download, tmp_path):
     te = (small_download / "test_list.txt").read_text().split()
     with pytest.raises(WorkflowError, match="share"):
         split_patients(entries, tv, te + tv[:1], 0.2, 0)
-    # an image of a train patient moved to the test list: patient leakage
+    # one image of a patient with several train/val images moved to the test list: leakage
+    pid = entries.set_index("image_index")["patient_id"]
+    counts = pid[tv].value_counts()
+    moved = next(n for n in tv if counts[pid[n]] > 1)
     with pytest.raises(WorkflowError, match="patient"):
-        split_patients(entries, tv[1:], te + tv[:1], 0.2, 0)
+        split_patients(entries, [n for n in tv if n != moved], [*te, moved], 0.2, 0)
 
 
 def test_wrong_kaggle_dir(tmp_path):
