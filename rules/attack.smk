@@ -14,7 +14,7 @@ rule attack:
     resources:
         **gpu_resources("attack_runtime"),
     params:
-        attack=lambda w: config["attacks"][w.attack],
+        attack=lambda w: plan.canon(config["attacks"][w.attack]),
         eps=lambda w: plan.eps_value(config, w.eps),
         image_size=config["data"]["image_size"],
         batch_size=config["attack_batch_size"],

@@ -82,9 +82,13 @@ def shard_ids(task, split):
     manifest = checkpoints.manifest.get(task=task).output.manifest
     key = (manifest, Path(manifest).stat().st_mtime_ns)
     if key not in _SPLIT_COUNTS:
-        _SPLIT_COUNTS[key] = pd.read_csv(manifest, usecols=["split"])["split"].value_counts()
+        _SPLIT_COUNTS[key] = pd.read_csv(manifest, usecols=["split"])[
+            "split"
+        ].value_counts()
     n = int(_SPLIT_COUNTS[key].get(split, 0))
-    return [f"{i:03d}" for i in range(max(1, math.ceil(n / config["data"]["shard_size"])))]
+    return [
+        f"{i:03d}" for i in range(max(1, math.ceil(n / config["data"]["shard_size"])))
+    ]
 
 
 def shards(task, split):

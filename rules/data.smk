@@ -8,7 +8,7 @@ rule synthetic_download:
     conda:
         "../envs/data.yaml"
     params:
-        spec=config["data"]["synthetic"],
+        spec=plan.canon(config["data"]["synthetic"]),
     script:
         "../workflow_scripts/make_synthetic.py"
 

@@ -58,8 +58,8 @@ rule evaluate:
         "../envs/report.yaml"
     params:
         targets=set_targets,
-        evaluation=config["evaluation"],
-        config_models={"models": config["models"]},
+        evaluation=plan.canon(config["evaluation"]),
+        config_models=plan.canon({"models": config["models"]}),
     script:
         "../workflow_scripts/evaluate_set.py"
 
@@ -90,7 +90,7 @@ rule tables:
         "../envs/report.yaml"
     params:
         matrix_dir=lambda w, output: str(Path(output.transfer).parent / "matrices"),
-        models=config["models"],
+        models=plan.canon(config["models"]),
         data_source=config["data"]["source"],
     script:
         "../workflow_scripts/make_tables.py"
@@ -186,6 +186,6 @@ rule study_config:
     conda:
         "../envs/report.yaml"
     params:
-        config=config,
+        config=plan.canon(config),
     script:
         "../workflow_scripts/write_config.py"

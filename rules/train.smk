@@ -16,6 +16,6 @@ rule train:
     resources:
         **gpu_resources("train_runtime"),
     params:
-        settings=lambda w: model_settings(config, w.model),
+        settings=lambda w: plan.canon(model_settings(config, w.model)),
     script:
         "../workflow_scripts/train_model.py"

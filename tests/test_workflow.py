@@ -61,12 +61,17 @@ def _config(wd, name="config.yaml"):
 
 
 def _write(wd, cfg, name):
-    (wd / name).write_text(yaml.safe_dump(cfg))
+    (wd / name).write_text(yaml.safe_dump(cfg))  # sorted keys: another order than the run
     return name
 
 
 def test_second_dry_run_has_nothing_to_do(root, run):
     assert planned(root, run) == {}
+
+
+def test_reordered_config_reruns_nothing(root, run):
+    """Params are compared as canonical (sorted) settings: key order in the YAML is irrelevant."""
+    assert planned(root, run, _write(run, _config(run), "sorted.yaml")) == {}
 
 
 def test_lint_is_clean(root, run):

@@ -128,3 +128,16 @@ def relation(config: dict, source: str, target: str, data_task: str) -> str:
 
     m = config["models"]
     return _relation(m[source], m[target], data_task, source, target)
+
+
+def canon(obj):
+    """The same settings with every mapping's keys sorted, recursively.
+
+    Snakemake compares a rule's params with those of the last run as written, key order
+    included; passing canonical dicts means reordering keys in a config file reruns nothing.
+    """
+    if isinstance(obj, dict):
+        return {k: canon(obj[k]) for k in sorted(obj)}
+    if isinstance(obj, list | tuple):
+        return [canon(v) for v in obj]
+    return obj
