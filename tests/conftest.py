@@ -51,6 +51,8 @@ def pneumothorax_shards(small_download, tmp_path_factory) -> dict:
         paths[split] = []
         for i in range(n_shards(n, 64)):
             p = out / split / f"{i:03d}.h5"
-            write_shard(shard_rows(manifest, split, i, 64), p, 64, {"task": "pneumothorax", "split": split})
+            write_shard(
+                shard_rows(manifest, split, i, 64), p, 64, {"task": "pneumothorax", "split": split}
+            )
             paths[split].append(p)
     return paths

@@ -4,11 +4,9 @@ import copy
 
 import pytest
 import yaml
+from cxrtransfer import WorkflowError, plan
 from snakemake.exceptions import WorkflowError as SnakemakeWorkflowError
 from snakemake.utils import validate
-
-from cxrtransfer import WorkflowError
-from cxrtransfer import plan
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +44,10 @@ def test_default_config_has_cross_architecture_surrogates(root, schema):
         archs = {m["arch"] for m in cfg["models"].values() if m["task"] == task}
         assert len(archs) >= 2, task
     sets = plan.adversarial_sets(cfg)
-    assert any(s.data_task == "cardiomegaly" and cfg["models"][s.source]["task"] == "pneumothorax" for s in sets)
+    assert any(
+        s.data_task == "cardiomegaly" and cfg["models"][s.source]["task"] == "pneumothorax"
+        for s in sets
+    )
 
 
 def test_defaults_are_filled(root, schema):
@@ -77,14 +78,28 @@ def test_schema_rejects_typos(root, schema, mutate, match):
 @pytest.mark.parametrize(
     "mutate, match",
     [
-        (lambda c: c["models"]["pneumothorax_small"].update(task="effusion"), "models.pneumothorax_small.task"),
+        (
+            lambda c: c["models"]["pneumothorax_small"].update(task="effusion"),
+            "models.pneumothorax_small.task",
+        ),
         (lambda c: c["models"]["pneumothorax_small"].update(arch="ResNet51"), "ResNet51"),
-        (lambda c: c["models"]["pneumothorax_small"].update(pretrained="/no/such.weights.h5"), "pretrained"),
-        (lambda c: c["attacks"]["pgd"].update(step=12) or c["attacks"]["pgd"].pop("step_fraction"), "larger than eps"),
+        (
+            lambda c: c["models"]["pneumothorax_small"].update(pretrained="/no/such.weights.h5"),
+            "pretrained",
+        ),
+        (
+            lambda c: (
+                c["attacks"]["pgd"].update(step=12) or c["attacks"]["pgd"].pop("step_fraction")
+            ),
+            "larger than eps",
+        ),
         (lambda c: c["attacks"]["pgd"].update(step=1), "either step or step_fraction"),
         (lambda c: c["grid"].append({"sources": ["nobody"], "data_task": "own"}), "nobody"),
         (lambda c: c["grid"].append({"sources": "all", "data_task": "mass"}), "mass"),
-        (lambda c: c["grid"].append({"sources": "all", "data_task": "own", "attacks": ["fgm"]}), "fgm"),
+        (
+            lambda c: c["grid"].append({"sources": "all", "data_task": "own", "attacks": ["fgm"]}),
+            "fgm",
+        ),
     ],
 )
 def test_cross_checks(root, schema, mutate, match):
@@ -101,12 +116,26 @@ def test_grid_and_relations(root, schema):
     validate(cfg, schema)
     sets = plan.adversarial_sets(cfg)
     n_models = len(cfg["models"])
-    cross = [s for s in sets if s.data_task == "cardiomegaly" and s.source.startswith("pneumothorax")]
+    cross = [
+        s for s in sets if s.data_task == "cardiomegaly" and s.source.startswith("pneumothorax")
+    ]
     assert len(sets) == (n_models + len(cross) // len(cfg["eps"])) * len(cfg["eps"])
     assert {s.eps for s in sets} == {plan.eps_label(e) for e in cfg["eps"]}
-    assert plan.relation(cfg, "pneumothorax_small", "pneumothorax_small", "pneumothorax") == "white-box"
-    assert plan.relation(cfg, "pneumothorax_small", "pneumothorax_small_s2", "pneumothorax") == "surrogate"
-    assert plan.relation(cfg, "pneumothorax_small", "cardiomegaly_small", "cardiomegaly") == "cross-task"
+    assert (
+        plan.relation(cfg, "pneumothorax_small", "pneumothorax_small", "pneumothorax")
+        == "white-box"
+    )
+    assert (
+        plan.relation(cfg, "pneumothorax_small", "pneumothorax_small_s2", "pneumothorax")
+        == "surrogate"
+    )
+    assert (
+        plan.relation(cfg, "pneumothorax_small", "cardiomegaly_small", "cardiomegaly")
+        == "cross-task"
+    )
     cfg["models"]["pneumothorax_small_s2"]["arch"] = "ResNet50"
-    assert plan.relation(cfg, "pneumothorax_small", "pneumothorax_small_s2", "pneumothorax") == "cross-architecture"
+    assert (
+        plan.relation(cfg, "pneumothorax_small", "pneumothorax_small_s2", "pneumothorax")
+        == "cross-architecture"
+    )
     assert plan.eps_label(2.55) == "2.55" and plan.eps_label(8.0) == "8"

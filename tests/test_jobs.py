@@ -6,7 +6,6 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-
 from cxrtransfer import WorkflowError
 from cxrtransfer.jobs import attack_shard, predict_adv_shard, predict_clean_shard, read_attack
 from cxrtransfer.utils import file_sha256
@@ -45,8 +44,19 @@ def tiny(tmp_path_factory):
 
 def _attack(d, out, eps=4, cfg=None, size=24):
     cfg = cfg or {"method": "pgd", "step_fraction": 0.25, "steps": 5}
-    return attack_shard(d / "model.keras", d / "metrics.json", d / "000.h5", out, "pgd", cfg,
-                        eps, size, 16, "tiny", "task")
+    return attack_shard(
+        d / "model.keras",
+        d / "metrics.json",
+        d / "000.h5",
+        out,
+        "pgd",
+        cfg,
+        eps,
+        size,
+        16,
+        "tiny",
+        "task",
+    )
 
 
 def test_attack_cache_format_and_bound(tiny, tmp_path):
@@ -58,7 +68,9 @@ def test_attack_cache_format_and_bound(tiny, tmp_path):
         adv = f["images"][...]
         a = dict(f.attrs)
         assert adv.dtype == np.uint8 and adv.shape == images.shape
-        assert (f["image_index"][...].astype(str)[:2] == ["00000000_000.png", "00000001_000.png"]).all()
+        assert (
+            f["image_index"][...].astype(str)[:2] == ["00000000_000.png", "00000001_000.png"]
+        ).all()
         assert f["source_clean_prob"].shape == (len(images),)
     assert np.abs(adv.astype(int) - images.astype(int)).max() <= 16
     assert a["eps"] == 16.0 and a["step"] == 4.0 and a["steps"] == 8 and a["norm"] == "linf"
@@ -69,8 +81,15 @@ def test_attack_cache_format_and_bound(tiny, tmp_path):
     csv = tmp_path / "pred.csv"
     predict_adv_shard(d / "model.keras", out, csv, 24, 32)
     df = pd.read_csv(csv)
-    assert list(df.columns) == ["image_index", "label", "prob", "source_clean_prob",
-                                "source_adv_prob", "l2", "linf"]
+    assert list(df.columns) == [
+        "image_index",
+        "label",
+        "prob",
+        "source_clean_prob",
+        "source_adv_prob",
+        "l2",
+        "linf",
+    ]
     # white-box: the target's prediction on the cache equals the source's recorded one
     assert np.allclose(df["prob"], df["source_adv_prob"], atol=1e-5)
     clean = tmp_path / "clean.csv"

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from cxrtransfer import WorkflowError
 from cxrtransfer.models import build_model, load_checkpoint, preprocessing_mode
 
@@ -32,7 +31,6 @@ def test_contract_and_safe_mode_round_trip(tmp_path, arch, size):
 def test_preprocessing_matches_keras_applications():
     """The in-model normalisation equals each family's own preprocess_input on 0..255 RGB."""
     import keras
-
     from cxrtransfer.models import pixel_preprocessing
 
     gray = np.random.default_rng(1).random((2, 32, 32, 1)).astype("float32")
@@ -54,7 +52,9 @@ def test_preprocessing_matches_keras_applications():
 def test_local_weights_file_is_used(tmp_path):
     import keras
 
-    backbone = keras.applications.MobileNetV3Small(include_top=False, weights=None, input_shape=(32, 32, 3))
+    backbone = keras.applications.MobileNetV3Small(
+        include_top=False, weights=None, input_shape=(32, 32, 3)
+    )
     w0 = backbone.get_weights()
     w0 = [w + 0.01 for w in w0]
     backbone.set_weights(w0)

@@ -4,10 +4,9 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
-
 from cxrtransfer import WorkflowError
 from cxrtransfer.shards import decode, read_shard, write_shard
+from PIL import Image
 
 
 def _rows(paths, labels=None):
@@ -81,12 +80,23 @@ def test_corrupt_files_are_rejected_with_reason(tmp_path):
     (tmp_path / "trunc.png").write_bytes(data[: len(data) // 2])
     (tmp_path / "zero.png").write_bytes(b"")
     (tmp_path / "junk.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 50)
-    bad = [tmp_path / "trunc.png", tmp_path / "zero.png", tmp_path / "junk.png", tmp_path / "gone.png"]
+    bad = [
+        tmp_path / "trunc.png",
+        tmp_path / "zero.png",
+        tmp_path / "junk.png",
+        tmp_path / "gone.png",
+    ]
     out = tmp_path / "000.h5"
     r = write_shard(_rows(good + bad), out, 40, {}, workers=1, max_rejected_fraction=0.5)
     assert r == {"written": 8, "rejected": 4}
     with h5py.File(out) as f:
-        reasons = dict(zip(f["rejected_image_index"][...].astype(str), f["rejected_reason"][...].astype(str), strict=True))
+        reasons = dict(
+            zip(
+                f["rejected_image_index"][...].astype(str),
+                f["rejected_reason"][...].astype(str),
+                strict=True,
+            )
+        )
         assert f["images"].shape[0] == 8 and f.attrs["n_rejected"] == 4
     assert len(reasons) == 4
     assert any("missing" in v for v in reasons.values())

@@ -6,11 +6,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
-
 from cxrtransfer import LABELS, NO_FINDING, WorkflowError
 from cxrtransfer.ingest import build_manifest, check_download, read_data_entry, split_patients
 from cxrtransfer.synthetic import CSV_HEADER, SyntheticSpec, generate
+from PIL import Image
 
 HEADER_2017 = CSV_HEADER + ","
 
@@ -64,7 +63,9 @@ def test_findings_are_visible():
     for _ in range(20):
         a = _patient_anatomy(rng)
         normal.append(render({"No Finding"}, a, np.random.default_rng(1), 64)[38:48, 20:44].mean())
-        cardio.append(render({"Cardiomegaly"}, a, np.random.default_rng(1), 64)[38:48, 20:44].mean())
+        cardio.append(
+            render({"Cardiomegaly"}, a, np.random.default_rng(1), 64)[38:48, 20:44].mean()
+        )
     assert np.mean(cardio) > np.mean(normal) + 5
 
 
@@ -87,7 +88,9 @@ def test_read_2017_and_2020_variants(tmp_path):
         "00000002_000.png,No Finding,0,2,0,F,AP,1024,1024,0.143,0.143\n",
     )
     a, b = read_data_entry(v2017), read_data_entry(v2020)
-    assert list(a["image_index"]) == list(b["image_index"]) == ["00000001_000.png", "00000002_000.png"]
+    assert (
+        list(a["image_index"]) == list(b["image_index"]) == ["00000001_000.png", "00000002_000.png"]
+    )
     assert list(a["patient_id"]) == [1, 2] and list(a["sex"]) == list(b["sex"]) == ["M", "F"]
     assert a["age"].iloc[0] == b["age"].iloc[0] == 58
     assert a["age"].iloc[1] == pytest.approx(0.5)

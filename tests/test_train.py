@@ -10,7 +10,6 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-
 from cxrtransfer import WorkflowError
 from cxrtransfer.train import TRAINING_DEFAULTS, check_quality
 
@@ -50,9 +49,8 @@ def trained(pneumothorax_shards, tmp_path_factory):
 
 def test_outputs_and_metrics_agree_with_recomputation(trained, pneumothorax_shards):
     import keras
-    from sklearn.metrics import roc_auc_score
-
     from cxrtransfer.data import load_split
+    from sklearn.metrics import roc_auc_score
 
     out, metrics = trained
     assert (out / "model.keras").is_file() and (out / "history.csv").is_file()
@@ -112,7 +110,9 @@ def test_killed_training_resumes_from_last_epoch(root, tmp_path, pneumothorax_sh
             if done >= 2:
                 break
         time.sleep(0.2)
-    assert proc.poll() is None, "training finished before it could be killed:\n" + proc.stdout.read()
+    assert proc.poll() is None, (
+        "training finished before it could be killed:\n" + proc.stdout.read()
+    )
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     done = json.loads(meta.read_text())["epoch"]
@@ -121,7 +121,11 @@ def test_killed_training_resumes_from_last_epoch(root, tmp_path, pneumothorax_sh
     proc = _run(root, tmp_path, s, pneumothorax_shards, out)
     log, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, log
-    epochs = [int(line.split("epoch ")[1].split("/")[0]) for line in log.splitlines() if " INFO epoch " in line]
+    epochs = [
+        int(line.split("epoch ")[1].split("/")[0])
+        for line in log.splitlines()
+        if " INFO epoch " in line
+    ]
     assert epochs and epochs[0] == done + 1, log  # continued, did not start over
     assert epochs[-1] == 4
     hist = pd.read_csv(out / "history.csv")

@@ -3,7 +3,6 @@
 import logging
 
 import pytest
-
 from cxrtransfer.utils import Progress, atomic_path, params_hash
 
 

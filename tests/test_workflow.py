@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -20,10 +21,14 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 def snakemake(root, workdir, *args, configfile="config.yaml", check=True, timeout=1800):
     cmd = [
         *SNAKEMAKE,
-        "--snakefile", str(root / "Snakefile"),
-        "--directory", str(workdir),
-        "--configfile", str(workdir / configfile),
-        "--cores", "2",
+        "--snakefile",
+        str(root / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(workdir / configfile),
+        "--cores",
+        "2",
         *args,
     ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=workdir)
@@ -113,8 +118,18 @@ def test_attack_caches_hold_the_eps_bound(run):
             shard = h.attrs["clean_shard"]
             adv = h["images"][...]
             assert adv.dtype == np.uint8
-            for k in ("attack", "norm", "eps", "step", "steps", "targeted", "random_start",
-                      "restarts", "source_checkpoint_sha256", "n_quantisation_unfooled"):
+            for k in (
+                "attack",
+                "norm",
+                "eps",
+                "step",
+                "steps",
+                "targeted",
+                "random_start",
+                "restarts",
+                "source_checkpoint_sha256",
+                "n_quantisation_unfooled",
+            ):
                 assert k in h.attrs, k
             names = h["image_index"][...]
         with h5py.File(run / shard) as s:
@@ -133,8 +148,18 @@ def test_transfer_table_is_reproducible_from_prediction_files(run):
     for _, row in df.iterrows():
         base = run / "results" / "predictions" / row["target"]
         eps = f"{row['eps']:g}"
-        clean = pd.concat(pd.read_csv(p, dtype={"image_index": str}) for p in sorted((base / "clean" / row["data_task"]).glob("*.csv")))
-        adv = pd.concat(pd.read_csv(p, dtype={"image_index": str}) for p in sorted((base / "adv" / row["source"] / row["data_task"] / row["attack"] / f"eps{eps}").glob("*.csv")))
+        clean = pd.concat(
+            pd.read_csv(p, dtype={"image_index": str})
+            for p in sorted((base / "clean" / row["data_task"]).glob("*.csv"))
+        )
+        adv = pd.concat(
+            pd.read_csv(p, dtype={"image_index": str})
+            for p in sorted(
+                (
+                    base / "adv" / row["source"] / row["data_task"] / row["attack"] / f"eps{eps}"
+                ).glob("*.csv")
+            )
+        )
         clean = clean.set_index("image_index").sort_index()
         adv = adv.set_index("image_index").loc[clean.index]
         y = clean["label"].to_numpy()
@@ -146,12 +171,16 @@ def test_transfer_table_is_reproducible_from_prediction_files(run):
         assert row["adv_accuracy"] == pytest.approx(np.mean(ap == y), abs=1e-12)
         correct = cp == y
         assert row["n_clean_correct"] == correct.sum()
-        assert row["attack_success_rate"] == pytest.approx(np.mean(ap[correct] != y[correct]), abs=1e-12)
+        assert row["attack_success_rate"] == pytest.approx(
+            np.mean(ap[correct] != y[correct]), abs=1e-12
+        )
         assert row["fooling_rate"] == pytest.approx(np.mean(ap != y), abs=1e-12)
         base_set = correct & (sp != y)
         assert row["n_transfer_base"] == base_set.sum()
         if base_set.any():
-            assert row["transfer_rate"] == pytest.approx(np.mean(ap[base_set] != y[base_set]), abs=1e-12)
+            assert row["transfer_rate"] == pytest.approx(
+                np.mean(ap[base_set] != y[base_set]), abs=1e-12
+            )
         assert row["mean_linf"] == pytest.approx(adv["linf"].mean(), abs=1e-6)
         assert row["clean_auroc_ci_low"] <= row["clean_auroc"] <= row["clean_auroc_ci_high"]
 
@@ -177,8 +206,17 @@ def test_changing_eps_reruns_only_attack_and_downstream(root, run):
     cfg = _config(run)
     cfg["eps"] = [*cfg["eps"], 2]
     jobs = planned(root, run, _write(run, cfg, "eps.yaml"))
-    assert jobs.get("attack", 0) > 0 and jobs.get("predict_adv", 0) > 0 and jobs.get("evaluate", 0) > 0
-    assert not set(jobs) & {"synthetic_download", "manifest", "shard", "shard_summary", "train", "predict_clean"}
+    assert (
+        jobs.get("attack", 0) > 0 and jobs.get("predict_adv", 0) > 0 and jobs.get("evaluate", 0) > 0
+    )
+    assert not set(jobs) & {
+        "synthetic_download",
+        "manifest",
+        "shard",
+        "shard_summary",
+        "train",
+        "predict_clean",
+    }
 
 
 def test_changing_one_models_learning_rate_retrains_only_that_model(root, run):
@@ -196,16 +234,27 @@ def test_changing_one_models_learning_rate_retrains_only_that_model(root, run):
     assert trained == ["pneumothorax_small_s2"]
 
 
-def test_missing_attack_shard_is_recomputed_alone(root, run):
-    f = sorted((run / "results" / "attacks" / "pneumothorax_small" / "pneumothorax" / "pgd" / "eps8").glob("*.h5"))[0]
-    backup = f.read_bytes()
-    f.unlink()
+def test_killed_attack_job_is_recomputed_alone(root, run):
+    """A killed attack job leaves no output (atomic writes), so nothing downstream of it
+    exists either: the rerun redoes that shard's attack and what depends on it, nothing else."""
+    r = run / "results"
+    part = Path("pneumothorax_small") / "pneumothorax" / "pgd" / "eps8"
+    attack = sorted((r / "attacks" / part).glob("*.h5"))[0]
+    downstream = [
+        *sorted((r / "predictions").glob(f"*/adv/{part.as_posix()}/{attack.stem}.csv")),
+        r / "metrics" / "sets" / part.parent / "eps8.json",
+    ]
+    saved = {p: p.read_bytes() for p in [attack, *downstream]}
+    for p in saved:
+        p.unlink()
     try:
         jobs = planned(root, run)
         assert jobs.get("attack") == 1
-        assert not set(jobs) & {"train", "shard", "predict_clean"}
+        assert jobs.get("predict_adv") == len(downstream) - 1 and jobs.get("evaluate") == 1
+        assert not set(jobs) & {"train", "shard", "predict_clean", "manifest"}
     finally:
-        f.write_bytes(backup)
+        for p, data in saved.items():
+            p.write_bytes(data)
 
 
 def test_report_builds(root, run):

@@ -9,11 +9,16 @@ def main(sm):
     manifest, rejected, summary = build_manifest(p.data_dir, p.label, p.val_fraction, p.seed)
     LOG.info("task %s (%s):\n%s", sm.wildcards.task, p.label, summary.to_string(index=False))
     if len(rejected):
-        LOG.warning("%d images rejected before decoding:\n%s", len(rejected),
-                    rejected["reason"].value_counts().to_string())
+        LOG.warning(
+            "%d images rejected before decoding:\n%s",
+            len(rejected),
+            rejected["reason"].value_counts().to_string(),
+        )
     write_csv(sm.output.rejected, rejected)
     check_rejected_fraction(
-        len(rejected), len(manifest) + len(rejected), p.max_rejected_fraction,
+        len(rejected),
+        len(manifest) + len(rejected),
+        p.max_rejected_fraction,
         f"manifest of task {sm.wildcards.task} (rejections in {sm.output.rejected})",
     )
     write_csv(sm.output.summary, summary)

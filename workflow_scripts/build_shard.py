@@ -1,7 +1,6 @@
 """Rule shard: decode one shard of a task's split into HDF5."""
 
 import pandas as pd
-
 from cxrtransfer.shards import shard_rows, write_shard
 from cxrtransfer.utils import run_main
 

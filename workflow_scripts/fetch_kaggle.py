@@ -18,7 +18,9 @@ def main(sm):
             "Token), accept the dataset's terms on its Kaggle page, and rerun."
         )
     token = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle")) / "kaggle.json"
-    if not token.is_file() and not (os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY")):
+    if not token.is_file() and not (
+        os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY")
+    ):
         raise WorkflowError(
             f"No Kaggle credentials: neither {token} nor KAGGLE_USERNAME/KAGGLE_KEY is set. "
             "Create an API token on kaggle.com (Settings > API) and save it there."

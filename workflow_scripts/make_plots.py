@@ -2,7 +2,6 @@
 
 import numpy as np
 import pandas as pd
-
 from cxrtransfer.jobs import read_attack, read_predictions
 from cxrtransfer.plots import (
     plot_auroc_vs_eps,
@@ -37,11 +36,25 @@ def main(sm):
         names = np.concatenate([a["image_index"] for a in attacks])
         c = clean.set_index("image_index").loc[names]
         a = adv.set_index("image_index").loc[names]
-        pick = select_examples(a["label"].to_numpy(), c["prob"].to_numpy(), a["prob"].to_numpy(),
-                               a["l2"].to_numpy(), sm.params.per_class, threshold=t)
-        plot_examples(clean_u8[pick], adv_u8[pick], a["label"].to_numpy()[pick],
-                      c["prob"].to_numpy()[pick], a["prob"].to_numpy()[pick], names[pick],
-                      title, sm.output.examples, threshold=t)
+        pick = select_examples(
+            a["label"].to_numpy(),
+            c["prob"].to_numpy(),
+            a["prob"].to_numpy(),
+            a["l2"].to_numpy(),
+            sm.params.per_class,
+            threshold=t,
+        )
+        plot_examples(
+            clean_u8[pick],
+            adv_u8[pick],
+            a["label"].to_numpy()[pick],
+            c["prob"].to_numpy()[pick],
+            a["prob"].to_numpy()[pick],
+            names[pick],
+            title,
+            sm.output.examples,
+            threshold=t,
+        )
 
 
 run_main(main, snakemake)  # noqa: F821

@@ -9,7 +9,9 @@ def main(sm):
     if "attack" in sm.input.keys():
         predict_adv_shard(sm.input.model, sm.input.attack, sm.output[0], p.image_size, p.batch_size)
     else:
-        predict_clean_shard(sm.input.model, sm.input.shard, sm.output[0], p.image_size, p.batch_size)
+        predict_clean_shard(
+            sm.input.model, sm.input.shard, sm.output[0], p.image_size, p.batch_size
+        )
 
 
 run_main(main, snakemake)  # noqa: F821

@@ -2,7 +2,6 @@
 
 import h5py
 import pandas as pd
-
 from cxrtransfer.utils import run_main, write_csv
 
 
@@ -12,20 +11,41 @@ def main(sm):
         with h5py.File(path, "r") as f:
             labels = f["labels"][...]
             a = dict(f.attrs)
-            rows.append({"split": a["split"], "shard": path, "images": len(labels),
-                         "positives": int((labels == 1).sum()), "negatives": int((labels == 0).sum()),
-                         "rejected": int(a["n_rejected"])})
+            rows.append(
+                {
+                    "split": a["split"],
+                    "shard": path,
+                    "images": len(labels),
+                    "positives": int((labels == 1).sum()),
+                    "negatives": int((labels == 0).sum()),
+                    "rejected": int(a["n_rejected"]),
+                }
+            )
             names = f["rejected_image_index"][...].astype(str)
             reasons = f["rejected_reason"][...].astype(str)
         if len(names):
-            rejected.append(pd.DataFrame({"image_index": names, "split": a["split"],
-                                          "path": path, "reason": reasons, "stage": "decode"}))
+            rejected.append(
+                pd.DataFrame(
+                    {
+                        "image_index": names,
+                        "split": a["split"],
+                        "path": path,
+                        "reason": reasons,
+                        "stage": "decode",
+                    }
+                )
+            )
     df = pd.DataFrame(rows)
-    summary = df.groupby("split", sort=False)[["images", "positives", "negatives", "rejected"]].sum()
+    summary = df.groupby("split", sort=False)[
+        ["images", "positives", "negatives", "rejected"]
+    ].sum()
     summary["shards"] = df.groupby("split", sort=False).size()
     write_csv(sm.output.summary, summary.reset_index())
     rej = pd.concat(rejected, ignore_index=True)
-    write_csv(sm.output.rejected, rej[[c for c in ["image_index", "split", "stage", "reason", "path"] if c in rej]])
+    write_csv(
+        sm.output.rejected,
+        rej[[c for c in ["image_index", "split", "stage", "reason", "path"] if c in rej]],
+    )
 
 
 run_main(main, snakemake)  # noqa: F821

@@ -10,8 +10,14 @@ from cxrtransfer.utils import run_main
 def main(sm):
     s = dict(sm.params.settings)
     patients = subset_patients(sm.input.train, s["train_subset"], s["split_seed"])
-    train_model(s, list(sm.input.train), list(sm.input.val), list(sm.input.test),
-                Path(sm.output.model).parent, patients)
+    train_model(
+        s,
+        list(sm.input.train),
+        list(sm.input.val),
+        list(sm.input.test),
+        Path(sm.output.model).parent,
+        patients,
+    )
 
 
 run_main(main, snakemake)  # noqa: F821

@@ -1,7 +1,6 @@
 """Rule study_config: the effective (validated, defaults filled in) configuration of the run."""
 
 import yaml
-
 from cxrtransfer.utils import atomic_path, run_main
 
 

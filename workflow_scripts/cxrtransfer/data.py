@@ -22,7 +22,11 @@ def shard_arrays(paths, image_size: int, patients: set[int] | None = None):
                 labels = f["labels"][...].astype(np.int64)
                 names = f["image_index"][...].astype(str)
                 pids = f["patient_id"][...]
-                keep = np.ones(len(labels), bool) if patients is None else np.isin(pids, list(patients))
+                keep = (
+                    np.ones(len(labels), bool)
+                    if patients is None
+                    else np.isin(pids, list(patients))
+                )
                 idx = np.flatnonzero(keep)
                 if len(idx) == 0:
                     continue

@@ -20,7 +20,9 @@ def make_predict_fn(model):
     return predict
 
 
-def predict_probs(model, images_u8: np.ndarray, batch_size: int = 128, predict_fn=None) -> np.ndarray:
+def predict_probs(
+    model, images_u8: np.ndarray, batch_size: int = 128, predict_fn=None
+) -> np.ndarray:
     """Probability of the finding (column 1 of the softmax) for uint8 images (N,H,W)."""
     fn = predict_fn or make_predict_fn(model)
     out = np.empty(len(images_u8), np.float32)

@@ -215,13 +215,16 @@ def build_manifest(
         for n, p in zip(task["image_index"], task["path"], strict=True)
     ]
     task["reason"] = reasons
-    rejected = task[task["reason"].notna()][["image_index", "patient_id", "split", "path", "reason"]]
+    rejected = task[task["reason"].notna()][
+        ["image_index", "patient_id", "split", "path", "reason"]
+    ]
     manifest = task[task["reason"].isna()][MANIFEST_COLUMNS].reset_index(drop=True)
     manifest = manifest.sort_values(["split", "image_index"]).reset_index(drop=True)
     summary = (
-        manifest.groupby(["split", "label"]).size().unstack(fill_value=0).reindex(
-            index=["train", "val", "test"], columns=[0, 1], fill_value=0
-        )
+        manifest.groupby(["split", "label"])
+        .size()
+        .unstack(fill_value=0)
+        .reindex(index=["train", "val", "test"], columns=[0, 1], fill_value=0)
     )
     summary.columns = ["negatives", "positives"]
     summary = summary.reset_index()

@@ -55,17 +55,30 @@ def attack_shard(
     n = len(shard["labels"])
     LOG.info(
         "attack %s (%s) eps %g/255 on %s: %d images, source %s",
-        attack_name, spec.method, spec.eps, shard_path, n, source_model,
+        attack_name,
+        spec.method,
+        spec.eps,
+        shard_path,
+        n,
+        source_model,
     )
     attack_fn = make_attack(model, spec)
     progress = Progress(n, f"attack {attack_name} eps{eps:g}", every_seconds=30)
-    r = run_attack_batches(model, attack_fn, shard["images"], shard["labels"], spec, batch_size, progress)
+    r = run_attack_batches(
+        model, attack_fn, shard["images"], shard["labels"], spec, batch_size, progress
+    )
     d = r["adv_u8"].astype(np.int16) - shard["images"].astype(np.int16)
     max_linf = int(np.abs(d).max(initial=0))
     max_l2 = float(np.sqrt((d.astype(np.float64) ** 2).reshape(n, -1).sum(1)).max(initial=0))
-    bound_ok = max_linf <= math.floor(spec.eps + 1e-9) if spec.norm == "linf" else max_l2 <= spec.eps + 1e-9
+    bound_ok = (
+        max_linf <= math.floor(spec.eps + 1e-9)
+        if spec.norm == "linf"
+        else max_l2 <= spec.eps + 1e-9
+    )
     if not bound_ok:
-        raise WorkflowError(f"internal error: stored perturbation exceeds eps {spec.eps} ({max_linf}, {max_l2:.3f})")
+        raise WorkflowError(
+            f"internal error: stored perturbation exceeds eps {spec.eps} ({max_linf}, {max_l2:.3f})"
+        )
     y = shard["labels"]
     pred_float = r["adv_prob_float"] >= threshold
     pred_q = r["adv_prob"] >= threshold
@@ -73,7 +86,9 @@ def attack_shard(
     with atomic_path(out_path) as tmp:
         with h5py.File(tmp, "w") as f:
             h, w = r["adv_u8"].shape[1:]
-            f.create_dataset("images", data=r["adv_u8"], chunks=(1, h, w), compression="gzip", compression_opts=1)
+            f.create_dataset(
+                "images", data=r["adv_u8"], chunks=(1, h, w), compression="gzip", compression_opts=1
+            )
             f.create_dataset("image_index", data=np.array(shard["image_index"], dtype="S"))
             f.create_dataset("labels", data=y.astype(np.int8))
             f.create_dataset("source_clean_prob", data=r["clean_prob"])
@@ -81,25 +96,32 @@ def attack_shard(
             f.create_dataset("source_adv_prob_float", data=r["adv_prob_float"])
             f.create_dataset("l2", data=r["l2"])
             f.create_dataset("linf", data=r["linf"])
-            f.attrs.update({
-                "attack": attack_name,
-                **spec.attrs(),
-                "source_model": source_model,
-                "source_checkpoint": str(model_path),
-                "source_checkpoint_sha256": file_sha256(model_path),
-                "source_threshold": threshold,
-                "data_task": data_task,
-                "clean_shard": str(shard_path),
-                "n_images": n,
-                "n_quantisation_unfooled": unfooled,
-                "max_linf_255": max_linf,
-                "max_l2_255": max_l2,
-                "cache_version": CACHE_VERSION,
-            })
+            f.attrs.update(
+                {
+                    "attack": attack_name,
+                    **spec.attrs(),
+                    "source_model": source_model,
+                    "source_checkpoint": str(model_path),
+                    "source_checkpoint_sha256": file_sha256(model_path),
+                    "source_threshold": threshold,
+                    "data_task": data_task,
+                    "clean_shard": str(shard_path),
+                    "n_images": n,
+                    "n_quantisation_unfooled": unfooled,
+                    "max_linf_255": max_linf,
+                    "max_l2_255": max_l2,
+                    "cache_version": CACHE_VERSION,
+                }
+            )
     fooled = int((pred_q != y).sum())
     LOG.info(
         "%s: source fooled on %d/%d images after quantisation (%d turned back to correct by it); "
-        "max |delta| %d/255", out_path, fooled, n, unfooled, max_linf,
+        "max |delta| %d/255",
+        out_path,
+        fooled,
+        n,
+        unfooled,
+        max_linf,
     )
     return {"n": n, "fooled": fooled, "unfooled_by_quantisation": unfooled}
 
@@ -111,7 +133,9 @@ def read_attack(path, expected_sha256: str | None = None) -> dict:
             out = {k: f[k][...] for k in f.keys()}
             out["attrs"] = dict(f.attrs)
     except (OSError, KeyError) as e:
-        raise WorkflowError(f"Cannot read attack cache '{path}' ({e}); delete it and rerun.") from None
+        raise WorkflowError(
+            f"Cannot read attack cache '{path}' ({e}); delete it and rerun."
+        ) from None
     out["image_index"] = out["image_index"].astype(str)
     if len(out["image_index"]) == 0:
         raise WorkflowError(f"Attack cache '{path}' is empty (no adversarial images).")
@@ -131,7 +155,9 @@ def predict_clean_shard(model_path, shard_path, out_csv, image_size: int, batch_
     model = load_checkpoint(model_path, image_size)
     s = read_shard(shard_path, image_size)
     p = predict_probs(model, s["images"], batch_size)
-    write_csv(out_csv, pd.DataFrame({"image_index": s["image_index"], "label": s["labels"], "prob": p}))
+    write_csv(
+        out_csv, pd.DataFrame({"image_index": s["image_index"], "label": s["labels"], "prob": p})
+    )
 
 
 def predict_adv_shard(model_path, attack_path, out_csv, image_size: int, batch_size: int) -> None:
@@ -143,15 +169,17 @@ def predict_adv_shard(model_path, attack_path, out_csv, image_size: int, batch_s
     a = read_attack(attack_path)
     check_image_size(a["images"], attack_path, image_size)
     p = predict_probs(model, a["images"], batch_size)
-    df = pd.DataFrame({
-        "image_index": a["image_index"],
-        "label": a["labels"].astype(int),
-        "prob": p,
-        "source_clean_prob": a["source_clean_prob"],
-        "source_adv_prob": a["source_adv_prob"],
-        "l2": a["l2"],
-        "linf": a["linf"],
-    })
+    df = pd.DataFrame(
+        {
+            "image_index": a["image_index"],
+            "label": a["labels"].astype(int),
+            "prob": p,
+            "source_clean_prob": a["source_clean_prob"],
+            "source_adv_prob": a["source_adv_prob"],
+            "l2": a["l2"],
+            "linf": a["linf"],
+        }
+    )
     write_csv(out_csv, df)
 
 
@@ -161,7 +189,9 @@ def read_predictions(paths) -> pd.DataFrame:
         try:
             frames.append(pd.read_csv(p, dtype={"image_index": str}))
         except (OSError, pd.errors.EmptyDataError) as e:
-            raise WorkflowError(f"Cannot read predictions '{p}' ({e}); delete it and rerun.") from None
+            raise WorkflowError(
+                f"Cannot read predictions '{p}' ({e}); delete it and rerun."
+            ) from None
     if not frames:
         raise WorkflowError("No prediction files given.")
     return pd.concat(frames, ignore_index=True)
@@ -191,19 +221,29 @@ def evaluate_adv_set(
         where = f"cell source={source} target={t} data={data_task} attack={attack} eps={eps_label}"
         try:
             cell = compute_cell(
-                clean, adv, json_threshold(metrics_files[t]), t_source,
-                n_boot=evaluation["n_bootstrap"], confidence=evaluation["confidence"],
+                clean,
+                adv,
+                json_threshold(metrics_files[t]),
+                t_source,
+                n_boot=evaluation["n_bootstrap"],
+                confidence=evaluation["confidence"],
                 seed=evaluation["seed"],
             )
         except WorkflowError as e:
             raise WorkflowError(f"{where}: {e}") from None
-        cells.append({
-            "source": source, "target": t, "data_task": data_task, "attack": attack,
-            "eps": float(eps_label), "relation": relation(config, source, t, data_task),
-            "source_arch": config["models"][source]["arch"],
-            "target_arch": config["models"][t]["arch"],
-            **cell,
-        })
+        cells.append(
+            {
+                "source": source,
+                "target": t,
+                "data_task": data_task,
+                "attack": attack,
+                "eps": float(eps_label),
+                "relation": relation(config, source, t, data_task),
+                "source_arch": config["models"][source]["arch"],
+                "target_arch": config["models"][t]["arch"],
+                **cell,
+            }
+        )
     return cells
 
 

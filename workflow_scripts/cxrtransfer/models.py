@@ -183,7 +183,9 @@ def load_checkpoint(path: str | os.PathLike, image_size: int | None = None):
     if not path.is_file():
         raise WorkflowError(f"Model checkpoint '{path}' does not exist. Run its training rule.")
     if path.stat().st_size == 0:
-        raise WorkflowError(f"Model checkpoint '{path}' is empty (truncated). Delete it and retrain.")
+        raise WorkflowError(
+            f"Model checkpoint '{path}' is empty (truncated). Delete it and retrain."
+        )
     try:
         model = keras.models.load_model(path, compile=False, safe_mode=True)
     except Exception as e:  # noqa: BLE001

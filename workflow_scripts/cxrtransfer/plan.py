@@ -51,7 +51,11 @@ def check_config(config: dict, basedir: str | Path = ".") -> None:
                 f"Known: {', '.join(KERAS_APPLICATIONS)}."
             )
         pre = m.get("pretrained", "none")
-        if pre not in ("none", "imagenet") and not (Path(basedir) / pre).is_file() and not Path(pre).is_file():
+        if (
+            pre not in ("none", "imagenet")
+            and not (Path(basedir) / pre).is_file()
+            and not Path(pre).is_file()
+        ):
             raise WorkflowError(
                 f"models.{name}.pretrained: '{pre}' is neither 'imagenet', 'none' nor an "
                 "existing weights file."
@@ -84,7 +88,9 @@ def check_config(config: dict, basedir: str | Path = ".") -> None:
         if srcs != "all":
             bad = [s for s in srcs if s not in models]
             if bad:
-                raise WorkflowError(f"grid[{i}].sources: unknown model(s) {bad}; configured: {sorted(models)}.")
+                raise WorkflowError(
+                    f"grid[{i}].sources: unknown model(s) {bad}; configured: {sorted(models)}."
+                )
         if g["data_task"] != "own" and g["data_task"] not in tasks:
             raise WorkflowError(
                 f"grid[{i}].data_task: '{g['data_task']}' is neither 'own' nor a task ({sorted(tasks)})."
@@ -93,7 +99,9 @@ def check_config(config: dict, basedir: str | Path = ".") -> None:
         if atk != "all":
             bad = [a for a in atk if a not in attacks]
             if bad:
-                raise WorkflowError(f"grid[{i}].attacks: unknown attack(s) {bad}; configured: {sorted(attacks)}.")
+                raise WorkflowError(
+                    f"grid[{i}].attacks: unknown attack(s) {bad}; configured: {sorted(attacks)}."
+                )
 
 
 def adversarial_sets(config: dict) -> list[AdvSet]:

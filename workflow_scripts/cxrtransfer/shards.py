@@ -148,7 +148,9 @@ def write_shard(
             f.create_dataset("labels", data=labels[keep])
             f.create_dataset("image_index", data=np.array(names[keep], dtype="S"))
             f.create_dataset("patient_id", data=pids[keep])
-            f.create_dataset("rejected_image_index", data=np.array([r[0] for r in rejected], dtype="S"))
+            f.create_dataset(
+                "rejected_image_index", data=np.array([r[0] for r in rejected], dtype="S")
+            )
             f.create_dataset("rejected_reason", data=np.array([r[1] for r in rejected], dtype="S"))
             f.attrs.update(
                 {

@@ -107,7 +107,9 @@ def render(
     img += lung_mask * (ribs + texture)
     # mediastinum and heart (image right = patient's left)
     img += 0.3 * _soft_ellipse(yy, xx, 0.45, 0.5, 0.35, 0.06, 0.15)
-    heart_w = anatomy["heart_w"] * (1 + signal * rng.uniform(0.25, 0.6) if "Cardiomegaly" in labels else 1.0)
+    heart_w = anatomy["heart_w"] * (
+        1 + signal * rng.uniform(0.25, 0.6) if "Cardiomegaly" in labels else 1.0
+    )
     heart_h = anatomy["heart_h"] * (rng.uniform(1.0, 1.2) if "Cardiomegaly" in labels else 1.0)
     img += 0.42 * _soft_ellipse(yy, xx, 0.66, 0.53, heart_h, heart_w, 0.1)
     if "Pneumothorax" in labels:
@@ -131,7 +133,9 @@ def render(
     if "Infiltration" in labels or "Consolidation" in labels or "Pneumonia" in labels:
         for _ in range(int(rng.integers(2, 5))):
             py, px = rng.uniform(0.35, 0.75), rng.choice([0.33, 0.67]) + rng.uniform(-0.07, 0.07)
-            img += 0.15 * _soft_ellipse(yy, xx, py, px, rng.uniform(0.04, 0.09), rng.uniform(0.03, 0.08), 0.5)
+            img += 0.15 * _soft_ellipse(
+                yy, xx, py, px, rng.uniform(0.04, 0.09), rng.uniform(0.03, 0.08), 0.5
+            )
     if "Mass" in labels or "Nodule" in labels:
         r = 0.06 if "Mass" in labels else 0.025
         py, px = rng.uniform(0.3, 0.7), rng.choice([0.32, 0.68])
@@ -191,7 +195,11 @@ def generate(out_dir: str | Path, spec: SyntheticSpec) -> dict:
         chronic = set()
         if rng.random() > spec.no_finding_fraction:
             # a persistent finding: most of this patient's images show it
-            chronic.add(list(prev)[int(rng.choice(len(prev), p=np.array(list(prev.values())) / sum(prev.values())))])
+            chronic.add(
+                list(prev)[
+                    int(rng.choice(len(prev), p=np.array(list(prev.values())) / sum(prev.values())))
+                ]
+            )
         n_fu = int(rng.integers(1, spec.max_followups + 1))
         age = int(rng.integers(18, 90))
         sex = "M" if rng.random() < 0.56 else "F"
@@ -213,13 +221,33 @@ def generate(out_dir: str | Path, spec: SyntheticSpec) -> dict:
         view = "PA" if irng.random() < 0.6 else "AP"
         spacing = 0.143 * 1024 / spec.image_size
         rows.append(
-            [name, "|".join(labels), fu, pid, age + fu // 3, sex, view, spec.image_size,
-             spec.image_size, f"{spacing:.3f}", f"{spacing:.3f}"]
+            [
+                name,
+                "|".join(labels),
+                fu,
+                pid,
+                age + fu // 3,
+                sex,
+                view,
+                spec.image_size,
+                spec.image_size,
+                f"{spacing:.3f}",
+                f"{spacing:.3f}",
+            ]
         )
         for lab in labels:
             if lab in ("Cardiomegaly", "Pneumothorax") and irng.random() < 0.2:
                 s = spec.image_size
-                bbox_rows.append([name, lab, f"{0.3 * s:.4f}", f"{0.4 * s:.4f}", f"{0.4 * s:.4f}", f"{0.35 * s:.4f}"])
+                bbox_rows.append(
+                    [
+                        name,
+                        lab,
+                        f"{0.3 * s:.4f}",
+                        f"{0.4 * s:.4f}",
+                        f"{0.4 * s:.4f}",
+                        f"{0.35 * s:.4f}",
+                    ]
+                )
         progress.update()
     with open(out / "Data_Entry_2017.csv", "w", newline="") as f:
         f.write(CSV_HEADER + ",\n")

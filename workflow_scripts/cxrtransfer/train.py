@@ -182,7 +182,9 @@ def train_model(
 
     out = Path(out_dir)
     work = out / "work"
-    stamp = params_hash({k: v for k, v in s.items()} | {"train_shards": [str(p) for p in train_shards]})
+    stamp = params_hash(
+        {k: v for k, v in s.items()} | {"train_shards": [str(p) for p in train_shards]}
+    )
     settings_file = work / "settings.json"
     if work.exists():
         old = json.loads(settings_file.read_text()).get("hash") if settings_file.is_file() else None
@@ -207,11 +209,19 @@ def train_model(
             "negatives; validation AUROC is undefined. Use more data or a larger val_fraction."
         )
     n = n0 + n1
-    class_weight = {0: n / (2.0 * n0), 1: n / (2.0 * n1)} if s["class_weight"] == "balanced" else None
+    class_weight = (
+        {0: n / (2.0 * n0), 1: n / (2.0 * n1)} if s["class_weight"] == "balanced" else None
+    )
     steps = int(np.ceil(n / s["batch_size"]))
     LOG.info(
         "model %s: %s (%s) on %d train images (%d positive), %d val; class weights %s",
-        s["name"], s["arch"], s["pretrained"], n, n1, vn0 + vn1, class_weight,
+        s["name"],
+        s["arch"],
+        s["pretrained"],
+        n,
+        n1,
+        vn0 + vn1,
+        class_weight,
     )
     keras.utils.set_random_seed(s["seed"])
     model = build_model(
@@ -223,8 +233,14 @@ def train_model(
         metrics=["accuracy"],
     )
     train_ds = make_dataset(
-        train_shards, size, s["batch_size"], shuffle=True, seed=s["seed"], patients=patients,
-        augment=s["augment"] or None, n_images=n,
+        train_shards,
+        size,
+        s["batch_size"],
+        shuffle=True,
+        seed=s["seed"],
+        patients=patients,
+        augment=s["augment"] or None,
+        n_images=n,
     )
 
     def val_preds(m, holder):
@@ -276,7 +292,12 @@ def train_model(
     write_json(out / "metrics.json", metrics)
     LOG.info(
         "model %s: val AUC %.3f, test AUC %.3f (threshold %.3f), %d epochs, %.0f s",
-        s["name"], val_m["auc"], test_m["auc"], threshold, len(history), wall,
+        s["name"],
+        val_m["auc"],
+        test_m["auc"],
+        threshold,
+        len(history),
+        wall,
     )
     return metrics
 
