@@ -157,15 +157,6 @@ GRID_KEYS = sorted({(s.data_task, s.attack, s.eps) for s in ADV_SETS})
 TASK_ATTACKS = sorted({(s.data_task, s.attack) for s in ADV_SETS})
 
 
-def matrix_files():
-    return [
-        f"results/tables/matrices/{t}_{a}_eps{e}_{v}.{ext}"
-        for t, a, e in GRID_KEYS
-        for v in ("transfer_rate", "adv_auroc")
-        for ext in ("csv", "md", "tex")
-    ]
-
-
 def chosen_cells():
     """Cells with ROC and example plots: per data task and attack, at the largest eps, the
     task's first model (the deployed target) attacked from each relation (white-box first).

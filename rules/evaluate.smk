@@ -78,10 +78,14 @@ rule tables:
             caption="../report/summary.rst",
             category="Tables",
         ),
-        matrices=[
-            report(f, caption="../report/matrix.rst", category="Matrices")
-            for f in matrix_files()
-        ],
+        # one directory, not one output per matrix: a job whose output list grows with the
+        # grid would lack metadata for the new files, and Snakemake then skips its params check
+        matrices=report(
+            directory("results/tables/matrices"),
+            patterns=["{name}.csv"],
+            caption="../report/matrix.rst",
+            category="Matrices",
+        ),
     log:
         "results/logs/tables.log",
     benchmark:
@@ -89,7 +93,11 @@ rule tables:
     conda:
         "../envs/report.yaml"
     params:
-        matrix_dir=lambda w, output: str(Path(output.transfer).parent / "matrices"),
+        # the grid itself: Snakemake does not rerun a job whose outputs exist when only the
+        # set of its inputs grows (e.g. a new eps), but it does when a param changes
+        adversarial_sets=sorted(
+            f"{s.source}/{s.data_task}/{s.attack}/eps{s.eps}" for s in ADV_SETS
+        ),
         models=plan.canon(config["models"]),
         data_source=config["data"]["source"],
     script:

@@ -11,7 +11,8 @@ def main(sm):
     cells = [c for path in sm.input.sets for c in json.loads(Path(path).read_text())]
     df = long_table(cells)
     write_csv(sm.output.transfer, df)
-    out_dir = Path(sm.params.matrix_dir)
+    out_dir = Path(sm.output.matrices)
+    out_dir.mkdir(parents=True, exist_ok=True)
     for value in ("transfer_rate", "adv_auroc"):
         for (task, attack, eps), m in matrices(df, value).items():
             write_matrix(m, out_dir / f"{task}_{attack}_eps{eps:g}_{value}")
