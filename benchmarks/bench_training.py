@@ -73,8 +73,8 @@ def main(argv=None) -> int:
     import tensorflow as tf
     import yaml
     from cxrtransfer.data import count_labels, make_dataset
-    from cxrtransfer.models import build_model
     from cxrtransfer.train import _optimizer, model_settings
+    from cxrtransfer.train import compiled_model as train_compiled_model
 
     cfg = yaml.safe_load((common.ROOT / "config" / "config.yaml").read_text())
     cfg["data"]["image_size"] = args.image_size
@@ -101,15 +101,7 @@ def main(argv=None) -> int:
     print(f"{n} training images ({n1} positive) in {len(shards)} shards, {steps} steps/epoch")
 
     def compiled_model():
-        m = build_model(
-            s["arch"], size, s["pretrained"], seed=s["seed"], bn_momentum=s["bn_momentum"]
-        )
-        m.compile(
-            optimizer=_optimizer(s, steps),
-            loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-        )
-        return m
+        return train_compiled_model({**s, "image_size": size}, steps)
 
     model = compiled_model()
     ds_aug = make_dataset(

@@ -106,6 +106,21 @@ def _optimizer(s: dict, steps_per_epoch: int):
     return keras.optimizers.Adam(schedule)
 
 
+def compiled_model(s: dict, steps_per_epoch: int):
+    """The model of settings ``s``, compiled as training uses it (also used by the benchmark)."""
+    from .models import build_model
+
+    model = build_model(
+        s["arch"], s["image_size"], s["pretrained"], seed=s["seed"], bn_momentum=s["bn_momentum"]
+    )
+    model.compile(
+        optimizer=_optimizer(s, steps_per_epoch),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
+
+
 def _callbacks(model_dir: Path, work: Path, s: dict, val_ds_fn):
     import keras
 
@@ -178,7 +193,6 @@ def train_model(
 
     from .data import count_labels, make_dataset
     from .inference import make_predict_fn, predict_shards
-    from .models import build_model
 
     out = Path(out_dir)
     work = out / "work"
@@ -224,14 +238,7 @@ def train_model(
         class_weight,
     )
     keras.utils.set_random_seed(s["seed"])
-    model = build_model(
-        s["arch"], size, s["pretrained"], seed=s["seed"], bn_momentum=s["bn_momentum"]
-    )
-    model.compile(
-        optimizer=_optimizer(s, steps),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
+    model = compiled_model(s, steps)
     train_ds = make_dataset(
         train_shards,
         size,
