@@ -15,4 +15,4 @@ include: "rules/evaluate.smk"
 rule all:
     default_target: True
     input:
-        all_outputs(),
+        plan.final_outputs(config),

@@ -1,22 +1,50 @@
 rule attack:
     input:
-        model="results/models/{source}/model.keras",
-        metrics="results/models/{source}/metrics.json",
-        shard="results/shards/{data_task}/test/{shard}.h5",
+        model=P.MODEL.format(model="{source}"),
+        metrics=P.MODEL_METRICS.format(model="{source}"),
+        shard=P.SHARD.format(task="{data_task}", split="test", shard="{shard}"),
     output:
-        "results/attacks/{source}/{data_task}/{attack}/eps{eps}/{shard}.h5",
+        P.ATTACK,
+    wildcard_constraints:
+        attack=alternatives(ATTACKS),
     log:
-        "results/logs/attack/{source}/{data_task}/{attack}/eps{eps}/{shard}.log",
+        P.log("attack", f"{P.ADV_SET}/{{shard}}"),
     benchmark:
-        "results/benchmarks/attack/{source}/{data_task}/{attack}/eps{eps}/{shard}.tsv"
+        P.benchmark("attack", f"{P.ADV_SET}/{{shard}}")
     conda:
         "../envs/tensorflow.yaml"
     resources:
         **gpu_resources("attack_runtime"),
     params:
         attack=lambda w: plan.canon(config["attacks"][w.attack]),
-        eps=lambda w: plan.eps_value(config, w.eps),
+        eps=lambda w: plan.eps_value(config, w.attack, w.eps),
         image_size=config["data"]["image_size"],
         batch_size=config["attack_batch_size"],
+        code=code("run_attack"),
     script:
-        "../workflow_scripts/run_attack.py"
+        script_path("run_attack")
+
+
+rule noise_control:
+    input:
+        attack=P.ATTACK,
+        model=P.MODEL.format(model="{source}"),
+        metrics=P.MODEL_METRICS.format(model="{source}"),
+    output:
+        P.ATTACK.replace("{attack}", "{attack}" + P.CONTROL_SUFFIX),
+    wildcard_constraints:
+        attack=alternatives(ATTACKS),
+    log:
+        P.log("noise_control", f"{P.ADV_SET}/{{shard}}"),
+    benchmark:
+        P.benchmark("noise_control", f"{P.ADV_SET}/{{shard}}")
+    conda:
+        "../envs/tensorflow.yaml"
+    resources:
+        **gpu_resources("attack_runtime"),
+    params:
+        image_size=config["data"]["image_size"],
+        batch_size=config["attack_batch_size"],
+        code=code("make_noise_control"),
+    script:
+        script_path("make_noise_control")

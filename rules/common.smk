@@ -1,4 +1,3 @@
-import math
 import sys
 from pathlib import Path
 
@@ -11,14 +10,14 @@ min_version("9.0")
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow_scripts"))
 # Snakefiles share one namespace with Snakemake itself: import modules, not clashing names.
 import cxrtransfer  # noqa: E402
+from cxrtransfer import paths as P  # noqa: E402
 from cxrtransfer import plan  # noqa: E402
+from cxrtransfer.ingest import download_files  # noqa: E402
 from cxrtransfer.train import model_settings  # noqa: E402
 
-# config/config.yaml is the default run; a --configfile replaces it instead of being merged
-# into it (a merge would mix the default models into another study's).
-if not workflow.overwrite_configfiles:
-
-    configfile: "config/config.yaml"
+# config/config.yaml is the default run; run another study with
+# `--configfile FILE --replace-workflow-config` (README) or through a profile.
+configfile: "config/config.yaml"
 
 
 validate(config, "../config/config.schema.yaml")
@@ -28,47 +27,52 @@ except cxrtransfer.WorkflowError as e:
     raise SnakemakeWorkflowError(f"Invalid configuration: {e}")
 
 RES = config["resources"]
-SPLITS = ["train", "val", "test"]
-EPS_LABELS = [plan.eps_label(e) for e in config["eps"]]
 ADV_SETS = plan.adversarial_sets(config)
 TASKS = list(config["tasks"])
 MODELS = list(config["models"])
+ATTACKS = list(config["attacks"])
+
+
+def alternatives(names):
+    return "|".join(names)
 
 
 wildcard_constraints:
-    task="|".join(TASKS),
-    data_task="|".join(TASKS),
+    task=alternatives(TASKS),
+    data_task=alternatives(TASKS),
     split="train|val|test",
     shard=r"\d\d\d+",
-    model="|".join(MODELS),
-    source="|".join(MODELS),
-    target="|".join(MODELS),
-    attack="|".join(config["attacks"]),
+    model=alternatives(MODELS),
+    source=alternatives(MODELS),
+    target=alternatives(MODELS),
+    attack=alternatives(ATTACKS + [a + P.CONTROL_SUFFIX for a in ATTACKS]),
     eps=r"[0-9.]+",
+
+
+def script_path(name):
+    """The rule's script and, as a param, the version of the library code it runs."""
+    return f"../workflow_scripts/{name}.py"
+
+
+def code(name):
+    return plan.code_version(Path(workflow.basedir) / "workflow_scripts" / f"{name}.py")
 
 
 def data_dir():
     if config["data"]["source"] == "synthetic":
-        return "results/synthetic/nih-chest-xrays"
+        return P.SYNTHETIC_DOWNLOAD
     return config["data"]["kaggle_dir"]
 
 
 def download_inputs(wildcards):
-    """The download the manifests are built from (the synthetic rule's output or the real one)."""
+    """The download the manifests are built from: the synthetic rule's output, or the files of
+    the user's download (read only; no rule writes there)."""
     if config["data"]["source"] == "synthetic":
         return {"download": data_dir()}
-    d = Path(data_dir())
-    if not (d / "Data_Entry_2017.csv").is_file():
-        raise SnakemakeWorkflowError(
-            f"data.kaggle_dir '{d}' holds no Data_Entry_2017.csv. Point it at the extracted "
-            "Kaggle download (nih-chest-xrays/data) or fetch it with "
-            "`snakemake fetch_kaggle --cores 1` (needs Kaggle credentials)."
-        )
-    return {
-        "csv": d / "Data_Entry_2017.csv",
-        "train_val": d / "train_val_list.txt",
-        "test": d / "test_list.txt",
-    }
+    try:
+        return download_files(data_dir())
+    except cxrtransfer.WorkflowError as e:
+        raise SnakemakeWorkflowError(str(e))
 
 
 _SPLIT_COUNTS = {}
@@ -86,13 +90,11 @@ def shard_ids(task, split):
             "split"
         ].value_counts()
     n = int(_SPLIT_COUNTS[key].get(split, 0))
-    return [
-        f"{i:03d}" for i in range(max(1, math.ceil(n / config["data"]["shard_size"])))
-    ]
+    return plan.shard_labels(n, config["data"]["shard_size"])
 
 
 def shards(task, split):
-    return [f"results/shards/{task}/{split}/{s}.h5" for s in shard_ids(task, split)]
+    return [P.SHARD.format(task=task, split=split, shard=s) for s in shard_ids(task, split)]
 
 
 def model_task(name):
@@ -100,101 +102,71 @@ def model_task(name):
 
 
 def gpu_resources(runtime_key):
+    """Cluster resources of a GPU job; the time limit grows with each retry."""
     res = {
         "gpu": RES["gpu"],
         "cpus_per_gpu": RES["cpus_per_gpu"],
-        "mem_mb": RES["gpu_mem_mb"],
-        "runtime": RES[runtime_key],
+        "mem_mb": lambda wc, attempt: RES["gpu_mem_mb"] * attempt,
+        "runtime": lambda wc, attempt: RES[runtime_key] * attempt,
     }
     if RES["gpu_partition"]:
         res["slurm_partition"] = RES["gpu_partition"]
     return res
 
 
-def adv_shards(s):
-    return [
-        f"results/attacks/{s.source}/{s.data_task}/{s.attack}/eps{s.eps}/{i}.h5"
-        for i in shard_ids(s.data_task, "test")
-    ]
-
-
-def all_outputs():
-    return [
-        *[f"results/shards/{t}/summary.csv" for t in TASKS],
-        *[f"results/models/{m}/model.keras" for m in MODELS],
-        *evaluation_outputs(),
-    ]
-
-
-# Evaluation, tables and plots.
-def clean_predictions(target):
-    task = model_task(target)
-    return [
-        f"results/predictions/{target}/clean/{task}/{i}.csv"
-        for i in shard_ids(task, "test")
-    ]
+def set_path(w):
+    return P.ADV_SET.format(
+        source=w.source, data_task=w.data_task, attack=w.attack, eps=w.eps
+    )
 
 
 def adv_predictions(w, target):
     return [
-        f"results/predictions/{target}/adv/{w.source}/{w.data_task}/{w.attack}/eps{w.eps}/{i}.csv"
+        P.PRED_ADV.format(
+            target=target,
+            source=w.source,
+            data_task=w.data_task,
+            attack=w.attack,
+            eps=w.eps,
+            shard=i,
+        )
         for i in shard_ids(w.data_task, "test")
     ]
 
 
-def set_targets(w):
-    return plan.targets_for(config, w.data_task)
-
-
-def set_files():
+def clean_predictions(target, data_task):
     return [
-        f"results/metrics/sets/{s.source}/{s.data_task}/{s.attack}/eps{s.eps}.json"
-        for s in ADV_SETS
+        P.PRED_CLEAN.format(target=target, data_task=data_task, shard=i)
+        for i in shard_ids(data_task, "test")
     ]
 
 
-GRID_KEYS = sorted({(s.data_task, s.attack, s.eps) for s in ADV_SETS})
-TASK_ATTACKS = sorted({(s.data_task, s.attack) for s in ADV_SETS})
-
-
-def chosen_cells():
-    """Cells with ROC and example plots: per data task and attack, at the largest eps, the
-    task's first model (the deployed target) attacked from each relation (white-box first).
-    """
-    order = ["white-box", "surrogate", "cross-architecture", "cross-task"]
-    n = config["evaluation"]["roc_cells"]
-    out = []
-    for task, attack in TASK_ATTACKS:
-        target = plan.targets_for(config, task)[0]
-        sets = [s for s in ADV_SETS if s.data_task == task and s.attack == attack]
-        top = max(float(s.eps) for s in sets)
-        sets = [s for s in sets if float(s.eps) == top]
-        sets.sort(
-            key=lambda s: order.index(plan.relation(config, s.source, target, task))
+def attack_caches(w):
+    return [
+        P.ATTACK.format(
+            source=w.source, data_task=w.data_task, attack=w.attack, eps=w.eps, shard=i
         )
-        out += [(s.source, task, attack, s.eps, target) for s in sets]
-    return out[:n] if n else []
-
-
-def plot_files():
-    files = [f"results/plots/heatmap/{t}_{a}.png" for t, a in TASK_ATTACKS]
-    files += [
-        f"results/plots/auroc_vs_eps/{t}_{a}_{m}.png"
-        for t, a in TASK_ATTACKS
-        for m in plan.targets_for(config, t)
+        for i in shard_ids(w.data_task, "test")
     ]
-    for s, t, a, e, m in chosen_cells():
-        files += [
-            f"results/plots/roc/{s}/{t}/{a}/eps{e}/{m}.png",
-            f"results/plots/examples/{s}/{t}/{a}/eps{e}/{m}.png",
-        ]
-    return files
 
 
-def evaluation_outputs():
-    return [
-        "results/tables/transfer.csv",
-        "results/tables/summary.md",
-        "results/report/config.yaml",
-        *plot_files(),
-    ]
+def evaluate_inputs(w):
+    """Named inputs of one adversarial set's evaluation: per target its clean and adversarial
+    predictions, and every model's metrics and training patients."""
+    targets = plan.targets_for(config, w.data_task)
+    inputs = {"test_shards": shards(w.data_task, "test")}
+    for t in targets:
+        inputs[f"clean__{t}"] = clean_predictions(t, w.data_task)
+        inputs[f"adv__{t}"] = adv_predictions(w, t)
+    for m in sorted({w.source, *targets}):
+        inputs[f"metrics__{m}"] = P.MODEL_METRICS.format(model=m)
+        inputs[f"patients__{m}"] = P.MODEL_PATIENTS.format(model=m)
+    return inputs
+
+
+def model_facts(names):
+    """What the evaluation reads of each model's settings (see relations.factors)."""
+    return {
+        m: {k: config["models"][m].get(k, "none") for k in ("arch", "task", "pretrained", "seed")}
+        for m in sorted(names)
+    }

@@ -1,93 +1,91 @@
+# Ingest: the built-in synthetic download (or the user's Kaggle download, read only), the
+# per-task manifests split by patient, and the HDF5 shards. No rule writes into the user's
+# download: fetching it is the explicit command `python -m cxrtransfer.fetch DEST`.
+
+
 rule synthetic_download:
     output:
-        directory("results/synthetic/nih-chest-xrays"),
+        directory(P.SYNTHETIC_DOWNLOAD),
     log:
-        "results/logs/synthetic_download.log",
+        P.log("synthetic_download"),
     benchmark:
-        "results/benchmarks/synthetic_download.tsv"
+        P.benchmark("synthetic_download")
     conda:
         "../envs/data.yaml"
     params:
         spec=plan.canon(config["data"]["synthetic"]),
+        code=code("make_synthetic"),
     script:
-        "../workflow_scripts/make_synthetic.py"
-
-
-rule fetch_kaggle:
-    output:
-        csv=f"{config['data']['kaggle_dir']}/Data_Entry_2017.csv",
-    log:
-        "results/logs/fetch_kaggle.log",
-    benchmark:
-        "results/benchmarks/fetch_kaggle.tsv"
-    conda:
-        "../envs/data.yaml"
-    params:
-        dest=lambda w, output: str(Path(output.csv).parent),
-        dataset="nih-chest-xrays/data",
-    script:
-        "../workflow_scripts/fetch_kaggle.py"
+        script_path("make_synthetic")
 
 
 checkpoint manifest:
     input:
         unpack(download_inputs),
     output:
-        manifest="results/manifests/{task}.csv",
-        rejected="results/manifests/{task}.rejected.csv",
-        summary="results/manifests/{task}.summary.csv",
+        manifest=P.MANIFEST,
+        rejected=P.MANIFEST_REJECTED,
+        summary=P.MANIFEST_SUMMARY,
     log:
-        "results/logs/manifest/{task}.log",
+        log=P.log("manifest", "{task}"),
+        # survives a failed job (Snakemake deletes the outputs of a failed job, not its logs)
+        rejected=f"{P.LOGS}/manifest/{{task}}.rejected.csv",
     benchmark:
-        "results/benchmarks/manifest/{task}.tsv"
+        P.benchmark("manifest", "{task}")
     conda:
         "../envs/data.yaml"
     params:
+        source=config["data"]["source"],
         data_dir=data_dir(),
         label=lambda w: config["tasks"][w.task]["label"],
         val_fraction=config["split"]["val_fraction"],
         seed=config["split"]["seed"],
         max_rejected_fraction=config["data"]["max_rejected_fraction"],
+        code=code("build_manifest"),
     script:
-        "../workflow_scripts/build_manifest.py"
+        script_path("build_manifest")
 
 
 rule shard:
     input:
-        manifest="results/manifests/{task}.csv",
+        manifest=P.MANIFEST,
     output:
-        "results/shards/{task}/{split}/{shard}.h5",
+        P.SHARD,
     log:
-        "results/logs/shard/{task}/{split}/{shard}.log",
+        log=P.log("shard", "{task}/{split}/{shard}"),
+        rejected=f"{P.LOGS}/shard/{{task}}/{{split}}/{{shard}}.rejected.csv",
     benchmark:
-        "results/benchmarks/shard/{task}/{split}/{shard}.tsv"
+        P.benchmark("shard", "{task}/{split}/{shard}")
     conda:
         "../envs/data.yaml"
     threads: RES["shard_threads"]
     resources:
-        mem_mb=RES["cpu_mem_mb"],
+        mem_mb=lambda wc, attempt: RES["cpu_mem_mb"] * attempt,
     params:
         image_size=config["data"]["image_size"],
         shard_size=config["data"]["shard_size"],
         max_rejected_fraction=config["data"]["max_rejected_fraction"],
         source=config["data"]["source"],
         label=lambda w: config["tasks"][w.task]["label"],
+        code=code("build_shard"),
     script:
-        "../workflow_scripts/build_shard.py"
+        script_path("build_shard")
 
 
 rule shard_summary:
     input:
-        manifest_rejected="results/manifests/{task}.rejected.csv",
-        shards=lambda w: [s for split in SPLITS for s in shards(w.task, split)],
+        manifest_rejected=P.MANIFEST_REJECTED,
+        shards=lambda w: [s for split in ("train", "val", "test") for s in shards(w.task, split)],
     output:
-        summary="results/shards/{task}/summary.csv",
-        rejected="results/shards/{task}/rejected.csv",
+        summary=P.SHARD_SUMMARY,
+        rejected=P.SHARD_REJECTED,
     log:
-        "results/logs/shard_summary/{task}.log",
+        P.log("shard_summary", "{task}"),
     benchmark:
-        "results/benchmarks/shard_summary/{task}.tsv"
+        P.benchmark("shard_summary", "{task}")
     conda:
         "../envs/data.yaml"
+    params:
+        code=code("summarise_shards"),
     script:
-        "../workflow_scripts/summarise_shards.py"
+        script_path("summarise_shards")

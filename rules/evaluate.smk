@@ -1,13 +1,14 @@
 rule predict_clean:
     input:
-        model="results/models/{target}/model.keras",
-        shard="results/shards/{data_task}/test/{shard}.h5",
+        model=P.MODEL.format(model="{target}"),
+        metrics=P.MODEL_METRICS.format(model="{target}"),
+        shard=P.SHARD.format(task="{data_task}", split="test", shard="{shard}"),
     output:
-        "results/predictions/{target}/clean/{data_task}/{shard}.csv",
+        P.PRED_CLEAN,
     log:
-        "results/logs/predict/{target}/clean/{data_task}/{shard}.log",
+        P.log("predict", "{target}/clean/{data_task}/{shard}"),
     benchmark:
-        "results/benchmarks/predict/{target}/clean/{data_task}/{shard}.tsv"
+        P.benchmark("predict", "{target}/clean/{data_task}/{shard}")
     conda:
         "../envs/tensorflow.yaml"
     resources:
@@ -15,20 +16,22 @@ rule predict_clean:
     params:
         image_size=config["data"]["image_size"],
         batch_size=config["predict_batch_size"],
+        code=code("predict"),
     script:
-        "../workflow_scripts/predict.py"
+        script_path("predict")
 
 
 rule predict_adv:
     input:
-        model="results/models/{target}/model.keras",
-        attack="results/attacks/{source}/{data_task}/{attack}/eps{eps}/{shard}.h5",
+        model=P.MODEL.format(model="{target}"),
+        metrics=P.MODEL_METRICS.format(model="{target}"),
+        attack=P.ATTACK,
     output:
-        "results/predictions/{target}/adv/{source}/{data_task}/{attack}/eps{eps}/{shard}.csv",
+        P.PRED_ADV,
     log:
-        "results/logs/predict/{target}/adv/{source}/{data_task}/{attack}/eps{eps}/{shard}.log",
+        P.log("predict", f"{{target}}/adv/{P.ADV_SET}/{{shard}}"),
     benchmark:
-        "results/benchmarks/predict/{target}/adv/{source}/{data_task}/{attack}/eps{eps}/{shard}.tsv"
+        P.benchmark("predict", f"{{target}}/adv/{P.ADV_SET}/{{shard}}")
     conda:
         "../envs/tensorflow.yaml"
     resources:
@@ -36,164 +39,163 @@ rule predict_adv:
     params:
         image_size=config["data"]["image_size"],
         batch_size=config["predict_batch_size"],
+        code=code("predict"),
     script:
-        "../workflow_scripts/predict.py"
+        script_path("predict")
 
 
 rule evaluate:
     input:
-        clean=lambda w: [p for t in set_targets(w) for p in clean_predictions(t)],
-        adv=lambda w: [p for t in set_targets(w) for p in adv_predictions(w, t)],
-        source_metrics="results/models/{source}/metrics.json",
-        target_metrics=lambda w: [
-            f"results/models/{t}/metrics.json" for t in set_targets(w)
-        ],
+        unpack(evaluate_inputs),
     output:
-        "results/metrics/sets/{source}/{data_task}/{attack}/eps{eps}.json",
+        P.SET_METRICS,
     log:
-        "results/logs/evaluate/{source}/{data_task}/{attack}/eps{eps}.log",
+        P.log("evaluate", P.ADV_SET),
     benchmark:
-        "results/benchmarks/evaluate/{source}/{data_task}/{attack}/eps{eps}.tsv"
+        P.benchmark("evaluate", P.ADV_SET)
     conda:
         "../envs/report.yaml"
     params:
-        targets=set_targets,
-        evaluation=plan.canon(config["evaluation"]),
-        config_models=plan.canon({"models": config["models"]}),
+        targets=lambda w: plan.targets_for(config, w.data_task),
+        models=lambda w: model_facts({w.source, *plan.targets_for(config, w.data_task)}),
+        n_bootstrap=config["evaluation"]["n_bootstrap"],
+        confidence=config["evaluation"]["confidence"],
+        seed=config["evaluation"]["seed"],
+        code=code("evaluate_set"),
     script:
-        "../workflow_scripts/evaluate_set.py"
+        script_path("evaluate_set")
 
 
 rule tables:
     input:
-        sets=set_files(),
+        sets=[P.SET_METRICS.format(**s.__dict__) for s in ADV_SETS],
     output:
         transfer=report(
-            "results/tables/transfer.csv",
+            P.TRANSFER_TABLE,
             caption="../report/transfer.rst",
             category="Tables",
         ),
         summary=report(
-            "results/tables/summary.md",
+            P.SUMMARY,
             caption="../report/summary.rst",
             category="Tables",
         ),
         # one directory, not one output per matrix: a job whose output list grows with the
         # grid would lack metadata for the new files, and Snakemake then skips its params check
         matrices=report(
-            directory("results/tables/matrices"),
+            directory(P.MATRICES),
             patterns=["{name}.csv"],
             caption="../report/matrix.rst",
             category="Matrices",
         ),
     log:
-        "results/logs/tables.log",
+        P.log("tables"),
     benchmark:
-        "results/benchmarks/tables.tsv"
+        P.benchmark("tables")
     conda:
         "../envs/report.yaml"
     params:
         # the grid itself: Snakemake does not rerun a job whose outputs exist when only the
         # set of its inputs grows (e.g. a new eps), but it does when a param changes
-        adversarial_sets=sorted(
-            f"{s.source}/{s.data_task}/{s.attack}/eps{s.eps}" for s in ADV_SETS
-        ),
-        models=plan.canon(config["models"]),
+        adversarial_sets=sorted(s.path for s in ADV_SETS),
+        models=model_facts(MODELS),
         data_source=config["data"]["source"],
+        code=code("make_tables"),
     script:
-        "../workflow_scripts/make_tables.py"
+        script_path("make_tables")
 
 
 rule plot_heatmap:
     input:
-        table="results/tables/transfer.csv",
+        table=P.TRANSFER_TABLE,
     output:
         report(
-            "results/plots/heatmap/{data_task}_{attack}.png",
+            P.HEATMAP,
             caption="../report/heatmap.rst",
             category="Transfer heatmaps",
         ),
     log:
-        "results/logs/plots/heatmap_{data_task}_{attack}.log",
+        P.log("plots", "heatmap/{data_task}_{attack}"),
     benchmark:
-        "results/benchmarks/plots/heatmap_{data_task}_{attack}.tsv"
+        P.benchmark("plots", "heatmap/{data_task}_{attack}")
     conda:
         "../envs/report.yaml"
     params:
         kind="heatmap",
+        code=code("make_plots"),
     script:
-        "../workflow_scripts/make_plots.py"
+        script_path("make_plots")
 
 
 rule plot_auroc:
     input:
-        table="results/tables/transfer.csv",
+        table=P.TRANSFER_TABLE,
     output:
         report(
-            "results/plots/auroc_vs_eps/{data_task}_{attack}_{target}.png",
+            P.AUROC_PLOT,
             caption="../report/auroc.rst",
             category="AUROC against eps",
         ),
     log:
-        "results/logs/plots/auroc_{data_task}_{attack}_{target}.log",
+        P.log("plots", "auroc/{data_task}_{attack}_{target}"),
     benchmark:
-        "results/benchmarks/plots/auroc_{data_task}_{attack}_{target}.tsv"
+        P.benchmark("plots", "auroc/{data_task}_{attack}_{target}")
     conda:
         "../envs/report.yaml"
     params:
         kind="auroc",
+        code=code("make_plots"),
     script:
-        "../workflow_scripts/make_plots.py"
+        script_path("make_plots")
 
 
 rule plot_cell:
     input:
-        clean=lambda w: clean_predictions(w.target),
+        clean=lambda w: clean_predictions(w.target, w.data_task),
         adv=lambda w: adv_predictions(w, w.target),
-        target_metrics="results/models/{target}/metrics.json",
+        target_metrics=P.MODEL_METRICS.format(model="{target}"),
         shards=lambda w: shards(w.data_task, "test"),
-        attacks=lambda w: [
-            f"results/attacks/{w.source}/{w.data_task}/{w.attack}/eps{w.eps}/{i}.h5"
-            for i in shard_ids(w.data_task, "test")
-        ],
+        attacks=attack_caches,
     output:
         roc=report(
-            "results/plots/roc/{source}/{data_task}/{attack}/eps{eps}/{target}.png",
+            P.ROC_PLOT,
             caption="../report/roc.rst",
             category="ROC curves",
         ),
         examples=report(
-            "results/plots/examples/{source}/{data_task}/{attack}/eps{eps}/{target}.png",
+            P.EXAMPLES_PLOT,
             caption="../report/examples.rst",
             category="Examples",
         ),
     log:
-        "results/logs/plots/cell/{source}/{data_task}/{attack}/eps{eps}/{target}.log",
+        P.log("plots", f"cell/{P.ADV_SET}/{{target}}"),
     benchmark:
-        "results/benchmarks/plots/cell/{source}/{data_task}/{attack}/eps{eps}/{target}.tsv"
+        P.benchmark("plots", f"cell/{P.ADV_SET}/{{target}}")
     conda:
         "../envs/report.yaml"
     params:
         kind="cell",
         per_class=config["evaluation"]["examples_per_class"],
+        code=code("make_plots"),
     script:
-        "../workflow_scripts/make_plots.py"
+        script_path("make_plots")
 
 
 rule study_config:
     output:
         report(
-            "results/report/config.yaml",
+            P.STUDY_CONFIG,
             caption="../report/config.rst",
             category="Configuration",
         ),
     log:
-        "results/logs/study_config.log",
+        P.log("study_config"),
     benchmark:
-        "results/benchmarks/study_config.tsv"
+        P.benchmark("study_config")
     conda:
         "../envs/report.yaml"
     params:
         config=plan.canon(config),
+        code=code("write_config"),
     script:
-        "../workflow_scripts/write_config.py"
+        script_path("write_config")

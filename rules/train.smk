@@ -4,18 +4,20 @@ rule train:
         val=lambda w: shards(model_task(w.model), "val"),
         test=lambda w: shards(model_task(w.model), "test"),
     output:
-        model="results/models/{model}/model.keras",
-        metrics="results/models/{model}/metrics.json",
-        history="results/models/{model}/history.csv",
+        model=P.MODEL,
+        metrics=P.MODEL_METRICS,
+        history=P.MODEL_HISTORY,
+        patients=P.MODEL_PATIENTS,
     log:
-        "results/logs/train/{model}.log",
+        P.log("train", "{model}"),
     benchmark:
-        "results/benchmarks/train/{model}.tsv"
+        P.benchmark("train", "{model}")
     conda:
         "../envs/tensorflow.yaml"
     resources:
         **gpu_resources("train_runtime"),
     params:
         settings=lambda w: plan.canon(model_settings(config, w.model)),
+        code=code("train_model"),
     script:
-        "../workflow_scripts/train_model.py"
+        script_path("train_model")

@@ -1,4 +1,4 @@
-"""Attack and prediction jobs on real files: the cache format, its eps bound, bad input."""
+"""Attack, noise-control and prediction jobs on real files: formats, bounds, provenance checks."""
 
 import json
 
@@ -7,8 +7,19 @@ import numpy as np
 import pandas as pd
 import pytest
 from cxrtransfer import WorkflowError
-from cxrtransfer.jobs import attack_shard, predict_adv_shard, predict_clean_shard, read_attack
+from cxrtransfer.attack_cache import read_attack, shuffle_perturbations
+from cxrtransfer.attack_job import attack_shard, control_shard
+from cxrtransfer.predictions import (
+    ADV_COLUMNS,
+    CLEAN_COLUMNS,
+    predict_adv_shard,
+    predict_clean_shard,
+    read_predictions,
+)
+from cxrtransfer.provenance import model_record
 from cxrtransfer.utils import file_sha256
+
+SIZE = 24
 
 
 @pytest.fixture(scope="module")
@@ -18,17 +29,17 @@ def tiny(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("jobs")
     rng = np.random.default_rng(0)
-    n, size = 48, 24
+    n = 48
     labels = (np.arange(n) % 2).astype(np.int8)
-    images = rng.integers(60, 120, (n, size, size)).astype(np.uint8)
+    images = rng.integers(60, 120, (n, SIZE, SIZE)).astype(np.uint8)
     images[labels == 1, 6:18, 6:18] += 25  # a bright square = the finding
     with h5py.File(d / "000.h5", "w") as f:
         f["images"] = images
         f["labels"] = labels
         f["image_index"] = np.array([f"{i:08d}_000.png" for i in range(n)], dtype="S")
-        f["patient_id"] = np.arange(n, dtype=np.int32)
+        f["patient_id"] = (np.arange(n) // 3).astype(np.int32)
     keras.utils.set_random_seed(0)
-    inp = keras.Input((size, size, 1))
+    inp = keras.Input((SIZE, SIZE, 1))
     x = keras.layers.Conv2D(8, 3, activation="relu")(inp)
     x = keras.layers.GlobalAveragePooling2D()(x)
     out = keras.layers.Dense(2, activation="softmax")(x)
@@ -38,73 +49,137 @@ def tiny(tmp_path_factory):
     acc = ((model.predict(images[..., None] / 255.0, verbose=0)[:, 1] >= 0.5) == labels).mean()
     assert acc > 0.9, f"fixture model did not learn ({acc})"
     model.save(d / "model.keras")
-    (d / "metrics.json").write_text(json.dumps({"threshold": 0.5}))
+    sha = file_sha256(d / "model.keras")
+    (d / "metrics.json").write_text(json.dumps({"threshold": 0.5, "checkpoint_sha256": sha}))
     return d, images, labels
 
 
-def _attack(d, out, eps=4, cfg=None, size=24):
+def _attack(d, out, eps=4, cfg=None, size=SIZE):
     cfg = cfg or {"method": "pgd", "step_fraction": 0.25, "steps": 5}
     return attack_shard(
-        d / "model.keras",
-        d / "metrics.json",
-        d / "000.h5",
-        out,
-        "pgd",
-        cfg,
-        eps,
-        size,
-        16,
-        "tiny",
-        "task",
+        model_path=d / "model.keras",
+        metrics_path=d / "metrics.json",
+        shard_path=d / "000.h5",
+        out_path=out,
+        attack_name="pgd",
+        attack_cfg=cfg,
+        eps=eps,
+        image_size=size,
+        batch_size=16,
+        source_model="tiny",
+        data_task="task",
     )
 
 
-def test_attack_cache_format_and_bound(tiny, tmp_path):
+@pytest.fixture(scope="module")
+def cache(tiny, tmp_path_factory):
+    d, _, _ = tiny
+    out = tmp_path_factory.mktemp("cache") / "eps16" / "000.h5"
+    _attack(d, out, eps=16, cfg={"method": "pgd", "step_fraction": 0.25, "steps": 8})
+    return out
+
+
+def _predict(d, tmp_path, cache):
+    common = dict(model_path=d / "model.keras", metrics_path=d / "metrics.json", image_size=SIZE)
+    adv_csv, clean_csv = tmp_path / "adv.csv", tmp_path / "clean.csv"
+    predict_adv_shard(attack_path=cache, out_csv=adv_csv, batch_size=32, **common)
+    predict_clean_shard(shard_path=d / "000.h5", out_csv=clean_csv, batch_size=32, **common)
+    return clean_csv, adv_csv
+
+
+def test_attack_cache_format_and_bound(tiny, cache, tmp_path):
     d, images, labels = tiny
-    out = tmp_path / "eps16" / "000.h5"
-    r = _attack(d, out, eps=16, cfg={"method": "pgd", "step_fraction": 0.25, "steps": 8})
-    assert r["n"] == len(images)
-    with h5py.File(out) as f:
+    with h5py.File(cache) as f:
         adv = f["images"][...]
         a = dict(f.attrs)
         assert adv.dtype == np.uint8 and adv.shape == images.shape
         assert (
             f["image_index"][...].astype(str)[:2] == ["00000000_000.png", "00000001_000.png"]
         ).all()
+        assert (f["patient_id"][...] == np.arange(len(images)) // 3).all()
         assert f["source_clean_prob"].shape == (len(images),)
     assert np.abs(adv.astype(int) - images.astype(int)).max() <= 16
     assert a["eps"] == 16.0 and a["step"] == 4.0 and a["steps"] == 8 and a["norm"] == "linf"
     assert a["targeted"] == False and a["restarts"] == 1  # noqa: E712
     assert a["source_checkpoint_sha256"] == file_sha256(d / "model.keras")
-    assert a["n_quantisation_unfooled"] >= 0 and a["max_linf_255"] <= 16
-    # predictions of a target on the stored images: what the metrics read
-    csv = tmp_path / "pred.csv"
-    predict_adv_shard(d / "model.keras", out, csv, 24, 32)
-    df = pd.read_csv(csv)
-    assert list(df.columns) == [
-        "image_index",
-        "label",
-        "prob",
-        "source_clean_prob",
-        "source_adv_prob",
-        "l2",
-        "linf",
-    ]
+    assert a["max_linf_255"] <= 16
+    clean_csv, adv_csv = _predict(d, tmp_path, cache)
+    df = pd.read_csv(adv_csv, dtype={"checkpoint_sha256": str})
+    assert list(df.columns) == list(ADV_COLUMNS)
+    assert (df["checkpoint_sha256"] == a["source_checkpoint_sha256"]).all()
     # white-box: the target's prediction on the cache equals the source's recorded one
     assert np.allclose(df["prob"], df["source_adv_prob"], atol=1e-5)
-    clean = tmp_path / "clean.csv"
-    predict_clean_shard(d / "model.keras", d / "000.h5", clean, 24, 32)
-    c = pd.read_csv(clean)
+    c = pd.read_csv(clean_csv)
+    assert list(c.columns) == list(CLEAN_COLUMNS)
     assert np.allclose(c["prob"], df["source_clean_prob"], atol=1e-5)
     assert (df["prob"].round() != df["label"]).mean() > (c["prob"].round() != c["label"]).mean()
 
 
-def test_stale_cache_is_detected(tiny, tmp_path):
+def test_prediction_files_are_checked_against_shard_and_checkpoint(tiny, cache, tmp_path):
+    """A prediction file cut by 6 bytes, one missing a row, or one made by another checkpoint
+    is refused with its name; the intact file is accepted."""
     d, _, _ = tiny
-    out = tmp_path / "000.h5"
-    _attack(d, out)
+    sha = file_sha256(d / "model.keras")
+    clean_csv, _ = _predict(d, tmp_path, cache)
+    shard = [d / "000.h5"]
+    ok = read_predictions([clean_csv], CLEAN_COLUMNS, shard, checkpoint_sha256=sha)
+    assert len(ok) == 48
+    raw = clean_csv.read_bytes()
+    cut = tmp_path / "cut.csv"
+    cut.write_bytes(raw[:-6])
+    with pytest.raises(WorkflowError, match="cut.csv.*truncated"):
+        read_predictions([cut], CLEAN_COLUMNS, shard, checkpoint_sha256=sha)
+    short = tmp_path / "short.csv"
+    short.write_text("".join(raw.decode().splitlines(keepends=True)[:-1]))
+    with pytest.raises(WorkflowError, match="short.csv.*47 rows.*48 images"):
+        read_predictions([short], CLEAN_COLUMNS, shard, checkpoint_sha256=sha)
+    with pytest.raises(WorkflowError, match="clean.csv.*another checkpoint"):
+        read_predictions([clean_csv], CLEAN_COLUMNS, shard, checkpoint_sha256="0" * 64)
+
+
+def test_stale_or_mismatched_checkpoints_are_detected(tiny, cache, tmp_path):
+    d, _, _ = tiny
     with pytest.raises(WorkflowError, match="stale"):
-        read_attack(out, expected_sha256="0" * 64)
+        read_attack(cache, expected_sha256="0" * 64)
+    stale = tmp_path / "metrics.json"
+    stale.write_text(json.dumps({"threshold": 0.5, "checkpoint_sha256": "f" * 64}))
+    with pytest.raises(WorkflowError, match="model.keras.*is not the checkpoint"):
+        model_record(d / "model.keras", stale)
+
+
+def test_noise_control_shuffles_each_perturbation(tiny, cache, tmp_path):
+    d, images, _ = tiny
+    out = tmp_path / "ctrl.h5"
+    control_shard(
+        attack_path=cache,
+        model_path=d / "model.keras",
+        metrics_path=d / "metrics.json",
+        out_path=out,
+        image_size=SIZE,
+        batch_size=16,
+    )
+    adv, ctrl = read_attack(cache), read_attack(out)
+    assert ctrl["attrs"]["control"] == "shuffled"
+    assert (ctrl["image_index"] == adv["image_index"]).all()
+    d_adv = adv["images"].astype(int) - images.astype(int)
+    d_ctrl = ctrl["images"].astype(int) - images.astype(int)
+    assert np.abs(d_ctrl).max() <= 16 and not np.array_equal(d_adv, d_ctrl)
+    # same values, other places (these images are far from 0 and 255: nothing is clipped)
+    for a, c in zip(d_adv, d_ctrl, strict=True):
+        assert sorted(a.ravel()) == sorted(c.ravel())
+    assert np.allclose(ctrl["linf"], adv["linf"]) and np.allclose(ctrl["l2"], adv["l2"], rtol=1e-5)
+    # the source's own probabilities on the control images are recorded
+    assert not np.allclose(ctrl["source_adv_prob"], adv["source_adv_prob"])
+
+
+def test_shuffle_is_seeded_and_clipped():
+    clean = np.full((2, 4, 4), 250, np.uint8)
+    adv = clean.copy()
+    adv[:, 0, 0] = 255
+    adv[:, 1, 1] = 242
+    a = shuffle_perturbations(clean, adv, seed=1)
+    assert np.array_equal(a, shuffle_perturbations(clean, adv, seed=1))
+    assert a.max() <= 255 and (a.astype(int) - 250).min() >= -8
 
 
 def test_bad_attack_input_fails_before_work(tiny, tmp_path):

@@ -8,19 +8,22 @@ def main(sm):
     p = sm.params
     manifest, rejected, summary = build_manifest(p.data_dir, p.label, p.val_fraction, p.seed)
     LOG.info("task %s (%s):\n%s", sm.wildcards.task, p.label, summary.to_string(index=False))
+    # the rejected list goes to the log directory first: it survives a failed job
+    write_csv(sm.log.rejected, rejected)
     if len(rejected):
         LOG.warning(
-            "%d images rejected before decoding:\n%s",
+            "%d images rejected before decoding (list: %s):\n%s",
             len(rejected),
+            sm.log.rejected,
             rejected["reason"].value_counts().to_string(),
         )
-    write_csv(sm.output.rejected, rejected)
     check_rejected_fraction(
         len(rejected),
         len(manifest) + len(rejected),
         p.max_rejected_fraction,
-        f"manifest of task {sm.wildcards.task} (rejections in {sm.output.rejected})",
+        f"manifest of task {sm.wildcards.task} (rejected images listed in {sm.log.rejected})",
     )
+    write_csv(sm.output.rejected, rejected)
     write_csv(sm.output.summary, summary)
     write_csv(sm.output.manifest, manifest)
 

@@ -17,7 +17,15 @@ def main(sm):
         "source": p.source,
         "manifest": str(sm.input.manifest),
     }
-    write_shard(rows, sm.output[0], p.image_size, attrs, sm.threads, p.max_rejected_fraction)
+    write_shard(
+        rows,
+        sm.output[0],
+        p.image_size,
+        attrs,
+        sm.threads,
+        p.max_rejected_fraction,
+        rejected_log=sm.log.rejected,
+    )
 
 
 run_main(main, snakemake)  # noqa: F821

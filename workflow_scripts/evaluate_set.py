@@ -1,32 +1,30 @@
-"""Rule evaluate: metrics with bootstrap CIs for every target of one adversarial set."""
+"""Rule evaluate: metrics with patient-level bootstrap CIs for every target of one set."""
 
 import json
 
-from cxrtransfer.jobs import evaluate_adv_set, nan_to_none
+from cxrtransfer.evaluation import evaluate_adv_set, nan_to_none
 from cxrtransfer.utils import atomic_path, run_main
+
+
+def named(inputs, prefix):
+    """The rule's named inputs ``{prefix}__{model}`` as {model: file(s)}."""
+    return {k.split("__", 1)[1]: v for k, v in inputs.items() if k.startswith(prefix + "__")}
 
 
 def main(sm):
     w, p = sm.wildcards, sm.params
-    targets = list(p.targets)
-    n_clean = len(sm.input.clean) // len(targets)
-    n_adv = len(sm.input.adv) // len(targets)
-    clean = {t: sm.input.clean[i * n_clean : (i + 1) * n_clean] for i, t in enumerate(targets)}
-    adv = {t: sm.input.adv[i * n_adv : (i + 1) * n_adv] for i, t in enumerate(targets)}
-    metrics = dict(
-        zip([w.source, *targets], [sm.input.source_metrics, *sm.input.target_metrics], strict=True)
-    )
     cells = evaluate_adv_set(
-        p.config_models,
-        w.source,
-        w.data_task,
-        w.attack,
-        w.eps,
-        targets,
-        clean,
-        adv,
-        metrics,
-        dict(p.evaluation),
+        source=w.source,
+        data_task=w.data_task,
+        attack=w.attack,
+        eps_label=w.eps,
+        models=dict(p.models),
+        test_shards=list(sm.input.test_shards),
+        clean_files={t: list(v) for t, v in named(sm.input, "clean").items()},
+        adv_files={t: list(v) for t, v in named(sm.input, "adv").items()},
+        metrics_files=named(sm.input, "metrics"),
+        patients_files=named(sm.input, "patients"),
+        evaluation={"n_bootstrap": p.n_bootstrap, "confidence": p.confidence, "seed": p.seed},
     )
     with atomic_path(sm.output[0]) as tmp:
         tmp.write_text(json.dumps(nan_to_none(cells), indent=1))

@@ -2,59 +2,71 @@
 
 import numpy as np
 import pandas as pd
-from cxrtransfer.jobs import read_attack, read_predictions
+from cxrtransfer.attack_cache import read_attack
 from cxrtransfer.plots import (
+    aligned_cell,
     plot_auroc_vs_eps,
     plot_examples,
     plot_roc,
     plot_transfer_heatmap,
     select_examples,
 )
+from cxrtransfer.predictions import ADV_COLUMNS, CLEAN_COLUMNS, read_predictions
 from cxrtransfer.shards import read_shard
 from cxrtransfer.train import json_threshold
 from cxrtransfer.utils import run_main
 
 
+def concat(parts):
+    return {
+        "images": np.concatenate([p["images"] for p in parts]),
+        "image_index": np.concatenate([p["image_index"] for p in parts]),
+    }
+
+
+def plot_cell(sm):
+    w = sm.wildcards
+    clean = read_predictions(sm.input.clean, CLEAN_COLUMNS, list(sm.input.shards))
+    adv = read_predictions(sm.input.adv, ADV_COLUMNS, list(sm.input.shards))
+    title = f"{w.target} on {w.attack} eps {w.eps} from {w.source} ({w.data_task} test set)"
+    plot_roc(clean, adv, title, sm.output.roc)
+    t = json_threshold(sm.input.target_metrics)
+    cell = aligned_cell(
+        clean,
+        adv,
+        concat([read_shard(p) for p in sm.input.shards]),
+        concat([read_attack(p) for p in sm.input.attacks]),
+    )
+    pick = select_examples(
+        cell["label"],
+        cell["clean_prob"],
+        cell["adv_prob"],
+        cell["l2"],
+        sm.params.per_class,
+        threshold=t,
+    )
+    plot_examples(
+        cell["clean_u8"][pick],
+        cell["adv_u8"][pick],
+        cell["label"][pick],
+        cell["clean_prob"][pick],
+        cell["adv_prob"][pick],
+        cell["image_index"][pick],
+        title,
+        sm.output.examples,
+        threshold=t,
+    )
+
+
 def main(sm):
     w, kind = sm.wildcards, sm.params.kind
     if kind == "heatmap":
-        df = pd.read_csv(sm.input.table)
-        plot_transfer_heatmap(df, w.data_task, w.attack, sm.output[0])
+        plot_transfer_heatmap(pd.read_csv(sm.input.table), w.data_task, w.attack, sm.output[0])
     elif kind == "auroc":
         df = pd.read_csv(sm.input.table)
         plot_auroc_vs_eps(df, w.data_task, w.attack, w.target, sm.output[0])
     else:
-        clean = read_predictions(sm.input.clean)
-        adv = read_predictions(sm.input.adv)
-        title = f"{w.target} on {w.attack} eps {w.eps}/255 from {w.source} ({w.data_task} test set)"
-        plot_roc(clean, adv, title, sm.output.roc)
-        t = json_threshold(sm.input.target_metrics)
-        shards = [read_shard(p) for p in sm.input.shards]
-        attacks = [read_attack(p) for p in sm.input.attacks]
-        clean_u8 = np.concatenate([s["images"] for s in shards])
-        adv_u8 = np.concatenate([a["images"] for a in attacks])
-        names = np.concatenate([a["image_index"] for a in attacks])
-        c = clean.set_index("image_index").loc[names]
-        a = adv.set_index("image_index").loc[names]
-        pick = select_examples(
-            a["label"].to_numpy(),
-            c["prob"].to_numpy(),
-            a["prob"].to_numpy(),
-            a["l2"].to_numpy(),
-            sm.params.per_class,
-            threshold=t,
-        )
-        plot_examples(
-            clean_u8[pick],
-            adv_u8[pick],
-            a["label"].to_numpy()[pick],
-            c["prob"].to_numpy()[pick],
-            a["prob"].to_numpy()[pick],
-            names[pick],
-            title,
-            sm.output.examples,
-            threshold=t,
-        )
+        plot_cell(sm)
 
 
 run_main(main, snakemake)  # noqa: F821

@@ -3,13 +3,19 @@
 import json
 from pathlib import Path
 
-from cxrtransfer.tables import long_table, matrices, summary_markdown, write_matrix
+from cxrtransfer.tables import (
+    add_noise_controls,
+    long_table,
+    matrices,
+    summary_markdown,
+    write_matrix,
+)
 from cxrtransfer.utils import atomic_path, run_main, write_csv
 
 
 def main(sm):
     cells = [c for path in sm.input.sets for c in json.loads(Path(path).read_text())]
-    df = long_table(cells)
+    df = add_noise_controls(long_table(cells))
     write_csv(sm.output.transfer, df)
     out_dir = Path(sm.output.matrices)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,17 +1,21 @@
 """Rules predict_clean / predict_adv: a target model's per-example predictions for one shard."""
 
-from cxrtransfer.jobs import predict_adv_shard, predict_clean_shard
+from cxrtransfer.predictions import predict_adv_shard, predict_clean_shard
 from cxrtransfer.utils import run_main
 
 
 def main(sm):
-    p = sm.params
+    common = {
+        "model_path": sm.input.model,
+        "metrics_path": sm.input.metrics,
+        "out_csv": sm.output[0],
+        "image_size": sm.params.image_size,
+        "batch_size": sm.params.batch_size,
+    }
     if "attack" in sm.input.keys():
-        predict_adv_shard(sm.input.model, sm.input.attack, sm.output[0], p.image_size, p.batch_size)
+        predict_adv_shard(attack_path=sm.input.attack, **common)
     else:
-        predict_clean_shard(
-            sm.input.model, sm.input.shard, sm.output[0], p.image_size, p.batch_size
-        )
+        predict_clean_shard(shard_path=sm.input.shard, **common)
 
 
 run_main(main, snakemake)  # noqa: F821

@@ -1,23 +1,22 @@
 """Rule attack: craft one shard of adversarial examples on a source model (uint8 cache)."""
 
-from cxrtransfer.jobs import attack_shard
+from cxrtransfer.attack_job import attack_shard
 from cxrtransfer.utils import run_main
 
 
 def main(sm):
-    w, p = sm.wildcards, sm.params
     attack_shard(
-        sm.input.model,
-        sm.input.metrics,
-        sm.input.shard,
-        sm.output[0],
-        w.attack,
-        dict(p.attack),
-        p.eps,
-        p.image_size,
-        p.batch_size,
-        w.source,
-        w.data_task,
+        model_path=sm.input.model,
+        metrics_path=sm.input.metrics,
+        shard_path=sm.input.shard,
+        out_path=sm.output[0],
+        attack_name=sm.wildcards.attack,
+        attack_cfg=dict(sm.params.attack),
+        eps=sm.params.eps,
+        image_size=sm.params.image_size,
+        batch_size=sm.params.batch_size,
+        source_model=sm.wildcards.source,
+        data_task=sm.wildcards.data_task,
     )
 
 

@@ -25,16 +25,18 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MANIFEST_COLUMNS = ["image_index", "patient_id", "label", "split", "path", "finding_labels"]
 
 
-def check_download(root: str | Path) -> Path:
-    """Fail with a message saying what was expected when ``root`` is not a Kaggle download."""
+def download_files(root: str | Path) -> dict[str, Path]:
+    """The metadata files of a Kaggle-layout download, checked to exist (read only)."""
     root = Path(root)
     if not root.is_dir():
         raise WorkflowError(
             f"data.kaggle_dir '{root}' is not a directory. Point it at the extracted Kaggle "
             "download (the folder holding Data_Entry_2017.csv, train_val_list.txt, "
-            "test_list.txt and images_001/ ... images_012/), or set data.source: synthetic."
+            "test_list.txt and images_001/ ... images_012/), or set data.source: synthetic. "
+            "To download it: python -m cxrtransfer.fetch DEST (needs Kaggle credentials)."
         )
-    missing = [n for n in (CSV_NAME, TRAIN_VAL, TEST) if not (root / n).is_file()]
+    files = {"csv": root / CSV_NAME, "train_val": root / TRAIN_VAL, "test": root / TEST}
+    missing = [p.name for p in files.values() if not p.is_file()]
     if missing:
         raise WorkflowError(
             f"data.kaggle_dir '{root}' does not look like the NIH ChestX-ray14 Kaggle download: "
@@ -42,6 +44,13 @@ def check_download(root: str | Path) -> Path:
             "test_list.txt and images_001/images/*.png ... at its top level "
             "(kaggle datasets download -d nih-chest-xrays/data, then unzip)."
         )
+    return files
+
+
+def check_download(root: str | Path) -> Path:
+    """Fail with a message saying what was expected when ``root`` is not a Kaggle download."""
+    root = Path(root)
+    download_files(root)
     if not any(root.glob("images_*/images")) and not (root / "images").is_dir():
         raise WorkflowError(
             f"data.kaggle_dir '{root}' has no image folders (expected images_001/images/*.png "

@@ -1,16 +1,22 @@
-"""The experiment plan derived from the config: cross-checks and the job grid.
+"""The experiment plan derived from the config: cross-checks, the job grid, the output lists.
 
-Pure Python (no TensorFlow import) so the Snakefile can use it at parse time.
+Pure Python (no TensorFlow, SciPy or scikit-learn import) so the Snakefile can use it at parse
+time. Everything here is a function of the config; the rules only look things up.
 """
 
 from __future__ import annotations
 
+import ast
+import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import WorkflowError
+from . import paths as P
 
-# keras.applications model names (Keras 3.15); checked without importing TensorFlow.
+# keras.applications model names (Keras 3); checked without importing TensorFlow. A test ties
+# this list to keras.applications.
 KERAS_APPLICATIONS = (
     "ConvNeXtBase ConvNeXtLarge ConvNeXtSmall ConvNeXtTiny ConvNeXtXLarge DenseNet121 "
     "DenseNet169 DenseNet201 EfficientNetB0 EfficientNetB1 EfficientNetB2 EfficientNetB3 "
@@ -23,23 +29,52 @@ KERAS_APPLICATIONS = (
 
 
 def eps_label(eps: float) -> str:
-    """Path label of an eps value in 1/255 units: 8 -> '8', 2.55 -> '2.55'."""
+    """Path label of an eps value: 8 -> '8', 2.55 -> '2.55', 0.5 -> '0.5'."""
     return f"{float(eps):g}"
 
 
 @dataclass(frozen=True)
 class AdvSet:
+    """One adversarial set: a source's attack at one budget on one task's test images."""
+
     source: str
     data_task: str
-    attack: str
+    attack: str  # an attack of the config, or f"{attack}{paths.CONTROL_SUFFIX}" (noise control)
     eps: str  # label, see eps_label
+
+    @property
+    def is_control(self) -> bool:
+        return self.attack.endswith(P.CONTROL_SUFFIX)
+
+    @property
+    def base_attack(self) -> str:
+        return self.attack.removesuffix(P.CONTROL_SUFFIX)
+
+    @property
+    def path(self) -> str:
+        """``{source}/{data_task}/{attack}/eps{eps}`` (the set's part of every path)."""
+        return P.ADV_SET.format(**self.__dict__)
+
+
+def attack_norm(config: dict, attack: str) -> str:
+    return config["attacks"][attack].get("norm", "linf")
+
+
+def eps_grid(config: dict, attack: str) -> list[float]:
+    """The budgets an attack runs at: ``eps`` (1/255 units) for L-inf, ``eps_l2`` (L2 norm in
+    [0, 1] pixel units) for L2 attacks."""
+    return list(config["eps"] if attack_norm(config, attack) == "linf" else config["eps_l2"])
 
 
 def check_config(config: dict, basedir: str | Path = ".") -> None:
     """Cross-checks the JSON schema cannot express; raise WorkflowError naming the key."""
-    tasks = config["tasks"]
-    models = config["models"]
-    attacks = config["attacks"]
+    _check_models(config, basedir)
+    _check_attacks(config)
+    _check_grid(config)
+
+
+def _check_models(config: dict, basedir) -> None:
+    tasks, models = config["tasks"], config["models"]
     for name, m in models.items():
         if m["task"] not in tasks:
             raise WorkflowError(
@@ -63,26 +98,43 @@ def check_config(config: dict, basedir: str | Path = ".") -> None:
     for t in tasks:
         if not any(m["task"] == t for m in models.values()):
             raise WorkflowError(f"tasks.{t}: no model is trained on this task; add one to models.")
-    eps = config["eps"]
-    labels = [eps_label(e) for e in eps]
-    if len(set(labels)) != len(labels):
-        raise WorkflowError(f"eps: values {eps} collide when written as path labels {labels}.")
-    for name, a in attacks.items():
+
+
+def _check_attacks(config: dict) -> None:
+    for key in ("eps", "eps_l2"):
+        labels = [eps_label(e) for e in config.get(key, [])]
+        if len(set(labels)) != len(labels):
+            raise WorkflowError(f"{key}: values collide when written as path labels {labels}.")
+    for name, a in config["attacks"].items():
+        if name.endswith(P.CONTROL_SUFFIX):
+            raise WorkflowError(
+                f"attacks.{name}: names ending in '{P.CONTROL_SUFFIX}' are reserved for the "
+                "noise controls; rename the attack."
+            )
+        grid = eps_grid(config, name)
+        if not grid:
+            raise WorkflowError(
+                f"attacks.{name} is an L2 attack but eps_l2 is empty: give its budgets as "
+                "eps_l2 (L2 norm of the perturbation in [0, 1] pixel units, e.g. [0.5, 1, 2])."
+            )
         if "step" in a and "step_fraction" in a:
             raise WorkflowError(f"attacks.{name}: give either step or step_fraction, not both.")
-        iterative = a["method"] == "pgd" and a.get("steps", 10) > 1
-        if iterative and "step" in a:
-            too_small = [e for e in eps if a["step"] > e]
+        if a["method"] == "pgd" and a.get("steps", 10) > 1 and "step" in a:
+            too_small = [e for e in grid if a["step"] > e]
             if too_small:
                 raise WorkflowError(
-                    f"attacks.{name}.step = {a['step']} (1/255 units) is larger than eps "
-                    f"{too_small}: every step would be clipped back to the eps ball. Use "
-                    "step_fraction (a fraction of eps) or a smaller step."
+                    f"attacks.{name}.step = {a['step']} is larger than eps {too_small}: every "
+                    "step would be clipped back to the eps ball. Use step_fraction (a fraction "
+                    "of eps) or a smaller step."
                 )
         if a["method"] == "fgsm" and (a.get("momentum", 0) or a.get("restarts", 1) > 1):
             raise WorkflowError(
                 f"attacks.{name}: momentum and restarts need method: pgd (FGSM is one step)."
             )
+
+
+def _check_grid(config: dict) -> None:
+    tasks, models, attacks = config["tasks"], config["models"], config["attacks"]
     for i, g in enumerate(config["grid"]):
         srcs = g["sources"]
         if srcs != "all":
@@ -93,7 +145,8 @@ def check_config(config: dict, basedir: str | Path = ".") -> None:
                 )
         if g["data_task"] != "own" and g["data_task"] not in tasks:
             raise WorkflowError(
-                f"grid[{i}].data_task: '{g['data_task']}' is neither 'own' nor a task ({sorted(tasks)})."
+                f"grid[{i}].data_task: '{g['data_task']}' is neither 'own' nor a task "
+                f"({sorted(tasks)})."
             )
         atk = g.get("attacks", "all")
         if atk != "all":
@@ -102,10 +155,39 @@ def check_config(config: dict, basedir: str | Path = ".") -> None:
                 raise WorkflowError(
                     f"grid[{i}].attacks: unknown attack(s) {bad}; configured: {sorted(attacks)}."
                 )
+    _refuse_targeted_twins(config)
 
 
-def adversarial_sets(config: dict) -> list[AdvSet]:
-    """Every (source, data task, attack, eps) the grid asks for, without duplicates."""
+def _refuse_targeted_twins(config: dict) -> None:
+    """On a 2-class softmax, minimising the loss of the opposite class and maximising the loss
+    of the true class have gradients that are positive multiples of each other: sign-gradient
+    and normalised-gradient steps are identical, so the two attacks make the same images."""
+    by_pair: dict[tuple, set[str]] = {}
+    for s in adversarial_sets(config, controls=False):
+        by_pair.setdefault((s.source, s.data_task), set()).add(s.attack)
+    for (source, task), names in by_pair.items():
+        seen: dict[str, str] = {}
+        for name in sorted(names):
+            a = {k: v for k, v in config["attacks"][name].items() if k != "targeted"}
+            key = repr(canon(a))
+            if key in seen and bool(config["attacks"][name].get("targeted")) != bool(
+                config["attacks"][seen[key]].get("targeted")
+            ):
+                raise WorkflowError(
+                    f"attacks '{seen[key]}' and '{name}' differ only in 'targeted' and both "
+                    f"run for source {source} on {task}: on a 2-class softmax the targeted and "
+                    "the untargeted attack are the same attack (their gradients are positive "
+                    "multiples of each other), so one of them only doubles the cost. Drop one "
+                    "from the grid."
+                )
+            seen[key] = name
+
+
+def adversarial_sets(config: dict, controls: bool | None = None) -> list[AdvSet]:
+    """Every (source, data task, attack, eps) the grid asks for, without duplicates; with the
+    noise control of each set (``noise_control`` in the config) right after it."""
+    if controls is None:
+        controls = bool(config.get("noise_control", True))
     out: dict[AdvSet, None] = {}
     for g in config["grid"]:
         srcs = list(config["models"]) if g["sources"] == "all" else g["sources"]
@@ -113,8 +195,10 @@ def adversarial_sets(config: dict) -> list[AdvSet]:
         for s in srcs:
             task = config["models"][s]["task"] if g["data_task"] == "own" else g["data_task"]
             for a in atks:
-                for e in config["eps"]:
+                for e in eps_grid(config, a):
                     out[AdvSet(s, task, a, eps_label(e))] = None
+                    if controls:
+                        out[AdvSet(s, task, a + P.CONTROL_SUFFIX, eps_label(e))] = None
     return list(out)
 
 
@@ -123,19 +207,79 @@ def targets_for(config: dict, data_task: str) -> list[str]:
     return [n for n, m in config["models"].items() if m["task"] == data_task]
 
 
-def eps_value(config: dict, label: str) -> float:
-    for e in config["eps"]:
+def eps_value(config: dict, attack: str, label: str) -> float:
+    base = attack.removesuffix(P.CONTROL_SUFFIX)
+    for e in eps_grid(config, base):
         if eps_label(e) == label:
             return float(e)
-    raise WorkflowError(f"eps label '{label}' is not in the configured eps list {config['eps']}")
+    raise WorkflowError(
+        f"eps label '{label}' is not in the budgets {eps_grid(config, base)} of attack '{base}'."
+    )
 
 
-def relation(config: dict, source: str, target: str, data_task: str) -> str:
-    """The cell's relation (see ``tables.relation``) from model names and the config."""
-    from .tables import relation as _relation
+def shard_labels(n_images: int, shard_size: int) -> list[str]:
+    """Shard names of a split with ``n_images`` images (at least one shard)."""
+    return [f"{i:03d}" for i in range(max(1, math.ceil(n_images / shard_size)))]
 
+
+def task_attacks(config: dict) -> list[tuple[str, str]]:
+    """(data task, attack) pairs with plots (noise controls are shown in the tables)."""
+    return sorted({(s.data_task, s.attack) for s in adversarial_sets(config) if not s.is_control})
+
+
+def closeness(config: dict, source: str, target: str, data_task: str) -> int:
+    """Sort key of a cell for choosing plots: white-box, same architecture, other
+    architecture, other task. Only an order from the config; the published relation is
+    measured (see ``relations``)."""
     m = config["models"]
-    return _relation(m[source], m[target], data_task, source, target)
+    if source == target:
+        return 0
+    if m[source]["task"] != data_task:
+        return 3
+    return 1 if m[source]["arch"] == m[target]["arch"] else 2
+
+
+def chosen_cells(config: dict) -> list[tuple[AdvSet, str]]:
+    """Cells with ROC and example plots: per data task and (real) attack at its largest eps,
+    the task's first model (the deployed target) attacked from each source, closest first."""
+    n = config["evaluation"]["roc_cells"]
+    sets = [s for s in adversarial_sets(config) if not s.is_control]
+    out = []
+    for task, attack in sorted({(s.data_task, s.attack) for s in sets}):
+        target = targets_for(config, task)[0]
+        group = [s for s in sets if s.data_task == task and s.attack == attack]
+        top = max(float(s.eps) for s in group)
+        group = [s for s in group if float(s.eps) == top]
+        group.sort(key=lambda s: closeness(config, s.source, target, task))
+        out += [(s, target) for s in group]
+    return out[:n] if n else []
+
+
+def plot_files(config: dict) -> list[str]:
+    files = [P.HEATMAP.format(data_task=t, attack=a) for t, a in task_attacks(config)]
+    files += [
+        P.AUROC_PLOT.format(data_task=t, attack=a, target=m)
+        for t, a in task_attacks(config)
+        for m in targets_for(config, t)
+    ]
+    for s, target in chosen_cells(config):
+        files += [
+            P.ROC_PLOT.format(**s.__dict__, target=target),
+            P.EXAMPLES_PLOT.format(**s.__dict__, target=target),
+        ]
+    return files
+
+
+def final_outputs(config: dict) -> list[str]:
+    """What the default target builds (shard summaries, models, tables, plots, config)."""
+    return [
+        *[P.SHARD_SUMMARY.format(task=t) for t in config["tasks"]],
+        *[P.MODEL.format(model=m) for m in config["models"]],
+        P.TRANSFER_TABLE,
+        P.SUMMARY,
+        P.STUDY_CONFIG,
+        *plot_files(config),
+    ]
 
 
 def canon(obj):
@@ -149,3 +293,65 @@ def canon(obj):
     if isinstance(obj, list | tuple):
         return [canon(v) for v in obj]
     return obj
+
+
+# ----------------------------------------------------------------------------------------------
+# Code versions: a change to library code reruns the jobs whose results it can change
+# ----------------------------------------------------------------------------------------------
+
+PACKAGE = "cxrtransfer"
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _imported_modules(source: str, current: str | None) -> set[str]:
+    """cxrtransfer modules a piece of source imports (absolute or relative, anywhere in it,
+    including imports inside functions)."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom):
+            if node.level and current is not None:  # relative, inside the package
+                base = node.module
+            elif node.module and node.module.split(".")[0] == PACKAGE:
+                base = node.module.partition(".")[2] or None
+            else:
+                continue
+            if base:
+                found.add(base.split(".")[0])
+            else:  # from . import x, y  /  from cxrtransfer import x
+                found.add("__init__")
+                found.update(
+                    a.name for a in node.names if (_PACKAGE_DIR / f"{a.name}.py").is_file()
+                )
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                parts = a.name.split(".")
+                if parts[0] == PACKAGE:
+                    found.add(parts[1] if len(parts) > 1 else "__init__")
+    return found
+
+
+def library_modules(script: str | Path) -> list[str]:
+    """The package modules a rule script uses, transitively (always with ``__init__``)."""
+    todo = _imported_modules(Path(script).read_text(), None)
+    seen: set[str] = set()
+    while todo:
+        m = todo.pop()
+        if m in seen:
+            continue
+        seen.add(m)
+        path = _PACKAGE_DIR / f"{m}.py"
+        if path.is_file():
+            todo |= _imported_modules(path.read_text(), m) - seen
+    if seen:
+        seen.add("__init__")
+    return sorted(m for m in seen if (_PACKAGE_DIR / f"{m}.py").is_file())
+
+
+def code_version(script: str | Path) -> str:
+    """A hash of the source of every library module a rule script uses. Passed as a param, it
+    makes Snakemake rerun exactly the jobs whose code changed (Snakemake itself tracks only the
+    rule's script, not what the script imports)."""
+    h = hashlib.sha256()
+    for m in library_modules(script):
+        h.update(m.encode() + b"\0" + (_PACKAGE_DIR / f"{m}.py").read_bytes() + b"\0")
+    return h.hexdigest()[:16]

@@ -21,13 +21,18 @@ from sklearn.metrics import roc_curve  # noqa: E402
 
 from . import WorkflowError  # noqa: E402
 from .metrics import auroc  # noqa: E402
-from .tables import RELATIONS, matrices  # noqa: E402
+from .relations import RELATIONS  # noqa: E402
+from .tables import matrices  # noqa: E402
 from .utils import atomic_path  # noqa: E402
 
 DPI = 110
 REL_ABBREV = {
     "white-box": "WB",
+    "same-data surrogate": "S=",
+    "overlapping-data surrogate": "S~",
     "surrogate": "S",
+    "same-data cross-architecture": "XA=",
+    "overlapping-data cross-architecture": "XA~",
     "cross-architecture": "XA",
     "cross-task": "XT",
 }
@@ -41,7 +46,7 @@ def _save(fig, out_png: str | os.PathLike) -> None:
 
 def _eps_label(eps) -> str:
     e = float(eps)
-    return f"ε = {int(e)}/255" if e.is_integer() else f"ε = {e:g}/255"
+    return f"ε = {e:g}"
 
 
 def _subset(df: pd.DataFrame, what: str, **conds) -> pd.DataFrame:
@@ -125,10 +130,11 @@ def plot_transfer_heatmap(
             lab.set_horizontalalignment("right")
     fig.suptitle(
         f"{value.replace('_', ' ').capitalize()}: data task {data_task}, attack {attack}\n"
-        "(WB white-box, S surrogate, XA cross-architecture, XT cross-task)",
+        "(WB white-box, S surrogate, XA cross-arch., XT cross-task;\n"
+        "= all, ~ some training patients shared)",
         fontsize=11,
     )
-    fig.subplots_adjust(left=0.08, right=0.9, top=0.8, bottom=0.25, wspace=0.08)
+    fig.subplots_adjust(left=0.08, right=0.9, top=0.76, bottom=0.25, wspace=0.08)
     _save(fig, out_png)
 
 
@@ -173,7 +179,7 @@ def plot_auroc_vs_eps(df: pd.DataFrame, data_task: str, attack: str, target: str
     ax.set_xticks(eps_all)
     ax.set_xticklabels([f"{e:g}" for e in eps_all])
     ax.set_ylim(0.0, 1.02)
-    ax.set_xlabel("ε (attack budget, 1/255 pixel units)")
+    ax.set_xlabel("ε (attack budget: 1/255 units for L-inf, [0, 1] pixel L2 norm for L2)")
     ax.set_ylabel("adversarial AUROC of target")
     level = pd.to_numeric(sub.get("ci_level", pd.Series([0.95])), errors="coerce").median()
     ci_txt = f"{100 * level:g}%" if np.isfinite(level) else "percentile"
@@ -288,6 +294,34 @@ def _as_images(x, what: str) -> np.ndarray:
     if a.ndim != 3:
         raise WorkflowError(f"{what}: expected images of shape (N, H, W[, 1]), got {a.shape}.")
     return a
+
+
+def aligned_cell(clean: pd.DataFrame, adv: pd.DataFrame, clean_images: dict, adv_images: dict):
+    """Align a cell's predictions and images by ``image_index`` (never by position).
+
+    ``clean_images`` / ``adv_images``: {"images": uint8 (N, H, W), "image_index": (N,)} of the
+    clean shards and the attack caches. Returns a dict of arrays in the adversarial set's
+    image order: image_index, label, clean_prob, adv_prob, l2, clean_u8, adv_u8."""
+    names = np.asarray(adv_images["image_index"]).astype(str)
+    c = clean.set_index(clean["image_index"].astype(str))
+    a = adv.set_index(adv["image_index"].astype(str))
+    pos = {n: i for i, n in enumerate(np.asarray(clean_images["image_index"]).astype(str))}
+    missing = [n for n in names if n not in c.index or n not in a.index or n not in pos]
+    if missing:
+        raise WorkflowError(
+            f"{len(missing)} adversarial image(s) lack a clean image or a prediction "
+            f"(e.g. {missing[:3]}): the files of this cell are inconsistent."
+        )
+    c, a = c.loc[names], a.loc[names]
+    return {
+        "image_index": names,
+        "label": a["label"].to_numpy(int),
+        "clean_prob": c["prob"].to_numpy(float),
+        "adv_prob": a["prob"].to_numpy(float),
+        "l2": a["l2"].to_numpy(float),
+        "clean_u8": np.asarray(clean_images["images"])[[pos[n] for n in names]],
+        "adv_u8": np.asarray(adv_images["images"]),
+    }
 
 
 def plot_examples(

@@ -23,7 +23,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from . import WorkflowError
-from .utils import LOG, Progress, atomic_path
+from .utils import LOG, Progress, atomic_path, write_csv
 
 FORMAT_VERSION = 1
 RESAMPLE = "bilinear (PIL, reducing_gap=2)"
@@ -91,11 +91,14 @@ def write_shard(
     attrs: dict,
     workers: int = 1,
     max_rejected_fraction: float = 1.0,
+    rejected_log: str | Path | None = None,
 ) -> dict:
     """Decode ``rows`` (manifest rows) in parallel and stream them into one HDF5 shard.
 
     Memory stays bounded by a few images per worker: images are written as they arrive.
     Written atomically; fails (no output) if more than ``max_rejected_fraction`` are rejected.
+    ``rejected_log``: a CSV listing every rejected image with its reason, written before the
+    check so that it survives a failed job.
     """
     from .ingest import check_rejected_fraction
 
@@ -141,7 +144,12 @@ def write_shard(
                 if pool:
                     pool.close()
                     pool.join()
-            check_rejected_fraction(len(rejected), n, max_rejected_fraction, str(out_path))
+            if rejected_log is not None:
+                write_csv(rejected_log, pd.DataFrame(rejected, columns=["image_index", "reason"]))
+            where = str(out_path) + (
+                f" (rejected images listed in {rejected_log})" if rejected_log else ""
+            )
+            check_rejected_fraction(len(rejected), n, max_rejected_fraction, where)
             if k == 0:
                 raise WorkflowError(f"{out_path}: every image of this shard was rejected")
             ds.resize((k, image_size, image_size))
@@ -196,8 +204,3 @@ def check_image_size(images: np.ndarray, path, image_size: int | None) -> None:
             f"Shard '{path}' holds {images.shape[1]}x{images.shape[2]} images but the model "
             f"expects {image_size}x{image_size} (data.image_size). Rebuild the shards."
         )
-
-
-def shard_info(path: str | Path) -> dict:
-    with h5py.File(path, "r") as f:
-        return {"n": int(f["images"].shape[0]), **dict(f.attrs)}

@@ -16,10 +16,11 @@ import pandas as pd
 
 from . import WorkflowError
 from .metrics import cell_columns
+from .paths import CONTROL_SUFFIX
+from .relations import RELATIONS
 from .utils import atomic_path
 
 ID_COLUMNS = ("data_task", "attack", "eps", "source", "target", "relation")
-RELATIONS = ("white-box", "surrogate", "cross-architecture", "cross-task")
 NA = "n/a"
 
 
@@ -53,25 +54,22 @@ def long_table(cells: list[dict]) -> pd.DataFrame:
     return df.sort_values(list(ID_COLUMNS[:5]), kind="stable").reset_index(drop=True)
 
 
-def relation(
-    source_model: dict, target_model: dict, data_task: str, source_name: str, target_name: str
-) -> str:
-    """How the source relates to the target for a cell evaluated on ``data_task`` images.
-
-    ``white-box`` if the source is the target (same name); ``cross-task`` if the source was
-    trained for another task than ``data_task``; ``cross-architecture`` if the architectures
-    differ; otherwise ``surrogate`` (same task and architecture, independently trained).
-    """
-    for name, m in ((source_name, source_model), (target_name, target_model)):
-        if not isinstance(m, dict) or "task" not in m or "arch" not in m:
-            raise WorkflowError(f"Model '{name}' needs 'task' and 'arch' entries in config.")
-    if source_name == target_name:
-        return "white-box"
-    if source_model["task"] != data_task:
-        return "cross-task"
-    if source_model["arch"] != target_model["arch"]:
-        return "cross-architecture"
-    return "surrogate"
+def add_noise_controls(df: pd.DataFrame) -> pd.DataFrame:
+    """Beside each attack's row, the same cell of its noise control (the attack's perturbations
+    spatially shuffled per image): ``noise_fooling_rate``, ``noise_adv_auroc`` and
+    ``fooling_rate_above_noise`` = fooling_rate - noise_fooling_rate (what the attack does
+    beyond random noise of the same size). Control rows keep their own metrics."""
+    keys = ["source", "target", "data_task", "eps"]
+    is_control = df["attack"].astype(str).str.endswith(CONTROL_SUFFIX)
+    control = df[is_control].assign(
+        attack=lambda d: d["attack"].astype(str).str.removesuffix(CONTROL_SUFFIX)
+    )[[*keys, "attack", "fooling_rate", "adv_auroc"]]
+    control = control.rename(
+        columns={"fooling_rate": "noise_fooling_rate", "adv_auroc": "noise_adv_auroc"}
+    )
+    out = df.merge(control, on=[*keys, "attack"], how="left")
+    out["fooling_rate_above_noise"] = out["fooling_rate"] - out["noise_fooling_rate"]
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -224,20 +222,30 @@ def summary_markdown(df: pd.DataFrame, models: dict, data_source: str) -> str:
         ]
         lines += ["Models: " + ", ".join(desc) + ".", ""]
     lines += [
-        "Transfer rate: among images the source attack fooled and the target classified "
-        "correctly when clean, the fraction that also fool the target (white-box is close to 1 "
-        "by construction). Fooling rate: fraction of all images the target gets wrong on the "
-        "adversarial version. Lower adversarial AUROC = stronger attack. Means are over the "
-        "(source, target) cells of each relation.",
+        "Transfer rate: among images whose source error the attack caused (the source was "
+        "right on the clean image and wrong on the adversarial one; for cross-task sources: "
+        "the source's decision flipped) and that the target classified correctly when clean, "
+        "the fraction that also fool the target (white-box is close to 1 by construction). "
+        "Fooling rate: fraction of all images the target gets wrong on the adversarial version. "
+        "Noise: the fooling rate of the same perturbations spatially shuffled per image (same "
+        "size, no adversarial structure); above noise = fooling rate - noise. Lower adversarial "
+        "AUROC = stronger attack. Relations are measured (architecture, training patients "
+        "shared), see the README. Means are over the (source, target) cells of each relation; "
+        "eps is in 1/255 units for L-inf attacks and an L2 norm in [0, 1] pixel units for L2 "
+        "attacks.",
         "",
     ]
-    for (task, attack, eps), g in df.groupby(["data_task", "attack", "eps"], sort=True):
-        lines.append(f"## Data task {task}, attack {attack}, eps {_fmt_eps(eps)}")
+    if "noise_fooling_rate" not in df.columns:
+        df = df.assign(noise_fooling_rate=np.nan, fooling_rate_above_noise=np.nan)
+    real = df[~df["attack"].astype(str).str.endswith(CONTROL_SUFFIX)]
+    for (task, attack, eps), g in real.groupby(["data_task", "attack", "eps"], sort=True):
+        lines.append(f"## Data task {task}, attack {attack}, eps {float(eps):g}")
         lines.append("")
         lines.append(
-            "| relation | cells | transfer rate | fooling rate | adv. AUROC | clean AUROC |"
+            "| relation | cells | transfer rate | fooling rate | noise | above noise "
+            "| adv. AUROC | clean AUROC |"
         )
-        lines.append("| --- | ---: | ---: | ---: | ---: | ---: |")
+        lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         stats = {}
         for rel in RELATIONS:
             r = g[g["relation"] == rel]
@@ -245,25 +253,25 @@ def summary_markdown(df: pd.DataFrame, models: dict, data_source: str) -> str:
                 continue
             s = {
                 k: _mean(r[k])
-                for k in ("transfer_rate", "fooling_rate", "adv_auroc", "clean_auroc")
+                for k in (
+                    "transfer_rate",
+                    "fooling_rate",
+                    "noise_fooling_rate",
+                    "fooling_rate_above_noise",
+                    "adv_auroc",
+                    "clean_auroc",
+                )
             }
             stats[rel] = s
             lines.append(
                 f"| {rel} | {len(r)} | {_fmt(s['transfer_rate'])} | {_fmt(s['fooling_rate'])} | "
+                f"{_fmt(s['noise_fooling_rate'])} | {_fmt(s['fooling_rate_above_noise'])} | "
                 f"{_fmt(s['adv_auroc'])} | {_fmt(s['clean_auroc'])} |"
             )
         lines.append("")
         lines.append(_ordering_sentence(stats))
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
-
-
-def _fmt_eps(eps) -> str:
-    try:
-        e = float(eps)
-    except (TypeError, ValueError):
-        return str(eps)
-    return f"{int(e)}/255" if e.is_integer() else f"{e:g}/255"
 
 
 def _ordering_sentence(stats: dict) -> str:
@@ -301,10 +309,7 @@ def _ordering_sentence(stats: dict) -> str:
         txt = "; ".join(
             f"{b} ({_fmt(auc[b])}) is stronger than {a} ({_fmt(auc[a])})" for a, b in inversions
         )
-        parts.append(
-            "The expected ordering surrogate > cross-architecture > cross-task does not hold: "
-            f"{txt}."
-        )
+        parts.append(f"The expected ordering {' > '.join(transfer)} does not hold: {txt}.")
     elif len(transfer) >= 2:
         lead = "The transfer relations" if wb_ok else "Apart from that, the transfer relations"
         parts.append(f"{lead} follow the expected ordering ({' > '.join(transfer)}).")

@@ -131,13 +131,27 @@ def _fmt_s(s: float) -> str:
 
 
 def run_main(func, snakemake) -> None:
-    """Run a rule's main function: log to the rule's log file, turn WorkflowError into a clear
-    message and a non-zero exit without a traceback."""
+    """Run a rule's main function with everything it prints in the rule's log file.
+
+    Output of the process itself (TensorFlow's start-up notices are written by C++ to file
+    descriptor 2) goes to the log too, so the console shows Snakemake's progress only. A
+    WorkflowError becomes a clear message (in the log and on the console) and exit code 1,
+    without a traceback."""
     log = snakemake.log[0] if len(snakemake.log) else None
-    setup_logging(log)
+    console = sys.stderr
+    if log:
+        Path(log).parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        console = os.fdopen(os.dup(2), "w")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+    setup_logging(None)
     try:
         func(snakemake)
     except WorkflowError as e:
         LOG.error("%s", e)
-        print(f"ERROR: {e}", file=sys.stderr)
+        print(f"ERROR: {e}", file=console, flush=True)
         sys.exit(1)

@@ -1,0 +1,48 @@
+"""Every path template of the results tree, written once.
+
+The rules use these as their outputs (Snakemake wildcards in braces) and the plan and the
+verify command format them. Paths are relative to the working directory of the run.
+"""
+
+RESULTS = "results"
+
+SYNTHETIC_DOWNLOAD = f"{RESULTS}/synthetic/nih-chest-xrays"
+MANIFEST = f"{RESULTS}/manifests/{{task}}.csv"
+MANIFEST_REJECTED = f"{RESULTS}/manifests/{{task}}.rejected.csv"
+MANIFEST_SUMMARY = f"{RESULTS}/manifests/{{task}}.summary.csv"
+SHARD = f"{RESULTS}/shards/{{task}}/{{split}}/{{shard}}.h5"
+SHARD_SUMMARY = f"{RESULTS}/shards/{{task}}/summary.csv"
+SHARD_REJECTED = f"{RESULTS}/shards/{{task}}/rejected.csv"
+MODEL_DIR = f"{RESULTS}/models/{{model}}"
+MODEL = f"{MODEL_DIR}/model.keras"
+MODEL_METRICS = f"{MODEL_DIR}/metrics.json"
+MODEL_HISTORY = f"{MODEL_DIR}/history.csv"
+MODEL_PATIENTS = f"{MODEL_DIR}/train_patients.txt"
+ADV_SET = "{source}/{data_task}/{attack}/eps{eps}"
+ATTACK = f"{RESULTS}/attacks/{ADV_SET}/{{shard}}.h5"
+PRED_CLEAN = f"{RESULTS}/predictions/{{target}}/clean/{{data_task}}/{{shard}}.csv"
+PRED_ADV = f"{RESULTS}/predictions/{{target}}/adv/{ADV_SET}/{{shard}}.csv"
+SET_METRICS = f"{RESULTS}/metrics/sets/{ADV_SET}.json"
+TRANSFER_TABLE = f"{RESULTS}/tables/transfer.csv"
+SUMMARY = f"{RESULTS}/tables/summary.md"
+MATRICES = f"{RESULTS}/tables/matrices"
+HEATMAP = f"{RESULTS}/plots/heatmap/{{data_task}}_{{attack}}.png"
+AUROC_PLOT = f"{RESULTS}/plots/auroc_vs_eps/{{data_task}}_{{attack}}_{{target}}.png"
+ROC_PLOT = f"{RESULTS}/plots/roc/{ADV_SET}/{{target}}.png"
+EXAMPLES_PLOT = f"{RESULTS}/plots/examples/{ADV_SET}/{{target}}.png"
+STUDY_CONFIG = f"{RESULTS}/report/config.yaml"
+LOGS = f"{RESULTS}/logs"
+BENCHMARKS = f"{RESULTS}/benchmarks"
+
+# Noise controls: an attack's perturbations, spatially shuffled per image, stored as the
+# adversarial set of a pseudo-attack named f"{attack}{CONTROL_SUFFIX}".
+CONTROL_SUFFIX = "__shuffled"
+
+
+def log(rule: str, pattern: str = "") -> str:
+    """Log file of a rule (``pattern``: the job's wildcards as a path, e.g. ``{model}``)."""
+    return f"{LOGS}/{rule}/{pattern}.log" if pattern else f"{LOGS}/{rule}.log"
+
+
+def benchmark(rule: str, pattern: str = "") -> str:
+    return f"{BENCHMARKS}/{rule}/{pattern}.tsv" if pattern else f"{BENCHMARKS}/{rule}.tsv"

@@ -1,0 +1,174 @@
+"""Per-example prediction files of a target model, and their checked reader.
+
+``results/predictions/{target}/clean/{data_task}/{shard}.csv``: image_index, patient_id, label,
+prob (the target's probability of the finding), checkpoint_sha256 (of the target checkpoint).
+``results/predictions/{target}/adv/{set}/{shard}.csv``: the same plus source_clean_prob,
+source_adv_prob, l2, linf (copied from the attack cache) and source_checkpoint_sha256.
+
+A consumer checks every file against what it claims to describe: the rows and image set of
+its shard, and the checkpoints that are current now.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import WorkflowError
+from .provenance import model_record
+from .utils import write_csv
+
+CLEAN_COLUMNS = ("image_index", "patient_id", "label", "prob", "checkpoint_sha256")
+ADV_COLUMNS = (
+    *CLEAN_COLUMNS,
+    "source_clean_prob",
+    "source_adv_prob",
+    "l2",
+    "linf",
+    "source_checkpoint_sha256",
+)
+_FIX = "Run `python -m cxrtransfer.verify --remove` and rerun the workflow."
+
+
+def predict_clean_shard(
+    *, model_path, metrics_path, shard_path, out_csv, image_size: int, batch_size: int
+) -> None:
+    from .inference import predict_probs
+    from .models import load_checkpoint
+    from .shards import read_shard
+
+    record = model_record(model_path, metrics_path)
+    model = load_checkpoint(model_path, image_size)
+    shard = read_shard(shard_path, image_size)
+    frame = pd.DataFrame(
+        {
+            "image_index": shard["image_index"],
+            "patient_id": shard["patient_id"].astype(np.int64),
+            "label": shard["labels"].astype(int),
+            "prob": predict_probs(model, shard["images"], batch_size),
+            "checkpoint_sha256": record["sha256"],
+        }
+    )
+    write_csv(out_csv, frame)
+
+
+def predict_adv_shard(
+    *, model_path, metrics_path, attack_path, out_csv, image_size: int, batch_size: int
+) -> None:
+    from .attack_cache import read_attack
+    from .inference import predict_probs
+    from .models import load_checkpoint
+    from .shards import check_image_size
+
+    record = model_record(model_path, metrics_path)
+    model = load_checkpoint(model_path, image_size)
+    cache = read_attack(attack_path)
+    check_image_size(cache["images"], attack_path, image_size)
+    frame = pd.DataFrame(
+        {
+            "image_index": cache["image_index"],
+            "patient_id": cache["patient_id"].astype(np.int64),
+            "label": cache["labels"].astype(int),
+            "prob": predict_probs(model, cache["images"], batch_size),
+            "checkpoint_sha256": record["sha256"],
+            "source_clean_prob": cache["source_clean_prob"],
+            "source_adv_prob": cache["source_adv_prob"],
+            "l2": cache["l2"],
+            "linf": cache["linf"],
+            "source_checkpoint_sha256": cache["attrs"]["source_checkpoint_sha256"],
+        }
+    )
+    write_csv(out_csv, frame)
+
+
+def read_prediction_file(
+    path,
+    columns=CLEAN_COLUMNS,
+    expected_images: np.ndarray | None = None,
+    checkpoint_sha256: str | None = None,
+    source_checkpoint_sha256: str | None = None,
+) -> pd.DataFrame:
+    """Read one prediction file and check it is complete and current, or raise naming it.
+
+    Checks: it ends with a newline (a file cut inside its last line is truncated), has the
+    columns, finite probabilities in [0, 1], exactly the images of its shard in order (when
+    ``expected_images`` is given), and was made by the given checkpoints."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise WorkflowError(f"Cannot read predictions '{path}' ({e}). {_FIX}") from None
+    if not raw.endswith(b"\n"):
+        raise WorkflowError(f"Predictions '{path}' are truncated (cut inside a line). {_FIX}")
+    try:
+        frame = pd.read_csv(path, dtype={"image_index": str, "checkpoint_sha256": str})
+    except (ValueError, pd.errors.ParserError) as e:
+        raise WorkflowError(f"Cannot parse predictions '{path}' ({e}). {_FIX}") from None
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise WorkflowError(
+            f"Predictions '{path}' lack column(s) {', '.join(missing)} (written by an older "
+            f"version of the workflow?). {_FIX}"
+        )
+    for col in [c for c in ("prob", "source_clean_prob", "source_adv_prob") if c in columns]:
+        x = pd.to_numeric(frame[col], errors="coerce").to_numpy(float)
+        if not np.all(np.isfinite(x) & (x >= 0) & (x <= 1)):
+            raise WorkflowError(f"Predictions '{path}': column {col} has values outside [0, 1].")
+    if expected_images is not None:
+        got = frame["image_index"].to_numpy(str)
+        if len(got) != len(expected_images) or not np.array_equal(got, expected_images):
+            raise WorkflowError(
+                f"Predictions '{path}' hold {len(got)} rows but their shard has "
+                f"{len(expected_images)} images (or other images): the file is truncated or "
+                f"stale. {_FIX}"
+            )
+    for col, want in (
+        ("checkpoint_sha256", checkpoint_sha256),
+        ("source_checkpoint_sha256", source_checkpoint_sha256),
+    ):
+        if want is not None and not (frame[col].astype(str) == want).all():
+            raise WorkflowError(
+                f"Predictions '{path}' were made with another checkpoint than the current one "
+                f"({col} differs): they are stale. {_FIX}"
+            )
+    return frame
+
+
+def shard_images(path) -> np.ndarray:
+    """The image_index of a shard or attack cache, in file order (cheap: no pixels read)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return f["image_index"][...].astype(str)
+    except (OSError, KeyError) as e:
+        raise WorkflowError(f"Cannot read '{path}' ({e}): truncated or damaged. {_FIX}") from None
+
+
+def read_predictions(
+    paths,
+    columns=CLEAN_COLUMNS,
+    shard_paths=None,
+    checkpoint_sha256: str | None = None,
+    source_checkpoint_sha256: str | None = None,
+) -> pd.DataFrame:
+    """Read and check a list of prediction files (one per shard, ``shard_paths`` in the same
+    order), concatenated."""
+    paths = list(paths)
+    if not paths:
+        raise WorkflowError("No prediction files given.")
+    if shard_paths is not None and len(shard_paths) != len(paths):
+        raise WorkflowError(f"{len(paths)} prediction files for {len(shard_paths)} shards.")
+    frames = [
+        read_prediction_file(
+            p,
+            columns,
+            shard_images(shard_paths[i]) if shard_paths is not None else None,
+            checkpoint_sha256,
+            source_checkpoint_sha256,
+        )
+        for i, p in enumerate(paths)
+    ]
+    return pd.concat(frames, ignore_index=True)

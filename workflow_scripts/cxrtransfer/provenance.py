@@ -1,0 +1,32 @@
+"""Provenance of products: which checkpoint made a cache or a prediction file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import WorkflowError
+from .utils import file_sha256
+
+
+def model_record(model_path, metrics_path) -> dict:
+    """The checkpoint's SHA-256, decision threshold and task, checked against each other: the
+    hash recorded in ``metrics.json`` must be that of ``model.keras`` (else one of the two is
+    stale or damaged)."""
+    try:
+        metrics = json.loads(Path(metrics_path).read_text())
+        recorded = metrics["checkpoint_sha256"]
+        threshold = float(metrics["threshold"])
+    except (OSError, KeyError, ValueError, TypeError) as e:
+        raise WorkflowError(
+            f"Cannot read the checkpoint record '{metrics_path}' ({e}); rerun its training job "
+            "(snakemake --forcerun train) or run `python -m cxrtransfer.verify --remove`."
+        ) from None
+    actual = file_sha256(model_path)
+    if actual != recorded:
+        raise WorkflowError(
+            f"'{model_path}' (sha256 {actual[:12]}...) is not the checkpoint that "
+            f"'{metrics_path}' describes ({recorded[:12]}...): one of them is stale or "
+            "damaged. Run `python -m cxrtransfer.verify --remove` and rerun."
+        )
+    return {"sha256": actual, "threshold": threshold, "task": metrics.get("task")}

@@ -1,0 +1,90 @@
+"""How a source model relates to a target: measured factors and the label derived from them.
+
+Pure Python. The factors follow Bortsova et al. 2021 (architecture, initialisation, development
+data): they are computed from what the two models actually share (their recorded settings and
+the patients each one trained on), never from model names, so a label that claims independent
+training data cannot be given to a pair that shares patients.
+"""
+
+from __future__ import annotations
+
+from . import WorkflowError
+
+# Plot and summary order: strongest expected attack first.
+RELATIONS = (
+    "white-box",
+    "same-data surrogate",
+    "overlapping-data surrogate",
+    "surrogate",
+    "same-data cross-architecture",
+    "overlapping-data cross-architecture",
+    "cross-architecture",
+    "cross-task",
+)
+FACTOR_COLUMNS = (
+    "same_model",
+    "same_arch",
+    "same_pretraining",
+    "same_task",
+    "same_seed",
+    "patient_overlap",
+)
+
+
+def read_patients(path) -> set[int]:
+    """The training patients a model recorded (``train_patients.txt``, one id per line)."""
+    from pathlib import Path
+
+    try:
+        text = Path(path).read_text()
+        return {int(x) for x in text.split()}
+    except (OSError, ValueError) as e:
+        raise WorkflowError(
+            f"Cannot read the training patients of a model from '{path}' ({e}); rerun its "
+            "training job (snakemake --forcerun train)."
+        ) from None
+
+
+def factors(
+    source: str,
+    target: str,
+    source_settings: dict,
+    target_settings: dict,
+    source_patients: set[int],
+    target_patients: set[int],
+) -> dict:
+    """What source and target share. ``patient_overlap`` is the fraction of the target's
+    training patients that the source also trained on (0 = disjoint development data)."""
+    for name, s in ((source, source_settings), (target, target_settings)):
+        missing = [k for k in ("arch", "task", "pretrained", "seed") if k not in s]
+        if missing:
+            raise WorkflowError(f"Model '{name}': settings lack {', '.join(missing)}.")
+    if not target_patients:
+        raise WorkflowError(f"Model '{target}' recorded no training patients.")
+    return {
+        "same_model": source == target,
+        "same_arch": source_settings["arch"] == target_settings["arch"],
+        "same_pretraining": source_settings["pretrained"] == target_settings["pretrained"],
+        "same_task": source_settings["task"] == target_settings["task"],
+        "same_seed": int(source_settings["seed"]) == int(target_settings["seed"]),
+        "patient_overlap": len(source_patients & target_patients) / len(target_patients),
+    }
+
+
+def relation(f: dict, source_task: str, data_task: str) -> str:
+    """The label of a cell from its measured factors (see ``RELATIONS``).
+
+    white-box: the source is the target. cross-task: the source was trained on another task
+    than the images attacked. Otherwise surrogate (same architecture) or cross-architecture,
+    prefixed by what the development data share: none (disjoint patients, no prefix), part
+    ("overlapping-data") or all of the target's patients ("same-data").
+    """
+    if f["same_model"]:
+        return "white-box"
+    if source_task != data_task:
+        return "cross-task"
+    kind = "surrogate" if f["same_arch"] else "cross-architecture"
+    overlap = f["patient_overlap"]
+    if overlap <= 0:
+        return kind
+    return f"{'same' if overlap >= 1 else 'overlapping'}-data {kind}"
