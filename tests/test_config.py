@@ -111,31 +111,76 @@ def test_cross_checks(root, schema, mutate, match):
         plan.check_config(bad, root)
 
 
-def test_grid_and_relations(root, schema):
+def test_grid_of_the_tiny_config(root, schema):
+    """Written out by hand: 3 models on their own task + 1 cross-task source, 1 eps, 1 attack,
+    each with its noise control."""
     cfg = yaml.safe_load((root / "config" / "test.yaml").read_text())
     validate(cfg, schema)
-    sets = plan.adversarial_sets(cfg)
-    n_models = len(cfg["models"])
-    cross = [
-        s for s in sets if s.data_task == "cardiomegaly" and s.source.startswith("pneumothorax")
-    ]
-    assert len(sets) == (n_models + len(cross) // len(cfg["eps"])) * len(cfg["eps"])
-    assert {s.eps for s in sets} == {plan.eps_label(e) for e in cfg["eps"]}
-    assert (
-        plan.relation(cfg, "pneumothorax_small", "pneumothorax_small", "pneumothorax")
-        == "white-box"
-    )
-    assert (
-        plan.relation(cfg, "pneumothorax_small", "pneumothorax_small_s2", "pneumothorax")
-        == "surrogate"
-    )
-    assert (
-        plan.relation(cfg, "pneumothorax_small", "cardiomegaly_small", "cardiomegaly")
-        == "cross-task"
-    )
-    cfg["models"]["pneumothorax_small_s2"]["arch"] = "ResNet50"
-    assert (
-        plan.relation(cfg, "pneumothorax_small", "pneumothorax_small_s2", "pneumothorax")
-        == "cross-architecture"
-    )
+    got = {(s.source, s.data_task, s.attack, s.eps) for s in plan.adversarial_sets(cfg)}
+    real = {
+        ("pneumothorax_small", "pneumothorax", "pgd", "8"),
+        ("pneumothorax_small_s2", "pneumothorax", "pgd", "8"),
+        ("cardiomegaly_small", "cardiomegaly", "pgd", "8"),
+        ("pneumothorax_small", "cardiomegaly", "pgd", "8"),
+    }
+    assert got == real | {(s, t, "pgd__shuffled", e) for s, t, _, e in real}
+    cfg["noise_control"] = False
+    assert {(s.source, s.data_task, s.attack, s.eps) for s in plan.adversarial_sets(cfg)} == real
     assert plan.eps_label(2.55) == "2.55" and plan.eps_label(8.0) == "8"
+
+
+def test_l2_attacks_use_their_own_budgets(root, schema):
+    cfg = yaml.safe_load((root / "config" / "test.yaml").read_text())
+    cfg["attacks"]["pgd_l2"] = {"method": "pgd", "norm": "l2", "step_fraction": 0.25}
+    validate(cfg, schema)
+    with pytest.raises(WorkflowError, match="eps_l2"):
+        plan.check_config(cfg, root)
+    cfg["eps_l2"] = [0.5, 2]
+    plan.check_config(cfg, root)
+    l2 = {s.eps for s in plan.adversarial_sets(cfg, controls=False) if s.attack == "pgd_l2"}
+    assert l2 == {"0.5", "2"}
+    assert plan.eps_value(cfg, "pgd_l2__shuffled", "0.5") == 0.5
+    assert plan.eps_value(cfg, "pgd", "8") == 8.0
+
+
+def test_targeted_and_untargeted_twins_are_refused(root, schema):
+    cfg = yaml.safe_load((root / "config" / "test.yaml").read_text())
+    cfg["attacks"]["pgd_t"] = {**cfg["attacks"]["pgd"], "targeted": True}
+    validate(cfg, schema)
+    with pytest.raises(WorkflowError, match="same attack"):
+        plan.check_config(cfg, root)
+    cfg["attacks"]["pgd_t"]["steps"] = 7  # a different attack, not a twin
+    plan.check_config(cfg, root)
+
+
+def test_labels_are_written_once(root):
+    """The schema's label enum is the library's label list."""
+    from cxrtransfer import LABELS
+
+    schema = yaml.safe_load((root / "config" / "config.schema.yaml").read_text())
+    assert tuple(schema["definitions"]["label"]["enum"]) == LABELS
+
+
+def test_architecture_list_matches_keras_applications():
+    import keras
+
+    apps = keras.applications
+    names = {n for n in dir(apps) if n[0].isupper() and callable(getattr(apps, n))}
+    assert set(plan.KERAS_APPLICATIONS) == names
+
+
+def test_code_version_follows_the_imported_modules(root):
+    scripts = root / "workflow_scripts"
+    attack = plan.library_modules(scripts / "run_attack.py")
+    train = plan.library_modules(scripts / "train_model.py")
+    plots = plan.library_modules(scripts / "make_plots.py")
+    assert "attacks" in attack and "attacks" not in train
+    assert "plots" in plots and not any(
+        "plots" in plan.library_modules(p)
+        for p in (
+            scripts / "run_attack.py",
+            scripts / "train_model.py",
+            scripts / "evaluate_set.py",
+        )
+    )
+    assert plan.code_version(scripts / "run_attack.py") != plan.code_version(scripts / "predict.py")

@@ -23,7 +23,7 @@ KERAS_APPLICATIONS = (
     "EfficientNetB4 EfficientNetB5 EfficientNetB6 EfficientNetB7 EfficientNetV2B0 "
     "EfficientNetV2B1 EfficientNetV2B2 EfficientNetV2B3 EfficientNetV2L EfficientNetV2M "
     "EfficientNetV2S InceptionResNetV2 InceptionV3 MobileNet MobileNetV2 MobileNetV3Large "
-    "MobileNetV3Small NASNetLarge NASNetMobile RegNetX002 RegNetY002 ResNet101 ResNet101V2 "
+    "MobileNetV3Small NASNetLarge NASNetMobile ResNet101 ResNet101V2 "
     "ResNet152 ResNet152V2 ResNet50 ResNet50V2 VGG16 VGG19 Xception"
 ).split()
 
