@@ -595,3 +595,30 @@ def test_units(tree):
     assert ix.model_tasks == MODEL_TASK
     (set_,) = ix.select("set", source="card_a")
     assert V.downstream(set_, ix) == {set_} | {p for k in V.FINAL_KINDS for p in products[k]}
+
+
+def test_deleted_prediction_makes_its_sets_stale(tree, capsys):
+    """The README's old advice on a prediction: its sets exist, so Snakemake would not rebuild
+    it; verify reports the sets and --remove takes them (and the finals) away."""
+    (tree / CLEAN).unlink()
+    code, out = run(tree, capsys=capsys)
+    assert code == 1
+    sets = {f"metrics/sets/{s}/{d}/{a}/eps{e}.json" for s, d, a, e, _ in ATTACKS}
+    bad = {line.split(":")[0] for line in out.splitlines() if line.startswith("BAD ")}
+    assert bad == {f"BAD {tree / s}" for s in sets}
+    assert f"its input {tree / CLEAN} is missing" in out
+    before = files(tree.parent)
+    assert run(tree, "--remove", capsys=capsys)[0] == 1
+    assert before - files(tree.parent) == {f"results/{s}" for s in sets} | FINALS
+    assert run(tree, capsys=capsys)[0] == 0
+
+
+def test_deleted_set_makes_the_tables_stale(tree, capsys):
+    rel = "metrics/sets/ptx_a/ptx/pgdl2/eps0.5.json"
+    (tree / rel).unlink()
+    code, out = run(tree, capsys=capsys)
+    assert code == 1
+    assert f"BAD {tree}/tables/transfer.csv: its input {tree / rel} is missing" in out
+    before = files(tree.parent)
+    run(tree, "--remove", capsys=capsys)
+    assert before - files(tree.parent) == FINALS - {"results/report/config.yaml"}

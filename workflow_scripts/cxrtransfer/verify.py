@@ -727,12 +727,51 @@ def dead_tmp_files(results: Path, running: Callable[[int], bool] = pid_running) 
     return out
 
 
+def missing_set_inputs(p: Product, ix: Index, results: Path) -> list[Path]:
+    """Inputs of a metrics set that no longer exist: for every target (model of the set's
+    data task) and every test shard seen for the data task (shards, this set's caches and
+    predictions), the attack cache, the clean and the adversarial predictions."""
+    src, dt, atk, eps = (p[f] for f in ("source", "data_task", "attack", "eps"))
+    keys = {"source": src, "data_task": dt, "attack": atk, "eps": eps}
+    shards = {s["shard"] for s in ix.select("shard", task=dt, split="test")}
+    shards |= {a["shard"] for a in ix.select("attack", **keys)}
+    shards |= {a["shard"] for a in ix.select("adv_prediction", **keys)}
+    targets = sorted(m for m, t in ix.model_tasks.items() if t == dt)
+    eps_dir = f"eps{eps}"
+    need = [results / "attacks" / src / dt / atk / eps_dir / f"{s}.h5" for s in sorted(shards)]
+    for t in targets:
+        need += [results / "predictions" / t / "clean" / dt / f"{s}.csv" for s in sorted(shards)]
+        need += [
+            results / "predictions" / t / "adv" / src / dt / atk / eps_dir / f"{s}.csv"
+            for s in sorted(shards)
+        ]
+    return [n for n in need if not n.is_file()]
+
+
+def missing_sets(ix: Index, results: Path) -> list[Path]:
+    """Metrics sets that the tables were made from (a set's attack caches or predictions
+    exist) but that no longer exist."""
+    keys = {
+        tuple(x[f] for f in ("source", "data_task", "attack", "eps"))
+        for kind in ("attack", "adv_prediction")
+        for x in ix.products[kind]
+    }
+    paths = [results / "metrics" / "sets" / s / d / a / f"eps{e}.json" for s, d, a, e in keys]
+    return sorted(p for p in paths if not p.is_file())
+
+
+def _missing(what: list[Path]) -> str:
+    more = f" (and {len(what) - 1} more)" if len(what) > 1 else ""
+    return f"its input {what[0]} is missing{more}; Snakemake would not rebuild it"
+
+
 # ---------------------------------------------------------------------------------------------
 # the whole tree
 
 
-def check_product(p: Product, results: Path, cache: dict) -> str | None:
-    """Run the kind's checker on ``p`` with the references it needs (memoised in ``cache``)."""
+def check_product(p: Product, results: Path, cache: dict, ix: Index | None = None) -> str | None:
+    """Run the kind's checker on ``p`` with the references it needs (memoised in ``cache``);
+    with the tree's index ``ix``, a set or the tables whose inputs are gone are bad too."""
 
     def sha(model: str) -> str | None:
         key = ("sha", model)
@@ -788,7 +827,12 @@ def check_product(p: Product, results: Path, cache: dict) -> str | None:
             image_index=cache.get(key),
         )
     if k == "set":
-        return check_set(p.path)
+        gone = missing_set_inputs(p, ix, results) if ix else []
+        return _missing(gone) if gone else check_set(p.path)
+    if k == "table" and p.path.name == "transfer.csv" and ix:
+        gone = missing_sets(ix, results)
+        if gone:
+            return _missing(gone)
     return check_final(p.path)
 
 
@@ -812,7 +856,7 @@ def verify(results: str | os.PathLike, running: Callable[[int], bool] = pid_runn
         for p in products[kind]:
             if p in doomed:  # downstream of a bad product: removed with it anyway
                 continue
-            why = check_product(p, results, cache)
+            why = check_product(p, results, cache, ix)
             if why:
                 bad.append((p, why))
                 doomed |= downstream(p, ix)
