@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -622,3 +623,31 @@ def test_deleted_set_makes_the_tables_stale(tree, capsys):
     before = files(tree.parent)
     run(tree, "--remove", capsys=capsys)
     assert before - files(tree.parent) == FINALS - {"results/report/config.yaml"}
+
+
+def test_model_of_unknown_task_takes_every_set(tree):
+    """metrics.json unreadable and no clean predictions to tell the task: every set may have
+    it as a target, so every set goes."""
+    shutil.rmtree(tree / "predictions/card_a/clean")
+    gone = removed_by(tree, "models/card_a/metrics.json", lambda p: p.write_text("{"))
+    p = "results/predictions"
+    assert gone == {
+        *model_files("card_a"),
+        *(f"results/attacks/card_a/ptx/pgd/eps8/{s}.h5" for s in TEST_SHARDS),
+        *(f"{p}/{t}/adv/card_a/ptx/pgd/eps8/{s}.csv" for t in TASKS["ptx"] for s in TEST_SHARDS),
+        *(f"results/metrics/sets/{s}/{d}/{a}/eps{e}.json" for s, d, a, e, _ in ATTACKS),
+        *FINALS,
+    }
+
+
+def test_interrupted_training_is_not_a_product(tree, capsys):
+    """A model directory holding only the resume state of a killed training is left alone."""
+    (tree / "models/new_model/work/backup").mkdir(parents=True)
+    (tree / "models/new_model/work/backup/state").write_bytes(b"epoch 3")
+    assert run(tree, "--remove", capsys=capsys)[0] == 0
+    assert (tree / "models/new_model/work/backup/state").exists()
+
+
+def test_missing_results_dir(tmp_path, capsys):
+    assert V.main(["--results", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
