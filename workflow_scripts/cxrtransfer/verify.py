@@ -1,0 +1,948 @@
+"""Check every product of the results tree; optionally remove bad files and what depends on them.
+
+``python -m cxrtransfer.verify [--results results] [--remove]``
+
+Snakemake does not rebuild a missing intermediate file while the files made from it still
+exist, so "delete the damaged file and rerun" does nothing in the middle of the tree. This
+module finds damaged or stale products (truncated HDF5/CSV, adversarial images outside their
+eps ball, caches or predictions made with another version of a checkpoint, rows missing) and,
+with ``--remove``, deletes each of them together with everything downstream of it (up to the
+final tables, plots and report files), so that the next ``snakemake`` run rebuilds exactly
+those. It also reports, and with ``--remove`` deletes, the ``.tmp-{pid}-{name}`` files left by
+jobs that were killed (their pid is no longer a running process).
+
+Only recognised products under the results directory are ever deleted; ``logs/``,
+``benchmarks/`` and ``synthetic/`` (the generated dataset) are neither checked nor touched.
+
+The logic is small functions: :func:`list_products` (products by kind), one ``check_*``
+function per kind returning a reason or ``None``, :func:`downstream` (what depends on a
+product), :func:`verify` (bad products, dead temporary files, removal set) and :func:`main`.
+Imported without TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import re
+import shutil
+import sys
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from . import SPLITS
+from .utils import file_sha256
+
+MANIFEST_COLUMNS = ("image_index", "patient_id", "label", "split", "path", "finding_labels")
+SHARD_DATASETS = (
+    "images",
+    "labels",
+    "image_index",
+    "patient_id",
+    "rejected_image_index",
+    "rejected_reason",
+)
+SHARD_PER_IMAGE = ("images", "labels", "image_index", "patient_id")
+ATTACK_DATASETS = (
+    "images",
+    "image_index",
+    "labels",
+    "patient_id",
+    "source_clean_prob",
+    "source_adv_prob",
+    "l2",
+    "linf",
+)
+CLEAN_PRED_COLUMNS = ("image_index", "patient_id", "label", "prob", "checkpoint_sha256")
+ADV_PRED_COLUMNS = (
+    "image_index",
+    "patient_id",
+    "label",
+    "prob",
+    "source_clean_prob",
+    "source_adv_prob",
+    "l2",
+    "linf",
+    "checkpoint_sha256",
+    "source_checkpoint_sha256",
+)
+SHUFFLED_SUFFIX = "__shuffled"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TMP_RE = re.compile(r"^\.tmp-(\d+)-(.+)$")
+SHARD_RE = re.compile(r"^\d{3,}$")
+EPS_RE = re.compile(r"^eps([0-9.]+)$")
+# top-level directories that are not products: never checked, never touched
+NOT_CHECKED = ("logs", "benchmarks", "synthetic")
+# order in which kinds are checked: upstream first (a product downstream of a bad one is not
+# checked again: it is removed with it anyway)
+KINDS = (
+    "manifest",
+    "shard",
+    "shard_summary",
+    "model",
+    "attack",
+    "clean_prediction",
+    "adv_prediction",
+    "set",
+    "table",
+    "plot",
+    "report",
+)
+FINAL_KINDS = ("table", "plot", "report")
+
+
+@dataclass(frozen=True, order=True)
+class Product:
+    """One removable product: a file, or a directory for a model and ``tables/matrices``.
+
+    ``fields`` are the wildcards parsed from the path, as sorted (name, value) pairs.
+    """
+
+    kind: str
+    path: Path
+    fields: tuple[tuple[str, str], ...] = ()
+
+    def __getitem__(self, name: str) -> str:
+        return dict(self.fields)[name]
+
+    def get(self, name: str, default=None):
+        return dict(self.fields).get(name, default)
+
+
+def _product(kind: str, path: Path, **fields: str) -> Product:
+    return Product(kind, path, tuple(sorted(fields.items())))
+
+
+# ---------------------------------------------------------------------------------------------
+# listing
+
+
+def _files(d: Path) -> list[Path]:
+    """Regular files directly in ``d`` (sorted), without temporary files."""
+    if not d.is_dir():
+        return []
+    return sorted(p for p in d.iterdir() if p.is_file() and not TMP_RE.match(p.name))
+
+
+def _dirs(d: Path) -> list[Path]:
+    if not d.is_dir():
+        return []
+    return sorted(p for p in d.iterdir() if p.is_dir() and not p.is_symlink())
+
+
+def _eps(d: Path) -> str | None:
+    m = EPS_RE.match(d.name)
+    return m.group(1) if m else None
+
+
+def list_products(results: str | os.PathLike) -> dict[str, list[Product]]:
+    """Every product present under ``results``, by kind (see :data:`KINDS`).
+
+    Files that match no pattern of the results tree are ignored (never reported or removed).
+    A model directory counts as a product once any of model.keras, metrics.json or
+    history.csv exists (a directory with only ``work/`` is an interrupted training that
+    Snakemake resumes).
+    """
+    r = Path(results)
+    out: dict[str, list[Product]] = {k: [] for k in KINDS}
+    for p in _files(r / "manifests"):
+        for role, suffix in (("rejected", ".rejected.csv"), ("summary", ".summary.csv")):
+            if p.name.endswith(suffix):
+                out["manifest"].append(
+                    _product("manifest", p, task=p.name[: -len(suffix)], role=role)
+                )
+                break
+        else:
+            if p.suffix == ".csv":
+                out["manifest"].append(_product("manifest", p, task=p.stem, role="manifest"))
+    for task_dir in _dirs(r / "shards"):
+        task = task_dir.name
+        for split in SPLITS:
+            for p in _files(task_dir / split):
+                if p.suffix == ".h5" and SHARD_RE.match(p.stem):
+                    out["shard"].append(_product("shard", p, task=task, split=split, shard=p.stem))
+        for name in ("summary.csv", "rejected.csv"):
+            if (task_dir / name).is_file():
+                out["shard_summary"].append(_product("shard_summary", task_dir / name, task=task))
+    for d in _dirs(r / "models"):
+        if any((d / n).exists() for n in ("model.keras", "metrics.json", "history.csv")):
+            out["model"].append(_product("model", d, model=d.name))
+    for src in _dirs(r / "attacks"):
+        for dt in _dirs(src):
+            for atk in _dirs(dt):
+                for e in _dirs(atk):
+                    if _eps(e) is None:
+                        continue
+                    for p in _files(e):
+                        if p.suffix == ".h5" and SHARD_RE.match(p.stem):
+                            out["attack"].append(
+                                _product(
+                                    "attack",
+                                    p,
+                                    source=src.name,
+                                    data_task=dt.name,
+                                    attack=atk.name,
+                                    eps=_eps(e),
+                                    shard=p.stem,
+                                )
+                            )
+    # base caches before their shuffled controls
+    out["attack"].sort(key=lambda a: (a["attack"].endswith(SHUFFLED_SUFFIX), a.path))
+    for tgt in _dirs(r / "predictions"):
+        for dt in _dirs(tgt / "clean"):
+            for p in _files(dt):
+                if p.suffix == ".csv" and SHARD_RE.match(p.stem):
+                    out["clean_prediction"].append(
+                        _product(
+                            "clean_prediction", p, target=tgt.name, data_task=dt.name, shard=p.stem
+                        )
+                    )
+        for src in _dirs(tgt / "adv"):
+            for dt in _dirs(src):
+                for atk in _dirs(dt):
+                    for e in _dirs(atk):
+                        if _eps(e) is None:
+                            continue
+                        for p in _files(e):
+                            if p.suffix == ".csv" and SHARD_RE.match(p.stem):
+                                out["adv_prediction"].append(
+                                    _product(
+                                        "adv_prediction",
+                                        p,
+                                        target=tgt.name,
+                                        source=src.name,
+                                        data_task=dt.name,
+                                        attack=atk.name,
+                                        eps=_eps(e),
+                                        shard=p.stem,
+                                    )
+                                )
+    for src in _dirs(r / "metrics" / "sets"):
+        for dt in _dirs(src):
+            for atk in _dirs(dt):
+                for p in _files(atk):
+                    m = EPS_RE.match(p.stem)
+                    if p.suffix == ".json" and m:
+                        out["set"].append(
+                            _product(
+                                "set",
+                                p,
+                                source=src.name,
+                                data_task=dt.name,
+                                attack=atk.name,
+                                eps=m.group(1),
+                            )
+                        )
+    tables = r / "tables"
+    out["table"] = [_product("table", p) for p in _files(tables)]
+    out["table"] += [_product("table", d) for d in _dirs(tables)]  # tables/matrices
+    out["plot"] = [_product("plot", p) for p in _walk_files(r / "plots")]
+    out["report"] = [_product("report", p) for p in _walk_files(r / "report")]
+    return out
+
+
+def _walk_files(d: Path) -> list[Path]:
+    """Files under ``d`` at any depth (not following directory symlinks), without temporary
+    files."""
+    out = []
+    for dirpath, _, filenames in os.walk(d):
+        out += [Path(dirpath) / n for n in filenames if not TMP_RE.match(n)]
+    return sorted(p for p in out if p.is_file())
+
+
+# ---------------------------------------------------------------------------------------------
+# checkers: each returns a reason (str) or None
+
+
+class Bad(Exception):
+    """A product fails a check; the message is the reason."""
+
+
+READ_ERRORS = (
+    OSError,
+    ValueError,
+    KeyError,
+    TypeError,
+    IndexError,
+    UnicodeDecodeError,
+    pd.errors.ParserError,
+    pd.errors.EmptyDataError,
+)
+
+
+def _reason(check: Callable) -> Callable:
+    """Turn a check that raises :class:`Bad` (or fails to read) into one returning a reason."""
+
+    def wrapped(*args, **kwargs) -> str | None:
+        try:
+            check(*args, **kwargs)
+        except Bad as e:
+            return str(e)
+        except READ_ERRORS as e:
+            msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+            return f"cannot be read ({type(e).__name__}: {msg})"
+        return None
+
+    wrapped.__name__ = check.__name__
+    wrapped.__doc__ = check.__doc__
+    return wrapped
+
+
+def read_csv_checked(path: str | os.PathLike, columns: Iterable[str] = ()) -> pd.DataFrame:
+    """Read a CSV written by the workflow; raise :class:`Bad` if it is empty, cut off (no final
+    newline), unparsable or lacks one of ``columns``."""
+    data = Path(path).read_bytes()
+    if not data:
+        raise Bad("empty file")
+    if not data.endswith(b"\n"):
+        raise Bad("truncated: the last line has no final newline (cut-off write)")
+    try:
+        df = pd.read_csv(io.BytesIO(data), dtype={"image_index": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise Bad(f"does not parse as CSV ({str(e).strip().splitlines()[0][:200]})") from None
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise Bad(f"missing column(s) {', '.join(missing)}")
+    return df
+
+
+def _check_probs(df: pd.DataFrame, columns: Iterable[str]) -> None:
+    for c in columns:
+        v = pd.to_numeric(df[c], errors="coerce").to_numpy(np.float64)
+        bad = ~(np.isfinite(v) & (v >= 0) & (v <= 1))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise Bad(
+                f"column {c}: {int(bad.sum())} value(s) not a probability in [0, 1] "
+                f"(first at row {i + 1}: {df[c].iloc[i]!r})"
+            )
+
+
+@_reason
+def check_manifest(path: Path, role: str = "manifest") -> None:
+    """A manifest CSV (role manifest, rejected or summary) parses; the manifest has its columns,
+    known splits and at least one row."""
+    if role != "manifest":
+        read_csv_checked(path)
+        return
+    df = read_csv_checked(path, MANIFEST_COLUMNS)
+    if df.empty:
+        raise Bad("no rows")
+    unknown = sorted(set(df["split"].astype(str)) - set(SPLITS))
+    if unknown:
+        raise Bad(f"unknown split value(s) {unknown}")
+
+
+def read_h5(path: Path, names: Iterable[str]) -> tuple[dict[str, np.ndarray], dict]:
+    """Read the datasets ``names`` entirely (a truncated file fails here) and the attributes."""
+    with h5py.File(path, "r") as f:
+        missing = [n for n in names if n not in f]
+        if missing:
+            raise Bad(f"missing dataset(s) {', '.join(missing)}")
+        return {n: f[n][...] for n in names}, dict(f.attrs)
+
+
+def _same_length(data: dict[str, np.ndarray], names: Iterable[str]) -> int:
+    lengths = {n: len(data[n]) for n in names}
+    if len(set(lengths.values())) != 1:
+        raise Bad(f"datasets differ in length: {lengths}")
+    return next(iter(lengths.values()))
+
+
+def _check_images(images: np.ndarray) -> None:
+    if images.dtype != np.uint8 or images.ndim != 3:
+        raise Bad(f"images are {images.dtype} {images.shape}, expected uint8 (N, H, W)")
+    if len(images) == 0:
+        raise Bad("no images")
+
+
+def _text(a) -> str:
+    return a.decode() if isinstance(a, bytes) else str(a)
+
+
+@_reason
+def check_shard(path: Path, task: str | None = None, split: str | None = None) -> None:
+    """An image shard opens, has every dataset, one length N > 0 per image, uint8 images that
+    read completely, and attributes naming its task and split."""
+    data, attrs = read_h5(path, SHARD_DATASETS)
+    _check_images(data["images"])
+    _same_length(data, SHARD_PER_IMAGE)
+    _same_length(data, ("rejected_image_index", "rejected_reason"))
+    for name, want in (("task", task), ("split", split)):
+        if want is not None and name in attrs and _text(attrs[name]) != want:
+            raise Bad(f"attribute {name} is '{_text(attrs[name])}', expected '{want}'")
+
+
+@_reason
+def check_csv(path: Path) -> None:
+    """A CSV product parses and ends with a newline."""
+    read_csv_checked(path)
+
+
+def read_metrics(model_dir: Path) -> dict:
+    """A model's metrics.json as a dict with a checkpoint hash; raise :class:`Bad` otherwise."""
+    p = model_dir / "metrics.json"
+    if not p.is_file():
+        raise Bad("metrics.json is missing")
+    try:
+        m = json.loads(p.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise Bad(f"metrics.json does not parse ({e})") from None
+    if not isinstance(m, dict) or not m.get("checkpoint_sha256"):
+        raise Bad("metrics.json has no checkpoint_sha256")
+    return m
+
+
+@_reason
+def check_model(model_dir: Path) -> None:
+    """metrics.json parses, model.keras exists and hashes to metrics.json's checkpoint_sha256,
+    history.csv parses."""
+    m = read_metrics(model_dir)
+    if not m.get("task"):
+        raise Bad("metrics.json has no task")
+    ckpt = model_dir / "model.keras"
+    if not ckpt.is_file():
+        raise Bad("model.keras is missing")
+    sha = file_sha256(ckpt)
+    if sha != m["checkpoint_sha256"]:
+        raise Bad(
+            f"model.keras: its SHA-256 is {sha[:12]}… but metrics.json records "
+            f"{str(m['checkpoint_sha256'])[:12]}… (checkpoint replaced or damaged)"
+        )
+    if not (model_dir / "history.csv").is_file():
+        raise Bad("history.csv is missing")
+    try:
+        read_csv_checked(model_dir / "history.csv")
+    except Bad as e:
+        raise Bad(f"history.csv: {e}") from None
+
+
+def resolve_clean_shard(attr: str, results: Path) -> Path:
+    """The clean shard an attack cache names (relative to the working directory, e.g.
+    ``results/shards/t/test/000.h5``) under ``results``: ``results``' parent / attr, or, if the
+    attr starts with the results directory's name, that prefix replaced by ``results``."""
+    rel = Path(attr)
+    if rel.is_absolute():
+        return rel
+    if rel.parts and rel.parts[0] == results.name:
+        return results.joinpath(*rel.parts[1:])
+    return results.parent / rel
+
+
+def eps_violation(adv: np.ndarray, clean: np.ndarray, norm: str, eps: float) -> str | None:
+    """Why uint8 ``adv`` is not within ``eps`` (1/255 units for L-inf, [0, 1] pixel units for
+    L2) of ``clean``, or None."""
+    d = adv.astype(np.int16) - clean.astype(np.int16)
+    if norm == "linf":
+        worst = int(np.abs(d).max(initial=0))
+        if worst > math.floor(eps + 1e-9):
+            return f"L-inf perturbation {worst}/255 exceeds eps {eps:g}/255"
+        return None
+    if norm == "l2":
+        per = np.sqrt(((d.astype(np.float64) / 255.0) ** 2).reshape(len(d), -1).sum(1))
+        worst = float(per.max(initial=0.0))
+        if worst > eps + 1e-6:
+            return f"L2 perturbation {worst:.6g} exceeds eps {eps:g}"
+        return None
+    return f"unknown norm '{norm}'"
+
+
+@_reason
+def check_attack(path: Path, clean_shard: Path, source_sha256: str | None) -> None:
+    """An attack cache reads completely, has one length N for every dataset, the clean shard's
+    image_index, every image within eps of its clean image, and the current source checkpoint's
+    hash."""
+    data, attrs = read_h5(path, ATTACK_DATASETS)
+    _check_images(data["images"])
+    _same_length(data, ATTACK_DATASETS)
+    if not clean_shard.is_file():
+        raise Bad(f"its clean shard {clean_shard} is missing")
+    try:
+        clean, _ = read_h5(clean_shard, ("images", "image_index"))
+    except READ_ERRORS as e:
+        raise Bad(f"its clean shard {clean_shard} cannot be read ({e})") from None
+    if not np.array_equal(data["image_index"].astype(str), clean["image_index"].astype(str)):
+        raise Bad(f"image_index differs from its clean shard {clean_shard}")
+    if data["images"].shape != clean["images"].shape:
+        raise Bad(
+            f"images {data['images'].shape} differ in shape from the clean shard's "
+            f"{clean['images'].shape}"
+        )
+    for key in ("eps", "norm"):
+        if key not in attrs:
+            raise Bad(f"attribute {key} is missing")
+    why = eps_violation(data["images"], clean["images"], _text(attrs["norm"]), float(attrs["eps"]))
+    if why:
+        raise Bad(why)
+    if source_sha256 is None:
+        raise Bad("its source model has no readable metrics.json")
+    got = _text(attrs.get("source_checkpoint_sha256", ""))
+    if got != source_sha256:
+        raise Bad(
+            f"made with source checkpoint {got[:12] or 'unknown'}… but the source model is now "
+            f"{source_sha256[:12]}… (stale)"
+        )
+
+
+def read_image_index(path: Path) -> np.ndarray:
+    """image_index of a shard or attack cache as str."""
+    with h5py.File(path, "r") as f:
+        return f["image_index"][...].astype(str)
+
+
+@_reason
+def check_prediction(
+    path: Path,
+    reference: Path,
+    target_sha256: str | None,
+    source_sha256: str | None = None,
+    adversarial: bool = False,
+    image_index: np.ndarray | None = None,
+) -> None:
+    """A prediction CSV is complete (final newline), parses, has probabilities in [0, 1], the
+    rows of its shard or attack cache (``reference``; ``image_index`` if already read), and the
+    current target (and source) checkpoint hashes."""
+    df = read_csv_checked(path, ADV_PRED_COLUMNS if adversarial else CLEAN_PRED_COLUMNS)
+    _check_probs(df, ("prob", "source_clean_prob", "source_adv_prob") if adversarial else ("prob",))
+    if image_index is None:
+        if not reference.is_file():
+            raise Bad(f"its input {reference} is missing")
+        try:
+            image_index = read_image_index(reference)
+        except READ_ERRORS as e:
+            raise Bad(f"its input {reference} cannot be read ({e})") from None
+    if len(df) != len(image_index):
+        raise Bad(f"{len(df)} rows but {reference} holds {len(image_index)} images")
+    ids = df["image_index"].astype(str)
+    if ids.duplicated().any() or set(ids) != set(image_index):
+        raise Bad(f"image_index does not match {reference}")
+    hashes = [("checkpoint_sha256", target_sha256, "target")]
+    if adversarial:
+        hashes.append(("source_checkpoint_sha256", source_sha256, "source"))
+    for col, want, who in hashes:
+        if want is None:
+            raise Bad(f"its {who} model has no readable metrics.json")
+        got = set(df[col].astype(str))
+        if got != {want}:
+            stale = sorted(got - {want})
+            raise Bad(
+                f"{col} {stale[0][:12]}… is not the current {who} checkpoint {want[:12]}… (stale)"
+            )
+
+
+@_reason
+def check_set(path: Path) -> None:
+    """A metrics set is a non-empty JSON list of cell objects."""
+    cells = json.loads(Path(path).read_text())
+    if not isinstance(cells, list) or not cells:
+        raise Bad("not a non-empty JSON list of cells")
+    if not all(isinstance(c, dict) for c in cells):
+        raise Bad("holds entries that are not cell objects")
+
+
+@_reason
+def check_final(path: Path) -> None:
+    """A table, plot or report file: CSVs parse, PNGs have the PNG signature, YAML parses, other
+    files are not empty; a directory (tables/matrices) checks each file in it."""
+    path = Path(path)
+    files = _walk_files(path) if path.is_dir() else [path]
+    for p in files:
+        where = f"{p.relative_to(path)}: " if path.is_dir() else ""
+        if p.name.startswith(".snakemake"):
+            continue
+        if p.suffix == ".csv":
+            try:
+                read_csv_checked(p)
+            except Bad as e:
+                raise Bad(f"{where}{e}") from None
+        elif p.suffix == ".png":
+            with open(p, "rb") as f:
+                if f.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE:
+                    raise Bad(f"{where}not a PNG file (no PNG signature)")
+        elif p.stat().st_size == 0:
+            raise Bad(f"{where}empty file")
+        elif p.suffix in (".yaml", ".yml"):
+            import yaml
+
+            try:
+                yaml.safe_load(p.read_text())
+            except yaml.YAMLError as e:
+                raise Bad(f"{where}does not parse as YAML ({str(e).splitlines()[0]})") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# dependencies
+
+
+def model_sha256(results: Path, model: str) -> str | None:
+    """The checkpoint hash recorded in ``models/{model}/metrics.json`` or None if unreadable."""
+    try:
+        return str(read_metrics(results / "models" / model)["checkpoint_sha256"])
+    except (Bad, OSError):
+        return None
+
+
+def model_task(results: Path, model: str) -> str | None:
+    """A model's task: metrics.json's "task"; if unreadable, the one task of its clean
+    predictions; else None (unknown)."""
+    try:
+        task = read_metrics(results / "models" / model).get("task")
+        if task:
+            return str(task)
+    except (Bad, OSError):
+        pass
+    tasks = [d.name for d in _dirs(results / "predictions" / model / "clean")]
+    return tasks[0] if len(tasks) == 1 else None
+
+
+@dataclass
+class Index:
+    """Products of a tree looked up by (kind, field, value), and each model's task."""
+
+    products: dict[str, list[Product]]
+    model_tasks: dict[str, str | None]
+    by: dict[tuple[str, str, str], set[Product]] = field(default_factory=dict)
+
+    def __post_init__(self):
+        by = defaultdict(set)
+        for kind, prods in self.products.items():
+            for p in prods:
+                for k, v in p.fields:
+                    by[(kind, k, v)].add(p)
+        for model, task in self.model_tasks.items():
+            for p in self.products["model"]:
+                if p["model"] == model:
+                    by[("model", "task", str(task))].add(p)
+        self.by = dict(by)
+
+    def select(self, kind: str, **fields: str) -> set[Product]:
+        """Products of ``kind`` whose fields equal all of ``fields``."""
+        if not fields:
+            return set(self.products[kind])
+        sets = [self.by.get((kind, k, v), set()) for k, v in fields.items()]
+        return set.intersection(*sets)
+
+
+def build_index(results: Path, products: dict[str, list[Product]]) -> Index:
+    tasks = {p["model"]: model_task(results, p["model"]) for p in products["model"]}
+    return Index(products, tasks)
+
+
+def children(p: Product, ix: Index) -> set[Product]:
+    """Products made directly from ``p`` (or by the same job as ``p``)."""
+    k, sel = p.kind, ix.select
+    if k == "manifest":
+        t = p["task"]
+        return sel("manifest", task=t) | sel("shard", task=t) | sel("shard_summary", task=t)
+    if k == "shard":
+        t = p["task"]
+        # the train rule reads all three splits (test metrics), so a rebuilt test shard also
+        # retrains the task's models (Snakemake: input newer than output)
+        out = sel("shard_summary", task=t) | sel("model", task=t)
+        if p["split"] == "test":
+            out |= sel("attack", data_task=t, shard=p["shard"])
+            out |= sel("clean_prediction", data_task=t, shard=p["shard"])
+        return out
+    if k == "shard_summary":
+        return sel("shard_summary", task=p["task"])
+    if k == "model":
+        m = p["model"]
+        task = ix.model_tasks.get(m)
+        out = sel("attack", source=m) | sel("clean_prediction", target=m)
+        out |= sel("adv_prediction", target=m) | sel("adv_prediction", source=m)
+        out |= sel("set", source=m)
+        # targets of a set are all models of its data task; unknown task: every set
+        out |= sel("set", data_task=task) if task else sel("set")
+        return out
+    if k == "attack":
+        keys = {f: p[f] for f in ("source", "data_task", "attack", "eps")}
+        out = sel("adv_prediction", shard=p["shard"], **keys) | sel("set", **keys)
+        if not p["attack"].endswith(SHUFFLED_SUFFIX):
+            shuffled = {**keys, "attack": p["attack"] + SHUFFLED_SUFFIX}
+            out |= sel("attack", shard=p["shard"], **shuffled)
+        return out
+    if k == "clean_prediction":
+        return sel("set", data_task=p["data_task"])
+    if k == "adv_prediction":
+        return sel("set", **{f: p[f] for f in ("source", "data_task", "attack", "eps")})
+    if k == "set":
+        return set().union(*(sel(f) for f in FINAL_KINDS))
+    if k == "table":  # the tables job writes all of tables/; every plot reads transfer.csv
+        return sel("table") | sel("plot")
+    return set()  # a plot or the report config: nothing is made from it
+
+
+def downstream(p: Product, ix: Index) -> set[Product]:
+    """``p`` and every product made from it, transitively."""
+    seen = {p}
+    todo = [p]
+    while todo:
+        for c in children(todo.pop(), ix):
+            if c not in seen:
+                seen.add(c)
+                todo.append(c)
+    return seen
+
+
+# ---------------------------------------------------------------------------------------------
+# temporary files
+
+
+def pid_running(pid: int) -> bool:
+    """Whether ``pid`` is a running process on this machine."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except OverflowError:
+        return False
+    return True
+
+
+def dead_tmp_files(results: Path, running: Callable[[int], bool] = pid_running) -> list[Path]:
+    """``.tmp-{pid}-{name}`` files anywhere under ``results`` (except ``synthetic/``) whose
+    pid is not a running process."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(results):
+        if Path(dirpath) == results:
+            dirnames[:] = [d for d in dirnames if d != "synthetic"]
+        dirnames.sort()
+        for name in sorted(filenames):
+            m = TMP_RE.match(name)
+            if m and not running(int(m.group(1))):
+                out.append(Path(dirpath) / name)
+    return out
+
+
+def missing_set_inputs(p: Product, ix: Index, results: Path) -> list[Path]:
+    """Inputs of a metrics set that no longer exist: for every target (model of the set's
+    data task) and every test shard seen for the data task (shards, this set's caches and
+    predictions), the attack cache, the clean and the adversarial predictions."""
+    src, dt, atk, eps = (p[f] for f in ("source", "data_task", "attack", "eps"))
+    keys = {"source": src, "data_task": dt, "attack": atk, "eps": eps}
+    shards = {s["shard"] for s in ix.select("shard", task=dt, split="test")}
+    shards |= {a["shard"] for a in ix.select("attack", **keys)}
+    shards |= {a["shard"] for a in ix.select("adv_prediction", **keys)}
+    targets = sorted(m for m, t in ix.model_tasks.items() if t == dt)
+    eps_dir = f"eps{eps}"
+    need = [results / "attacks" / src / dt / atk / eps_dir / f"{s}.h5" for s in sorted(shards)]
+    for t in targets:
+        need += [results / "predictions" / t / "clean" / dt / f"{s}.csv" for s in sorted(shards)]
+        need += [
+            results / "predictions" / t / "adv" / src / dt / atk / eps_dir / f"{s}.csv"
+            for s in sorted(shards)
+        ]
+    return [n for n in need if not n.is_file()]
+
+
+def missing_sets(ix: Index, results: Path) -> list[Path]:
+    """Metrics sets that the tables were made from (a set's attack caches or predictions
+    exist) but that no longer exist."""
+    keys = {
+        tuple(x[f] for f in ("source", "data_task", "attack", "eps"))
+        for kind in ("attack", "adv_prediction")
+        for x in ix.products[kind]
+    }
+    paths = [results / "metrics" / "sets" / s / d / a / f"eps{e}.json" for s, d, a, e in keys]
+    return sorted(p for p in paths if not p.is_file())
+
+
+def _missing(what: list[Path]) -> str:
+    more = f" (and {len(what) - 1} more)" if len(what) > 1 else ""
+    return f"its input {what[0]} is missing{more}; Snakemake would not rebuild it"
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole tree
+
+
+def check_product(p: Product, results: Path, cache: dict, ix: Index | None = None) -> str | None:
+    """Run the kind's checker on ``p`` with the references it needs (memoised in ``cache``);
+    with the tree's index ``ix``, a set or the tables whose inputs are gone are bad too."""
+
+    def sha(model: str) -> str | None:
+        key = ("sha", model)
+        if key not in cache:
+            cache[key] = model_sha256(results, model)
+        return cache[key]
+
+    k = p.kind
+    if k == "manifest":
+        return check_manifest(p.path, p["role"])
+    if k == "shard":
+        if not (results / "manifests" / f"{p['task']}.csv").is_file():
+            return f"its manifest manifests/{p['task']}.csv is missing"
+        return check_shard(p.path, p["task"], p["split"])
+    if k == "shard_summary":
+        return check_csv(p.path)
+    if k == "model":
+        return check_model(p.path)
+    if k == "attack":
+        fallback = results / "shards" / p["data_task"] / "test" / f"{p['shard']}.h5"
+        try:
+            with h5py.File(p.path, "r") as f:
+                attr = f.attrs.get("clean_shard")
+        except READ_ERRORS as e:
+            return f"cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        clean = resolve_clean_shard(_text(attr), results) if attr is not None else fallback
+        return check_attack(p.path, clean, sha(p["source"]))
+    if k in ("clean_prediction", "adv_prediction"):
+        if k == "clean_prediction":
+            ref = results / "shards" / p["data_task"] / "test" / f"{p['shard']}.h5"
+        else:
+            ref = (
+                results
+                / "attacks"
+                / p["source"]
+                / p["data_task"]
+                / p["attack"]
+                / f"eps{p['eps']}"
+                / f"{p['shard']}.h5"
+            )
+        key = ("index", ref)
+        if key not in cache and ref.is_file():
+            try:
+                cache[key] = read_image_index(ref)
+            except READ_ERRORS:
+                cache[key] = None
+        return check_prediction(
+            p.path,
+            ref,
+            sha(p["target"]),
+            sha(p["source"]) if k == "adv_prediction" else None,
+            adversarial=k == "adv_prediction",
+            image_index=cache.get(key),
+        )
+    if k == "set":
+        gone = missing_set_inputs(p, ix, results) if ix else []
+        return _missing(gone) if gone else check_set(p.path)
+    if k == "table" and p.path.name == "transfer.csv" and ix:
+        gone = missing_sets(ix, results)
+        if gone:
+            return _missing(gone)
+    return check_final(p.path)
+
+
+@dataclass
+class Report:
+    bad: list[tuple[Product, str]]  # (product, reason), in check order
+    dead_tmp: list[Path]
+    remove: list[Product]  # bad products and everything downstream, sorted
+    n_products: int = 0
+
+
+def verify(results: str | os.PathLike, running: Callable[[int], bool] = pid_running) -> Report:
+    """Check every product under ``results``; nothing is changed."""
+    results = Path(results)
+    products = list_products(results)
+    ix = build_index(results, products)
+    cache: dict = {}
+    bad: list[tuple[Product, str]] = []
+    doomed: set[Product] = set()
+    for kind in KINDS:
+        for p in products[kind]:
+            if p in doomed:  # downstream of a bad product: removed with it anyway
+                continue
+            why = check_product(p, results, cache, ix)
+            if why:
+                bad.append((p, why))
+                doomed |= downstream(p, ix)
+    return Report(
+        bad,
+        dead_tmp_files(results, running),
+        sorted(doomed, key=lambda p: p.path),
+        sum(map(len, products.values())),
+    )
+
+
+def inside(path: Path, root: Path) -> bool:
+    """Whether ``path`` (not following a final symlink) lies strictly inside ``root``."""
+    parent = Path(os.path.realpath(path.parent))
+    real_root = Path(os.path.realpath(root))
+    return path.name not in ("", ".", "..") and (parent == real_root or real_root in parent.parents)
+
+
+def remove_path(path: Path, results: Path) -> None:
+    """Delete a file, symlink or directory that lies inside ``results``; refuse anything else."""
+    if not inside(path, results):
+        raise ValueError(f"refusing to remove {path}: not inside {results}")
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m cxrtransfer.verify",
+        description=(
+            "Check every product of the results tree (HDF5 shards and attack caches, models, "
+            "predictions, metrics, tables, plots) and list bad files with the reason. With "
+            "--remove, delete each bad file together with everything downstream of it, so the "
+            "next snakemake run rebuilds exactly those, and delete temporary files of jobs "
+            "that are no longer running. Run it while no workflow job is running (on a "
+            "cluster, a job on another node is not visible as a process here)."
+        ),
+    )
+    ap.add_argument("--results", default="results", help="results directory (default: results)")
+    ap.add_argument(
+        "--remove",
+        action="store_true",
+        help="delete the bad files, everything downstream of them, and dead temporary files",
+    )
+    args = ap.parse_args(argv)
+    results = Path(args.results)
+    if not results.is_dir():
+        print(f"error: results directory '{results}' does not exist", file=sys.stderr)
+        return 2
+    rep = verify(results)
+    for p, why in rep.bad:
+        print(f"BAD {p.path}: {why}")
+    for t in rep.dead_tmp:
+        m = TMP_RE.match(t.name)
+        print(f"DEAD-TMP {t}: temporary file of process {m.group(1)}, which is not running")
+    n_bad, n_tmp = len(rep.bad), len(rep.dead_tmp)
+    bad_paths = {p.path for p, _ in rep.bad}
+    n_down = sum(p.path not in bad_paths for p in rep.remove)
+    if args.remove:
+        for p in rep.remove:
+            remove_path(p.path, results)
+            print(
+                f"removed {p.path}" + ("" if p.path in bad_paths else " (downstream of a bad file)")
+            )
+        for t in rep.dead_tmp:
+            remove_path(t, results)
+            print(f"removed {t}")
+    summary = f"{n_bad} bad file(s), {n_tmp} dead temporary file(s)"
+    if n_bad or n_tmp:
+        if args.remove:
+            summary += (
+                f"; removed {len(rep.remove)} product(s) ({n_down} downstream of the bad ones) "
+                f"and {n_tmp} temporary file(s). Run snakemake to rebuild them."
+            )
+        else:
+            summary += (
+                f"; {n_down} more product(s) depend on the bad ones. Rerun with --remove to "
+                "delete them all, then run snakemake to rebuild them."
+            )
+    else:
+        summary += f"; all {rep.n_products} products are fine."
+    print(summary)
+    return 1 if (n_bad or n_tmp) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
