@@ -1,11 +1,12 @@
 """End to end: real Snakemake runs of config/test.yaml, reruns, lint and the report."""
 
+import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -194,69 +195,195 @@ def test_white_box_pgd_breaks_every_source(run):
     assert (wb["adv_auroc"] < 0.10).all(), wb[["source", "adv_auroc"]]
 
 
-def test_changing_image_size_reruns_shards_not_the_generator(root, run):
+# The tiny configuration, written out: 2 tasks with one shard per split; models
+# pneumothorax_small (target, half_a) and pneumothorax_small_s2 (surrogate, half_b) on
+# pneumothorax, cardiomegaly_small on cardiomegaly; one attack (pgd) at one eps; sets: every
+# model on its own task + pneumothorax_small on cardiomegaly = 4, each with its noise control
+# = 8 (4 pneumothorax sets with 2 targets, 4 cardiomegaly sets with 1 target).
+FULL_RUN = {
+    "synthetic_download": 1,
+    "manifest": 2,
+    "shard": 6,
+    "shard_summary": 2,
+    "train": 3,
+    "attack": 4,
+    "noise_control": 4,
+    "predict_clean": 3,
+    "predict_adv": 12,  # 4 sets x 2 targets + 4 sets x 1 target
+    "evaluate": 8,
+    "tables": 1,
+    "plot_heatmap": 2,
+    "plot_auroc": 3,
+    "plot_cell": 1,
+    "study_config": 1,
+    "all": 1,
+}
+AFTER_TABLES = {"tables": 1, "plot_heatmap": 2, "plot_auroc": 3}
+ATTACKS_ON = {"attack": 4, "noise_control": 4, "predict_adv": 12, "evaluate": 8}
+
+
+def _set(cfg, path, value):
+    *keys, last = path
+    for k in keys:
+        cfg = cfg.setdefault(k, {})
+    cfg[last] = value
+
+
+RERUN_TABLE = [
+    # the plotted cells: 2 more ROC/example plots, nothing recomputed
+    ("roc_cells", ["evaluation", "roc_cells"], 3, {"plot_cell": 2, "study_config": 1, "all": 1}),
+    ("study_name", ["study_name"], "other", {"study_config": 1, "all": 1}),
+    (
+        # one surrogate's learning rate: that model, its attack and control, its clean
+        # predictions, its predictions as a target of the 4 pneumothorax sets and the
+        # target's predictions on its 2 sets; only the 4 pneumothorax sets are re-evaluated
+        "one model's learning rate",
+        ["models", "pneumothorax_small_s2", "training"],
+        {"learning_rate": 0.001},
+        {
+            "train": 1,
+            "attack": 1,
+            "noise_control": 1,
+            "predict_clean": 1,
+            "predict_adv": 6,
+            "evaluate": 4,
+            **AFTER_TABLES,
+            "study_config": 1,
+            "all": 1,
+        },
+    ),
+    (
+        # a second cardiomegaly model: trained, attacks its task, is a target of all 6
+        # cardiomegaly sets; the other target predicts its 2 new sets; only cardiomegaly sets
+        "new cardiomegaly model",
+        ["models", "cardiomegaly_small_s2"],
+        {"task": "cardiomegaly", "arch": "MobileNetV3Small", "seed": 2, "train_subset": "half_b"},
+        {
+            "train": 1,
+            "attack": 1,
+            "noise_control": 1,
+            "predict_clean": 1,
+            "predict_adv": 8,
+            "evaluate": 6,
+            "tables": 1,
+            "plot_heatmap": 2,
+            "plot_auroc": 4,
+            "study_config": 1,
+            "all": 1,
+        },
+    ),
+    (
+        # a new attack for every grid entry: 4 sets + 4 controls; its plots; the plotted cell
+        # becomes the first (data task, attack) in order, cardiomegaly/fgsm
+        "new attack",
+        ["attacks", "fgsm"],
+        {"method": "fgsm"},
+        {
+            **ATTACKS_ON,
+            "tables": 1,
+            "plot_heatmap": 4,
+            "plot_auroc": 6,
+            "plot_cell": 1,
+            "study_config": 1,
+            "all": 1,
+        },
+    ),
+    # a new eps: its sets only; plotted cells stay at the largest eps
+    ("new eps", ["eps"], [8, 2], {**ATTACKS_ON, **AFTER_TABLES, "study_config": 1, "all": 1}),
+    (
+        "image size",
+        ["data", "image_size"],
+        40,
+        {k: v for k, v in FULL_RUN.items() if k not in ("synthetic_download", "manifest")},
+    ),
+    (
+        "split seed",
+        ["split", "seed"],
+        5,
+        {k: v for k, v in FULL_RUN.items() if k != "synthetic_download"},
+    ),
+    ("synthetic signal", ["data", "synthetic", "signal"], 1.9, FULL_RUN),
+    (
+        "bootstrap resamples",
+        ["evaluation", "n_bootstrap"],
+        40,
+        {"evaluate": 8, **AFTER_TABLES, "study_config": 1, "all": 1},
+    ),
+    (
+        "plot setting",
+        ["evaluation", "examples_per_class"],
+        2,
+        {"plot_cell": 1, "study_config": 1, "all": 1},
+    ),
+    ("cluster resources", ["resources", "gpu_mem_mb"], 9000, {"study_config": 1, "all": 1}),
+]
+
+
+@pytest.mark.parametrize(
+    ("what", "path", "value", "expected"), RERUN_TABLE, ids=[r[0] for r in RERUN_TABLE]
+)
+def test_a_config_edit_reruns_exactly_what_it_changes(root, run, what, path, value, expected):
     cfg = _config(run)
-    cfg["data"]["image_size"] = 40
-    jobs = planned(root, run, _write(run, cfg, "size.yaml"))
-    assert jobs.get("shard", 0) > 0 and jobs.get("train", 0) == len(cfg["models"])
-    assert "synthetic_download" not in jobs and "manifest" not in jobs
+    _set(cfg, path, value)
+    assert planned(root, run, _write(run, cfg, "edit.yaml")) == expected, what
 
 
-def test_changing_eps_reruns_only_attack_and_downstream(root, run):
-    cfg = _config(run)
-    cfg["eps"] = [*cfg["eps"], 2]
-    jobs = planned(root, run, _write(run, cfg, "eps.yaml"))
-    assert (
-        jobs.get("attack", 0) > 0 and jobs.get("predict_adv", 0) > 0 and jobs.get("evaluate", 0) > 0
-    )
-    assert not set(jobs) & {
-        "synthetic_download",
-        "manifest",
-        "shard",
-        "shard_summary",
-        "train",
-        "predict_clean",
-    }
+def _workflow_copy(root, dest):
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("Snakefile", "rules", "workflow_scripts", "config", "envs", "report", "profiles"):
+        src = root / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, dest / name)
+    return dest
 
 
-def test_changing_one_models_learning_rate_retrains_only_that_model(root, run):
-    cfg = _config(run)
-    cfg["models"]["pneumothorax_small_s2"]["training"] = {"learning_rate": 0.001}
-    name = _write(run, cfg, "lr.yaml")
-    jobs = planned(root, run, name)
-    assert jobs.get("train") == 1
-    assert not set(jobs) & {"synthetic_download", "manifest", "shard", "shard_summary"}
-    # only the retrained model's clean predictions are redone (one job per test shard)
-    n_test_shards = len(list((run / "results" / "shards" / "pneumothorax" / "test").glob("*.h5")))
-    assert jobs.get("predict_clean") == n_test_shards
-    out = snakemake(root, run, "-n", configfile=name).stdout
-    trained = re.findall(r"rule train:\n(?:.*\n)*?\s+wildcards: model=(\S+)", out)
-    assert trained == ["pneumothorax_small_s2"]
+@pytest.mark.parametrize(
+    ("module", "expected"),
+    [
+        ("attacks.py", {**ATTACKS_ON, **AFTER_TABLES, "plot_cell": 1, "all": 1}),
+        ("plots.py", {"plot_heatmap": 2, "plot_auroc": 3, "plot_cell": 1, "all": 1}),
+    ],
+)
+def test_a_library_edit_reruns_what_it_can_change(root, run, tmp_path, module, expected):
+    """A copy of the workflow with one library module edited, planned on the same results."""
+    wf = _workflow_copy(root, tmp_path / "wf")
+    lib = wf / "workflow_scripts" / "cxrtransfer" / module
+    lib.write_text(lib.read_text() + "\n# an edit\n")
+    assert planned(wf, run) == expected
 
 
-def test_killed_attack_job_is_recomputed_alone(root, run):
-    """A killed attack job leaves no output (atomic writes), so nothing downstream of it
-    exists either: the rerun redoes that shard's attack and what depends on it, nothing else."""
+def test_damaged_file_is_rebuilt_after_verify(root, run, tmp_path):
+    """A truncated attack cache: verify reports it; --remove deletes it and everything made
+    from it, and the next run rebuilds exactly those."""
     r = run / "results"
-    part = Path("pneumothorax_small") / "pneumothorax" / "pgd" / "eps8"
-    attack = sorted((r / "attacks" / part).glob("*.h5"))[0]
-    downstream = [
-        *sorted((r / "predictions").glob(f"*/adv/{part.as_posix()}/{attack.stem}.csv")),
-        r / "metrics" / "sets" / part.parent / "eps8.json",
-        r / "tables" / "transfer.csv",  # the run never got this far
-    ]
-    saved = {p: p.read_bytes() for p in [attack, *downstream]}
-    for p in saved:
-        p.unlink()
+    backup = tmp_path / "results"
+    shutil.copytree(r, backup, symlinks=True)
     try:
-        jobs = planned(root, run)
-        assert jobs.get("attack") == 1
-        assert jobs.get("predict_adv") == len(downstream) - 2 and jobs.get("evaluate") == 1
-        assert jobs.get("tables") == 1
-        assert not set(jobs) & {"train", "shard", "predict_clean", "manifest"}
+        cache = r / "attacks" / "pneumothorax_small" / "pneumothorax" / "pgd" / "eps8" / "000.h5"
+        cache.write_bytes(cache.read_bytes()[:-100])
+        verify = [sys.executable, "-m", "cxrtransfer.verify", "--results", str(r)]
+        env = {**os.environ, "PYTHONPATH": str(root / "workflow_scripts")}
+        rep = subprocess.run(verify, capture_output=True, text=True, env=env)
+        assert rep.returncode == 1 and "000.h5" in rep.stdout + rep.stderr
+        subprocess.run([*verify, "--remove"], capture_output=True, text=True, env=env)
+        assert not cache.exists()
+        # the attack, its control, both targets' predictions of the 2 sets, their evaluation,
+        # and (verify removes every table, plot and the report config) the final products
+        assert planned(root, run) == {
+            "attack": 1,
+            "noise_control": 1,
+            "predict_adv": 4,
+            "evaluate": 2,
+            **AFTER_TABLES,
+            "plot_cell": 1,
+            "study_config": 1,
+            "all": 1,
+        }
     finally:
-        for p, data in saved.items():
-            p.write_bytes(data)
+        shutil.rmtree(r)
+        shutil.copytree(backup, r, symlinks=True)
 
 
 def test_report_builds(root, run):
@@ -281,9 +408,84 @@ def test_wrong_kaggle_dir_and_missing_credentials_are_explained(root, tmp_path):
     (tmp_path / "k.yaml").write_text(yaml.safe_dump(cfg))
     r = snakemake(root, tmp_path, "-n", configfile="k.yaml", check=False)
     out = r.stdout + r.stderr
-    assert r.returncode != 0 and "holds no Data_Entry_2017.csv" in out and "fetch_kaggle" in out
-    r = snakemake(root, tmp_path, "fetch_kaggle", configfile="k.yaml", check=False)
-    log = (tmp_path / "results" / "logs" / "fetch_kaggle.log").read_text()
+    assert r.returncode != 0 and "is not a directory" in out and "cxrtransfer.fetch" in out
+    env = {**os.environ, "PYTHONPATH": str(root / "workflow_scripts"), "HOME": str(tmp_path)}
+    env.pop("KAGGLE_USERNAME", None)
+    fetch = [sys.executable, "-m", "cxrtransfer.fetch", str(tmp_path / "dl")]
+    r = subprocess.run(fetch, capture_output=True, text=True, env=env)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "not installed" in r.stderr or "credentials" in r.stderr
+
+
+def _tree_hashes(folder):
+    return {
+        p.relative_to(folder): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def download(run, tmp_path_factory):
+    """A copy of the run's synthetic download, used as a user's Kaggle download."""
+    d = tmp_path_factory.mktemp("user") / "nih-chest-xrays"
+    shutil.copytree(run / "results" / "synthetic" / "nih-chest-xrays", d)
+    return d
+
+
+def _kaggle_config(root, wd, download):
+    cfg = yaml.safe_load((root / "config" / "test.yaml").read_text())
+    cfg["data"]["source"] = "kaggle"
+    cfg["data"]["kaggle_dir"] = str(download)
+    return _write(wd, cfg, "kaggle.yaml")
+
+
+def test_no_run_touches_the_users_download(root, download, tmp_path):
+    """Every file of the download hashed before and after: a plain run, --forceall, and a run
+    after a code change of the ingest."""
+    before = _tree_hashes(download)
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    name = _kaggle_config(root, wd, download)
+    target = "results/shards/pneumothorax/summary.csv"
+    snakemake(root, wd, target, configfile=name)
+    snakemake(root, wd, target, "--forceall", configfile=name)
+    wf = _workflow_copy(root, tmp_path / "wf")
+    ingest = wf / "workflow_scripts" / "cxrtransfer" / "ingest.py"
+    ingest.write_text(ingest.read_text() + "\n# a code change\n")
+    snakemake(wf, wd, target, configfile=name)
+    assert "manifest" in (wd / "results" / "logs" / "manifest" / "pneumothorax.log").read_text()
+    assert _tree_hashes(download) == before
+
+
+def test_switching_the_data_source_reruns_ingest(root, run, download, tmp_path):
+    """On a tree built from the synthetic source: a Kaggle download reruns the manifests (and
+    what follows); one without test_list.txt is a clear error, not the old manifests."""
+    name = _kaggle_config(root, run, download)
+    jobs = planned(root, run, name)
+    assert jobs.get("manifest") == 2 and "synthetic_download" not in jobs
+    broken = tmp_path / "broken"
+    shutil.copytree(download, broken, ignore=shutil.ignore_patterns("images_*"))
+    (broken / "test_list.txt").unlink()
+    name = _kaggle_config(root, run, broken)
+    r = snakemake(root, run, "-n", configfile=name, check=False)
+    assert r.returncode != 0 and "missing test_list.txt" in r.stdout + r.stderr
+
+
+def test_rejected_images_are_listed_when_the_manifest_fails(root, download, tmp_path):
+    """Too many unreadable images fail the manifest job; the list of them survives it."""
+    user = tmp_path / "user"
+    shutil.copytree(download, user)
+    pngs = sorted(user.rglob("*.png"))
+    for p in pngs[: len(pngs) // 5]:
+        p.write_bytes(b"")  # zero-byte files
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    name = _kaggle_config(root, wd, user)
+    r = snakemake(root, wd, "results/manifests/pneumothorax.csv", configfile=name, check=False)
     assert r.returncode != 0
-    assert "kaggle" in log and ("not installed" in log or "credentials" in log)
-    assert "Traceback" not in log
+    assert not (wd / "results" / "manifests" / "pneumothorax.csv").exists()
+    listed = pd.read_csv(wd / "results" / "logs" / "manifest" / "pneumothorax.rejected.csv")
+    assert len(listed) > 0 and set(listed["reason"]) == {"zero-byte file"}
+    log = (wd / "results" / "logs" / "manifest" / "pneumothorax.log").read_text()
+    assert "rejected images listed in" in log and "Traceback" not in log
