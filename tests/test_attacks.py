@@ -15,13 +15,21 @@ keras = pytest.importorskip("keras")
 from cxrtransfer import WorkflowError  # noqa: E402
 from cxrtransfer.attacks import (  # noqa: E402
     AttackSpec,
+    clip_eta,
     cross_entropy,
     diverse_input,
+    l2_budget_sq,
     make_attack,
+    momentum_update,
+    optimize_linear,
     quantise,
+    random_lp_vector,
     run_attack_batches,
     spec_from_config,
+    stream_seed,
+    within_budget,
 )
+from cxrtransfer.inference import make_predict_fn  # noqa: E402
 
 SIZE = 16
 
@@ -75,14 +83,14 @@ SPECS = {
     "linf_targeted_rs": dict(
         method="pgd", norm="linf", eps=4, step=1, steps=5, targeted=True, random_start=True
     ),
-    "l2": dict(method="pgd", norm="l2", eps=60, step=15, steps=5),
+    "l2": dict(method="pgd", norm="l2", eps=0.25, step=0.0625, steps=5),
     "l2_targeted_rs_restarts": dict(
-        method="pgd", norm="l2", eps=60, step=15, steps=3, targeted=True, random_start=True,
-        restarts=2,
+        method="pgd", norm="l2", eps=0.25, step=0.0625, steps=3, targeted=True,
+        random_start=True, restarts=2,
     ),
     "mi_di": dict(method="pgd", eps=8, step=2, steps=5, momentum=1.0, diversity_prob=0.5,
                   diversity_scale=1.3, random_start=True),
-    "l2_mi_di": dict(method="pgd", norm="l2", eps=60, step=15, steps=5, momentum=1.0,
+    "l2_mi_di": dict(method="pgd", norm="l2", eps=0.25, step=0.0625, steps=5, momentum=1.0,
                      diversity_prob=1.0),
     "fgsm": dict(method="fgsm", eps=8),
 }  # fmt: skip
@@ -104,7 +112,7 @@ def test_outputs_within_budget_and_range(trained, name):
     if spec.norm == "linf":
         assert np.abs(d).max() <= spec.eps / 255 + 1e-6
     else:
-        assert np.linalg.norm(d, axis=1).max() <= spec.eps / 255 * (1 + 1e-5)
+        assert np.linalg.norm(d, axis=1).max() <= spec.eps * (1 + 1e-5)
     assert np.abs(d).max() > 0.5 / 255, "the attack did not perturb anything"
     # Same result on a second call (seeded), a smaller batch reuses the same trace.
     np.testing.assert_array_equal(attack(x, y[:48]).numpy(), adv)
@@ -144,7 +152,7 @@ def test_diverse_input_is_resize_pad_resize():
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
-@pytest.mark.parametrize("eps", [8.0, 2.55, 1.0])
+@pytest.mark.parametrize("eps", [8.0, 2.55, 1.0])  # grey levels (1/255 units)
 def test_quantise_integer_bound(norm, eps):
     rng = np.random.default_rng(3)
     clean = rng.integers(0, 256, size=(20, 12, 12)).astype(np.uint8)
@@ -152,6 +160,8 @@ def test_quantise_integer_bound(norm, eps):
     clean[1] = 255
     clean[3] = 128
     c = clean.astype(np.float64) / 255
+    # linf eps in 1/255 units; l2 eps in [0, 1] pixel units (the same ball radius here)
+    spec = AttackSpec("pgd", norm, eps if norm == "linf" else eps / 255, step=1e-3)
     if norm == "linf":
         d = rng.uniform(-1, 1, size=c.shape) * eps / 255
     else:
@@ -163,30 +173,53 @@ def test_quantise_integer_bound(norm, eps):
         d[3, 4, 4] = 0.99 * eps / 255  # one pixel: rounds to round(0.99 eps), inside budget
     adv = np.clip(c + d * (1 + 1e-6), 0, 1)  # a little float excess, as from an attack
     for a in (adv, adv[..., None]):
-        out = quantise(
-            clean if a.ndim == 3 else clean[..., None],
-            a,
-            AttackSpec("pgd", norm, eps, step=eps / 4),
-        )
+        out = quantise(clean if a.ndim == 3 else clean[..., None], a, spec)
         assert out.dtype == np.uint8 and out.shape == clean.shape
         q = out.astype(np.int64) - clean.astype(np.int64)
+        assert within_budget(clean, out, spec).all()
         if norm == "linf":
             assert np.abs(q).max() <= np.floor(eps)
             if eps >= 1:
                 assert np.abs(q).max() == np.floor(eps)  # not trivially the clean image
         else:
-            assert np.linalg.norm(q.reshape(20, -1), axis=1).max() <= eps
-            r = round(0.99 * eps)  # nearest if inside the budget, else truncated
+            sq = np.sum(q.reshape(20, -1) ** 2, axis=1)
+            assert sq.max() <= round(eps**2, 6)  # integer check, in grey levels
+            assert np.linalg.norm(q.reshape(20, -1), axis=1).max() / 255 <= spec.eps + 1e-12
+            r = round(0.99 * eps)  # nearest if inside the budget, else one level less
             assert q[3, 4, 4] == (r if r <= eps else np.floor(0.99 * eps))
-            if eps < 4.47:
-                assert np.abs(q[2]).max() == 0  # truncated toward the clean image
+            # 20 pixels at +1: as many kept as the budget allows (not truncated to nothing)
+            ones = np.sum(clean[2, :5, :4] < 255)  # those at 255 stay (clipped)
+            assert sq[2] == min(ones, np.floor(eps**2 + 1e-6)) and q[2].min() >= 0
     # On the integer grid and inside the budget, quantise is exact.
     grid = np.clip(clean.astype(np.int64) + rng.integers(-1, 2, size=clean.shape), 0, 255)
     if norm == "l2":
         grid[:, :, :] = clean
         grid[:, 0, 0] = np.clip(clean[:, 0, 0].astype(np.int64) + 1, 0, 255)
-    out = quantise(clean, grid.astype(np.float64) / 255, AttackSpec("pgd", norm, eps, step=eps / 4))
+    out = quantise(clean, grid.astype(np.float64) / 255, spec)
     np.testing.assert_array_equal(out, grid.astype(np.uint8))
+
+
+@pytest.mark.parametrize("eps", [0.2, 0.5, 1.0])  # per-pixel RMS 0.8 to 4 grey levels
+def test_quantise_l2_stays_close_to_float(eps):
+    """Rounding + greedy shrinking lands near the float perturbation (at the ball's surface, as
+    PGD leaves it): within 1.2x the plain rounding error (truncating toward the clean image, as
+    before, is ~1.8x) and keeping > 95% of its length along it."""
+    rng = np.random.default_rng(5)
+    n, size = 16, 16
+    clean = rng.integers(20, 236, size=(n, size, size)).astype(np.uint8)
+    v = rng.normal(size=(n, size, size))
+    v *= eps / np.linalg.norm(v.reshape(n, -1), axis=1)[:, None, None]
+    adv = np.clip(clean / 255.0 + v, 0.0, 1.0)
+    spec = AttackSpec("pgd", "l2", eps, step=eps / 4)
+    out = quantise(clean, adv, spec)
+    assert within_budget(clean, out, spec).all()
+    q = (out.astype(np.float64) - clean).reshape(n, -1) / 255
+    vv = (adv - clean / 255.0).reshape(n, -1)  # the float perturbation, after clipping
+    err = np.linalg.norm(q - vv, axis=1)
+    rounding = np.linalg.norm(np.rint(vv * 255) / 255 - vv, axis=1)
+    assert np.all(err <= 1.2 * rounding + 1e-12)
+    assert np.all(np.sum(q * vv, axis=1) / np.sum(vv * vv, axis=1) >= 0.95)
+    assert np.all(np.linalg.norm(q, axis=1) <= eps)
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
@@ -194,7 +227,7 @@ def test_pgd_agrees_with_art(trained, norm):
     art_cls = pytest.importorskip("art.estimators.classification")
     art_ev = pytest.importorskip("art.attacks.evasion")
     model, x_u8, y = trained
-    eps, step = (12.0, 3.0) if norm == "linf" else (45.0, 12.0)
+    eps, step = (12.0, 3.0) if norm == "linf" else (0.18, 0.05)
     spec = AttackSpec("pgd", norm, eps=eps, step=step, steps=10)
     x = as_float(x_u8)
     ours = make_attack(model, spec)(x, y).numpy()
@@ -212,8 +245,8 @@ def test_pgd_agrees_with_art(trained, norm):
     pgd = art_ev.ProjectedGradientDescent(
         clf,
         norm=np.inf if norm == "linf" else 2,
-        eps=eps / 255,
-        eps_step=step / 255,
+        eps=spec.eps_float,
+        eps_step=spec.step_float,
         max_iter=10,
         targeted=False,
         num_random_init=0,
@@ -329,3 +362,205 @@ def test_spec_from_config():
             spec_from_config(cfg, eps)
     # A single-step PGD may take a step larger than eps (it is projected).
     assert spec_from_config({"method": "pgd", "step": 5, "steps": 1}, 4).steps == 1
+
+
+# --- random streams --------------------------------------------------------------------
+
+
+def test_stream_seed_is_a_pure_hash():
+    s = stream_seed(0, "src", "task", 3, 7)
+    assert s == stream_seed(0, "src", "task", 3, 7)
+    assert all(isinstance(v, int) and -(2**63) <= v < 2**63 for v in s)
+    others = {
+        stream_seed(1, "src", "task", 3, 7),
+        stream_seed(0, "src2", "task", 3, 7),
+        stream_seed(0, "src", "task2", 3, 7),
+        stream_seed(0, "src", "task", 4, 7),
+        stream_seed(0, "src", "task", 3, 8),
+        stream_seed(0, "src", "task", 37),  # no ambiguity from concatenation
+        stream_seed(0, "src", "task", "3", 7),
+    }
+    assert s not in others and len(others) == 7
+    assert stream_seed(0, np.int64(3)) == stream_seed(0, 3)
+    # A spec's streams include its configuration (e.g. eps) but not the number of restarts.
+    a = AttackSpec("pgd", eps=8, step=2, random_start=True)
+    assert a.stream_seed("s", 0) != AttackSpec("pgd", eps=4, step=2).stream_seed("s", 0)
+    assert a.stream_seed("s", 0) != AttackSpec("pgd", eps=8, step=2, seed=1).stream_seed("s", 0)
+    assert a.stream_seed("s", 0) == AttackSpec(
+        "pgd", eps=8, step=2, random_start=True, restarts=3
+    ).stream_seed("s", 0)
+    with pytest.raises(WorkflowError):
+        stream_seed(0, object())
+
+
+def test_attack_seed_input(trained):
+    model, x_u8, y = trained
+    spec = AttackSpec("pgd", "l2", eps=0.5, step=0.125, steps=2, random_start=True,
+                      diversity_prob=0.5, diversity_scale=1.3)  # fmt: skip
+    attack = make_attack(model, spec)
+    x = as_float(x_u8[:8])
+    a = attack(x, y[:8], stream_seed(0, "a")).numpy()
+    np.testing.assert_array_equal(attack(x, y[:8], stream_seed(0, "a")).numpy(), a)
+    b = attack(x, y[:8], stream_seed(0, "b")).numpy()
+    assert np.abs(a - b).max() > 1e-3
+    np.testing.assert_array_equal(attack(x, y[:8]).numpy(), attack(x, y[:8], spec.stream_seed()))
+    assert attack.graph.experimental_get_tracing_count() == 1  # the seed is an input
+
+
+def _start_spec():
+    # One tiny step: the output is dominated by the random start.
+    return AttackSpec("pgd", eps=8, step=0.5, steps=1, random_start=True)
+
+
+def test_run_attack_batches_streams(trained):
+    model, x_u8, y = trained
+    spec = _start_spec()
+    attack = make_attack(model, spec)
+    x2 = np.concatenate([x_u8[:16], x_u8[:16]])  # two batches of the same images
+    y2 = np.concatenate([y[:16], y[:16]])
+
+    def run(stream):
+        return run_attack_batches(model, attack, x2, y2, spec, 16, stream=stream)["adv_u8"]
+
+    base = run(("src", "own", 0))
+    np.testing.assert_array_equal(run(("src", "own", 0)), base)  # reproducible
+    same = np.mean(base[:16] == base[16:])
+    assert same < 0.5, f"batches 0 and 1 share random starts ({same:.2f} equal pixels)"
+    for other in (("src", "own", 1), ("src2", "own", 0), ("src", "cardiomegaly", 0)):
+        assert np.mean(run(other) == base) < 0.5, other
+    # Another eps draws another stream too (not just the same start rescaled).
+    spec4 = AttackSpec("pgd", eps=4, step=0.5, steps=1, random_start=True)
+    adv4 = run_attack_batches(
+        model, make_attack(model, spec4), x2, y2, spec4, 16, stream=("src", "own", 0)
+    )["adv_u8"]
+    d8 = np.sign(base.astype(int) - x2)
+    d4 = np.sign(adv4.astype(int) - x2)
+    assert np.mean(d8 == d4) < 0.7
+    with pytest.raises(WorkflowError):  # attack built for another spec
+        run_attack_batches(model, attack, x2, y2, spec4, 16)
+
+
+def test_restart_streams_differ():
+    spec = AttackSpec("pgd", "linf", eps=8, step=2, random_start=True, restarts=3)
+    d = random_lp_vector([3, 4, SIZE, SIZE, 1], "linf", spec.eps_float, spec.stream_seed(0))
+    d = d.numpy()
+    assert not np.allclose(d[0], d[1]) and not np.allclose(d[1], d[2])
+
+
+# --- L2 units and storage ----------------------------------------------------------------
+
+
+def test_l2_stored_attack_keeps_its_effect(trained):
+    """L2 PGD at eps 0.2 ([0, 1] units, per-pixel RMS 3.2/255 on 16x16): the stored uint8
+    examples fool the source about as often as the float ones, inside the exact budget."""
+    model, x_u8, y = trained
+    spec = spec_from_config({"method": "pgd", "norm": "l2", "steps": 10}, 0.2)
+    assert spec.step == pytest.approx(0.05)  # step_fraction 0.25 in the same L2 units
+    r = run_attack_batches(model, make_attack(model, spec), x_u8, y, spec, 64, stream=("t",))
+    assert within_budget(x_u8, r["adv_u8"], spec).all()
+    assert r["l2"].max() <= 0.2 + 1e-6 and r["l2"].max() >= 0.19  # uses the budget
+    ok = (r["clean_prob"] >= 0.5) == y
+    float_success = np.mean(((r["adv_prob_float"] >= 0.5) != y)[ok])
+    stored_success = np.mean(((r["adv_prob"] >= 0.5) != y)[ok])
+    assert float_success > 0.5, f"float L2 attack too weak to test ({float_success:.2f})"
+    assert stored_success >= 0.9 * float_success, (float_success, stored_success)
+
+
+def test_units_in_attrs_and_errors():
+    linf = spec_from_config({"method": "pgd", "step_fraction": 0.5}, 8)
+    l2 = spec_from_config({"method": "pgd", "norm": "l2", "step_fraction": 0.5}, 1.0)
+    assert linf.attrs()["eps_unit"] == "1/255" and l2.attrs()["eps_unit"] == "L2, [0,1] pixels"
+    assert (linf.eps_float, linf.step_float) == (8 / 255, 4 / 255)
+    assert (l2.eps_float, l2.step_float) == (1.0, 0.5)
+    f = spec_from_config({"method": "fgsm", "norm": "l2"}, 0.5)
+    assert (f.step_size, f.step_float, f.attrs()["step"]) == (0.5, 0.5, 0.5)
+    with pytest.raises(WorkflowError, match=r"L2, \[0,1\] pixels"):
+        spec_from_config({"method": "pgd", "norm": "l2", "step": 2, "steps": 5}, 1.0)
+    with pytest.raises(WorkflowError, match="1/255"):
+        spec_from_config({"method": "pgd", "step": 9, "steps": 5}, 8)
+
+
+def test_within_budget_is_exact():
+    clean = np.full((3, 4, 4), 100, np.uint8)
+    adv = clean.copy()
+    adv[0, 0, :3] = 101  # norm sqrt(3) grey levels
+    adv[1, 0, 0] = 102  # norm 2
+    adv[2, 0, :2] = 99  # norm sqrt(2)
+    l2 = AttackSpec("pgd", "l2", eps=2 / 255, step=0.001)
+    np.testing.assert_array_equal(within_budget(clean, adv, l2), [True, True, True])
+    l2 = AttackSpec("pgd", "l2", eps=1.9 / 255, step=0.001)
+    np.testing.assert_array_equal(within_budget(clean, adv, l2), [True, False, True])
+    linf = AttackSpec("pgd", "linf", eps=1, step=1)
+    np.testing.assert_array_equal(within_budget(clean, adv, linf), [True, False, True])
+    assert l2_budget_sq(2 / 255) == 4 and l2_budget_sq(1.0) == 255**2
+    assert l2_budget_sq(0.5) == 16256  # 127.5^2 = 16256.25
+
+
+# --- building blocks -----------------------------------------------------------------------
+
+
+def test_clip_eta():
+    rng = np.random.default_rng(0)
+    eta = tf.constant(rng.normal(size=(2, 3, 4, 4, 1)).astype(np.float32))  # leading axes ok
+    out = clip_eta(eta, "linf", 0.5).numpy()
+    np.testing.assert_array_equal(out, np.clip(eta.numpy(), -0.5, 0.5))
+    n = np.linalg.norm(eta.numpy().reshape(6, -1), axis=1)
+    eps = float(np.median(n))
+    out = clip_eta(eta, "l2", eps).numpy().reshape(6, -1)
+    on = np.linalg.norm(out, axis=1)
+    np.testing.assert_allclose(on, np.minimum(n, eps), rtol=1e-5)
+    inside = n <= eps
+    np.testing.assert_array_equal(out[inside], eta.numpy().reshape(6, -1)[inside])
+    np.testing.assert_array_equal(clip_eta(tf.zeros((1, 4, 4, 1)), "l2", 1.0).numpy(), 0)
+
+
+def test_optimize_linear():
+    rng = np.random.default_rng(1)
+    g = rng.normal(size=(3, 4, 4, 1)).astype(np.float32)
+    g[2] = 0
+    np.testing.assert_array_equal(optimize_linear(tf.constant(g), "linf").numpy(), np.sign(g))
+    d = optimize_linear(tf.constant(g), "l2").numpy().reshape(3, -1)
+    np.testing.assert_allclose(np.linalg.norm(d[:2], axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(d[:2], g[:2].reshape(2, -1) / np.linalg.norm(
+        g[:2].reshape(2, -1), axis=1, keepdims=True), rtol=1e-5)  # fmt: skip
+    assert np.all(d[2] == 0)  # zero gradient: no step, no NaN
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_random_lp_vector(norm):
+    eps = 0.1 if norm == "linf" else 1.0
+    shape = [2, 500, 4, 4, 1]
+    a = random_lp_vector(shape, norm, eps, (1, 2)).numpy()
+    assert a.shape == tuple(shape)
+    np.testing.assert_array_equal(random_lp_vector(shape, norm, eps, (1, 2)).numpy(), a)
+    assert not np.allclose(random_lp_vector(shape, norm, eps, (1, 3)).numpy(), a)
+    if norm == "linf":
+        assert np.abs(a).max() <= eps and np.abs(a).max() > 0.99 * eps
+        assert abs(a.mean()) < 0.01 * eps
+    else:
+        r = np.linalg.norm(a.reshape(1000, -1), axis=1)
+        assert r.max() <= eps * (1 + 1e-6)
+        # uniform in the 16-dimensional ball: P(r <= t eps) = t^16
+        assert abs(np.mean(r <= 0.9 * eps) - 0.9**16) < 0.05
+
+
+def test_momentum_update():
+    g = tf.ones((1, 2, 2, 1))
+    grad = tf.constant([[[[2.0], [-2.0]], [[4.0], [0.0]]]])
+    out = momentum_update(g, grad, 0.5).numpy()
+    np.testing.assert_allclose(out, 0.5 + grad.numpy() / 2.0)
+
+
+def test_predict_fn_uint8_and_float(trained):
+    model, x_u8, _ = trained
+    ref = model(as_float(x_u8[:10]), training=False).numpy()[:, 1]
+    pu = make_predict_fn(model)
+    np.testing.assert_allclose(pu(x_u8[:10]).numpy(), ref, atol=1e-6)
+    pf = make_predict_fn(model, input_dtype="float32")
+    out = pf(as_float(x_u8[:10])).numpy()
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, ref, atol=1e-6)
+    pf(as_float(x_u8[:3]))
+    assert pf.experimental_get_tracing_count() == 1
+    with pytest.raises(WorkflowError):
+        make_predict_fn(model, input_dtype="float16")

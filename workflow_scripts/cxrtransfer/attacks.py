@@ -1,16 +1,28 @@
 """White-box attacks (FGSM, PGD with L-inf / L2, targeted, restarts, MI-FGSM, DI-FGSM).
 
-Pure functions in the spirit of CleverHans' TF2 attacks: ``make_attack`` returns one compiled
-``tf.function`` that runs the whole iteration loop. Budgets and step sizes are configured in
-1/255 units; models follow the model contract (float32 pixels in [0, 1], shape (N, H, W, 1),
-softmax over (no finding, finding)).
+Pure functions in the spirit of CleverHans' TF2 attacks: the building blocks (``clip_eta``,
+``optimize_linear``, ``random_lp_vector``, ``diverse_input``, ``cross_entropy``) are module-level
+functions and ``make_attack`` returns one compiled ``tf.function`` that runs the whole iteration
+loop. Units: L-inf budgets and steps are in 1/255 units (eps 8 means 8/255 per pixel); L2
+budgets and steps are L2 norms of the perturbation in [0, 1] pixel units (eps 1.0 means
+||delta||_2 <= 1). Models follow the model contract (float32 pixels in [0, 1], shape
+(N, H, W, 1), softmax over (no finding, finding)).
+
+Random numbers (random starts, DI transforms) come from stateless Philox ops seeded per call:
+``run_attack_batches`` derives one seed per batch with ``stream_seed`` from the attack seed, the
+attack configuration, the caller's stream keys (source model, data task, shard) and the batch
+index, so runs are reproducible and different batches/shards/sources/eps get independent draws.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
+from functools import partial
 
 import numpy as np
 
@@ -18,6 +30,7 @@ from . import WorkflowError
 
 METHODS = ("fgsm", "pgd")
 NORMS = ("linf", "l2")
+EPS_UNITS = {"linf": "1/255", "l2": "L2, [0,1] pixels"}
 ALG = "philox"  # fixed stateless RNG: the same numbers with and without XLA
 _CONFIG_KEYS = {
     "method",
@@ -35,9 +48,24 @@ _CONFIG_KEYS = {
 }
 
 
+def _unit(norm: str) -> str:
+    return EPS_UNITS.get(norm, "?")
+
+
 @dataclass(frozen=True)
 class AttackSpec:
-    """One attack configuration; eps and step in 1/255 units (validated on construction)."""
+    """One attack configuration (validated on construction).
+
+    ``eps`` and ``step`` depend on ``norm``:
+
+    - ``linf``: 1/255 units, as before (eps 8 = 8/255 per pixel; the stored uint8 perturbation
+      is bounded by floor(eps) grey levels);
+    - ``l2``: the L2 norm of the perturbation in [0, 1] pixel units, the usual convention
+      (e.g. eps 0.5, 1.0, 2.0 for small grayscale images; the stored uint8 perturbation d in
+      grey levels satisfies ||d||_2 / 255 <= eps, checked exactly on integers).
+
+    ``eps_float`` / ``step_float`` give both in [0, 1] pixel units as the attack uses them.
+    """
 
     method: str
     norm: str = "linf"
@@ -61,20 +89,21 @@ class AttackSpec:
             raise WorkflowError(
                 f"Unknown attack norm '{self.norm}'; use one of {', '.join(NORMS)}."
             )
+        unit = _unit(self.norm)
         if not (self.eps > 0 and math.isfinite(self.eps)):
-            raise WorkflowError(f"Attack eps must be > 0 (1/255 units), got {self.eps}.")
+            raise WorkflowError(f"Attack eps must be > 0 ({unit} units), got {self.eps}.")
         if self.steps < 1 or self.restarts < 1:
             raise WorkflowError(
                 f"Attack steps and restarts must be >= 1, got steps={self.steps}, "
                 f"restarts={self.restarts}."
             )
         if self.method == "pgd":
-            if not self.step > 0:
-                raise WorkflowError(f"Attack step must be > 0 (1/255 units), got {self.step}.")
+            if not (self.step > 0 and math.isfinite(self.step)):
+                raise WorkflowError(f"Attack step must be > 0 ({unit} units), got {self.step}.")
             if self.steps > 1 and self.step > self.eps:
                 raise WorkflowError(
-                    f"Attack step {self.step} is larger than eps {self.eps} (1/255 units) for an "
-                    f"iterative attack with {self.steps} steps; use step <= eps "
+                    f"Attack step {self.step} is larger than eps {self.eps} ({unit} units) for "
+                    f"an iterative attack with {self.steps} steps; use step <= eps "
                     "(e.g. step_fraction: 0.25)."
                 )
         if self.momentum < 0:
@@ -90,8 +119,23 @@ class AttackSpec:
 
     @property
     def step_size(self) -> float:
-        """Step in 1/255 units actually used (FGSM: eps)."""
+        """Step actually used, in the units of eps (FGSM: eps)."""
         return float(self.eps) if self.method == "fgsm" else float(self.step)
+
+    @property
+    def eps_unit(self) -> str:
+        """Unit of eps and step: "1/255" (linf) or "L2, [0,1] pixels" (l2)."""
+        return _unit(self.norm)
+
+    @property
+    def eps_float(self) -> float:
+        """eps in [0, 1] pixel units (linf: eps / 255; l2: eps)."""
+        return float(self.eps) / 255.0 if self.norm == "linf" else float(self.eps)
+
+    @property
+    def step_float(self) -> float:
+        """Step actually used, in [0, 1] pixel units."""
+        return self.step_size / 255.0 if self.norm == "linf" else self.step_size
 
     def attrs(self) -> dict:
         """Plain python scalars for HDF5 attributes (step/steps as actually used)."""
@@ -99,6 +143,7 @@ class AttackSpec:
             "method": str(self.method),
             "norm": str(self.norm),
             "eps": float(self.eps),
+            "eps_unit": self.eps_unit,  # also the unit of step
             "step": self.step_size,
             "steps": self.iterations,
             "targeted": bool(self.targeted),
@@ -110,9 +155,44 @@ class AttackSpec:
             "seed": int(self.seed),
         }
 
+    def stream_seed(self, *keys) -> tuple[int, int]:
+        """Seed of one random stream of this attack: ``stream_seed(seed, <config>, *keys)``.
+
+        The configuration (every attribute, e.g. eps, but the seed and the number of restarts)
+        is part of the key, so attacks differing in anything draw independent numbers, while
+        restart r draws the same numbers whatever the number of restarts (more restarts never
+        give a weaker example).
+        """
+        cfg = {k: v for k, v in self.attrs().items() if k not in ("seed", "restarts")}
+        return stream_seed(self.seed, json.dumps(cfg, sort_keys=True), *keys)
+
+
+def _plain(key):
+    if isinstance(key, np.generic):
+        key = key.item()
+    if key is None or isinstance(key, str | bool | int | float):
+        return key
+    raise WorkflowError(f"Random stream keys must be str/int/float/bool, got {type(key)!r}.")
+
+
+def stream_seed(attack_seed: int, *keys) -> tuple[int, int]:
+    """Stateless RNG seed (two signed int64) for the stream named by ``(attack_seed, *keys)``.
+
+    A pure function: sha256 of the JSON list ``[attack_seed, *keys]`` (keys: str/int/float/bool,
+    e.g. source model, data task, shard, batch index). Different keys give independent Philox
+    streams; the same keys give the same numbers on every run and machine.
+    """
+    payload = json.dumps([_plain(int(attack_seed)), *map(_plain, keys)], separators=(",", ":"))
+    h = hashlib.sha256(payload.encode()).digest()
+    return (
+        int.from_bytes(h[:8], "little", signed=True),
+        int.from_bytes(h[8:16], "little", signed=True),
+    )
+
 
 def spec_from_config(attack_cfg: dict, eps: float) -> AttackSpec:
-    """Build an AttackSpec from one entry of the config's ``attacks:`` mapping and an eps."""
+    """Build an AttackSpec from one entry of the config's ``attacks:`` mapping and an eps
+    (1/255 units for linf, L2 norm in [0, 1] pixel units for l2; see AttackSpec)."""
     cfg = dict(attack_cfg)
     unknown = sorted(set(cfg) - _CONFIG_KEYS)
     if unknown:
@@ -124,7 +204,8 @@ def spec_from_config(attack_cfg: dict, eps: float) -> AttackSpec:
         raise WorkflowError("Attack setting 'method' is required (fgsm or pgd).")
     eps = float(eps)
     if not eps > 0:
-        raise WorkflowError(f"Attack eps must be > 0 (1/255 units), got {eps}.")
+        unit = _unit(str(cfg.get("norm", "linf")))
+        raise WorkflowError(f"Attack eps must be > 0 ({unit} units), got {eps}.")
     method = cfg.pop("method")
     if "step" in cfg and "step_fraction" in cfg:
         raise WorkflowError("Give either 'step' or 'step_fraction' for an attack, not both.")
@@ -154,6 +235,9 @@ def spec_from_config(attack_cfg: dict, eps: float) -> AttackSpec:
     return AttackSpec(method=str(method), eps=eps, step=step, **kwargs)
 
 
+# --- building blocks (TF; images are (..., H, W, C), norms are per image) -----------------
+
+
 def cross_entropy(y, probs):
     """Per-example cross-entropy -log p_y of softmax outputs ``probs`` (N, K), labels y (N,).
 
@@ -167,6 +251,65 @@ def cross_entropy(y, probs):
     p_other = tf.reduce_sum(probs, axis=1) - p_y
     p_other = tf.maximum(p_other, 0.0)
     return tf.math.log1p(p_other / tf.maximum(p_y, 1e-30))
+
+
+def _l2(t):
+    """Per-image L2 norm over the last three axes, kept for broadcasting."""
+    import tensorflow as tf
+
+    return tf.sqrt(tf.reduce_sum(tf.square(t), axis=[-3, -2, -1], keepdims=True))
+
+
+def clip_eta(eta, norm: str, eps: float):
+    """Project perturbations ``eta`` (..., H, W, C) onto the ``norm`` ball of radius ``eps``
+    ([0, 1] pixel units): clip each pixel (linf) or rescale images longer than eps (l2)."""
+    import tensorflow as tf
+
+    if norm == "linf":
+        return tf.clip_by_value(eta, -eps, eps)
+    if norm == "l2":
+        return eta * tf.minimum(1.0, tf.math.divide_no_nan(tf.constant(eps, eta.dtype), _l2(eta)))
+    raise WorkflowError(f"Unknown norm '{norm}'.")
+
+
+def optimize_linear(grad, norm: str):
+    """Unit-``norm`` direction maximising <grad, d>: sign(grad) (linf), grad / ||grad||_2 (l2)."""
+    import tensorflow as tf
+
+    if norm == "linf":
+        return tf.sign(grad)
+    if norm == "l2":
+        return tf.math.divide_no_nan(grad, _l2(grad))
+    raise WorkflowError(f"Unknown norm '{norm}'.")
+
+
+def random_lp_vector(shape, norm: str, eps: float, seed):
+    """Uniform random perturbations in the ``norm`` ball of radius ``eps`` ([0, 1] units).
+
+    ``shape`` (..., H, W, C); ``seed`` a stateless seed (2,) int64. linf: uniform per pixel in
+    [-eps, eps]; l2: uniform in the ball (Gaussian direction, radius eps * U^(1/dim)).
+    """
+    import tensorflow as tf
+
+    shape = tf.convert_to_tensor(shape, tf.int32)
+    seed = tf.convert_to_tensor(seed, tf.int64)
+    if norm == "linf":
+        return tf.random.stateless_uniform(shape, seed, -eps, eps, alg=ALG)
+    if norm != "l2":
+        raise WorkflowError(f"Unknown norm '{norm}'.")
+    s_dir, s_rad = tf.unstack(tf.random.experimental.stateless_split(seed, 2, alg=ALG))
+    g = tf.random.stateless_normal(shape, s_dir, alg=ALG)
+    dim = tf.cast(tf.reduce_prod(shape[-3:]), tf.float32)
+    rad = tf.random.stateless_uniform(shape[:-3], s_rad, alg=ALG) ** (1.0 / dim)
+    return tf.math.divide_no_nan(g, _l2(g)) * (eps * rad)[..., None, None, None]
+
+
+def momentum_update(g, grad, mu: float):
+    """MI-FGSM accumulator: mu * g + grad / mean|grad| (per image)."""
+    import tensorflow as tf
+
+    l1 = tf.reduce_mean(tf.abs(grad), axis=[-3, -2, -1], keepdims=True)
+    return mu * g + tf.math.divide_no_nan(grad, l1)
 
 
 def _interp_matrix(out_size: int, in_size: int, scaled, offset):
@@ -212,79 +355,53 @@ def diverse_input(x, u, prob: float, scale: float):
     return tf.einsum("ih,nhwc,jw->nijc", mats[0], x, mats[1])
 
 
-def make_attack(model, spec: AttackSpec, jit_compile: bool = False) -> Callable:
-    """Return ``attack(x, y) -> x_adv``: the whole attack loop in one ``tf.function``.
+def loss_gradient(model, x, y, transform=None):
+    """Gradient w.r.t. ``x`` of the summed cross-entropy of labels ``y`` at
+    ``model(transform(x))`` (``transform`` e.g. a DI transform; None: identity)."""
+    import tensorflow as tf
 
-    x: float32 (N, H, W, 1) in [0, 1]; y: int labels (N,). Traced once for any batch size.
-    Random numbers (random start, DI) come from stateless Philox ops seeded by ``spec.seed``
-    only and are drawn outside the (optionally XLA-compiled) loop, so a call is a pure function
-    of (x, y) and gives the same draws with and without ``jit_compile``.
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        x_in = transform(x) if transform is not None else x
+        loss = tf.reduce_sum(cross_entropy(y, model(x_in, training=False)))
+    return tape.gradient(loss, x)
+
+
+# --- the attack -------------------------------------------------------------------------
+
+
+def make_attack(model, spec: AttackSpec, jit_compile: bool = False) -> Callable:
+    """Return ``attack(x, y, seed=None) -> x_adv``: the whole attack in one ``tf.function``.
+
+    x: float32 (N, H, W, 1) in [0, 1]; y: int labels (N,); seed: stateless seed (2,) int64 of
+    this call's random stream (random starts and DI uniforms; None: ``spec.stream_seed()``).
+    Traced once for any batch size and seed (``attack.graph`` is the ``tf.function``). Random
+    numbers are drawn outside the (optionally XLA-compiled) loop with stateless Philox ops, so
+    a call is a pure function of (x, y, seed) with and without ``jit_compile``; restarts draw
+    distinct numbers (leading restarts axis).
     """
     import tensorflow as tf
 
     shape = tuple(model.input_shape[1:])
     if spec.diversity_prob > 0 and (shape[0] is None or shape[1] is None):
         raise WorkflowError("Input diversity needs a model with a fixed input size.")
-    eps = float(spec.eps) / 255.0
-    step = spec.step_size / 255.0
-    steps = spec.iterations
+    norm, eps, step, steps = spec.norm, spec.eps_float, spec.step_float, spec.iterations
     # Without random start or DI every restart is the same deterministic run: do it once.
     restarts = int(spec.restarts) if spec.random_start or spec.diversity_prob > 0 else 1
-    direction = -1.0 if spec.targeted else 1.0
-    linf = spec.norm == "linf"
-    mu = float(spec.momentum)
-    dp, ds = float(spec.diversity_prob), float(spec.diversity_scale)
-
-    def seed(stream: int):
-        return tf.constant([int(spec.seed), stream], tf.int64)
-
-    def per_image_norm(t):
-        return tf.sqrt(tf.reduce_sum(tf.square(t), axis=[-3, -2, -1], keepdims=True))
-
-    def project(x, x_adv):
-        d = x_adv - x
-        if linf:
-            d = tf.clip_by_value(d, -eps, eps)
-        else:
-            d = d * tf.minimum(1.0, tf.math.divide_no_nan(tf.constant(eps), per_image_norm(d)))
-        return tf.clip_by_value(x + d, 0.0, 1.0)
-
-    def draws(x):
-        """Random starts (restarts, N, H, W, C) and DI uniforms (restarts, steps, 4)."""
-        shp = tf.concat([[restarts], tf.shape(x)], axis=0)
-        if not spec.random_start:
-            d0 = tf.zeros([restarts, 1, 1, 1, 1])
-        elif linf:
-            d0 = tf.random.stateless_uniform(shp, seed(0), -eps, eps, alg=ALG)
-        else:  # uniform in the L2 ball: Gaussian direction, radius eps * U^(1/dim)
-            g = tf.random.stateless_normal(shp, seed(0), alg=ALG)
-            dim = float(np.prod([int(s) for s in x.shape[1:]]))
-            rad = tf.random.stateless_uniform(shp[:2], seed(1), alg=ALG) ** (1.0 / dim)
-            d0 = tf.math.divide_no_nan(g, per_image_norm(g)) * (eps * rad)[..., None, None, None]
-        u = tf.random.stateless_uniform([restarts, steps, 4], seed(2), alg=ALG)
-        return d0, u
-
-    def gradient(x_adv, target, u):
-        with tf.GradientTape() as tape:
-            tape.watch(x_adv)
-            x_in = diverse_input(x_adv, u, dp, ds) if dp > 0 else x_adv
-            loss = tf.reduce_sum(cross_entropy(target, model(x_in, training=False)))
-        return tape.gradient(loss, x_adv)
+    ascent = -step if spec.targeted else step
+    mu, dp, ds = float(spec.momentum), float(spec.diversity_prob), float(spec.diversity_scale)
 
     def run(x, target, d0, u):
-        x_adv = project(x, x + d0) if spec.random_start else x
+        x_adv = tf.clip_by_value(x + clip_eta(d0, norm, eps), 0.0, 1.0) if spec.random_start else x
         g = tf.zeros_like(x)
         for i in tf.range(steps):
-            grad = gradient(x_adv, target, u[i])
+            di = partial(diverse_input, u=u[i], prob=dp, scale=ds) if dp > 0 else None
+            grad = loss_gradient(model, x_adv, target, di)
             if mu > 0:
-                l1 = tf.reduce_mean(tf.abs(grad), axis=[1, 2, 3], keepdims=True)
-                g = mu * g + tf.math.divide_no_nan(grad, l1)
+                g = momentum_update(g, grad, mu)
                 grad = g
-            if linf:
-                d = tf.sign(grad)
-            else:
-                d = tf.math.divide_no_nan(grad, per_image_norm(grad))
-            x_adv = project(x, x_adv + (direction * step) * d)
+            eta = clip_eta(x_adv + ascent * optimize_linear(grad, norm) - x, norm, eps)
+            x_adv = tf.clip_by_value(x + eta, 0.0, 1.0)
         return x_adv
 
     def loop(x, y, d0, u):
@@ -309,22 +426,86 @@ def make_attack(model, spec: AttackSpec, jit_compile: bool = False) -> Callable:
         input_signature=[
             tf.TensorSpec((None, *shape), tf.float32),
             tf.TensorSpec((None,), tf.int32),
+            tf.TensorSpec((2,), tf.int64),
         ]
     )
-    def attack_graph(x, y):
-        d0, u = draws(x)
+    def attack_graph(x, y, seed):
+        s_start, s_di = tf.unstack(tf.random.experimental.stateless_split(seed, 2, alg=ALG))
+        if spec.random_start:
+            d0 = random_lp_vector(tf.concat([[restarts], tf.shape(x)], 0), norm, eps, s_start)
+        else:
+            d0 = tf.zeros([restarts, 1, 1, 1, 1])
+        u = tf.random.stateless_uniform([restarts, steps, 4], s_di, alg=ALG)
         return loop(x, y, d0, u)
 
-    def attack(x, y):
-        return attack_graph(tf.convert_to_tensor(x, tf.float32), tf.cast(y, tf.int32))
+    default_seed = spec.stream_seed()
+
+    def attack(x, y, seed=None):
+        s = default_seed if seed is None else seed
+        return attack_graph(
+            tf.convert_to_tensor(x, tf.float32),
+            tf.cast(y, tf.int32),
+            tf.convert_to_tensor(np.asarray(s, np.int64).reshape(2)),
+        )
 
     attack.graph = attack_graph
     attack.spec = spec
     return attack
 
 
+# --- storage ----------------------------------------------------------------------------
+
+
+def l2_budget_sq(eps: float) -> int:
+    """L2 budget of a uint8 perturbation in squared grey levels: the largest integer S with
+    sqrt(S) / 255 <= eps (computed exactly on rationals, with the same 1e-9 relative slack as
+    floor(eps + 1e-9) for linf, so eps = k / 255 written in floating point admits norm k)."""
+    return math.floor((Fraction(float(eps)) * 255 * (1 + Fraction(1, 10**9))) ** 2)
+
+
+def within_budget(clean_u8: np.ndarray, adv_u8: np.ndarray, spec: AttackSpec) -> np.ndarray:
+    """Per image: is the stored integer perturbation inside the budget? (exact integer check:
+    linf |d| <= floor(eps); l2 sum d^2 <= l2_budget_sq(eps), d in grey levels)."""
+    d = np.asarray(adv_u8).astype(np.int64) - np.asarray(clean_u8).astype(np.int64)
+    d = d.reshape(len(d), -1)
+    if spec.norm == "linf":
+        return np.abs(d).max(axis=1, initial=0) <= math.floor(spec.eps + 1e-9)
+    return np.sum(d * d, axis=1) <= l2_budget_sq(spec.eps)
+
+
+def _shrink_l2(d: np.ndarray, v: np.ndarray, budget: int) -> np.ndarray:
+    """Integer vector near ``v`` with sum d^2 <= budget, from the rounding ``d`` = rint(v).
+
+    Greedy: move entries one grey level toward zero, cheapest first, where the cost is the
+    increase of the squared error to v, (1 - 2 e) with e = |d| - |v|, per unit of budget freed,
+    2|d| - 1. Then, for float edge cases, shrink the largest entries until inside.
+    """
+    d = d.copy()
+    need = int(np.sum(d * d)) - budget
+    if need <= 0:
+        return d
+    nz = np.flatnonzero(d)
+    a = np.abs(d[nz])
+    gain = 2 * a - 1
+    cost = (1.0 - 2.0 * (a - np.abs(v[nz]))) / gain
+    order = np.argsort(cost, kind="stable")
+    k = int(np.searchsorted(np.cumsum(gain[order]), need)) + 1
+    pick = nz[order[:k]]
+    d[pick] -= np.sign(d[pick])
+    while np.sum(d * d) > budget:
+        j = np.argmax(np.abs(d))
+        d[j] -= np.sign(d[j])
+    return d
+
+
 def quantise(x_clean_u8: np.ndarray, x_adv: np.ndarray, spec: AttackSpec) -> np.ndarray:
-    """Round adversarial images to uint8 (N, H, W) keeping the integer perturbation in budget."""
+    """Round adversarial images to uint8 (N, H, W) keeping the integer perturbation in budget.
+
+    linf: nearest integer, clipped to floor(eps) grey levels. l2: nearest integer; an image
+    whose rounded perturbation leaves the ball is shrunk greedily toward the clean image, one
+    grey level at a time where that costs least, until sum d^2 <= l2_budget_sq(eps) (so the
+    stored perturbation stays as close as possible to the attack's).
+    """
     clean = np.asarray(x_clean_u8)
     if clean.ndim == 4:
         clean = clean[..., 0]
@@ -334,39 +515,16 @@ def quantise(x_clean_u8: np.ndarray, x_adv: np.ndarray, spec: AttackSpec) -> np.
     if clean.shape != adv.shape:
         raise WorkflowError(f"quantise: clean {clean.shape} and adversarial {adv.shape} differ.")
     c = clean.astype(np.int64)
-    v = np.clip(adv, 0.0, 1.0) * 255.0 - c  # real perturbation in 1/255 units
+    v = np.clip(adv, 0.0, 1.0) * 255.0 - c  # real perturbation in grey levels
+    d = np.rint(v).astype(np.int64)
     if spec.norm == "linf":
         b = math.floor(spec.eps + 1e-9)
-        d = np.clip(np.rint(v).astype(np.int64), -b, b)
+        d = np.clip(d, -b, b)
     else:
-        d = np.rint(v).astype(np.int64)
-        axes = tuple(range(1, d.ndim))
-        over = np.sqrt(np.sum(d.astype(np.float64) ** 2, axis=axes)) > spec.eps
-        if over.any():
-            vv = v[over]
-            n = np.sqrt(np.sum(vv**2, axis=axes, keepdims=True))
-            vv = vv * np.minimum(1.0, spec.eps / np.maximum(n, 1e-12))
-            d[over] = np.trunc(vv).astype(np.int64)
-        # Guard against float edge cases: shrink the largest entry until within budget.
-        for i in np.flatnonzero(np.sum(d.astype(np.float64) ** 2, axis=axes) > spec.eps**2):
-            di = d[i].reshape(-1)
-            while np.sum(di.astype(np.float64) ** 2) > spec.eps**2:
-                j = np.argmax(np.abs(di))
-                di[j] -= np.sign(di[j])
-            d[i] = di.reshape(d[i].shape)
+        budget = l2_budget_sq(spec.eps)
+        for i in np.flatnonzero(np.sum((d * d).reshape(len(d), -1), axis=1) > budget):
+            d[i] = _shrink_l2(d[i].reshape(-1), v[i].reshape(-1), budget).reshape(d[i].shape)
     return np.clip(c + d, 0, 255).astype(np.uint8)
-
-
-def _prob_fn(model):
-    import tensorflow as tf
-
-    shape = tuple(model.input_shape[1:])
-
-    @tf.function(input_signature=[tf.TensorSpec((None, *shape), tf.float32)])
-    def prob(x):
-        return tf.cast(model(x, training=False)[:, 1], tf.float32)
-
-    return prob
 
 
 def run_attack_batches(
@@ -374,11 +532,24 @@ def run_attack_batches(
     attack_fn,
     images_u8: np.ndarray,
     labels: np.ndarray,
-    spec,
+    spec: AttackSpec,
     batch_size: int,
     progress=None,
+    *,
+    stream: tuple = (),
+    predict_fn=None,
 ) -> dict:
-    """Attack ``images_u8`` (N, H, W) uint8 in batches; quantise; report probabilities/norms."""
+    """Attack ``images_u8`` (N, H, W) uint8 in batches; quantise; report probabilities/norms.
+
+    ``stream``: keys naming this job's random stream, e.g. (source model, data task, shard);
+    batch ``i`` (0-based, of ``batch_size`` images) is attacked with
+    ``spec.stream_seed(*stream, i)``. ``predict_fn``: ``inference.make_predict_fn(model,
+    input_dtype="float32")`` to reuse a traced one. Returns ``adv_u8`` (N, H, W) uint8 and
+    float32 (N,) ``clean_prob``, ``adv_prob_float`` (unquantised), ``adv_prob`` (stored),
+    ``l2``, ``linf`` (stored perturbation, [0, 1] units).
+    """
+    from .inference import make_predict_fn
+
     images_u8 = np.asarray(images_u8)
     labels = np.asarray(labels)
     if images_u8.dtype != np.uint8 or images_u8.ndim != 3:
@@ -389,8 +560,12 @@ def run_attack_batches(
         raise WorkflowError(f"Labels {labels.shape} do not match images {images_u8.shape}.")
     if batch_size < 1:
         raise WorkflowError(f"batch_size must be >= 1, got {batch_size}.")
+    own = getattr(attack_fn, "spec", spec)
+    if own != spec:
+        raise WorkflowError(f"run_attack_batches: attack built for {own}, given spec {spec}.")
+    stream = tuple(stream)
     n = len(images_u8)
-    prob = _prob_fn(model)
+    prob = predict_fn or make_predict_fn(model, input_dtype="float32")
     out = {
         "adv_u8": np.zeros_like(images_u8),
         "clean_prob": np.zeros(n, np.float32),
@@ -399,14 +574,15 @@ def run_attack_batches(
         "l2": np.zeros(n, np.float32),
         "linf": np.zeros(n, np.float32),
     }
-    for a in range(0, n, batch_size):
+    for i, a in enumerate(range(0, n, batch_size)):
         b = min(a + batch_size, n)
         clean_u8 = images_u8[a:b]
         x = clean_u8[..., None].astype(np.float32) / 255.0
-        x_adv = np.asarray(attack_fn(x, labels[a:b].astype(np.int32)))
+        seed = spec.stream_seed(*stream, i)
+        x_adv = np.asarray(attack_fn(x, labels[a:b].astype(np.int32), seed))
         adv_u8 = quantise(clean_u8, x_adv, spec)
         xq = adv_u8[..., None].astype(np.float32) / 255.0
-        p = prob(np.concatenate([x, x_adv.astype(np.float32), xq])).numpy()
+        p = np.asarray(prob(np.concatenate([x, x_adv.astype(np.float32), xq])))
         k = b - a
         out["adv_u8"][a:b] = adv_u8
         out["clean_prob"][a:b] = p[:k]

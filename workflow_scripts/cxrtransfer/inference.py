@@ -1,21 +1,41 @@
-"""Batched, compiled inference: probability of the finding for uint8 images."""
+"""Batched, compiled inference: probability of the finding for uint8 or float images."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from . import WorkflowError
 from .data import shard_arrays
 
+INPUT_DTYPES = ("uint8", "float32")
 
-def make_predict_fn(model):
+
+def make_predict_fn(model, input_dtype: str = "uint8"):
+    """Compiled ``predict(x) -> p``: the model's column-1 (finding) probability, float32 (N,).
+
+    ``input_dtype`` "uint8": x uint8 images (N, H, W) (grey levels, scaled by 1/255 here);
+    "float32": x float32 (N, H, W, 1) in [0, 1] (the model contract). Traced once for any N.
+    """
     import tensorflow as tf
 
-    h, w = model.input_shape[1:3]
+    if input_dtype not in INPUT_DTYPES:
+        raise WorkflowError(f"input_dtype must be one of {INPUT_DTYPES}, got {input_dtype!r}.")
+    shape = tuple(model.input_shape[1:])
 
-    @tf.function(input_signature=[tf.TensorSpec((None, h, w), tf.uint8)], reduce_retracing=True)
-    def predict(x_u8):
-        x = tf.cast(x_u8, tf.float32)[..., None] / 255.0
-        return model(x, training=False)[:, 1]
+    def prob(x):
+        return tf.cast(model(x, training=False)[:, 1], tf.float32)
+
+    if input_dtype == "uint8":
+
+        @tf.function(input_signature=[tf.TensorSpec((None, *shape[:2]), tf.uint8)])
+        def predict(x_u8):
+            return prob(tf.cast(x_u8, tf.float32)[..., None] / 255.0)
+
+    else:
+
+        @tf.function(input_signature=[tf.TensorSpec((None, *shape), tf.float32)])
+        def predict(x):
+            return prob(x)
 
     return predict
 
