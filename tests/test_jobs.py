@@ -147,8 +147,16 @@ def test_stale_or_mismatched_checkpoints_are_detected(tiny, cache, tmp_path):
         model_record(d / "model.keras", stale)
 
 
-def test_noise_control_shuffles_each_perturbation(tiny, cache, tmp_path):
+def test_noise_control_shuffles_each_perturbation(tiny, tmp_path):
     d, images, _ = tiny
+    # a random start makes perturbations with many different values per image
+    cache = tmp_path / "rs.h5"
+    _attack(
+        d,
+        cache,
+        eps=16,
+        cfg={"method": "pgd", "step_fraction": 0.1, "steps": 2, "random_start": True},
+    )
     out = tmp_path / "ctrl.h5"
     control_shard(
         attack_path=cache,
