@@ -8,7 +8,7 @@ CORES ?= 2
 export PATH := $(abspath $(BIN)):$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: demo test venv report lint fmt bench clean-results
+.PHONY: demo test venv report lint fmt bench clean-results verify fetch-kaggle
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,13 @@ fmt: venv
 
 bench: venv
 	$(BIN)/python benchmarks/run_all.py --out docs/PERFORMANCE.md
+
+verify: venv
+	$(BIN)/python -m cxrtransfer.verify --results results $(if $(REMOVE),--remove,)
+
+fetch-kaggle: venv
+	@test -n "$(DEST)" || { echo "usage: make fetch-kaggle DEST=resources/nih-chest-xrays/data"; exit 2; }
+	$(BIN)/python -m cxrtransfer.fetch $(DEST)
 
 clean-results:
 	rm -rf results/*/ results/report.html
