@@ -5,12 +5,12 @@ rule attack:
         shard=P.SHARD.format(task="{data_task}", split="test", shard="{shard}"),
     output:
         P.ATTACK,
-    wildcard_constraints:
-        attack=alternatives(ATTACKS),
     log:
         P.log("attack", f"{P.ADV_SET}/{{shard}}"),
     benchmark:
         P.benchmark("attack", f"{P.ADV_SET}/{{shard}}")
+    wildcard_constraints:
+        attack=alternatives(ATTACKS),
     conda:
         "../envs/tensorflow.yaml"
     resources:
@@ -31,13 +31,13 @@ rule noise_control:
         model=P.MODEL.format(model="{source}"),
         metrics=P.MODEL_METRICS.format(model="{source}"),
     output:
-        P.ATTACK.replace("{attack}", "{attack}" + P.CONTROL_SUFFIX),
-    wildcard_constraints:
-        attack=alternatives(ATTACKS),
+        P.ATTACK_CONTROL,
     log:
         P.log("noise_control", f"{P.ADV_SET}/{{shard}}"),
     benchmark:
         P.benchmark("noise_control", f"{P.ADV_SET}/{{shard}}")
+    wildcard_constraints:
+        attack=alternatives(ATTACKS),
     conda:
         "../envs/tensorflow.yaml"
     resources:

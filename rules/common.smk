@@ -15,6 +15,7 @@ from cxrtransfer import plan  # noqa: E402
 from cxrtransfer.ingest import download_files  # noqa: E402
 from cxrtransfer.train import model_settings  # noqa: E402
 
+
 # config/config.yaml is the default run; run another study with
 # `--configfile FILE --replace-workflow-config` (README) or through a profile.
 configfile: "config/config.yaml"
@@ -45,7 +46,7 @@ wildcard_constraints:
     model=alternatives(MODELS),
     source=alternatives(MODELS),
     target=alternatives(MODELS),
-    attack=alternatives(ATTACKS + [a + P.CONTROL_SUFFIX for a in ATTACKS]),
+    attack=alternatives([*ATTACKS, *[f"{a}{P.CONTROL_SUFFIX}" for a in ATTACKS]]),
     eps=r"[0-9.]+",
 
 
@@ -94,7 +95,9 @@ def shard_ids(task, split):
 
 
 def shards(task, split):
-    return [P.SHARD.format(task=task, split=split, shard=s) for s in shard_ids(task, split)]
+    return [
+        P.SHARD.format(task=task, split=split, shard=s) for s in shard_ids(task, split)
+    ]
 
 
 def model_task(name):
@@ -167,6 +170,9 @@ def evaluate_inputs(w):
 def model_facts(names):
     """What the evaluation reads of each model's settings (see relations.factors)."""
     return {
-        m: {k: config["models"][m].get(k, "none") for k in ("arch", "task", "pretrained", "seed")}
+        m: {
+            k: config["models"][m].get(k, "none")
+            for k in ("arch", "task", "pretrained", "seed")
+        }
         for m in sorted(names)
     }

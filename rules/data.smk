@@ -75,7 +75,9 @@ rule shard:
 rule shard_summary:
     input:
         manifest_rejected=P.MANIFEST_REJECTED,
-        shards=lambda w: [s for split in ("train", "val", "test") for s in shards(w.task, split)],
+        shards=lambda w: [
+            s for split in ("train", "val", "test") for s in shards(w.task, split)
+        ],
     output:
         summary=P.SHARD_SUMMARY,
         rejected=P.SHARD_REJECTED,

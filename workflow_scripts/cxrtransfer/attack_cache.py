@@ -46,7 +46,9 @@ def check_budget(clean_u8, adv_u8, norm: str, eps: float, where) -> tuple[int, f
     max_linf = int(np.abs(d).max(initial=0))
     l2 = np.sqrt((d.astype(np.float64) ** 2).reshape(len(d), -1).sum(1)) / 255.0
     max_l2 = float(l2.max(initial=0))
-    ok = max_linf <= math.floor(eps + 1e-9) if norm == "linf" else max_l2 <= eps * (1 + 1e-9) + 1e-12
+    ok = (
+        max_linf <= math.floor(eps + 1e-9) if norm == "linf" else max_l2 <= eps * (1 + 1e-9) + 1e-12
+    )
     if not ok:
         raise WorkflowError(
             f"{where}: stored perturbation exceeds the {norm} budget {eps} (max L-inf "

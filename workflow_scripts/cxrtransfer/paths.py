@@ -37,6 +37,9 @@ BENCHMARKS = f"{RESULTS}/benchmarks"
 # Noise controls: an attack's perturbations, spatially shuffled per image, stored as the
 # adversarial set of a pseudo-attack named f"{attack}{CONTROL_SUFFIX}".
 CONTROL_SUFFIX = "__shuffled"
+ATTACK_CONTROL = (
+    f"{RESULTS}/attacks/{{source}}/{{data_task}}/{{attack}}{CONTROL_SUFFIX}/eps{{eps}}/{{shard}}.h5"
+)
 
 
 def log(rule: str, pattern: str = "") -> str:
