@@ -9,9 +9,7 @@
     lists (train_val 86,524 / test 25,596) and a tiny valid PNG under images_001..012/images/
     for every name (hard links of a few files). The manifest checkpoints run first; then the
     dry run of the whole study is timed, and (unless --no-profile) profiled with cProfile to
-    show where planning time goes. --try-cache also times a patched COPY of the workflow whose
-    shard_ids() caches the per-split counts of each manifest (rules/ are not modified; skipped
-    when rules/common.smk caches them already).
+    show where planning time goes.
 (c) flops: forward FLOPs per 224 px image of every architecture of nih.yaml (TF profiler on
     the frozen graph, multiply-add = 2 FLOPs), and a GPU-hours estimate of the study from them.
 
@@ -27,7 +25,6 @@ import os
 import pstats
 import re
 import resource
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -61,7 +58,6 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="two grid sizes, no profile")
     p.add_argument("--no-nih", action="store_true", help="skip (b)")
     p.add_argument("--no-profile", action="store_true", help="skip the cProfile run of (b)")
-    p.add_argument("--try-cache", action="store_true", help="also time a patched copy, see (b)")
     p.add_argument("--no-flops", action="store_true", help="skip (c)")
     p.add_argument("--workdir", help="keep the temp directories here")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
@@ -319,44 +315,6 @@ def profile_summary(prof: Path, top: int = 12) -> dict:
     }
 
 
-CACHE_PATCH = '''
-import functools as _functools
-import os as _os
-
-
-@_functools.lru_cache(maxsize=None)
-def _split_counts(manifest, mtime):
-    """Images per split of a manifest, read once per (path, mtime)."""
-    return pd.read_csv(manifest, usecols=["split"])["split"].value_counts().to_dict()
-
-
-def shard_ids(task, split):'''
-
-
-def patched_copy(work: Path) -> Path | None:
-    """A copy of the workflow whose shard_ids() caches the manifest counts (benchmark only)."""
-    d = work / "patched_workflow"
-    if d.exists():
-        shutil.rmtree(d)
-    d.mkdir(parents=True)
-    shutil.copy2(SNAKEFILE, d / "Snakefile")
-    shutil.copytree(ROOT / "rules", d / "rules")
-    for name in ("config", "report", "envs", "workflow_scripts"):
-        if (ROOT / name).exists():
-            (d / name).symlink_to(ROOT / name)
-    common_smk = d / "rules" / "common.smk"
-    text = common_smk.read_text()
-    old_read = 'n = int((pd.read_csv(manifest, usecols=["split"])["split"] == split).sum())'
-    if "def shard_ids(task, split):" not in text or old_read not in text:
-        return None  # changed, or caching already
-    text = text.replace("\ndef shard_ids(task, split):", CACHE_PATCH, 1)
-    text = text.replace(
-        old_read, "n = int(_split_counts(manifest, _os.path.getmtime(manifest)).get(split, 0))", 1
-    )
-    common_smk.write_text(text)
-    return d / "Snakefile"
-
-
 def nih_planning(work: Path, args) -> dict:
     d = work / "nih"
     d.mkdir(parents=True, exist_ok=True)
@@ -401,13 +359,6 @@ def nih_planning(work: Path, args) -> dict:
             f"{f['pandas.read_csv']}",
             flush=True,
         )
-    if args.try_cache:
-        sf = patched_copy(work)
-        if sf is None:
-            res["cached_copy"] = {"skipped": "shard_ids() no longer has the expected form"}
-        else:
-            res["cached_copy"] = dry_run(d, cfg, repeats=1, snakefile=sf)
-            print(f"  patched copy (cached shard_ids): {res['cached_copy']}", flush=True)
     return res
 
 

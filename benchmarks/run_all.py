@@ -31,7 +31,7 @@ FULL = {
     "training": ["bench_training.py", "--images", "384", "--repeats", "3"],
     "predict": ["bench_predict.py", "--images", "512", "--repeats", "5"],
     "attacks": ["bench_attacks.py", "--repeats", "3"],
-    "planning": ["bench_planning.py", "--try-cache"],
+    "planning": ["bench_planning.py"],
 }
 QUICK = {
     "sharding": ["bench_sharding.py", "--n", "40", "--repeats", "2"],
@@ -436,17 +436,6 @@ def section_planning(d: dict) -> list[str]:
                 lines.append(
                     f"| `{row['function']}` ({row['file']}) | {row['calls']:,} | {row['tottime_s']:.1f} |"
                 )
-        cc = nih.get("cached_copy")
-        if cc and "median_s" in cc:
-            lines += [
-                "",
-                f"A patched copy of the workflow (benchmark only; `rules/` unchanged) whose "
-                f"`shard_ids()` caches the per-split counts of each manifest (one `read_csv` per "
-                f"manifest instead of one per call): **{cc['median_s']:.0f} s** wall, "
-                f"{cc['median_cpu_s']:.0f} CPU s, {cc['jobs']:,} jobs (same DAG).",
-            ]
-        if cc and "skipped" in cc:
-            lines += ["", f"(Patched-copy comparison skipped: {cc['skipped']}.)"]
         if prof and r:
             f = prof["focus"]
             sid, rc_, pr = (

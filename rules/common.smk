@@ -41,7 +41,7 @@ def alternatives(names):
 wildcard_constraints:
     task=alternatives(TASKS),
     data_task=alternatives(TASKS),
-    split="train|val|test",
+    split=alternatives(cxrtransfer.SPLITS),
     shard=r"\d\d\d+",
     model=alternatives(MODELS),
     source=alternatives(MODELS),

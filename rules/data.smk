@@ -76,7 +76,7 @@ rule shard_summary:
     input:
         manifest_rejected=P.MANIFEST_REJECTED,
         shards=lambda w: [
-            s for split in ("train", "val", "test") for s in shards(w.task, split)
+            s for split in cxrtransfer.SPLITS for s in shards(w.task, split)
         ],
     output:
         summary=P.SHARD_SUMMARY,

@@ -72,10 +72,6 @@ class SyntheticSpec:
         return {k: v for k, v in prev.items() if v > 0}
 
 
-def _ellipse(yy, xx, cy, cx, ry, rx):
-    return ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
-
-
 def _soft_ellipse(yy, xx, cy, cx, ry, rx, edge=0.08):
     d = np.sqrt(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2)
     return np.clip((1.0 + edge - d) / (2 * edge), 0.0, 1.0)
