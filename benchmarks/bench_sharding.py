@@ -51,8 +51,10 @@ def generate_pngs(out: Path, n: int, image_size: int):
     from cxrtransfer.ingest import read_data_entry
     from cxrtransfer.synthetic import SyntheticSpec, generate
 
-    spec = SyntheticSpec(
-        seed=1024, n_patients=n, max_followups=1, image_size=image_size, images_per_folder=1000
+    spec = SyntheticSpec.from_config(
+        dict(
+            seed=1024, n_patients=n, max_followups=1, image_size=image_size, images_per_folder=1000
+        )
     )
     t0 = time.perf_counter()
     generate(out, spec)

@@ -46,7 +46,9 @@ def make_shards(work: Path, n: int, image_size: int, shard_size: int) -> list[Pa
     from cxrtransfer.shards import n_shards, shard_rows, write_shard
     from cxrtransfer.synthetic import SyntheticSpec, generate
 
-    spec = SyntheticSpec(seed=64, n_patients=n, max_followups=1, image_size=128, signal=1.5)
+    spec = SyntheticSpec.from_config(
+        dict(seed=64, n_patients=n, max_followups=1, image_size=128, signal=1.5)
+    )
     generate(work / "download", spec)
     entries = read_data_entry(work / "download" / "Data_Entry_2017.csv")
     paths = {p.name: str(p) for p in (work / "download").glob("images_*/images/*.png")}

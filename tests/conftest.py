@@ -22,16 +22,18 @@ def root() -> Path:
 def small_download(tmp_path_factory) -> Path:
     """A small synthetic download (read-only for tests; copy it before changing it)."""
     out = tmp_path_factory.mktemp("download") / "nih"
-    spec = SyntheticSpec(
-        seed=3,
-        n_patients=240,
-        max_followups=4,
-        image_size=64,
-        images_per_folder=100,
-        test_fraction=0.3,
-        prevalence={"Pneumothorax": 0.5, "Cardiomegaly": 0.5},
-        rgba_fraction=0.05,
-        signal=2.0,
+    spec = SyntheticSpec.from_config(
+        dict(
+            seed=3,
+            n_patients=240,
+            max_followups=4,
+            image_size=64,
+            images_per_folder=100,
+            test_fraction=0.3,
+            prevalence={"Pneumothorax": 0.5, "Cardiomegaly": 0.5},
+            rgba_fraction=0.05,
+            signal=2.0,
+        )
     )
     generate(out, spec)
     return out

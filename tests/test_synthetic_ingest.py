@@ -40,7 +40,9 @@ def test_layout_matches_kaggle(small_download):
 
 
 def test_generation_is_deterministic(tmp_path):
-    spec = SyntheticSpec(seed=11, n_patients=12, image_size=32, images_per_folder=10)
+    spec = SyntheticSpec.from_config(
+        dict(seed=11, n_patients=12, image_size=32, images_per_folder=10)
+    )
     generate(tmp_path / "a", spec)
     generate(tmp_path / "b", spec)
     for f in ("Data_Entry_2017.csv", "test_list.txt", "train_val_list.txt"):
@@ -48,7 +50,7 @@ def test_generation_is_deterministic(tmp_path):
     for p in (tmp_path / "a").glob("images_*/images/*.png"):
         q = tmp_path / "b" / p.relative_to(tmp_path / "a")
         assert np.array_equal(np.asarray(Image.open(p)), np.asarray(Image.open(q)))
-    generate(tmp_path / "c", SyntheticSpec(seed=12, n_patients=12, image_size=32))
+    generate(tmp_path / "c", SyntheticSpec.from_config(dict(seed=12, n_patients=12, image_size=32)))
     assert (tmp_path / "a" / "Data_Entry_2017.csv").read_bytes() != (
         tmp_path / "c" / "Data_Entry_2017.csv"
     ).read_bytes()

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import csv
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,24 +36,29 @@ BBOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
 
 @dataclass
 class SyntheticSpec:
-    seed: int = 20171
-    n_patients: int = 400
-    max_followups: int = 6
-    image_size: int = 128
-    images_per_folder: int = 500
-    test_fraction: float = 0.25
-    no_finding_fraction: float = 0.5
-    prevalence: dict = field(default_factory=dict)
-    rgba_fraction: float = 0.01
-    signal: float = 1.0
+    """Settings of the built-in dataset; defaults and documentation in the config schema
+    (``data.synthetic``): build it with ``from_config``."""
+
+    seed: int
+    n_patients: int
+    max_followups: int
+    image_size: int
+    images_per_folder: int
+    test_fraction: float
+    no_finding_fraction: float
+    prevalence: dict
+    rgba_fraction: float
+    signal: float
 
     @classmethod
     def from_config(cls, cfg: dict) -> SyntheticSpec:
+        from .schema import defaults
+
         known = cls.__dataclass_fields__
         unknown = set(cfg) - set(known)
         if unknown:
             raise WorkflowError(f"Unknown data.synthetic keys: {sorted(unknown)}")
-        return cls(**cfg)
+        return cls(**{**defaults("data", "synthetic"), **cfg})
 
     def label_prevalence(self) -> dict:
         prev = {
