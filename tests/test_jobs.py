@@ -202,3 +202,16 @@ def test_bad_attack_input_fails_before_work(tiny, tmp_path):
     with pytest.raises(WorkflowError, match="expects 24x24 images but data.image_size is 32"):
         _attack(d, out, size=32)
     assert not out.exists()
+
+
+def test_l2_attack_cache_keeps_its_budget_in_l2_units(tiny, tmp_path):
+    """L2 eps is the perturbation's L2 norm in [0, 1] pixel units, recorded with its unit."""
+    d, images, _ = tiny
+    out = tmp_path / "l2.h5"
+    _attack(d, out, eps=0.5, cfg={"method": "pgd", "norm": "l2", "step_fraction": 0.25, "steps": 5})
+    cache = read_attack(out)
+    delta = (cache["images"].astype(float) - images.astype(float)).reshape(len(images), -1) / 255
+    norms = np.sqrt((delta**2).sum(1))
+    assert norms.max() <= 0.5 + 1e-9 and norms.mean() > 0.25
+    assert np.allclose(cache["l2"], norms, atol=1e-6)
+    assert cache["attrs"]["norm"] == "l2" and "L2" in cache["attrs"]["eps_unit"]
