@@ -20,9 +20,9 @@ rule attack:
         eps=lambda w: plan.eps_value(config, w.attack, w.eps),
         image_size=config["data"]["image_size"],
         batch_size=config["attack_batch_size"],
-        code=code("run_attack"),
+        code=code("attack"),
     script:
-        script_path("run_attack")
+        script_path("attack")
 
 
 rule noise_control:
@@ -45,6 +45,6 @@ rule noise_control:
     params:
         image_size=config["data"]["image_size"],
         batch_size=config["attack_batch_size"],
-        code=code("make_noise_control"),
+        code=code("noise_control"),
     script:
-        script_path("make_noise_control")
+        script_path("noise_control")

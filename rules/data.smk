@@ -14,9 +14,9 @@ rule synthetic_download:
         "../envs/data.yaml"
     params:
         spec=plan.canon(config["data"]["synthetic"]),
-        code=code("make_synthetic"),
+        code=code("synthetic_download"),
     script:
-        script_path("make_synthetic")
+        script_path("synthetic_download")
 
 
 checkpoint manifest:
@@ -41,9 +41,9 @@ checkpoint manifest:
         val_fraction=config["split"]["val_fraction"],
         seed=config["split"]["seed"],
         max_rejected_fraction=config["data"]["max_rejected_fraction"],
-        code=code("build_manifest"),
+        code=code("manifest"),
     script:
-        script_path("build_manifest")
+        script_path("manifest")
 
 
 rule shard:
@@ -67,9 +67,9 @@ rule shard:
         max_rejected_fraction=config["data"]["max_rejected_fraction"],
         source=config["data"]["source"],
         label=lambda w: config["tasks"][w.task]["label"],
-        code=code("build_shard"),
+        code=code("shard"),
     script:
-        script_path("build_shard")
+        script_path("shard")
 
 
 rule shard_summary:
@@ -88,6 +88,6 @@ rule shard_summary:
     conda:
         "../envs/data.yaml"
     params:
-        code=code("summarise_shards"),
+        code=code("shard_summary"),
     script:
-        script_path("summarise_shards")
+        script_path("shard_summary")

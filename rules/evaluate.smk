@@ -61,9 +61,9 @@ rule evaluate:
         n_bootstrap=config["evaluation"]["n_bootstrap"],
         confidence=config["evaluation"]["confidence"],
         seed=config["evaluation"]["seed"],
-        code=code("evaluate_set"),
+        code=code("evaluate"),
     script:
-        script_path("evaluate_set")
+        script_path("evaluate")
 
 
 rule tables:
@@ -100,9 +100,9 @@ rule tables:
         adversarial_sets=sorted(s.path for s in ADV_SETS),
         models=model_facts(MODELS),
         data_source=config["data"]["source"],
-        code=code("make_tables"),
+        code=code("tables"),
     script:
-        script_path("make_tables")
+        script_path("tables")
 
 
 rule plot_heatmap:
@@ -122,9 +122,9 @@ rule plot_heatmap:
         "../envs/report.yaml"
     params:
         kind="heatmap",
-        code=code("make_plots"),
+        code=code("plots"),
     script:
-        script_path("make_plots")
+        script_path("plots")
 
 
 rule plot_auroc:
@@ -144,9 +144,9 @@ rule plot_auroc:
         "../envs/report.yaml"
     params:
         kind="auroc",
-        code=code("make_plots"),
+        code=code("plots"),
     script:
-        script_path("make_plots")
+        script_path("plots")
 
 
 rule plot_cell:
@@ -176,9 +176,9 @@ rule plot_cell:
     params:
         kind="cell",
         per_class=config["evaluation"]["examples_per_class"],
-        code=code("make_plots"),
+        code=code("plots"),
     script:
-        script_path("make_plots")
+        script_path("plots")
 
 
 rule study_config:
@@ -196,6 +196,6 @@ rule study_config:
         "../envs/report.yaml"
     params:
         config=plan.canon(config),
-        code=code("write_config"),
+        code=code("study_config"),
     script:
-        script_path("write_config")
+        script_path("study_config")

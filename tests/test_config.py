@@ -171,16 +171,16 @@ def test_architecture_list_matches_keras_applications():
 
 def test_code_version_follows_the_imported_modules(root):
     scripts = root / "workflow_scripts"
-    attack = plan.library_modules(scripts / "run_attack.py")
+    attack = plan.library_modules(scripts / "attack.py")
     train = plan.library_modules(scripts / "train_model.py")
-    plots = plan.library_modules(scripts / "make_plots.py")
+    plots = plan.library_modules(scripts / "plots.py")
     assert "attacks" in attack and "attacks" not in train
     assert "plots" in plots and not any(
         "plots" in plan.library_modules(p)
         for p in (
-            scripts / "run_attack.py",
+            scripts / "attack.py",
             scripts / "train_model.py",
-            scripts / "evaluate_set.py",
+            scripts / "evaluate.py",
         )
     )
-    assert plan.code_version(scripts / "run_attack.py") != plan.code_version(scripts / "predict.py")
+    assert plan.code_version(scripts / "attack.py") != plan.code_version(scripts / "predict.py")
