@@ -176,92 +176,92 @@ def _patient_labels(rng, prev: dict, no_finding_fraction: float, chronic: set) -
     return sorted(labels, key=LABELS.index)
 
 
+def _plan_images(spec: SyntheticSpec, rng) -> tuple[list, set[int]]:
+    """Every image to draw (patient, follow-up, age, sex, anatomy, labels, seed) and the test
+    patients, from the generator's seeded random stream."""
+    prev = spec.label_prevalence()
+    patients = list(range(1, spec.n_patients + 1))
+    n_test = max(1, int(round(spec.test_fraction * len(patients))))
+    test_patients = {int(pid) for pid in rng.permutation(patients)[:n_test]}
+    images = []
+    for pid in patients:
+        anatomy = _patient_anatomy(rng)
+        chronic = set()
+        if rng.random() > spec.no_finding_fraction:
+            # a persistent finding: most of this patient's images show it
+            weights = np.array(list(prev.values())) / sum(prev.values())
+            chronic.add(list(prev)[int(rng.choice(len(prev), p=weights))])
+        n_fu = int(rng.integers(1, spec.max_followups + 1))
+        age = int(rng.integers(18, 90))
+        sex = "M" if rng.random() < 0.56 else "F"
+        for fu in range(n_fu):
+            labels = _patient_labels(rng, prev, spec.no_finding_fraction, chronic)
+            images.append((pid, fu, age, sex, anatomy, labels, int(rng.integers(0, 2**31 - 1))))
+    return images, test_patients
+
+
+def _write_image(out: Path, i: int, image: tuple, spec: SyntheticSpec) -> tuple[list, list]:
+    """Draw and save one PNG; return its Data_Entry row and its bounding-box rows."""
+    pid, fu, age, sex, anatomy, labels, img_seed = image
+    name = f"{pid:08d}_{fu:03d}.png"
+    folder = out / f"images_{i // spec.images_per_folder + 1:03d}" / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    irng = np.random.default_rng(img_seed)
+    arr = render(set(labels), anatomy, irng, spec.image_size, spec.signal)
+    if irng.random() < spec.rgba_fraction:
+        rgba = np.stack([arr, arr, arr, np.full_like(arr, 255)], axis=-1)
+        Image.fromarray(rgba, mode="RGBA").save(folder / name)
+    else:
+        Image.fromarray(arr, mode="L").save(folder / name)
+    view = "PA" if irng.random() < 0.6 else "AP"
+    spacing = f"{0.143 * 1024 / spec.image_size:.3f}"
+    size = spec.image_size
+    row = [name, "|".join(labels), fu, pid, age + fu // 3, sex, view, size, size, spacing, spacing]
+    boxes = [
+        [
+            name,
+            lab,
+            f"{0.3 * size:.4f}",
+            f"{0.4 * size:.4f}",
+            f"{0.4 * size:.4f}",
+            f"{0.35 * size:.4f}",
+        ]
+        for lab in labels
+        if lab in ("Cardiomegaly", "Pneumothorax") and irng.random() < 0.2
+    ]
+    return row, boxes
+
+
+def _write_metadata(out: Path, rows: list, bbox_rows: list, test_patients: set[int]) -> list:
+    """The CSVs (with the real files' trailing commas) and the official-style split lists."""
+    with open(out / "Data_Entry_2017.csv", "w", newline="") as f:
+        f.write(CSV_HEADER + ",\n")
+        csv.writer(f, lineterminator=",\n").writerows(rows)  # every line ends with a comma
+    with open(out / "BBox_List_2017.csv", "w", newline="") as f:
+        f.write(BBOX_HEADER + "\n")
+        csv.writer(f, lineterminator=",,,\n").writerows(bbox_rows)
+    test = sorted(r[0] for r in rows if r[3] in test_patients)
+    train = sorted(r[0] for r in rows if r[3] not in test_patients)
+    (out / "test_list.txt").write_text("\n".join(test) + "\n")
+    (out / "train_val_list.txt").write_text("\n".join(train) + "\n")
+    return test
+
+
 def generate(out_dir: str | Path, spec: SyntheticSpec) -> dict:
     """Write the synthetic download into ``out_dir`` (replaced if present); return counts."""
     out = Path(out_dir)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    rng = np.random.default_rng(spec.seed)
-    prev = spec.label_prevalence()
+    images, test_patients = _plan_images(spec, np.random.default_rng(spec.seed))
     rows, bbox_rows = [], []
-    test_patients = set()
-    patients = list(range(1, spec.n_patients + 1))
-    n_test = max(1, int(round(spec.test_fraction * len(patients))))
-    for pid in rng.permutation(patients)[:n_test]:
-        test_patients.add(int(pid))
-    plan = []
-    for pid in patients:
-        anatomy = _patient_anatomy(rng)
-        chronic = set()
-        if rng.random() > spec.no_finding_fraction:
-            # a persistent finding: most of this patient's images show it
-            chronic.add(
-                list(prev)[
-                    int(rng.choice(len(prev), p=np.array(list(prev.values())) / sum(prev.values())))
-                ]
-            )
-        n_fu = int(rng.integers(1, spec.max_followups + 1))
-        age = int(rng.integers(18, 90))
-        sex = "M" if rng.random() < 0.56 else "F"
-        for fu in range(n_fu):
-            labels = _patient_labels(rng, prev, spec.no_finding_fraction, chronic)
-            plan.append((pid, fu, age, sex, anatomy, labels, int(rng.integers(0, 2**31 - 1))))
-    progress = Progress(len(plan), "synthetic images", every_seconds=10)
-    for i, (pid, fu, age, sex, anatomy, labels, img_seed) in enumerate(plan):
-        name = f"{pid:08d}_{fu:03d}.png"
-        folder = out / f"images_{i // spec.images_per_folder + 1:03d}" / "images"
-        folder.mkdir(parents=True, exist_ok=True)
-        irng = np.random.default_rng(img_seed)
-        arr = render(set(labels), anatomy, irng, spec.image_size, spec.signal)
-        if irng.random() < spec.rgba_fraction:
-            rgba = np.stack([arr, arr, arr, np.full_like(arr, 255)], axis=-1)
-            Image.fromarray(rgba, mode="RGBA").save(folder / name)
-        else:
-            Image.fromarray(arr, mode="L").save(folder / name)
-        view = "PA" if irng.random() < 0.6 else "AP"
-        spacing = 0.143 * 1024 / spec.image_size
-        rows.append(
-            [
-                name,
-                "|".join(labels),
-                fu,
-                pid,
-                age + fu // 3,
-                sex,
-                view,
-                spec.image_size,
-                spec.image_size,
-                f"{spacing:.3f}",
-                f"{spacing:.3f}",
-            ]
-        )
-        for lab in labels:
-            if lab in ("Cardiomegaly", "Pneumothorax") and irng.random() < 0.2:
-                s = spec.image_size
-                bbox_rows.append(
-                    [
-                        name,
-                        lab,
-                        f"{0.3 * s:.4f}",
-                        f"{0.4 * s:.4f}",
-                        f"{0.4 * s:.4f}",
-                        f"{0.35 * s:.4f}",
-                    ]
-                )
+    progress = Progress(len(images), "synthetic images", every_seconds=10)
+    for i, image in enumerate(images):
+        row, boxes = _write_image(out, i, image, spec)
+        rows.append(row)
+        bbox_rows += boxes
         progress.update()
-    with open(out / "Data_Entry_2017.csv", "w", newline="") as f:
-        f.write(CSV_HEADER + ",\n")
-        w = csv.writer(f, lineterminator=",\n")  # the real file ends every line with a comma
-        w.writerows(rows)
-    with open(out / "BBox_List_2017.csv", "w", newline="") as f:
-        f.write(BBOX_HEADER + "\n")
-        w = csv.writer(f, lineterminator=",,,\n")
-        w.writerows(bbox_rows)
-    test = sorted(r[0] for r in rows if r[3] in test_patients)
-    train = sorted(r[0] for r in rows if r[3] not in test_patients)
-    (out / "test_list.txt").write_text("\n".join(test) + "\n")
-    (out / "train_val_list.txt").write_text("\n".join(train) + "\n")
+    test = _write_metadata(out, rows, bbox_rows, test_patients)
     counts = {"images": len(rows), "patients": spec.n_patients, "test_images": len(test)}
     for lab in [NO_FINDING, *LABELS]:
         counts[lab] = sum(lab in r[1].split("|") for r in rows)
