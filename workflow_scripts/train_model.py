@@ -1,4 +1,5 @@
-"""Rule train: fine-tune one model (resumes from its last epoch if interrupted)."""
+"""Rule train: fine-tune one model (resumes from its last epoch if interrupted with the same
+settings and data; writes model.keras, metrics.json, history.csv, train_patients.txt)."""
 
 from pathlib import Path
 
@@ -8,10 +9,10 @@ from cxrtransfer.utils import run_main
 
 
 def main(sm):
-    s = dict(sm.params.settings)
-    patients = subset_patients(sm.input.train, s["train_subset"], s["split_seed"])
+    settings = dict(sm.params.settings)
+    patients = subset_patients(sm.input.train, settings["train_subset"], settings["split_seed"])
     train_model(
-        s,
+        settings,
         list(sm.input.train),
         list(sm.input.val),
         list(sm.input.test),

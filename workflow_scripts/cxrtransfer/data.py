@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import contextlib
 
 import h5py
 import numpy as np
@@ -11,43 +11,69 @@ from . import WorkflowError
 from .shards import check_image_size
 
 
+@contextlib.contextmanager
+def open_shard(path):
+    """Open an HDF5 shard for reading; a truncated or corrupt file becomes a WorkflowError
+    that names the file and the fix (instead of an h5py traceback)."""
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise _shard_error(path, e) from None
+    try:
+        with f:
+            yield f
+    except (OSError, KeyError) as e:
+        raise _shard_error(path, e) from None
+
+
+def _shard_error(path, e: Exception) -> WorkflowError:
+    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return WorkflowError(
+        f"Cannot read shard '{path}' ({first}): it is truncated, corrupt or not a shard of this "
+        "workflow. Delete it and rerun the workflow (Snakemake rebuilds missing shards)."
+    )
+
+
 def shard_arrays(paths, image_size: int, patients: set[int] | None = None):
     """Yield (images uint8 (n,H,W), labels int64, image_index str) per shard, optionally only
     the given patients. Reads one shard at a time: memory is bounded by one shard."""
     for p in paths:
-        try:
-            with h5py.File(p, "r") as f:
-                images = f["images"]
-                check_image_size(images, p, image_size)
-                labels = f["labels"][...].astype(np.int64)
-                names = f["image_index"][...].astype(str)
-                pids = f["patient_id"][...]
-                keep = (
-                    np.ones(len(labels), bool)
-                    if patients is None
-                    else np.isin(pids, list(patients))
-                )
-                idx = np.flatnonzero(keep)
-                if len(idx) == 0:
-                    continue
-                imgs = images[...][idx] if len(idx) < len(keep) else images[...]
-        except (OSError, KeyError) as e:
-            raise WorkflowError(f"Cannot read shard '{p}' ({e}). Delete it and rerun.") from None
+        with open_shard(p) as f:
+            images = f["images"]
+            check_image_size(images, p, image_size)
+            labels = f["labels"][...].astype(np.int64)
+            names = f["image_index"][...].astype(str)
+            pids = f["patient_id"][...]
+            keep = np.ones(len(labels), bool) if patients is None else np.isin(pids, list(patients))
+            idx = np.flatnonzero(keep)
+            if len(idx) == 0:
+                continue
+            imgs = images[...][idx] if len(idx) < len(keep) else images[...]
         yield imgs, labels[idx], names[idx]
 
 
-def count_labels(paths, image_size: int, patients: set[int] | None = None) -> tuple[int, int]:
+def label_summary(paths, image_size: int, patients: set[int] | None = None) -> dict:
+    """Negatives ``n0``, positives ``n1`` and the sorted unique ``patient_ids`` of the images
+    of ``paths`` (only ``patients`` if given), read without decoding images."""
     n0 = n1 = 0
+    used: set[int] = set()
     for p in paths:
-        with h5py.File(p, "r") as f:
+        with open_shard(p) as f:
             labels = f["labels"][...]
             pids = f["patient_id"][...]
             check_image_size(f["images"], p, image_size)
         if patients is not None:
-            labels = labels[np.isin(pids, list(patients))]
+            keep = np.isin(pids, list(patients))
+            labels, pids = labels[keep], pids[keep]
         n1 += int((labels == 1).sum())
         n0 += int((labels == 0).sum())
-    return n0, n1
+        used.update(int(x) for x in pids)
+    return {"n0": n0, "n1": n1, "patient_ids": sorted(used)}
+
+
+def count_labels(paths, image_size: int, patients: set[int] | None = None) -> tuple[int, int]:
+    summary = label_summary(paths, image_size, patients)
+    return summary["n0"], summary["n1"]
 
 
 def augmentation_layers(aug: dict, seed: int):
@@ -115,7 +141,7 @@ def make_dataset(
     def to_float(x, y):
         return tf.cast(x, tf.float32)[..., None] / 255.0, y
 
-    ds = ds.map(to_float, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(to_float, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if augment:
         layers = augmentation_layers(augment, seed)
         if layers:
@@ -126,24 +152,11 @@ def make_dataset(
             def aug(x, y):
                 return tf.clip_by_value(pipe(x, training=True), 0.0, 1.0), y
 
-            ds = ds.map(aug, num_parallel_calls=tf.data.AUTOTUNE)
+            # Sequential on purpose: the layers draw from stateful seed generators, and
+            # parallel calls would consume their states in a run-dependent order (seeded runs
+            # then differ). One vectorised call per batch; prefetch still overlaps training.
+            ds = ds.map(aug, num_parallel_calls=None, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
-
-
-def load_split(paths, image_size: int) -> dict:
-    """All images of a (test or val) split, for evaluation; fine for eval-sized splits."""
-    imgs, labels, names = [], [], []
-    for a, b, c in shard_arrays(paths, image_size):
-        imgs.append(a)
-        labels.append(b)
-        names.append(c)
-    if not imgs:
-        raise WorkflowError(f"No images in shards {[str(Path(p)) for p in paths]}")
-    return {
-        "images": np.concatenate(imgs),
-        "labels": np.concatenate(labels),
-        "image_index": np.concatenate(names),
-    }
 
 
 def subset_patients(train_shards, subset: str, seed: int) -> set[int] | None:
@@ -156,7 +169,7 @@ def subset_patients(train_shards, subset: str, seed: int) -> set[int] | None:
         raise WorkflowError(f"train_subset must be all, half_a or half_b, not '{subset}'")
     pids = set()
     for p in train_shards:
-        with h5py.File(p, "r") as f:
+        with open_shard(p) as f:
             pids.update(int(x) for x in f["patient_id"][...])
     pats = np.array(sorted(pids))
     np.random.default_rng(seed + 7919).shuffle(pats)

@@ -1,13 +1,18 @@
 """Fine-tune one model from the HDF5 shards: checkpoint every epoch, resume, select by val AUC.
 
-Outputs in ``out_dir``: ``model.keras`` (written last, only when training finished and the
-model passed the quality checks), ``metrics.json``, ``history.csv``. Work state lives in
-``out_dir/work`` (Keras BackupAndRestore state, best checkpoint, CSV log) and
-``out_dir/tensorboard``; a killed job resumes from its last completed epoch.
+Outputs in ``out_dir`` (only when training finished and the model passed the quality checks,
+which read validation data only): ``model.keras`` (weights, no optimizer state),
+``history.csv``, ``train_patients.txt`` and ``metrics.json`` (written last). Work state lives
+in ``out_dir/work`` (Keras BackupAndRestore state, best checkpoint, CSV log, a stamp of the
+settings and of the train/val data content) and ``out_dir/tensorboard``; a killed job resumes
+from its last completed epoch only if settings and data are unchanged. The work state is
+deleted after a successful run. Seeded runs on the same machine repeat bit for bit.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import shutil
 import time
@@ -168,7 +173,11 @@ def _callbacks(model_dir: Path, work: Path, s: dict, val_ds_fn):
         ResumableEarlyStopping(monitor="val_auc", mode="max", patience=s["patience"]),
         keras.callbacks.CSVLogger(str(work / "log.csv"), append=True),
         keras.callbacks.TensorBoard(str(model_dir / "tensorboard"), write_graph=False),
-        keras.callbacks.BackupAndRestore(str(work / "backup"), save_freq="epoch"),
+        # Kept after fit (the whole work directory goes after a successful run): a finished
+        # state is never mistaken for a fresh start that appends to the old log.
+        keras.callbacks.BackupAndRestore(
+            str(work / "backup"), save_freq="epoch", delete_checkpoint=False
+        ),
     ]
 
 
@@ -180,152 +189,298 @@ def _previous_history(path: Path) -> pd.DataFrame:
     return pd.DataFrame(columns=["epoch", "val_auc"])
 
 
+# Files train_model publishes in out_dir; all are removed when a run starts, so a failed run
+# never leaves an older run's outputs that look current.
+OUTPUT_FILES = ("model.keras", "metrics.json", "history.csv", "train_patients.txt")
+# Bump when the meaning of the work state changes: older work directories are then discarded.
+WORK_STATE_VERSION = 2
+
+
+def inputs_stamp(settings: dict, train_shards, val_shards, train_patients: list[int]) -> dict:
+    """What the training state depends on: the settings, the CONTENT of the train and val
+    shards (sha256 of each file, in order) and the training patients actually used."""
+    return {
+        "version": WORK_STATE_VERSION,
+        "settings": settings,
+        "train_sha256": [file_sha256(p) for p in train_shards],
+        "val_sha256": [file_sha256(p) for p in val_shards],
+        "train_patients_sha256": params_hash(train_patients),
+    }
+
+
+def prepare_work(out: Path, stamp: dict) -> bool:
+    """Make ``out/work`` hold state of exactly these inputs; True if it resumes an earlier run.
+
+    State of other settings or other data (or without a stamp) is deleted together with the
+    TensorBoard logs, so nothing of another run is resumed, appended to or published.
+    """
+    work = out / "work"
+    stamp_file = work / "stamp.json"
+    digest = params_hash(stamp)
+    try:
+        old = json.loads(stamp_file.read_text()).get("hash")
+    except (OSError, ValueError):
+        old = None
+    resume = old == digest
+    if not resume:
+        if work.exists():
+            LOG.info("work state in %s is of other settings or data: starting over", work)
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(out / "tensorboard", ignore_errors=True)
+    for name in OUTPUT_FILES:
+        (out / name).unlink(missing_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        with atomic_path(stamp_file) as tmp:
+            tmp.write_text(json.dumps({"hash": digest, **stamp}, indent=2, default=str))
+    else:
+        LOG.info("resuming the interrupted run in %s", work)
+    return resume
+
+
+def _training_counts(settings: dict, train_shards, val_shards, patients) -> dict:
+    """Label counts of the train (patient subset) and val data; both classes required."""
+    from .data import label_summary
+
+    size = settings["image_size"]
+    train = label_summary(train_shards, size, patients)
+    n0, n1 = train["n0"], train["n1"]
+    if n0 == 0 or n1 == 0:
+        raise WorkflowError(
+            f"Model '{settings['name']}': the training data has {n1} positives and {n0} "
+            f"negatives ({', '.join(map(str, train_shards[:2]))}...); a binary classifier "
+            "needs both."
+        )
+    val = label_summary(val_shards, size)
+    if val["n0"] == 0 or val["n1"] == 0:
+        raise WorkflowError(
+            f"Model '{settings['name']}': the validation split has {val['n1']} positives and "
+            f"{val['n0']} negatives; validation AUROC is undefined. Use more data or a larger "
+            "val_fraction."
+        )
+    n = n0 + n1
+    balanced = settings["class_weight"] == "balanced"
+    return {
+        "n": n,
+        "n1": n1,
+        "n_val": val["n0"] + val["n1"],
+        "class_weight": {0: n / (2.0 * n0), 1: n / (2.0 * n1)} if balanced else None,
+        "patient_ids": train["patient_ids"],
+    }
+
+
+@contextlib.contextmanager
+def deterministic_ops(seed: int):
+    """Seed Python, NumPy, TensorFlow and Keras and make TensorFlow ops deterministic for the
+    duration (restoring the previous op-determinism setting afterwards)."""
+    import keras
+    import tensorflow as tf
+
+    try:  # is/disable are not in the public API; without them determinism stays on
+        from tensorflow.python.framework import config as tf_config
+
+        restore = not tf_config.is_op_determinism_enabled()
+    except (ImportError, AttributeError):
+        tf_config, restore = None, False
+    tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(seed)
+    try:
+        yield
+    finally:
+        if restore:
+            tf_config.disable_op_determinism()
+
+
+def _fit(settings: dict, train_shards, val_shards, patients, out: Path, counts: dict) -> float:
+    """Train (or continue the interrupted run in ``out/work``); returns wall time in seconds.
+    A run that already finished (``work/fit_done``) is not trained further."""
+    from .data import make_dataset
+    from .inference import make_predict_fn, predict_shards
+
+    work = out / "work"
+    done = work / "fit_done.json"
+    if done.is_file():
+        LOG.info("training of this state had finished; selecting and evaluating only")
+        return float(json.loads(done.read_text())["wall_time_s"])
+    size = settings["image_size"]
+    LOG.info(
+        "model %s: %s (%s) on %d train images (%d positive), %d val; class weights %s",
+        settings["name"],
+        settings["arch"],
+        settings["pretrained"],
+        counts["n"],
+        counts["n1"],
+        counts["n_val"],
+        counts["class_weight"],
+    )
+    with deterministic_ops(settings["seed"]):
+        model = compiled_model(settings, int(np.ceil(counts["n"] / settings["batch_size"])))
+        train_ds = make_dataset(
+            train_shards,
+            size,
+            settings["batch_size"],
+            shuffle=True,
+            seed=settings["seed"],
+            patients=patients,
+            augment=settings["augment"] or None,
+            n_images=counts["n"],
+        )
+
+        def val_preds(m, holder):
+            if not hasattr(holder, "predict_fn"):  # trace the compiled prediction once
+                holder.predict_fn = make_predict_fn(m)
+            r = predict_shards(m, val_shards, size, predict_fn=holder.predict_fn)
+            return r["labels"], r["probs"]
+
+        t0 = time.time()
+        model.fit(
+            train_ds,
+            epochs=settings["epochs"],
+            class_weight=counts["class_weight"],
+            callbacks=_callbacks(out, work, settings, val_preds),
+            shuffle=False,
+            verbose=0,  # one line per epoch from ValAUC instead of Keras' progress bars
+        )
+        wall = time.time() - t0
+    with atomic_path(done) as tmp:
+        tmp.write_text(json.dumps({"wall_time_s": wall}))
+    return wall
+
+
+def _select(settings: dict, work: Path, val_shards):
+    """The best checkpoint (by val AUROC), its Youden threshold on val and its val metrics;
+    refuses collapsed models. Reads validation data only."""
+    import keras
+
+    from .inference import predict_shards
+
+    if not (work / "best.keras").is_file():
+        raise WorkflowError(
+            f"Model '{settings['name']}': no checkpoint was saved (no epoch finished)."
+        )
+    best = keras.models.load_model(work / "best.keras", compile=False, safe_mode=True)
+    val = predict_shards(best, val_shards, settings["image_size"])
+    threshold = youden_threshold(val["labels"], val["probs"])
+    val_metrics = binary_metrics(val["labels"], val["probs"], threshold)
+    check_quality(settings, val_metrics, val["probs"])
+    return best, threshold, val_metrics
+
+
+def _test_metrics(settings: dict, model, test_shards, threshold: float) -> dict:
+    """Test metrics at the chosen threshold: reported only, after every decision was made."""
+    from .inference import predict_shards
+
+    test = predict_shards(model, test_shards, settings["image_size"])
+    test_metrics = binary_metrics(test["labels"], test["probs"], threshold)
+    if test_metrics["predicted_positive_fraction"] in (0.0, 1.0):
+        LOG.warning(
+            "model %s predicts one class for every test image (reported, not a gate)",
+            settings["name"],
+        )
+    return test_metrics
+
+
+def weights_sha256(model) -> str:
+    """sha256 of a model's weights (in order: dtype, shape, bytes): equal for equal weights,
+    unlike the .keras file, whose metadata holds the save time (layer names are left out:
+    Keras numbers auto-named layers per process)."""
+    h = hashlib.sha256()
+    for w in model.weights:
+        a = np.ascontiguousarray(np.asarray(w))
+        h.update(f"{a.dtype}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _write_outputs(out: Path, model, metrics: dict, history: pd.DataFrame, patient_ids) -> dict:
+    """history.csv, train_patients.txt, model.keras (weights only, no optimizer state) and
+    metrics.json last, each atomically."""
+    with atomic_path(out / "history.csv") as tmp:
+        history.to_csv(tmp, index=False)
+    with atomic_path(out / "train_patients.txt") as tmp:
+        tmp.write_text("".join(f"{pid}\n" for pid in patient_ids))
+    metrics["train_patients"] = {
+        "file": "train_patients.txt",
+        "n": len(patient_ids),
+        "sha256": file_sha256(out / "train_patients.txt"),
+    }
+    with atomic_path(out / "model.keras") as tmp:
+        model.save(tmp)  # loaded with compile=False: no optimizer variables are saved
+        metrics["checkpoint_sha256"] = file_sha256(tmp)
+    metrics["weights_sha256"] = weights_sha256(model)
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
 def train_model(
-    s: dict,
+    settings: dict,
     train_shards: list,
     val_shards: list,
     test_shards: list,
     out_dir: str | Path,
     patients: set[int] | None = None,
 ) -> dict:
-    """Train, select by validation AUROC, check quality, write model.keras + metrics."""
-    import keras
-
-    from .data import count_labels, make_dataset
-    from .inference import make_predict_fn, predict_shards
-
+    """Train, select by validation AUROC, check quality on validation data, write model.keras,
+    metrics.json, history.csv and train_patients.txt; then delete the work state."""
     out = Path(out_dir)
     work = out / "work"
-    stamp = params_hash(
-        {k: v for k, v in s.items()} | {"train_shards": [str(p) for p in train_shards]}
-    )
-    settings_file = work / "settings.json"
-    if work.exists():
-        old = json.loads(settings_file.read_text()).get("hash") if settings_file.is_file() else None
-        if old != stamp:
-            LOG.info("settings changed since the interrupted run: starting over")
-            shutil.rmtree(work)
-            shutil.rmtree(out / "tensorboard", ignore_errors=True)
-    work.mkdir(parents=True, exist_ok=True)
-    settings_file.write_text(json.dumps({"hash": stamp, "settings": s}, indent=2, default=str))
-
-    size = s["image_size"]
-    n0, n1 = count_labels(train_shards, size, patients)
-    if n0 == 0 or n1 == 0:
-        raise WorkflowError(
-            f"Model '{s['name']}': the training data has {n1} positives and {n0} negatives "
-            f"({', '.join(map(str, train_shards[:2]))}...); a binary classifier needs both."
-        )
-    vn0, vn1 = count_labels(val_shards, size)
-    if vn0 == 0 or vn1 == 0:
-        raise WorkflowError(
-            f"Model '{s['name']}': the validation split has {vn1} positives and {vn0} "
-            "negatives; validation AUROC is undefined. Use more data or a larger val_fraction."
-        )
-    n = n0 + n1
-    class_weight = (
-        {0: n / (2.0 * n0), 1: n / (2.0 * n1)} if s["class_weight"] == "balanced" else None
-    )
-    steps = int(np.ceil(n / s["batch_size"]))
-    LOG.info(
-        "model %s: %s (%s) on %d train images (%d positive), %d val; class weights %s",
-        s["name"],
-        s["arch"],
-        s["pretrained"],
-        n,
-        n1,
-        vn0 + vn1,
-        class_weight,
-    )
-    keras.utils.set_random_seed(s["seed"])
-    model = compiled_model(s, steps)
-    train_ds = make_dataset(
-        train_shards,
-        size,
-        s["batch_size"],
-        shuffle=True,
-        seed=s["seed"],
-        patients=patients,
-        augment=s["augment"] or None,
-        n_images=n,
-    )
-
-    def val_preds(m, holder):
-        if not hasattr(holder, "predict_fn"):  # trace the compiled prediction once
-            holder.predict_fn = make_predict_fn(m)
-        r = predict_shards(m, val_shards, size, predict_fn=holder.predict_fn)
-        return r["labels"], r["probs"]
-
-    t0 = time.time()
-    model.fit(
-        train_ds,
-        epochs=s["epochs"],
-        class_weight=class_weight,
-        callbacks=_callbacks(out, work, s, val_preds),
-        shuffle=False,
-        verbose=0,  # one line per epoch from ValAUC instead of Keras' progress bars
-    )
-    wall = time.time() - t0
+    counts = _training_counts(settings, train_shards, val_shards, patients)
+    stamp = inputs_stamp(settings, train_shards, val_shards, counts["patient_ids"])
+    prepare_work(out, stamp)
+    wall = _fit(settings, train_shards, val_shards, patients, out, counts)
     history = _previous_history(work / "log.csv")
-    if not (work / "best.keras").is_file():
-        raise WorkflowError(f"Model '{s['name']}': no checkpoint was saved (no epoch finished).")
-    best = keras.models.load_model(work / "best.keras", compile=False, safe_mode=True)
-    val = predict_shards(best, val_shards, size)
-    test = predict_shards(best, test_shards, size)
-    threshold = youden_threshold(val["labels"], val["probs"])
-    val_m = binary_metrics(val["labels"], val["probs"], threshold)
-    test_m = binary_metrics(test["labels"], test["probs"], threshold)
-    check_quality(s, val_m, test_m, val["probs"])
+    best, threshold, val_metrics = _select(settings, work, val_shards)
+    test_metrics = _test_metrics(settings, best, test_shards, threshold)
+    best_row = int(history["val_auc"].to_numpy().argmax())
     metrics = {
-        "model": s["name"],
-        "task": s["task"],
-        "arch": s["arch"],
+        "model": settings["name"],
+        "task": settings["task"],
+        "arch": settings["arch"],
         "threshold": threshold,
         "threshold_rule": "Youden J (max sensitivity + specificity - 1) on the validation split",
-        "val": val_m,
-        "test": test_m,
+        "val": val_metrics,
+        "test": test_metrics,
         "epochs_run": int(len(history)),
-        "best_epoch": int(history["epoch"].iloc[int(history["val_auc"].to_numpy().argmax())]) + 1,
+        "best_epoch": int(history["epoch"].iloc[best_row]) + 1,
         "wall_time_s": round(wall, 1),
-        "train_images": n,
-        "train_positives": n1,
-        "settings": s,
+        "train_images": counts["n"],
+        "train_positives": counts["n1"],
+        "inputs": {k: v for k, v in stamp.items() if k != "settings"},
+        "settings": settings,
     }
-    with atomic_path(out / "history.csv") as tmp:
-        history.to_csv(tmp, index=False)
-    with atomic_path(out / "model.keras") as tmp:
-        shutil.copyfile(work / "best.keras", tmp)
-    metrics["checkpoint_sha256"] = file_sha256(out / "model.keras")
-    write_json(out / "metrics.json", metrics)
+    metrics = _write_outputs(out, best, metrics, history, counts["patient_ids"])
+    shutil.rmtree(work)
     LOG.info(
         "model %s: val AUC %.3f, test AUC %.3f (threshold %.3f), %d epochs, %.0f s",
-        s["name"],
-        val_m["auc"],
-        test_m["auc"],
+        settings["name"],
+        val_metrics["auc"],
+        test_metrics["auc"],
         threshold,
         len(history),
         wall,
     )
-    return metrics
+    return {**metrics, "train_patients_path": str(out / "train_patients.txt")}
 
 
-def check_quality(s: dict, val_m: dict, test_m: dict, val_probs: np.ndarray) -> None:
-    """Refuse models that learnt nothing (the seed study's clean AUC 0.50)."""
-    if not np.isfinite(val_m["auc"]) or val_m["auc"] < s["min_val_auc"]:
+def check_quality(settings: dict, val_metrics: dict, val_probs: np.ndarray) -> None:
+    """Refuse models that learnt nothing (the seed study's clean AUC 0.50). Validation data
+    only: the test split is never an acceptance gate."""
+    if not np.isfinite(val_metrics["auc"]) or val_metrics["auc"] < settings["min_val_auc"]:
         spread = float(np.std(val_probs))
         raise WorkflowError(
-            f"Model '{s['name']}' did not learn its task: validation AUC {val_m['auc']:.3f} < "
-            f"min_val_auc {s['min_val_auc']} (probability spread {spread:.2g}; a model that "
-            "predicts one class for everything has AUC 0.5). Train longer (epochs), lower the "
-            "learning rate, add warmup_epochs, or use pretrained weights."
+            f"Model '{settings['name']}' did not learn its task: validation AUC "
+            f"{val_metrics['auc']:.3f} < min_val_auc {settings['min_val_auc']} (probability "
+            f"spread {spread:.2g}; a model that predicts one class for everything has AUC 0.5). "
+            "Train longer (epochs), lower the learning rate, add warmup_epochs, or use "
+            "pretrained weights."
         )
-    for name, m in (("validation", val_m), ("test", test_m)):
-        if m["predicted_positive_fraction"] in (0.0, 1.0):
-            raise WorkflowError(
-                f"Model '{s['name']}' predicts one class for every {name} image at its "
-                f"threshold (predicted positive fraction {m['predicted_positive_fraction']}). "
-                "It has collapsed; see its history.csv and retrain with other settings."
-            )
+    fraction = val_metrics["predicted_positive_fraction"]
+    if fraction in (0.0, 1.0):
+        raise WorkflowError(
+            f"Model '{settings['name']}' predicts one class for every validation image at its "
+            f"threshold (predicted positive fraction {fraction}). It has collapsed; see its "
+            "history.csv and retrain with other settings."
+        )
 
 
 def json_threshold(metrics_path) -> float:
