@@ -18,6 +18,6 @@ rule train:
         **gpu_resources("train_runtime"),
     params:
         settings=lambda w: plan.canon(model_settings(config, w.model)),
-        code=code("train_model"),
+        code=code("train"),
     script:
-        script_path("train_model")
+        script_path("train")

@@ -172,14 +172,14 @@ def test_architecture_list_matches_keras_applications():
 def test_code_version_follows_the_imported_modules(root):
     scripts = root / "workflow_scripts"
     attack = plan.library_modules(scripts / "attack.py")
-    train = plan.library_modules(scripts / "train_model.py")
+    train = plan.library_modules(scripts / "train.py")
     plots = plan.library_modules(scripts / "plots.py")
     assert "attacks" in attack and "attacks" not in train
     assert "plots" in plots and not any(
         "plots" in plan.library_modules(p)
         for p in (
             scripts / "attack.py",
-            scripts / "train_model.py",
+            scripts / "train.py",
             scripts / "evaluate.py",
         )
     )

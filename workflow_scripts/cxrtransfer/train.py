@@ -22,21 +22,12 @@ import numpy as np
 import pandas as pd
 
 from . import WorkflowError
+from .schema import defaults as schema_defaults
 from .utils import LOG, atomic_path, file_sha256, params_hash, write_json
 
-TRAINING_DEFAULTS = {
-    "epochs": 10,
-    "batch_size": 32,
-    "learning_rate": 1e-3,
-    "optimizer": "adam",
-    "momentum": 0.9,
-    "warmup_epochs": 1,
-    "augmentation": True,
-    "patience": 4,
-    "class_weight": "balanced",
-    "min_val_auc": 0.6,
-    "bn_momentum": 0.9,
-}
+# Training defaults: the config schema's (one place), for settings built without a validated
+# config (tests, benchmarks).
+TRAINING_DEFAULTS = schema_defaults("training")
 
 
 def model_settings(config: dict, name: str) -> dict:
