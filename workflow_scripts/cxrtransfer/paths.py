@@ -49,3 +49,23 @@ def log(rule: str, pattern: str = "") -> str:
 
 def benchmark(rule: str, pattern: str = "") -> str:
     return f"{BENCHMARKS}/{rule}/{pattern}.tsv" if pattern else f"{BENCHMARKS}/{rule}.tsv"
+
+
+_WILDCARD_RE = {"eps": r"[0-9.]+", "shard": r"\d{3,}", "attack": r"[^/.]+"}
+
+
+def pattern(template: str):
+    """A regex matching paths of ``template`` relative to the results directory; its groups
+    are the wildcards (names: no ``/`` or ``.``; eps: a number; shard: 3+ digits)."""
+    import re
+
+    rel = template.removeprefix(RESULTS + "/")
+    out, pos, seen = "", 0, set()
+    for m in re.finditer(r"\{(\w+)\}", rel):
+        out += re.escape(rel[pos : m.start()])
+        name = m.group(1)
+        body = _WILDCARD_RE.get(name, r"[^/.]+")
+        out += f"(?P={name})" if name in seen else f"(?P<{name}>{body})"
+        seen.add(name)
+        pos = m.end()
+    return re.compile(out + re.escape(rel[pos:]) + "$")

@@ -40,9 +40,13 @@ import numpy as np
 import pandas as pd
 
 from . import SPLITS
+from . import paths as P
+from .attack_cache import DATASETS as _CACHE_DATASETS
+from .ingest import MANIFEST_COLUMNS
+from .predictions import ADV_COLUMNS as ADV_PRED_COLUMNS
+from .predictions import CLEAN_COLUMNS as CLEAN_PRED_COLUMNS
 from .utils import file_sha256
 
-MANIFEST_COLUMNS = ("image_index", "patient_id", "label", "split", "path", "finding_labels")
 SHARD_DATASETS = (
     "images",
     "labels",
@@ -52,34 +56,11 @@ SHARD_DATASETS = (
     "rejected_reason",
 )
 SHARD_PER_IMAGE = ("images", "labels", "image_index", "patient_id")
-ATTACK_DATASETS = (
-    "images",
-    "image_index",
-    "labels",
-    "patient_id",
-    "source_clean_prob",
-    "source_adv_prob",
-    "l2",
-    "linf",
-)
-CLEAN_PRED_COLUMNS = ("image_index", "patient_id", "label", "prob", "checkpoint_sha256")
-ADV_PRED_COLUMNS = (
-    "image_index",
-    "patient_id",
-    "label",
-    "prob",
-    "source_clean_prob",
-    "source_adv_prob",
-    "l2",
-    "linf",
-    "checkpoint_sha256",
-    "source_checkpoint_sha256",
-)
-SHUFFLED_SUFFIX = "__shuffled"
+ATTACK_DATASETS = (*_CACHE_DATASETS, "l2", "linf")
+SHUFFLED_SUFFIX = P.CONTROL_SUFFIX
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TMP_RE = re.compile(r"^\.tmp-(\d+)-(.+)$")
 SHARD_RE = re.compile(r"^\d{3,}$")
-EPS_RE = re.compile(r"^eps([0-9.]+)$")
 # top-level directories that are not products: never checked, never touched
 NOT_CHECKED = ("logs", "benchmarks", "synthetic")
 # order in which kinds are checked: upstream first (a product downstream of a bad one is not
@@ -126,26 +107,43 @@ def _product(kind: str, path: Path, **fields: str) -> Product:
 # listing
 
 
-def _files(d: Path) -> list[Path]:
-    """Regular files directly in ``d`` (sorted), without temporary files."""
-    if not d.is_dir():
-        return []
-    return sorted(p for p in d.iterdir() if p.is_file() and not TMP_RE.match(p.name))
-
-
 def _dirs(d: Path) -> list[Path]:
     if not d.is_dir():
         return []
     return sorted(p for p in d.iterdir() if p.is_dir() and not p.is_symlink())
 
 
-def _eps(d: Path) -> str | None:
-    m = EPS_RE.match(d.name)
-    return m.group(1) if m else None
+# (kind, path template, fixed fields), tried in order: the first that matches names a file.
+FILE_KINDS = (
+    ("manifest", P.MANIFEST_REJECTED, {"role": "rejected"}),
+    ("manifest", P.MANIFEST_SUMMARY, {"role": "summary"}),
+    ("manifest", P.MANIFEST, {"role": "manifest"}),
+    ("shard", P.SHARD, {}),
+    ("shard_summary", P.SHARD_SUMMARY, {}),
+    ("shard_summary", P.SHARD_REJECTED, {}),
+    ("attack", P.ATTACK, {}),
+    ("clean_prediction", P.PRED_CLEAN, {}),
+    ("adv_prediction", P.PRED_ADV, {}),
+    ("set", P.SET_METRICS, {}),
+)
+_FILE_PATTERNS = [(kind, P.pattern(t), fixed) for kind, t, fixed in FILE_KINDS]
+_MODEL_DIR = P.pattern(P.MODEL_DIR)
+_MATRICES = P.pattern(P.MATRICES)
+FINAL_DIRS = {"table": "tables", "plot": "plots", "report": "report"}
+
+
+def classify(rel: str) -> tuple[str, dict] | None:
+    """(kind, wildcards) of a file path relative to the results directory, or None."""
+    for kind, pat, fixed in _FILE_PATTERNS:
+        m = pat.match(rel)
+        if m:
+            return kind, {**m.groupdict(), **fixed}
+    return None
 
 
 def list_products(results: str | os.PathLike) -> dict[str, list[Product]]:
-    """Every product present under ``results``, by kind (see :data:`KINDS`).
+    """Every product present under ``results``, by kind (see :data:`KINDS`), recognised by
+    the path templates of :mod:`cxrtransfer.paths`.
 
     Files that match no pattern of the results tree are ignored (never reported or removed).
     A model directory counts as a product once any of model.keras, metrics.json or
@@ -154,99 +152,26 @@ def list_products(results: str | os.PathLike) -> dict[str, list[Product]]:
     """
     r = Path(results)
     out: dict[str, list[Product]] = {k: [] for k in KINDS}
-    for p in _files(r / "manifests"):
-        for role, suffix in (("rejected", ".rejected.csv"), ("summary", ".summary.csv")):
-            if p.name.endswith(suffix):
-                out["manifest"].append(
-                    _product("manifest", p, task=p.name[: -len(suffix)], role=role)
-                )
-                break
+    for p in _walk_files(r):
+        rel = p.relative_to(r).as_posix()
+        if rel.split("/")[0] in NOT_CHECKED:
+            continue
+        found = classify(rel)
+        if found:
+            out[found[0]].append(_product(found[0], p, **found[1]))
         else:
-            if p.suffix == ".csv":
-                out["manifest"].append(_product("manifest", p, task=p.stem, role="manifest"))
-    for task_dir in _dirs(r / "shards"):
-        task = task_dir.name
-        for split in SPLITS:
-            for p in _files(task_dir / split):
-                if p.suffix == ".h5" and SHARD_RE.match(p.stem):
-                    out["shard"].append(_product("shard", p, task=task, split=split, shard=p.stem))
-        for name in ("summary.csv", "rejected.csv"):
-            if (task_dir / name).is_file():
-                out["shard_summary"].append(_product("shard_summary", task_dir / name, task=task))
+            for kind, top in FINAL_DIRS.items():
+                if rel.startswith(top + "/") and not _MATRICES.match(str(Path(rel).parent)):
+                    out[kind].append(_product(kind, p))
     for d in _dirs(r / "models"):
-        if any((d / n).exists() for n in ("model.keras", "metrics.json", "history.csv")):
-            out["model"].append(_product("model", d, model=d.name))
-    for src in _dirs(r / "attacks"):
-        for dt in _dirs(src):
-            for atk in _dirs(dt):
-                for e in _dirs(atk):
-                    if _eps(e) is None:
-                        continue
-                    for p in _files(e):
-                        if p.suffix == ".h5" and SHARD_RE.match(p.stem):
-                            out["attack"].append(
-                                _product(
-                                    "attack",
-                                    p,
-                                    source=src.name,
-                                    data_task=dt.name,
-                                    attack=atk.name,
-                                    eps=_eps(e),
-                                    shard=p.stem,
-                                )
-                            )
+        m = _MODEL_DIR.match(d.relative_to(r).as_posix())
+        if m and any((d / n).exists() for n in ("model.keras", "metrics.json", "history.csv")):
+            out["model"].append(_product("model", d, **m.groupdict()))
+    out["table"] += [_product("table", d) for d in _dirs(r / "tables")]  # tables/matrices
+    for kind in out:
+        out[kind].sort(key=lambda x: x.path)
     # base caches before their shuffled controls
     out["attack"].sort(key=lambda a: (a["attack"].endswith(SHUFFLED_SUFFIX), a.path))
-    for tgt in _dirs(r / "predictions"):
-        for dt in _dirs(tgt / "clean"):
-            for p in _files(dt):
-                if p.suffix == ".csv" and SHARD_RE.match(p.stem):
-                    out["clean_prediction"].append(
-                        _product(
-                            "clean_prediction", p, target=tgt.name, data_task=dt.name, shard=p.stem
-                        )
-                    )
-        for src in _dirs(tgt / "adv"):
-            for dt in _dirs(src):
-                for atk in _dirs(dt):
-                    for e in _dirs(atk):
-                        if _eps(e) is None:
-                            continue
-                        for p in _files(e):
-                            if p.suffix == ".csv" and SHARD_RE.match(p.stem):
-                                out["adv_prediction"].append(
-                                    _product(
-                                        "adv_prediction",
-                                        p,
-                                        target=tgt.name,
-                                        source=src.name,
-                                        data_task=dt.name,
-                                        attack=atk.name,
-                                        eps=_eps(e),
-                                        shard=p.stem,
-                                    )
-                                )
-    for src in _dirs(r / "metrics" / "sets"):
-        for dt in _dirs(src):
-            for atk in _dirs(dt):
-                for p in _files(atk):
-                    m = EPS_RE.match(p.stem)
-                    if p.suffix == ".json" and m:
-                        out["set"].append(
-                            _product(
-                                "set",
-                                p,
-                                source=src.name,
-                                data_task=dt.name,
-                                attack=atk.name,
-                                eps=m.group(1),
-                            )
-                        )
-    tables = r / "tables"
-    out["table"] = [_product("table", p) for p in _files(tables)]
-    out["table"] += [_product("table", d) for d in _dirs(tables)]  # tables/matrices
-    out["plot"] = [_product("plot", p) for p in _walk_files(r / "plots")]
-    out["report"] = [_product("report", p) for p in _walk_files(r / "report")]
     return out
 
 
