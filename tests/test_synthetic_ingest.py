@@ -174,3 +174,22 @@ def test_missing_zero_byte_and_non_png_are_rejected(small_download, tmp_path):
     assert reasons[b.name] == "zero-byte file"
     assert "signature" in reasons[c.name]
     assert len(m2) == len(m) - 3 and summary["rejected"].sum() == 3
+
+
+def test_manifest_changes_when_an_image_file_changes(small_download, tmp_path):
+    """Images are not Snakemake inputs of the shards: the manifest records each file's size
+    and mtime, so a regenerated or replaced image changes the manifest and its shards rerun."""
+    import os
+    import shutil
+
+    from cxrtransfer.ingest import build_manifest
+
+    d = tmp_path / "dl"
+    shutil.copytree(small_download, d)
+    before, _, _ = build_manifest(d, "Pneumothorax", 0.2, 1)
+    path = before["path"].iloc[0]
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    after, _, _ = build_manifest(d, "Pneumothorax", 0.2, 1)
+    changed = before.compare(after)
+    assert list(changed.index) == [0] and "file_mtime_ns" in changed.columns.get_level_values(0)

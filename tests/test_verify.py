@@ -129,6 +129,8 @@ def make_tree(base: Path) -> Path:
                 "split": ["train", "val", "test", "test"],
                 "path": [str(data / "image.png")] * N,
                 "finding_labels": ["No Finding", "X"] * (N // 2),
+                "file_bytes": [17] * N,
+                "file_mtime_ns": [1] * N,
             }
         )
         write_csv(results / "manifests" / f"{task}.csv", man)

@@ -22,7 +22,18 @@ TRAIN_VAL = "train_val_list.txt"
 TEST = "test_list.txt"
 REQUIRED_COLUMNS = ("Image Index", "Finding Labels", "Patient ID")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-MANIFEST_COLUMNS = ["image_index", "patient_id", "label", "split", "path", "finding_labels"]
+# file_bytes / file_mtime_ns identify the image file version: a changed or regenerated image
+# changes the manifest, so the shards built from it rerun (images are not Snakemake inputs).
+MANIFEST_COLUMNS = [
+    "image_index",
+    "patient_id",
+    "label",
+    "split",
+    "path",
+    "finding_labels",
+    "file_bytes",
+    "file_mtime_ns",
+]
 
 
 def download_files(root: str | Path) -> dict[str, Path]:
@@ -224,6 +235,9 @@ def build_manifest(
         for n, p in zip(task["image_index"], task["path"], strict=True)
     ]
     task["reason"] = reasons
+    stats = [os.stat(p) if r is None else None for p, r in zip(task["path"], reasons, strict=True)]
+    task["file_bytes"] = [st.st_size if st else -1 for st in stats]
+    task["file_mtime_ns"] = [st.st_mtime_ns if st else -1 for st in stats]
     rejected = task[task["reason"].notna()][
         ["image_index", "patient_id", "split", "path", "reason"]
     ]
