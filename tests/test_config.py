@@ -93,7 +93,7 @@ def test_schema_rejects_typos(root, schema, mutate, match):
             ),
             "larger than eps",
         ),
-        (lambda c: c["attacks"]["pgd"].update(step=1), "either step or step_fraction"),
+        (lambda c: c["attacks"]["pgd"].update(step=1), "either 'step' or 'step_fraction'"),
         (lambda c: c["grid"].append({"sources": ["nobody"], "data_task": "own"}), "nobody"),
         (lambda c: c["grid"].append({"sources": "all", "data_task": "mass"}), "mass"),
         (
@@ -184,3 +184,11 @@ def test_code_version_follows_the_imported_modules(root):
         )
     )
     assert plan.code_version(scripts / "attack.py") != plan.code_version(scripts / "predict.py")
+
+
+def test_fgsm_with_momentum_is_refused_by_the_attack_spec(root, schema):
+    cfg = yaml.safe_load((root / "config" / "test.yaml").read_text())
+    cfg["attacks"]["fgsm"] = {"method": "fgsm", "momentum": 1.0}
+    validate(cfg, schema)
+    with pytest.raises(WorkflowError, match="attacks.fgsm.*need method: pgd"):
+        plan.check_config(cfg, root)

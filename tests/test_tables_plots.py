@@ -265,3 +265,34 @@ def test_plot_examples(tmp_path):
     assert h > 600 and w > 500  # three rows, three columns
     with pytest.raises(WorkflowError, match="disagree"):
         plots.plot_examples(clean, adv[:2], *args[2:], "x", tmp_path / "bad.png")
+
+
+def test_aligned_cell_matches_by_image_index_not_position():
+    names = np.array(["a.png", "b.png", "c.png"])
+    clean_imgs = {
+        "images": np.stack([np.full((2, 2), i, np.uint8) for i in (1, 2, 3)]),
+        "image_index": names,
+    }
+    # the attack cache and the prediction tables in other orders than the clean shard
+    adv_imgs = {
+        "images": np.stack([np.full((2, 2), i, np.uint8) for i in (30, 10, 20)]),
+        "image_index": names[[2, 0, 1]],
+    }
+    clean = pd.DataFrame(
+        {"image_index": names[[1, 2, 0]], "label": [0, 1, 1], "prob": [0.2, 0.3, 0.1]}
+    )
+    adv = pd.DataFrame(
+        {
+            "image_index": names[[0, 1, 2]],
+            "label": [1, 0, 1],
+            "prob": [0.9, 0.8, 0.7],
+            "l2": [1.0, 2.0, 3.0],
+        }
+    )
+    cell = plots.aligned_cell(clean, adv, clean_imgs, adv_imgs)
+    assert list(cell["image_index"]) == ["c.png", "a.png", "b.png"]
+    assert list(cell["clean_prob"]) == [0.3, 0.1, 0.2] and list(cell["adv_prob"]) == [0.7, 0.9, 0.8]
+    assert [int(x[0, 0]) for x in cell["clean_u8"]] == [3, 1, 2]
+    assert [int(x[0, 0]) for x in cell["adv_u8"]] == [30, 10, 20]
+    with pytest.raises(WorkflowError, match="lack a clean image or a prediction"):
+        plots.aligned_cell(clean.iloc[:2], adv, clean_imgs, adv_imgs)

@@ -58,7 +58,8 @@ def run(root, tmp_path_factory):
     """One full run of the tiny test configuration."""
     wd = tmp_path_factory.mktemp("e2e")
     shutil.copy(root / "config" / "test.yaml", wd / "config.yaml")
-    snakemake(root, wd)
+    r = snakemake(root, wd)
+    (wd / "console.txt").write_text(r.stdout + r.stderr)
     return wd
 
 
@@ -78,6 +79,17 @@ def test_second_dry_run_has_nothing_to_do(root, run):
 def test_reordered_config_reruns_nothing(root, run):
     """Params are compared as canonical (sorted) settings: key order in the YAML is irrelevant."""
     assert planned(root, run, _write(run, _config(run), "sorted.yaml")) == {}
+
+
+def test_console_shows_snakemake_not_tensorflow_noise(run):
+    """TensorFlow's start-up notices of each job go to the job's log file."""
+    console = (run / "console.txt").read_text()
+    assert "Finished jobid" in console or "steps (100%) done" in console
+    for noise in ("absl::InitializeLog", "oneDNN custom operations"):
+        assert noise not in console
+        assert any(
+            noise in p.read_text() for p in (run / "results" / "logs" / "train").glob("*.log")
+        )
 
 
 def test_lint_is_clean(root, run):

@@ -1,14 +1,14 @@
 """Rule shard_summary: class counts per split and every rejected image with its reason."""
 
-import h5py
 import pandas as pd
+from cxrtransfer.data import open_shard
 from cxrtransfer.utils import run_main, write_csv
 
 
 def main(sm):
     rows, rejected = [], [pd.read_csv(sm.input.manifest_rejected, dtype=str).assign(stage="ingest")]
     for path in sm.input.shards:
-        with h5py.File(path, "r") as f:
+        with open_shard(path) as f:
             labels = f["labels"][...]
             a = dict(f.attrs)
             rows.append(

@@ -26,7 +26,7 @@ import h5py
 import numpy as np
 
 from . import WorkflowError
-from .utils import atomic_path
+from .utils import FIX_DAMAGED, atomic_path
 
 DATASETS = ("images", "image_index", "patient_id", "labels", "source_clean_prob", "source_adv_prob")
 
@@ -100,14 +100,13 @@ def read_attack(path, expected_sha256: str | None = None) -> dict:
             out["attrs"] = dict(f.attrs)
     except (OSError, KeyError) as e:
         raise WorkflowError(
-            f"Cannot read attack cache '{path}' ({e}): it is truncated or damaged. Run "
-            "`python -m cxrtransfer.verify --remove` and rerun."
+            f"Cannot read attack cache '{path}' ({e}): it is truncated or damaged. {FIX_DAMAGED}"
         ) from None
     missing = [k for k in DATASETS if k not in out]
     if missing:
         raise WorkflowError(
             f"Attack cache '{path}' lacks {', '.join(missing)}: it was written by an older "
-            "version of the workflow. Run `python -m cxrtransfer.verify --remove` and rerun."
+            "version of the workflow. " + FIX_DAMAGED
         )
     out["image_index"] = out["image_index"].astype(str)
     if len(out["image_index"]) == 0:
@@ -115,6 +114,6 @@ def read_attack(path, expected_sha256: str | None = None) -> dict:
     if expected_sha256 and out["attrs"].get("source_checkpoint_sha256") != expected_sha256:
         raise WorkflowError(
             f"Attack cache '{path}' was made with another version of its source checkpoint "
-            "(hash mismatch): it is stale. Run `python -m cxrtransfer.verify --remove` and rerun."
+            "(hash mismatch): it is stale. " + FIX_DAMAGED
         )
     return out

@@ -17,7 +17,7 @@ from .attack_cache import (
     write_cache,
 )
 from .provenance import model_record
-from .utils import LOG, Progress
+from .utils import FIX_DAMAGED, LOG, Progress
 
 
 def attack_shard(
@@ -131,8 +131,8 @@ def control_shard(
     if not np.array_equal(clean["image_index"], adv["image_index"]):
         raise WorkflowError(
             f"'{attack_path}' does not hold the images of its clean shard "
-            f"'{attrs['clean_shard']}' (image_index differs): it is stale. Run "
-            "`python -m cxrtransfer.verify --remove` and rerun."
+            f"'{attrs['clean_shard']}' (image_index differs): it is stale. "
+            f"{FIX_DAMAGED}"
         )
     seed = stream_seed(
         attrs["source_model"],

@@ -108,6 +108,8 @@ class AttackSpec:
                 )
         if self.momentum < 0:
             raise WorkflowError(f"Attack momentum must be >= 0, got {self.momentum}.")
+        if self.method == "fgsm" and (self.momentum or self.restarts > 1):
+            raise WorkflowError("Attack momentum and restarts need method: pgd (FGSM is one step).")
         if not 0 <= self.diversity_prob <= 1:
             raise WorkflowError(f"diversity_prob must be in [0, 1], got {self.diversity_prob}.")
         if self.diversity_scale < 1:

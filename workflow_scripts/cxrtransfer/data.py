@@ -9,6 +9,7 @@ import numpy as np
 
 from . import WorkflowError
 from .shards import check_image_size
+from .utils import FIX_DAMAGED
 
 
 @contextlib.contextmanager
@@ -30,7 +31,7 @@ def _shard_error(path, e: Exception) -> WorkflowError:
     first = str(e).splitlines()[0] if str(e) else type(e).__name__
     return WorkflowError(
         f"Cannot read shard '{path}' ({first}): it is truncated, corrupt or not a shard of this "
-        "workflow. Delete it and rerun the workflow (Snakemake rebuilds missing shards)."
+        f"workflow. {FIX_DAMAGED}"
     )
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from . import WorkflowError
 from .predictions import ADV_COLUMNS, CLEAN_COLUMNS, read_predictions
 from .relations import factors, read_patients, relation
+from .utils import FIX_DAMAGED
 
 
 def read_model_metrics(path) -> dict:
@@ -18,9 +19,7 @@ def read_model_metrics(path) -> dict:
         m = json.loads(Path(path).read_text())
         return {"threshold": float(m["threshold"]), "sha256": m["checkpoint_sha256"]}
     except (OSError, KeyError, ValueError, TypeError) as e:
-        raise WorkflowError(
-            f"Cannot read '{path}' ({e}); run `python -m cxrtransfer.verify --remove` and rerun."
-        ) from None
+        raise WorkflowError(f"Cannot read '{path}' ({e}). {FIX_DAMAGED}") from None
 
 
 def evaluate_adv_set(

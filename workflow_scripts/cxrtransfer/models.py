@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from . import WorkflowError
+from .utils import FIX_DAMAGED
 
 # How each keras.applications family expects its input (see each module's preprocess_input).
 #   caffe: RGB->BGR, 0..255 minus ImageNet channel means (channels are identical here, so the
@@ -183,16 +184,14 @@ def load_checkpoint(path: str | os.PathLike, image_size: int | None = None):
     if not path.is_file():
         raise WorkflowError(f"Model checkpoint '{path}' does not exist. Run its training rule.")
     if path.stat().st_size == 0:
-        raise WorkflowError(
-            f"Model checkpoint '{path}' is empty (truncated). Delete it and retrain."
-        )
+        raise WorkflowError(f"Model checkpoint '{path}' is empty (truncated). {FIX_DAMAGED}")
     try:
         model = keras.models.load_model(path, compile=False, safe_mode=True)
     except Exception as e:  # noqa: BLE001
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise WorkflowError(
             f"Cannot load model checkpoint '{path}': {first}. It is truncated, corrupt or not "
-            "a Keras .keras file written by this workflow; delete it and rerun training."
+            f"a Keras .keras file written by this workflow. {FIX_DAMAGED}"
         ) from None
     check_contract(model, path, image_size)
     return model

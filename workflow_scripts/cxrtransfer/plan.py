@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import WorkflowError
 from . import paths as P
+from .attacks import spec_from_config
 
 # keras.applications model names (Keras 3); checked without importing TensorFlow. A test ties
 # this list to keras.applications.
@@ -117,20 +118,12 @@ def _check_attacks(config: dict) -> None:
                 f"attacks.{name} is an L2 attack but eps_l2 is empty: give its budgets as "
                 "eps_l2 (L2 norm of the perturbation in [0, 1] pixel units, e.g. [0.5, 1, 2])."
             )
-        if "step" in a and "step_fraction" in a:
-            raise WorkflowError(f"attacks.{name}: give either step or step_fraction, not both.")
-        if a["method"] == "pgd" and a.get("steps", 10) > 1 and "step" in a:
-            too_small = [e for e in grid if a["step"] > e]
-            if too_small:
-                raise WorkflowError(
-                    f"attacks.{name}.step = {a['step']} is larger than eps {too_small}: every "
-                    "step would be clipped back to the eps ball. Use step_fraction (a fraction "
-                    "of eps) or a smaller step."
-                )
-        if a["method"] == "fgsm" and (a.get("momentum", 0) or a.get("restarts", 1) > 1):
-            raise WorkflowError(
-                f"attacks.{name}: momentum and restarts need method: pgd (FGSM is one step)."
-            )
+        # the one validation of an attack's settings: the AttackSpec every attack job builds
+        for e in grid:
+            try:
+                spec_from_config(a, e)
+            except WorkflowError as err:
+                raise WorkflowError(f"attacks.{name} (at eps {e:g}): {err}") from None
 
 
 def _check_grid(config: dict) -> None:

@@ -21,6 +21,7 @@ from sklearn.metrics import roc_curve  # noqa: E402
 
 from . import WorkflowError  # noqa: E402
 from .metrics import auroc  # noqa: E402
+from .plan import eps_label  # noqa: E402
 from .relations import RELATIONS  # noqa: E402
 from .tables import matrices  # noqa: E402
 from .utils import atomic_path  # noqa: E402
@@ -45,8 +46,7 @@ def _save(fig, out_png: str | os.PathLike) -> None:
 
 
 def _eps_label(eps) -> str:
-    e = float(eps)
-    return f"ε = {e:g}"
+    return f"ε = {eps_label(eps)}"
 
 
 def _subset(df: pd.DataFrame, what: str, **conds) -> pd.DataFrame:

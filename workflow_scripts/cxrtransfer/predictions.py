@@ -18,7 +18,7 @@ import pandas as pd
 
 from . import WorkflowError
 from .provenance import model_record
-from .utils import write_csv
+from .utils import FIX_DAMAGED, write_csv
 
 CLEAN_COLUMNS = ("image_index", "patient_id", "label", "prob", "checkpoint_sha256")
 ADV_COLUMNS = (
@@ -29,7 +29,7 @@ ADV_COLUMNS = (
     "linf",
     "source_checkpoint_sha256",
 )
-_FIX = "Run `python -m cxrtransfer.verify --remove` and rerun the workflow."
+_FIX = FIX_DAMAGED
 
 
 def predict_clean_shard(

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from . import WorkflowError
-from .utils import file_sha256
+from .utils import FIX_DAMAGED, file_sha256
 
 
 def model_record(model_path, metrics_path) -> dict:
@@ -27,6 +27,6 @@ def model_record(model_path, metrics_path) -> dict:
         raise WorkflowError(
             f"'{model_path}' (sha256 {actual[:12]}...) is not the checkpoint that "
             f"'{metrics_path}' describes ({recorded[:12]}...): one of them is stale or "
-            "damaged. Run `python -m cxrtransfer.verify --remove` and rerun."
+            f"damaged. {FIX_DAMAGED}"
         )
     return {"sha256": actual, "threshold": threshold, "task": metrics.get("task")}

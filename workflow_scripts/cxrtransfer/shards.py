@@ -7,8 +7,8 @@ Layout of ``results/shards/{task}/{split}/{shard}.h5``:
 - ``image_index`` bytes (N,), e.g. b"00000013_005.png"
 - ``patient_id``  int32 (N,)
 - ``rejected_image_index`` / ``rejected_reason``: images of this shard that could not be decoded
-- attributes: task, label, split, shard, image_size, resample, source, source_dir, n_planned,
-  n_rejected, format_version
+- attributes: task, label, split, shard, source, manifest (set by the shard rule), image_size,
+  resample, n_planned, n_rejected, format_version
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from . import WorkflowError
-from .utils import LOG, Progress, atomic_path, write_csv
+from .utils import FIX_DAMAGED, LOG, Progress, atomic_path, write_csv
 
 FORMAT_VERSION = 1
 RESAMPLE = "bilinear (PIL, reducing_gap=2)"
@@ -192,7 +192,7 @@ def read_shard(path: str | Path, image_size: int | None = None) -> dict:
     except (OSError, KeyError) as e:
         raise WorkflowError(
             f"Cannot read shard '{path}' ({e}); it is corrupt or not a shard of this workflow. "
-            "Delete it and rerun."
+            f"{FIX_DAMAGED}"
         ) from None
     check_image_size(out["images"], path, image_size)
     return out

@@ -52,20 +52,19 @@ def model_settings(config: dict, name: str) -> dict:
 
 
 def binary_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float) -> dict:
-    from sklearn.metrics import roc_auc_score
+    """A model's quality on one split, with the metric definitions of ``metrics``."""
+    from . import metrics as M
 
     labels = np.asarray(labels).astype(int)
-    pred = (np.asarray(probs) >= threshold).astype(int)
-    pos, neg = labels == 1, labels == 0
-    auc = float(roc_auc_score(labels, probs)) if pos.any() and neg.any() else float("nan")
+    pred = M.predict(probs, threshold)
     return {
-        "auc": auc,
-        "accuracy": float((pred == labels).mean()),
-        "sensitivity": float(pred[pos].mean()) if pos.any() else float("nan"),
-        "specificity": float(1 - pred[neg].mean()) if neg.any() else float("nan"),
+        "auc": float(M.auroc(labels, probs)),
+        "accuracy": float(M.accuracy(labels, pred)),
+        "sensitivity": float(M.sensitivity(labels, pred)),
+        "specificity": float(M.specificity(labels, pred)),
         "n": int(len(labels)),
-        "positives": int(pos.sum()),
-        "predicted_positive_fraction": float(pred.mean()),
+        "positives": int(labels.sum()),
+        "predicted_positive_fraction": float(np.mean(pred)),
     }
 
 

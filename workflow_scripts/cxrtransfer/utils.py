@@ -16,6 +16,13 @@ from . import WorkflowError
 
 LOG = logging.getLogger("cxrtransfer")
 
+# What to do about a damaged, truncated or stale product (README: "When a run was killed or a
+# file is damaged"): deleting only that file would not make Snakemake rebuild it while files
+# made from it exist.
+FIX_DAMAGED = (
+    "Run `python -m cxrtransfer.verify --remove` (make verify REMOVE=1) and rerun the workflow."
+)
+
 
 def setup_logging(log_file: str | os.PathLike | None = None, level: int = logging.INFO) -> None:
     """Log plain lines (no carriage returns) to stderr and, if given, to ``log_file``."""
