@@ -18,7 +18,6 @@ A cache (``results/attacks/{source}/{data_task}/{attack}/eps{eps}/{shard}.h5``) 
 
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 
@@ -73,22 +72,16 @@ def write_cache(out_path, data: dict, attrs: dict) -> None:
             f.attrs.update(attrs)
 
 
-def shuffle_perturbations(clean_u8: np.ndarray, adv_u8: np.ndarray, seed: int) -> np.ndarray:
+def shuffle_perturbations(clean_u8: np.ndarray, adv_u8: np.ndarray, seed) -> np.ndarray:
     """The noise control of Bortsova et al.: each image's perturbation with its pixels randomly
     permuted (same values, so the same L-inf and, before clipping to [0, 255], the same L2
     norm), added to the clean image. Clipping can only shrink the perturbation."""
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng([int(x) % 2**63 for x in np.atleast_1d(seed)])
     d = adv_u8.astype(np.int16) - clean_u8.astype(np.int16)
     flat = d.reshape(len(d), -1)
     shuffled = np.stack([row[rng.permutation(row.size)] for row in flat]) if len(flat) else flat
     out = clean_u8.astype(np.int16) + shuffled.reshape(d.shape)
     return np.clip(out, 0, 255).astype(np.uint8)
-
-
-def stream_seed(*keys) -> int:
-    """A reproducible 63-bit seed from strings (model, task, attack, eps, shard)."""
-    digest = hashlib.sha256("\0".join(map(str, keys)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def read_attack(path, expected_sha256: str | None = None) -> dict:

@@ -13,7 +13,6 @@ from .attack_cache import (
     perturbation_norms,
     read_attack,
     shuffle_perturbations,
-    stream_seed,
     write_cache,
 )
 from .provenance import model_record
@@ -134,13 +133,10 @@ def control_shard(
             f"'{attrs['clean_shard']}' (image_index differs): it is stale. "
             f"{FIX_DAMAGED}"
         )
-    seed = stream_seed(
-        attrs["source_model"],
-        attrs["data_task"],
-        attrs["attack"],
-        attrs["eps"],
-        Path(attack_path).stem,
-    )
+    from .attacks import stream_seed
+
+    keys = ("noise_control", attrs["source_model"], attrs["data_task"], attrs["attack"])
+    seed = stream_seed(int(attrs["seed"]), *keys, float(attrs["eps"]), Path(attack_path).stem)
     images = shuffle_perturbations(clean["images"], adv["images"], seed)
     model = load_checkpoint(model_path, image_size)
     source_prob = predict_probs(model, images, batch_size)
@@ -161,7 +157,7 @@ def control_shard(
             **{k: v for k, v in attrs.items() if k not in ("n_quantisation_unfooled",)},
             "control": "shuffled",
             "control_of": str(attack_path),
-            "control_seed": seed,
+            "control_seed": list(seed),
             "max_linf_255": int(round(float(linf.max(initial=0)) * 255)),
             "max_l2": float(l2.max(initial=0)),
         },
