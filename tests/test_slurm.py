@@ -375,6 +375,7 @@ def test_trivial_workflow_runs_through_slurm(slurm_env, tmp_path):
 # both runs; it changes no result.
 CLUSTER_OVERLAY = textwrap.dedent(
     """
+    noise_control: false   # the cluster path is the point here; controls are tested locally
     resources:
       gpu: 1
       gpu_partition: gpu
