@@ -449,7 +449,7 @@ def test_truncated_shard_fails_clearly(pneumothorax_shards, tmp_path):
     broken = tmp_path / "broken.h5"
     data = shards["train"][0].read_bytes()
     broken.write_bytes(data[: len(data) - 1000])
-    with pytest.raises(WorkflowError, match=r"broken\.h5.*truncated.*Delete it and rerun"):
+    with pytest.raises(WorkflowError, match=r"broken\.h5.*truncated.*verify --remove"):
         train_model(
             _settings(),
             [broken, *shards["train"][1:]],
