@@ -12,6 +12,15 @@ include: "rules/attack.smk"
 include: "rules/evaluate.smk"
 
 
+# Light rules that Snakemake runs itself on the submit host (no cluster job, no queue wait).
+localrules:
+    shard_summary,
+    tables,
+    plot_heatmap,
+    plot_auroc,
+    study_config,
+
+
 rule all:
     default_target: True
     input:

@@ -1,10 +1,13 @@
+# One job per (adversarial set, test shard): a killed attack redoes only its own shard. With
+# noise controls on, the same job also writes the shard's control (the perturbations shuffled
+# per image), scored by the source model it has already loaded.
 rule attack:
     input:
         model=P.MODEL.format(model="{source}"),
         metrics=P.MODEL_METRICS.format(model="{source}"),
         shard=P.SHARD.format(task="{data_task}", split="test", shard="{shard}"),
     output:
-        P.ATTACK,
+        **with_control(cache=P.ATTACK, control=P.ATTACK_CONTROL),
     log:
         P.log("attack", f"{P.ADV_SET}/{{shard}}"),
     benchmark:
@@ -23,28 +26,3 @@ rule attack:
         code=code("attack"),
     script:
         script_path("attack")
-
-
-rule noise_control:
-    input:
-        attack=P.ATTACK,
-        model=P.MODEL.format(model="{source}"),
-        metrics=P.MODEL_METRICS.format(model="{source}"),
-    output:
-        P.ATTACK_CONTROL,
-    log:
-        P.log("noise_control", f"{P.ADV_SET}/{{shard}}"),
-    benchmark:
-        P.benchmark("noise_control", f"{P.ADV_SET}/{{shard}}")
-    wildcard_constraints:
-        attack=alternatives(ATTACKS),
-    conda:
-        "../envs/tensorflow.yaml"
-    resources:
-        **gpu_resources("attack_runtime"),
-    params:
-        image_size=config["data"]["image_size"],
-        batch_size=config["attack_batch_size"],
-        code=code("noise_control"),
-    script:
-        script_path("noise_control")

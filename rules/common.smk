@@ -105,7 +105,7 @@ def model_task(name):
 
 
 def gpu_resources(runtime_key):
-    """Cluster resources of a GPU job; the time limit grows with each retry."""
+    """Cluster resources of a GPU job; time and memory limits grow with each retry."""
     res = {
         "gpu": RES["gpu"],
         "cpus_per_gpu": RES["cpus_per_gpu"],
@@ -117,50 +117,68 @@ def gpu_resources(runtime_key):
     return res
 
 
-def set_path(w):
-    return P.ADV_SET.format(
-        source=w.source, data_task=w.data_task, attack=w.attack, eps=w.eps
-    )
+def cpu_resources():
+    """Cluster resources of a CPU job; time and memory limits grow with each retry."""
+    return {
+        "mem_mb": lambda wc, attempt: RES["cpu_mem_mb"] * attempt,
+        "runtime": lambda wc, attempt: RES["cpu_runtime"] * attempt,
+    }
+
+
+NOISE_CONTROL = bool(config["noise_control"])
+
+
+def with_control(**named):
+    """A rule's named outputs (or inputs), without the ``control`` one when the study has no
+    noise controls."""
+    return {k: v for k, v in named.items() if k != "control" or NOISE_CONTROL}
+
+
+def _set_keys(w, attack):
+    return dict(source=w.source, data_task=w.data_task, attack=attack, eps=w.eps)
 
 
 def adv_predictions(w, target):
-    return [
-        P.PRED_ADV.format(
-            target=target,
-            source=w.source,
-            data_task=w.data_task,
-            attack=w.attack,
-            eps=w.eps,
-            shard=i,
-        )
-        for i in shard_ids(w.data_task, "test")
-    ]
+    return P.PRED_ADV.format(target=target, **_set_keys(w, w.attack))
 
 
 def clean_predictions(target, data_task):
-    return [
-        P.PRED_CLEAN.format(target=target, data_task=data_task, shard=i)
-        for i in shard_ids(data_task, "test")
-    ]
+    return P.PRED_CLEAN.format(target=target, data_task=data_task)
 
 
-def attack_caches(w):
+def attack_caches(w, template=P.ATTACK):
+    """An adversarial set's caches (or, with P.ATTACK_CONTROL, its control's), in shard order."""
     return [
-        P.ATTACK.format(
-            source=w.source, data_task=w.data_task, attack=w.attack, eps=w.eps, shard=i
-        )
+        template.format(shard=i, **_set_keys(w, w.attack))
         for i in shard_ids(w.data_task, "test")
     ]
 
 
+def predict_adv_inputs(w):
+    """A target's model and the caches of one adversarial set and of its noise control."""
+    return {
+        "model": P.MODEL.format(model=w.target),
+        "metrics": P.MODEL_METRICS.format(model=w.target),
+        **with_control(
+            attacks=attack_caches(w),
+            control=attack_caches(w, P.ATTACK_CONTROL),
+        ),
+    }
+
+
 def evaluate_inputs(w):
-    """Named inputs of one adversarial set's evaluation: per target its clean and adversarial
-    predictions, and every model's metrics and training patients."""
+    """Named inputs of one adversarial set's evaluation (and its noise control's): per target
+    its clean and adversarial predictions, and every model's metrics and training patients.
+    """
     targets = plan.targets_for(config, w.data_task)
     inputs = {"test_shards": shards(w.data_task, "test")}
     for t in targets:
         inputs[f"clean__{t}"] = clean_predictions(t, w.data_task)
         inputs[f"adv__{t}"] = adv_predictions(w, t)
+        if NOISE_CONTROL:
+            inputs[f"control__{t}"] = P.PRED_ADV_CONTROL.format(
+                target=t, **_set_keys(w, w.attack)
+            )
     for m in sorted({w.source, *targets}):
         inputs[f"metrics__{m}"] = P.MODEL_METRICS.format(model=m)
         inputs[f"patients__{m}"] = P.MODEL_PATIENTS.format(model=m)

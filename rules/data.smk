@@ -12,6 +12,8 @@ rule synthetic_download:
         P.benchmark("synthetic_download")
     conda:
         "../envs/data.yaml"
+    resources:
+        **cpu_resources(),
     params:
         spec=plan.canon(config["data"]["synthetic"]),
         code=code("synthetic_download"),
@@ -34,6 +36,8 @@ checkpoint manifest:
         P.benchmark("manifest", "{task}")
     conda:
         "../envs/data.yaml"
+    resources:
+        **cpu_resources(),
     params:
         source=config["data"]["source"],
         data_dir=data_dir(),
@@ -60,7 +64,7 @@ rule shard:
         "../envs/data.yaml"
     threads: RES["shard_threads"]
     resources:
-        mem_mb=lambda wc, attempt: RES["cpu_mem_mb"] * attempt,
+        **cpu_resources(),
     params:
         image_size=config["data"]["image_size"],
         shard_size=config["data"]["shard_size"],

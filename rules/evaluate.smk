@@ -1,14 +1,17 @@
+# Predictions: one job per (target, clean test set) and per (target, adversarial set) over all
+# the set's shards (the model is loaded once per job, not once per shard); the noise control of
+# a set is predicted in the same job. Adding a target or an eps adds only its own jobs.
 rule predict_clean:
     input:
         model=P.MODEL.format(model="{target}"),
         metrics=P.MODEL_METRICS.format(model="{target}"),
-        shard=P.SHARD.format(task="{data_task}", split="test", shard="{shard}"),
+        shards=lambda w: shards(w.data_task, "test"),
     output:
         P.PRED_CLEAN,
     log:
-        P.log("predict", "{target}/clean/{data_task}/{shard}"),
+        P.log("predict", "{target}/clean/{data_task}"),
     benchmark:
-        P.benchmark("predict", "{target}/clean/{data_task}/{shard}")
+        P.benchmark("predict", "{target}/clean/{data_task}")
     conda:
         "../envs/tensorflow.yaml"
     resources:
@@ -23,15 +26,15 @@ rule predict_clean:
 
 rule predict_adv:
     input:
-        model=P.MODEL.format(model="{target}"),
-        metrics=P.MODEL_METRICS.format(model="{target}"),
-        attack=P.ATTACK,
+        unpack(predict_adv_inputs),
     output:
-        P.PRED_ADV,
+        **with_control(adv=P.PRED_ADV, control=P.PRED_ADV_CONTROL),
     log:
-        P.log("predict", f"{{target}}/adv/{P.ADV_SET}/{{shard}}"),
+        P.log("predict", f"{{target}}/adv/{P.ADV_SET}"),
     benchmark:
-        P.benchmark("predict", f"{{target}}/adv/{P.ADV_SET}/{{shard}}")
+        P.benchmark("predict", f"{{target}}/adv/{P.ADV_SET}")
+    wildcard_constraints:
+        attack=alternatives(ATTACKS),
     conda:
         "../envs/tensorflow.yaml"
     resources:
@@ -44,17 +47,22 @@ rule predict_adv:
         script_path("predict")
 
 
+# One job per adversarial set and its noise control: every target's cells of both.
 rule evaluate:
     input:
         unpack(evaluate_inputs),
     output:
-        P.SET_METRICS,
+        **with_control(metrics=P.SET_METRICS, control=P.SET_METRICS_CONTROL),
     log:
         P.log("evaluate", P.ADV_SET),
     benchmark:
         P.benchmark("evaluate", P.ADV_SET)
+    wildcard_constraints:
+        attack=alternatives(ATTACKS),
     conda:
         "../envs/report.yaml"
+    resources:
+        **cpu_resources(),
     params:
         targets=lambda w: plan.targets_for(config, w.data_task),
         models=lambda w: model_facts({w.source, *plan.targets_for(config, w.data_task)}),

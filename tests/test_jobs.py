@@ -1,4 +1,5 @@
-"""Attack, noise-control and prediction jobs on real files: formats, bounds, provenance checks."""
+"""Attack (with noise control) and prediction jobs on real files: formats, bounds, provenance
+checks."""
 
 import json
 
@@ -12,8 +13,8 @@ from cxrtransfer.attack_job import attack_shard, control_shard
 from cxrtransfer.predictions import (
     ADV_COLUMNS,
     CLEAN_COLUMNS,
-    predict_adv_shard,
-    predict_clean_shard,
+    predict_adv,
+    predict_clean,
     read_predictions,
 )
 from cxrtransfer.provenance import model_record
@@ -54,13 +55,14 @@ def tiny(tmp_path_factory):
     return d, images, labels
 
 
-def _attack(d, out, eps=4, cfg=None, size=SIZE):
+def _attack(d, out, eps=4, cfg=None, size=SIZE, control=None, shard="000.h5"):
     cfg = cfg or {"method": "pgd", "step_fraction": 0.25, "steps": 5}
     return attack_shard(
         model_path=d / "model.keras",
         metrics_path=d / "metrics.json",
-        shard_path=d / "000.h5",
+        shard_path=d / shard,
         out_path=out,
+        control_path=control,
         attack_name="pgd",
         attack_cfg=cfg,
         eps=eps,
@@ -82,8 +84,8 @@ def cache(tiny, tmp_path_factory):
 def _predict(d, tmp_path, cache):
     common = dict(model_path=d / "model.keras", metrics_path=d / "metrics.json", image_size=SIZE)
     adv_csv, clean_csv = tmp_path / "adv.csv", tmp_path / "clean.csv"
-    predict_adv_shard(attack_path=cache, out_csv=adv_csv, batch_size=32, **common)
-    predict_clean_shard(shard_path=d / "000.h5", out_csv=clean_csv, batch_size=32, **common)
+    predict_adv(sets=[([cache], adv_csv)], batch_size=32, **common)
+    predict_clean(shard_paths=[d / "000.h5"], out_csv=clean_csv, batch_size=32, **common)
     return clean_csv, adv_csv
 
 
@@ -122,19 +124,85 @@ def test_prediction_files_are_checked_against_shard_and_checkpoint(tiny, cache, 
     sha = file_sha256(d / "model.keras")
     clean_csv, _ = _predict(d, tmp_path, cache)
     shard = [d / "000.h5"]
-    ok = read_predictions([clean_csv], CLEAN_COLUMNS, shard, checkpoint_sha256=sha)
+    ok = read_predictions(clean_csv, CLEAN_COLUMNS, shard, checkpoint_sha256=sha)
     assert len(ok) == 48
     raw = clean_csv.read_bytes()
     cut = tmp_path / "cut.csv"
     cut.write_bytes(raw[:-6])
     with pytest.raises(WorkflowError, match="cut.csv.*truncated"):
-        read_predictions([cut], CLEAN_COLUMNS, shard, checkpoint_sha256=sha)
+        read_predictions(cut, CLEAN_COLUMNS, shard, checkpoint_sha256=sha)
     short = tmp_path / "short.csv"
     short.write_text("".join(raw.decode().splitlines(keepends=True)[:-1]))
     with pytest.raises(WorkflowError, match="short.csv.*47 rows.*48 images"):
-        read_predictions([short], CLEAN_COLUMNS, shard, checkpoint_sha256=sha)
+        read_predictions(short, CLEAN_COLUMNS, shard, checkpoint_sha256=sha)
     with pytest.raises(WorkflowError, match="clean.csv.*another checkpoint"):
-        read_predictions([clean_csv], CLEAN_COLUMNS, shard, checkpoint_sha256="0" * 64)
+        read_predictions(clean_csv, CLEAN_COLUMNS, shard, checkpoint_sha256="0" * 64)
+
+
+def test_one_prediction_job_covers_a_whole_set_and_its_control(tiny, tmp_path):
+    """predict_clean / predict_adv take all shards of a set (and its noise control) in one
+    process: one file per set with the rows of every shard in shard order, equal to what each
+    shard gives alone; the reader checks the file against the concatenated shards."""
+    d, images, labels = tiny
+    second = tmp_path / "001.h5"
+    with h5py.File(d / "000.h5") as f, h5py.File(second, "w") as g:
+        for name in ("images", "labels", "image_index", "patient_id"):
+            g[name] = f[name][:20]
+        g["image_index"][...] = np.array([f"{i:08d}_001.png" for i in range(20)], dtype="S")
+    shards = [d / "000.h5", second]
+    caches, controls = [], []
+    for shard in shards:
+        cache = tmp_path / "adv" / shard.name
+        control = tmp_path / "ctrl" / shard.name
+        cfg = {"method": "pgd", "step_fraction": 0.1, "steps": 2, "random_start": True}
+        _attack(d, cache, eps=8, cfg=cfg, control=control, shard=shard)
+        caches.append(cache)
+        controls.append(control)
+    common = dict(model_path=d / "model.keras", metrics_path=d / "metrics.json", image_size=SIZE)
+    clean_csv, adv_csv, ctrl_csv = (tmp_path / f"{n}.csv" for n in ("clean", "adv", "ctrl"))
+    predict_clean(shard_paths=shards, out_csv=clean_csv, batch_size=16, **common)
+    predict_adv(sets=[(caches, adv_csv), (controls, ctrl_csv)], batch_size=16, **common)
+    sha = file_sha256(d / "model.keras")
+    clean = read_predictions(clean_csv, CLEAN_COLUMNS, shards, checkpoint_sha256=sha)
+    assert len(clean) == len(images) + 20
+    assert clean["image_index"].iloc[len(images)] == "00000000_001.png"
+    for csv, parts in ((adv_csv, caches), (ctrl_csv, controls)):
+        df = read_predictions(csv, ADV_COLUMNS, shards, checkpoint_sha256=sha)
+        alone = []
+        for i, part in enumerate(parts):
+            one = tmp_path / f"one{i}.csv"
+            predict_adv(sets=[([part], one)], batch_size=16, **common)
+            alone.append(pd.read_csv(one, dtype={"image_index": str}))
+        assert np.array_equal(pd.concat(alone)["prob"].to_numpy(), df["prob"].to_numpy())
+        # each file carries its own caches' source probabilities (the set's, the control's)
+        recorded = np.concatenate([read_attack(p)["source_adv_prob"] for p in parts])
+        assert np.allclose(df["source_adv_prob"], recorded, atol=1e-6)
+    assert not np.array_equal(read_attack(caches[0])["images"], read_attack(controls[0])["images"])
+    # the reader refuses a file checked against the wrong shard order
+    with pytest.raises(WorkflowError, match="clean.csv.*other images"):
+        read_predictions(clean_csv, CLEAN_COLUMNS, shards[::-1], checkpoint_sha256=sha)
+
+
+def test_attack_job_writes_the_same_control_as_the_control_function(tiny, tmp_path):
+    """The attack job's control (written with the model it has loaded) is byte-for-byte the
+    control that control_shard makes from the finished cache."""
+    d, _, _ = tiny
+    cfg = {"method": "pgd", "step_fraction": 0.1, "steps": 2, "random_start": True}
+    cache, control = tmp_path / "a" / "000.h5", tmp_path / "c" / "000.h5"
+    _attack(d, cache, eps=16, cfg=cfg, control=control)
+    alone = tmp_path / "alone.h5"
+    control_shard(
+        attack_path=cache,
+        model_path=d / "model.keras",
+        metrics_path=d / "metrics.json",
+        out_path=alone,
+        image_size=SIZE,
+        batch_size=16,
+    )
+    a, b = read_attack(control), read_attack(alone)
+    for name in ("images", "source_adv_prob", "l2", "linf", "image_index"):
+        assert np.array_equal(a[name], b[name]), name
+    assert a["attrs"]["control"] == "shuffled" and a["attrs"]["control_of"] == str(cache)
 
 
 def test_stale_or_mismatched_checkpoints_are_detected(tiny, cache, tmp_path):

@@ -112,6 +112,12 @@ def predictions(task, shard, target_sha, source_sha=None):
     return df
 
 
+def set_predictions(task, target_sha, source_sha=None):
+    """A prediction file of a whole set: the rows of every test shard in shard order."""
+    parts = [predictions(task, s, target_sha, source_sha) for s in TEST_SHARDS]
+    return pd.concat(parts, ignore_index=True)
+
+
 def make_tree(base: Path) -> Path:
     """A complete results tree (2 tasks, 3 models, 4 attack sets on 2 test shards), plus a
     dataset outside it; returns the results directory."""
@@ -156,11 +162,10 @@ def make_tree(base: Path) -> Path:
         (d / "train_patients.txt").write_text("1\n2\n")
         (d / "work" / "backup").mkdir(parents=True)
         (d / "work" / "backup" / "state").write_bytes(b"resume")
-        for s in TEST_SHARDS:
-            write_csv(
-                results / "predictions" / model / "clean" / task / f"{s}.csv",
-                predictions(task, s, shas[model]),
-            )
+        write_csv(
+            results / "predictions" / model / "clean" / f"{task}.csv",
+            set_predictions(task, shas[model]),
+        )
     for source, dt, attack, eps, norm in ATTACKS:
         for s in TEST_SHARDS:
             write_attack(
@@ -173,19 +178,11 @@ def make_tree(base: Path) -> Path:
                 s,
                 shas[source],
             )
-            for target in TASKS[dt]:
-                write_csv(
-                    results
-                    / "predictions"
-                    / target
-                    / "adv"
-                    / source
-                    / dt
-                    / attack
-                    / f"eps{eps}"
-                    / f"{s}.csv",
-                    predictions(dt, s, shas[target], shas[source]),
-                )
+        for target in TASKS[dt]:
+            write_csv(
+                results / "predictions" / target / "adv" / source / dt / attack / f"eps{eps}.csv",
+                set_predictions(dt, shas[target], shas[source]),
+            )
         cells = [{"source": source, "target": t, "data_task": dt} for t in TASKS[dt]]
         p = results / "metrics" / "sets" / source / dt / attack / f"eps{eps}.json"
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -210,6 +207,7 @@ def files(base: Path) -> set[str]:
     return {str(p.relative_to(base)) for p in base.rglob("*") if p.is_file()}
 
 
+PGD_AND_CONTROL = ("pgd", "pgd__shuffled")
 FINALS = {
     "results/tables/transfer.csv",
     "results/tables/summary.md",
@@ -294,8 +292,8 @@ def push_over_eps(path: Path):
         f["images"][...] = img
 
 
-ADV = "predictions/ptx_b/adv/ptx_a/ptx/pgd/eps8/001.csv"
-CLEAN = "predictions/ptx_a/clean/ptx/000.csv"
+ADV = "predictions/ptx_b/adv/ptx_a/ptx/pgd/eps8.csv"
+CLEAN = "predictions/ptx_a/clean/ptx.csv"
 DAMAGES = {
     "truncated shard": (
         "shards/card/test/001.h5",
@@ -326,11 +324,11 @@ DAMAGES = {
     "prediction missing a row": (
         CLEAN,
         lambda p: rewrite_csv(p, lambda df: df.iloc[:-1]),
-        "3 rows but",
+        "7 rows but",
     ),
     "prediction with a probability out of range": (
         CLEAN,
-        lambda p: rewrite_csv(p, lambda df: df.assign(prob=[0.1, 0.2, 1.5, "nan"])),
+        lambda p: rewrite_csv(p, lambda df: df.assign(prob=[0.1, 0.2, 1.5, "nan"] * 2)),
         "not a probability",
     ),
     "stale prediction": (
@@ -392,32 +390,42 @@ def test_remove_attack_cache_and_downstream(tree):
     p = "results/predictions"
     assert gone == {
         f"{a}/pgd/eps8/001.h5",
-        f"{a}/pgd__shuffled/eps8/001.h5",  # its noise control
-        f"{p}/ptx_a/adv/ptx_a/ptx/pgd/eps8/001.csv",
-        f"{p}/ptx_b/adv/ptx_a/ptx/pgd/eps8/001.csv",
-        f"{p}/ptx_a/adv/ptx_a/ptx/pgd__shuffled/eps8/001.csv",
-        f"{p}/ptx_b/adv/ptx_a/ptx/pgd__shuffled/eps8/001.csv",
+        f"{a}/pgd__shuffled/eps8/001.h5",  # its noise control (written by the same job)
+        f"{p}/ptx_a/adv/ptx_a/ptx/pgd/eps8.csv",
+        f"{p}/ptx_b/adv/ptx_a/ptx/pgd/eps8.csv",
+        f"{p}/ptx_a/adv/ptx_a/ptx/pgd__shuffled/eps8.csv",
+        f"{p}/ptx_b/adv/ptx_a/ptx/pgd__shuffled/eps8.csv",
         "results/metrics/sets/ptx_a/ptx/pgd/eps8.json",
         "results/metrics/sets/ptx_a/ptx/pgd__shuffled/eps8.json",
         *FINALS,
     }
 
 
-def test_remove_shuffled_control_alone(tree):
+def test_remove_shuffled_control_takes_its_attack_job(tree):
+    """One attack job writes a shard's cache and its control: rebuilding the control rewrites
+    the cache too, so both go, with their predictions and sets (one job each as well)."""
     rel = "attacks/ptx_a/ptx/pgd__shuffled/eps8/000.h5"
     gone = removed_by(tree, rel, lambda p: truncate(p, 100))
+    p = "results/predictions"
     assert gone == {
         f"results/{rel}",
-        "results/predictions/ptx_a/adv/ptx_a/ptx/pgd__shuffled/eps8/000.csv",
-        "results/predictions/ptx_b/adv/ptx_a/ptx/pgd__shuffled/eps8/000.csv",
-        "results/metrics/sets/ptx_a/ptx/pgd__shuffled/eps8.json",
+        "results/attacks/ptx_a/ptx/pgd/eps8/000.h5",
+        *(f"{p}/{t}/adv/ptx_a/ptx/{a}/eps8.csv" for t in TASKS["ptx"] for a in PGD_AND_CONTROL),
+        *(f"results/metrics/sets/ptx_a/ptx/{a}/eps8.json" for a in PGD_AND_CONTROL),
         *FINALS,
     }
 
 
 def test_remove_prediction(tree):
+    """One predict_adv job writes a target's predictions of a set and of its control, and one
+    evaluate job both sets: all four go."""
     gone = removed_by(tree, *DAMAGES["prediction cut by 6 bytes"][:2])
-    assert gone == {f"results/{ADV}", "results/metrics/sets/ptx_a/ptx/pgd/eps8.json", *FINALS}
+    assert gone == {
+        f"results/{ADV}",
+        "results/predictions/ptx_b/adv/ptx_a/ptx/pgd__shuffled/eps8.csv",
+        *(f"results/metrics/sets/ptx_a/ptx/{a}/eps8.json" for a in PGD_AND_CONTROL),
+        *FINALS,
+    }
 
 
 def test_remove_clean_prediction_removes_every_set_of_its_task(tree):
@@ -432,8 +440,8 @@ def card_a_removal():
     return {
         *model_files("card_a"),
         *(f"results/attacks/card_a/ptx/pgd/eps8/{s}.h5" for s in TEST_SHARDS),
-        *(f"{p}/card_a/clean/card/{s}.csv" for s in TEST_SHARDS),
-        *(f"{p}/{t}/adv/card_a/ptx/pgd/eps8/{s}.csv" for t in TASKS["ptx"] for s in TEST_SHARDS),
+        f"{p}/card_a/clean/card.csv",
+        *(f"{p}/{t}/adv/card_a/ptx/pgd/eps8.csv" for t in TASKS["ptx"]),
         "results/metrics/sets/card_a/ptx/pgd/eps8.json",
         *FINALS,
     }
@@ -447,13 +455,9 @@ def test_remove_model(tree):
 def test_remove_target_model_removes_sets_of_its_task(tree):
     gone = removed_by(tree, *DAMAGES["unreadable metrics.json"][:2])
     p = "results/predictions"
-    adv = {
-        f"{p}/ptx_b/adv/{s}/{d}/{a}/eps{e}/{sh}.csv"
-        for s, d, a, e, _ in ATTACKS
-        for sh in TEST_SHARDS
-    }
+    adv = {f"{p}/ptx_b/adv/{s}/{d}/{a}/eps{e}.csv" for s, d, a, e, _ in ATTACKS}
     sets = {f"results/metrics/sets/{s}/{d}/{a}/eps{e}.json" for s, d, a, e, _ in ATTACKS}
-    clean = {f"{p}/ptx_b/clean/ptx/{s}.csv" for s in TEST_SHARDS}
+    clean = {f"{p}/ptx_b/clean/ptx.csv"}
     assert gone == {*model_files("ptx_b"), *adv, *clean, *sets, *FINALS}
 
 
@@ -510,7 +514,7 @@ def test_missing_input_makes_its_consumers_bad(tree, capsys):
     code, out = run(tree, capsys=capsys)
     assert code == 1
     for t in TASKS["ptx"]:
-        line = f"BAD {tree}/predictions/{t}/adv/ptx_a/ptx/pgd/eps8/000.csv: its input"
+        line = f"BAD {tree}/predictions/{t}/adv/ptx_a/ptx/pgd/eps8.csv: its input"
         assert any(s.startswith(line) and "is missing" in s for s in out.splitlines()), out
 
 
@@ -587,8 +591,8 @@ def test_units(tree):
         "shard_summary": 4,
         "model": 3,
         "attack": 8,
-        "clean_prediction": 6,
-        "adv_prediction": 16,
+        "clean_prediction": 3,
+        "adv_prediction": 8,
         "set": 4,
         "table": 3,
         "plot": 2,
@@ -608,7 +612,9 @@ def test_deleted_prediction_makes_its_sets_stale(tree, capsys):
     assert code == 1
     sets = {f"metrics/sets/{s}/{d}/{a}/eps{e}.json" for s, d, a, e, _ in ATTACKS}
     bad = {line.split(":")[0] for line in out.splitlines() if line.startswith("BAD ")}
-    assert bad == {f"BAD {tree / s}" for s in sets}
+    # the control's set is made by the same evaluate job as its attack's: counted with it
+    control = "metrics/sets/ptx_a/ptx/pgd__shuffled/eps8.json"
+    assert bad == {f"BAD {tree / s}" for s in sets - {control}}
     assert f"its input {tree / CLEAN} is missing" in out
     before = files(tree.parent)
     assert run(tree, "--remove", capsys=capsys)[0] == 1
@@ -636,7 +642,7 @@ def test_model_of_unknown_task_takes_every_set(tree):
     assert gone == {
         *model_files("card_a"),
         *(f"results/attacks/card_a/ptx/pgd/eps8/{s}.h5" for s in TEST_SHARDS),
-        *(f"{p}/{t}/adv/card_a/ptx/pgd/eps8/{s}.csv" for t in TASKS["ptx"] for s in TEST_SHARDS),
+        *(f"{p}/{t}/adv/card_a/ptx/pgd/eps8.csv" for t in TASKS["ptx"]),
         *(f"results/metrics/sets/{s}/{d}/{a}/eps{e}.json" for s, d, a, e, _ in ATTACKS),
         *FINALS,
     }

@@ -242,8 +242,9 @@ def test_white_box_pgd_breaks_every_source(run):
 # The tiny configuration, written out: 2 tasks with one shard per split; models
 # pneumothorax_small (target, half_a) and pneumothorax_small_s2 (surrogate, half_b) on
 # pneumothorax, cardiomegaly_small on cardiomegaly; one attack (pgd) at one eps; sets: every
-# model on its own task + pneumothorax_small on cardiomegaly = 4, each with its noise control
-# = 8 (4 pneumothorax sets with 2 targets, 4 cardiomegaly sets with 1 target).
+# model on its own task + pneumothorax_small on cardiomegaly = 4 (2 pneumothorax sets with 2
+# targets, 2 cardiomegaly sets with 1 target). Each set's noise control is written by its attack
+# job, predicted by its predict_adv jobs and evaluated by its evaluate job.
 FULL_RUN = {
     "synthetic_download": 1,
     "manifest": 2,
@@ -251,10 +252,9 @@ FULL_RUN = {
     "shard_summary": 2,
     "train": 3,
     "attack": 4,
-    "noise_control": 4,
     "predict_clean": 3,
-    "predict_adv": 12,  # 4 sets x 2 targets + 4 sets x 1 target
-    "evaluate": 8,
+    "predict_adv": 6,  # 2 sets x 2 targets + 2 sets x 1 target
+    "evaluate": 4,
     "tables": 1,
     "plot_heatmap": 2,
     "plot_auroc": 3,
@@ -263,7 +263,7 @@ FULL_RUN = {
     "all": 1,
 }
 AFTER_TABLES = {"tables": 1, "plot_heatmap": 2, "plot_auroc": 3}
-ATTACKS_ON = {"attack": 4, "noise_control": 4, "predict_adv": 12, "evaluate": 8}
+ATTACKS_ON = {"attack": 4, "predict_adv": 6, "evaluate": 4}
 
 
 def _set(cfg, path, value):
@@ -278,37 +278,35 @@ RERUN_TABLE = [
     ("roc_cells", ["evaluation", "roc_cells"], 3, {"plot_cell": 2, "study_config": 1, "all": 1}),
     ("study_name", ["study_name"], "other", {"study_config": 1, "all": 1}),
     (
-        # one surrogate's learning rate: that model, its attack and control, its clean
-        # predictions, its predictions as a target of the 4 pneumothorax sets and the
-        # target's predictions on its 2 sets; only the 4 pneumothorax sets are re-evaluated
+        # one surrogate's learning rate: that model, its attack (and control), its clean
+        # predictions, its predictions as a target of the 2 pneumothorax sets and the
+        # target's predictions on its set; only the 2 pneumothorax sets are re-evaluated
         "one model's learning rate",
         ["models", "pneumothorax_small_s2", "training"],
         {"learning_rate": 0.001},
         {
             "train": 1,
             "attack": 1,
-            "noise_control": 1,
             "predict_clean": 1,
-            "predict_adv": 6,
-            "evaluate": 4,
+            "predict_adv": 3,
+            "evaluate": 2,
             **AFTER_TABLES,
             "study_config": 1,
             "all": 1,
         },
     ),
     (
-        # a second cardiomegaly model: trained, attacks its task, is a target of all 6
-        # cardiomegaly sets; the other target predicts its 2 new sets; only cardiomegaly sets
+        # a second cardiomegaly model: trained, attacks its task, is a target of all 3
+        # cardiomegaly sets; the other target predicts its new set; only cardiomegaly sets
         "new cardiomegaly model",
         ["models", "cardiomegaly_small_s2"],
         {"task": "cardiomegaly", "arch": "MobileNetV3Small", "seed": 2, "train_subset": "half_b"},
         {
             "train": 1,
             "attack": 1,
-            "noise_control": 1,
             "predict_clean": 1,
-            "predict_adv": 8,
-            "evaluate": 6,
+            "predict_adv": 4,
+            "evaluate": 3,
             "tables": 1,
             "plot_heatmap": 2,
             "plot_auroc": 4,
@@ -317,7 +315,7 @@ RERUN_TABLE = [
         },
     ),
     (
-        # a new attack for every grid entry: 4 sets + 4 controls; its plots; the plotted cell
+        # a new attack for every grid entry: 4 sets (and their controls); its plots; the plotted cell
         # becomes the first (data task, attack) in order, cardiomegaly/fgsm
         "new attack",
         ["attacks", "fgsm"],
@@ -357,7 +355,7 @@ RERUN_TABLE = [
         "bootstrap resamples",
         ["evaluation", "n_bootstrap"],
         40,
-        {"evaluate": 8, **AFTER_TABLES, "study_config": 1, "all": 1},
+        {"evaluate": 4, **AFTER_TABLES, "study_config": 1, "all": 1},
     ),
     (
         "plot setting",
@@ -430,13 +428,13 @@ def test_damaged_file_is_rebuilt_after_verify(root, run, tmp_path):
         assert rep.returncode == 1 and "000.h5" in rep.stdout + rep.stderr
         subprocess.run([*verify, "--remove"], capture_output=True, text=True, env=env)
         assert not cache.exists()
-        # the attack, its control, both targets' predictions of the 2 sets, their evaluation,
-        # and (verify removes every table, plot and the report config) the final products
+        # the attack job (cache and control), both targets' predictions of the set and its
+        # control, their evaluation, and (verify removes every table, plot and the report
+        # config) the final products
         assert planned(root, run) == {
             "attack": 1,
-            "noise_control": 1,
-            "predict_adv": 4,
-            "evaluate": 2,
+            "predict_adv": 2,
+            "evaluate": 1,
             **AFTER_TABLES,
             "plot_cell": 1,
             "study_config": 1,

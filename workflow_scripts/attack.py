@@ -1,4 +1,5 @@
-"""Rule attack: craft one shard of adversarial examples on a source model (uint8 cache)."""
+"""Rule attack: craft one shard of adversarial examples on a source model (uint8 cache) and,
+when the study has noise controls, the shard's control cache with the same loaded model."""
 
 from cxrtransfer.attack_job import attack_shard
 from cxrtransfer.utils import run_main
@@ -9,7 +10,8 @@ def main(sm):
         model_path=sm.input.model,
         metrics_path=sm.input.metrics,
         shard_path=sm.input.shard,
-        out_path=sm.output[0],
+        out_path=sm.output.cache,
+        control_path=sm.output.get("control"),
         attack_name=sm.wildcards.attack,
         attack_cfg=dict(sm.params.attack),
         eps=sm.params.eps,

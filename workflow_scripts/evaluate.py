@@ -1,33 +1,39 @@
-"""Rule evaluate: metrics with patient-level bootstrap CIs for every target of one set."""
+"""Rule evaluate: metrics with patient-level bootstrap CIs for every target of one adversarial
+set and, with noise controls, of its control."""
 
 import json
 
 from cxrtransfer.evaluation import evaluate_adv_set, nan_to_none
+from cxrtransfer.paths import CONTROL_SUFFIX
 from cxrtransfer.utils import atomic_path, run_main
 
 
 def named(inputs, prefix):
-    """The rule's named inputs ``{prefix}__{model}`` as {model: file(s)}."""
+    """The rule's named inputs ``{prefix}__{model}`` as {model: file}."""
     return {k.split("__", 1)[1]: v for k, v in inputs.items() if k.startswith(prefix + "__")}
 
 
 def main(sm):
     w, p = sm.wildcards, sm.params
-    cells = evaluate_adv_set(
-        source=w.source,
-        data_task=w.data_task,
-        attack=w.attack,
-        eps_label=w.eps,
-        models=dict(p.models),
-        test_shards=list(sm.input.test_shards),
-        clean_files={t: list(v) for t, v in named(sm.input, "clean").items()},
-        adv_files={t: list(v) for t, v in named(sm.input, "adv").items()},
-        metrics_files=named(sm.input, "metrics"),
-        patients_files=named(sm.input, "patients"),
-        evaluation={"n_bootstrap": p.n_bootstrap, "confidence": p.confidence, "seed": p.seed},
-    )
-    with atomic_path(sm.output[0]) as tmp:
-        tmp.write_text(json.dumps(nan_to_none(cells), indent=1))
+    outputs = [(w.attack, "adv", sm.output.metrics)]
+    if "control" in sm.output.keys():
+        outputs.append((w.attack + CONTROL_SUFFIX, "control", sm.output.control))
+    for attack, prefix, out in outputs:
+        cells = evaluate_adv_set(
+            source=w.source,
+            data_task=w.data_task,
+            attack=attack,
+            eps_label=w.eps,
+            models=dict(p.models),
+            test_shards=list(sm.input.test_shards),
+            clean_files=named(sm.input, "clean"),
+            adv_files=named(sm.input, prefix),
+            metrics_files=named(sm.input, "metrics"),
+            patients_files=named(sm.input, "patients"),
+            evaluation={"n_bootstrap": p.n_bootstrap, "confidence": p.confidence, "seed": p.seed},
+        )
+        with atomic_path(out) as tmp:
+            tmp.write_text(json.dumps(nan_to_none(cells), indent=1))
 
 
 run_main(main, snakemake)  # noqa: F821

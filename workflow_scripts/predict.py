@@ -1,6 +1,7 @@
-"""Rules predict_clean / predict_adv: a target model's per-example predictions for one shard."""
+"""Rules predict_clean / predict_adv: a target model's per-example predictions for a whole
+test set (all its shards) or a whole adversarial set and its noise control."""
 
-from cxrtransfer.predictions import predict_adv_shard, predict_clean_shard
+from cxrtransfer.predictions import predict_adv, predict_clean
 from cxrtransfer.utils import run_main
 
 
@@ -8,14 +9,16 @@ def main(sm):
     common = {
         "model_path": sm.input.model,
         "metrics_path": sm.input.metrics,
-        "out_csv": sm.output[0],
         "image_size": sm.params.image_size,
         "batch_size": sm.params.batch_size,
     }
-    if "attack" in sm.input.keys():
-        predict_adv_shard(attack_path=sm.input.attack, **common)
+    if "attacks" in sm.input.keys():
+        sets = [(list(sm.input.attacks), sm.output.adv)]
+        if "control" in sm.input.keys():
+            sets.append((list(sm.input.control), sm.output.control))
+        predict_adv(sets=sets, **common)
     else:
-        predict_clean_shard(shard_path=sm.input.shard, **common)
+        predict_clean(shard_paths=list(sm.input.shards), out_csv=sm.output[0], **common)
 
 
 run_main(main, snakemake)  # noqa: F821

@@ -1,5 +1,6 @@
-"""The attack and noise-control jobs: craft one shard's adversarial set and write its cache
-(format: ``attack_cache``)."""
+"""The attack job: craft one shard's adversarial set, write its cache (format: ``attack_cache``)
+and, when asked, its noise control (the same perturbations shuffled per image) with the
+source model the job has already loaded."""
 
 from __future__ import annotations
 
@@ -32,8 +33,10 @@ def attack_shard(
     batch_size: int,
     source_model: str,
     data_task: str,
+    control_path=None,
 ) -> dict:
-    """Attack one shard with the source model and write the uint8 cache atomically."""
+    """Attack one shard with the source model and write the uint8 cache atomically; with
+    ``control_path``, then write its noise control there (see ``control_shard``)."""
     from .attacks import make_attack, run_attack_batches, spec_from_config
     from .models import load_checkpoint
     from .shards import read_shard
@@ -111,7 +114,12 @@ def attack_shard(
         max_linf,
         max_l2,
     )
-    return {"n": n, "fooled": fooled, "unfooled_by_quantisation": unfooled}
+    out = {"n": n, "fooled": fooled, "unfooled_by_quantisation": unfooled}
+    if control_path is not None:
+        out["control"] = _write_control(
+            model, record, out_path, control_path, image_size, batch_size
+        )
+    return out
 
 
 def control_shard(
@@ -119,11 +127,17 @@ def control_shard(
 ) -> dict:
     """Write the noise control of one attack cache: shuffled perturbations, with the source
     model's probabilities on them, in the same format."""
-    from .inference import predict_probs
     from .models import load_checkpoint
-    from .shards import read_shard
 
     record = model_record(model_path, metrics_path)
+    model = load_checkpoint(model_path, image_size)
+    return _write_control(model, record, attack_path, out_path, image_size, batch_size)
+
+
+def _write_control(model, record, attack_path, out_path, image_size: int, batch_size: int):
+    from .inference import predict_probs
+    from .shards import read_shard
+
     adv = read_attack(attack_path, expected_sha256=record["sha256"])
     attrs = adv["attrs"]
     clean = read_shard(attrs["clean_shard"], image_size)
@@ -138,7 +152,6 @@ def control_shard(
     keys = ("noise_control", attrs["source_model"], attrs["data_task"], attrs["attack"])
     seed = stream_seed(int(attrs["seed"]), *keys, float(attrs["eps"]), Path(attack_path).stem)
     images = shuffle_perturbations(clean["images"], adv["images"], seed)
-    model = load_checkpoint(model_path, image_size)
     source_prob = predict_probs(model, images, batch_size)
     l2, linf = perturbation_norms(clean["images"], images)
     write_cache(

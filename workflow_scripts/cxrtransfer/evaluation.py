@@ -39,7 +39,8 @@ def evaluate_adv_set(
     """Cells of one adversarial set: one per target (every model of the data task).
 
     ``models``: name -> {arch, task, pretrained, seed} of the source and every target;
-    ``clean_files`` / ``adv_files``: target -> prediction files in the order of ``test_shards``;
+    ``clean_files`` / ``adv_files``: target -> prediction file of the whole set (the rows of
+    ``test_shards`` in order);
     ``metrics_files`` / ``patients_files``: model -> metrics.json / train_patients.txt.
     """
     from .metrics import compute_cell
@@ -74,8 +75,8 @@ def evaluate_adv_set(
                 source_task_is_data_task=source_same_task,
             )
         except WorkflowError as e:
-            files = ", ".join(map(str, [*clean_files[target][:1], *adv_files[target][:1]]))
-            raise WorkflowError(f"{e} (in the predictions {files} ...)") from None
+            files = f"{clean_files[target]}, {adv_files[target]}"
+            raise WorkflowError(f"{e} (in the predictions {files})") from None
         f = factors(
             source, target, models[source], models[target], patients[source], patients[target]
         )

@@ -20,8 +20,10 @@ MODEL_HISTORY = f"{MODEL_DIR}/history.csv"
 MODEL_PATIENTS = f"{MODEL_DIR}/train_patients.txt"
 ADV_SET = "{source}/{data_task}/{attack}/eps{eps}"
 ATTACK = f"{RESULTS}/attacks/{ADV_SET}/{{shard}}.h5"
-PRED_CLEAN = f"{RESULTS}/predictions/{{target}}/clean/{{data_task}}/{{shard}}.csv"
-PRED_ADV = f"{RESULTS}/predictions/{{target}}/adv/{ADV_SET}/{{shard}}.csv"
+# One prediction file per (target, clean test set) and per (target, adversarial set): the rows
+# of all test shards in shard order (one job predicts a whole set, see rules/evaluate.smk).
+PRED_CLEAN = f"{RESULTS}/predictions/{{target}}/clean/{{data_task}}.csv"
+PRED_ADV = f"{RESULTS}/predictions/{{target}}/adv/{ADV_SET}.csv"
 SET_METRICS = f"{RESULTS}/metrics/sets/{ADV_SET}.json"
 TRANSFER_TABLE = f"{RESULTS}/tables/transfer.csv"
 SUMMARY = f"{RESULTS}/tables/summary.md"
@@ -34,12 +36,19 @@ STUDY_CONFIG = f"{RESULTS}/report/config.yaml"
 LOGS = f"{RESULTS}/logs"
 BENCHMARKS = f"{RESULTS}/benchmarks"
 
-# Noise controls: an attack's perturbations, spatially shuffled per image, stored as the
-# adversarial set of a pseudo-attack named f"{attack}{CONTROL_SUFFIX}".
+# Noise controls: an attack's perturbations, spatially shuffled per image, stored, predicted and
+# evaluated as the adversarial set of a pseudo-attack named f"{attack}{CONTROL_SUFFIX}".
 CONTROL_SUFFIX = "__shuffled"
-ATTACK_CONTROL = (
-    f"{RESULTS}/attacks/{{source}}/{{data_task}}/{{attack}}{CONTROL_SUFFIX}/eps{{eps}}/{{shard}}.h5"
-)
+
+
+def control(template: str) -> str:
+    """The noise control's version of a template of an attack's products."""
+    return template.replace("{attack}", "{attack}" + CONTROL_SUFFIX)
+
+
+ATTACK_CONTROL = control(ATTACK)
+PRED_ADV_CONTROL = control(PRED_ADV)
+SET_METRICS_CONTROL = control(SET_METRICS)
 
 
 def log(rule: str, pattern: str = "") -> str:

@@ -1,12 +1,13 @@
 """Per-example prediction files of a target model, and their checked reader.
 
-``results/predictions/{target}/clean/{data_task}/{shard}.csv``: image_index, patient_id, label,
-prob (the target's probability of the finding), checkpoint_sha256 (of the target checkpoint).
-``results/predictions/{target}/adv/{set}/{shard}.csv``: the same plus source_clean_prob,
-source_adv_prob, l2, linf (copied from the attack cache) and source_checkpoint_sha256.
+``results/predictions/{target}/clean/{data_task}.csv``: image_index, patient_id, label, prob
+(the target's probability of the finding), checkpoint_sha256 (of the target checkpoint), one
+row per image of the data task's test shards, in shard order.
+``results/predictions/{target}/adv/{set}.csv``: the same plus source_clean_prob,
+source_adv_prob, l2, linf (copied from the attack caches) and source_checkpoint_sha256.
 
 A consumer checks every file against what it claims to describe: the rows and image set of
-its shard, and the checkpoints that are current now.
+its shards, and the checkpoints that are current now.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pandas as pd
 
 from . import WorkflowError
 from .provenance import model_record
-from .utils import FIX_DAMAGED, write_csv
+from .utils import FIX_DAMAGED, LOG, write_csv
 
 CLEAN_COLUMNS = ("image_index", "patient_id", "label", "prob", "checkpoint_sha256")
 ADV_COLUMNS = (
@@ -32,55 +33,77 @@ ADV_COLUMNS = (
 _FIX = FIX_DAMAGED
 
 
-def predict_clean_shard(
-    *, model_path, metrics_path, shard_path, out_csv, image_size: int, batch_size: int
+def predict_clean(
+    *, model_path, metrics_path, shard_paths, out_csv, image_size: int, batch_size: int
 ) -> None:
-    from .inference import predict_probs
+    """One target's predictions for a whole clean test set (its shards, in order): the model is
+    loaded once for all of them."""
+    from .inference import make_predict_fn, predict_probs
     from .models import load_checkpoint
     from .shards import read_shard
 
     record = model_record(model_path, metrics_path)
     model = load_checkpoint(model_path, image_size)
-    shard = read_shard(shard_path, image_size)
-    frame = pd.DataFrame(
-        {
-            "image_index": shard["image_index"],
-            "patient_id": shard["patient_id"].astype(np.int64),
-            "label": shard["labels"].astype(int),
-            "prob": predict_probs(model, shard["images"], batch_size),
-            "checkpoint_sha256": record["sha256"],
-        }
-    )
-    write_csv(out_csv, frame)
+    fn = make_predict_fn(model)
+    frames = []
+    for path in shard_paths:
+        shard = read_shard(path, image_size)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "image_index": shard["image_index"],
+                    "patient_id": shard["patient_id"].astype(np.int64),
+                    "label": shard["labels"].astype(int),
+                    "prob": predict_probs(model, shard["images"], batch_size, fn),
+                    "checkpoint_sha256": record["sha256"],
+                }
+            )
+        )
+    write_csv(out_csv, _concat(frames, out_csv))
+    LOG.info("%s: %d images of %d shard(s)", out_csv, sum(map(len, frames)), len(frames))
 
 
-def predict_adv_shard(
-    *, model_path, metrics_path, attack_path, out_csv, image_size: int, batch_size: int
-) -> None:
+def predict_adv(*, model_path, metrics_path, sets: list, image_size: int, batch_size: int) -> None:
+    """One target's predictions for whole adversarial sets: ``sets`` is a list of
+    (attack cache paths in shard order, output CSV), e.g. an attack's set and its noise
+    control; the model is loaded once for all of them."""
     from .attack_cache import read_attack
-    from .inference import predict_probs
+    from .inference import make_predict_fn, predict_probs
     from .models import load_checkpoint
     from .shards import check_image_size
 
     record = model_record(model_path, metrics_path)
     model = load_checkpoint(model_path, image_size)
-    cache = read_attack(attack_path)
-    check_image_size(cache["images"], attack_path, image_size)
-    frame = pd.DataFrame(
-        {
-            "image_index": cache["image_index"],
-            "patient_id": cache["patient_id"].astype(np.int64),
-            "label": cache["labels"].astype(int),
-            "prob": predict_probs(model, cache["images"], batch_size),
-            "checkpoint_sha256": record["sha256"],
-            "source_clean_prob": cache["source_clean_prob"],
-            "source_adv_prob": cache["source_adv_prob"],
-            "l2": cache["l2"],
-            "linf": cache["linf"],
-            "source_checkpoint_sha256": cache["attrs"]["source_checkpoint_sha256"],
-        }
-    )
-    write_csv(out_csv, frame)
+    fn = make_predict_fn(model)
+    for cache_paths, out_csv in sets:
+        frames = []
+        for path in cache_paths:
+            cache = read_attack(path)
+            check_image_size(cache["images"], path, image_size)
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "image_index": cache["image_index"],
+                        "patient_id": cache["patient_id"].astype(np.int64),
+                        "label": cache["labels"].astype(int),
+                        "prob": predict_probs(model, cache["images"], batch_size, fn),
+                        "checkpoint_sha256": record["sha256"],
+                        "source_clean_prob": cache["source_clean_prob"],
+                        "source_adv_prob": cache["source_adv_prob"],
+                        "l2": cache["l2"],
+                        "linf": cache["linf"],
+                        "source_checkpoint_sha256": cache["attrs"]["source_checkpoint_sha256"],
+                    }
+                )
+            )
+        write_csv(out_csv, _concat(frames, out_csv))
+        LOG.info("%s: %d images of %d cache(s)", out_csv, sum(map(len, frames)), len(frames))
+
+
+def _concat(frames: list, out_csv) -> pd.DataFrame:
+    if not frames:
+        raise WorkflowError(f"No input shards for '{out_csv}': the test split is empty.")
+    return pd.concat(frames, ignore_index=True)
 
 
 def read_prediction_file(
@@ -93,7 +116,7 @@ def read_prediction_file(
     """Read one prediction file and check it is complete and current, or raise naming it.
 
     Checks: it ends with a newline (a file cut inside its last line is truncated), has the
-    columns, finite probabilities in [0, 1], exactly the images of its shard in order (when
+    columns, finite probabilities in [0, 1], exactly the images of its shards in order (when
     ``expected_images`` is given), and was made by the given checkpoints."""
     path = Path(path)
     try:
@@ -120,7 +143,7 @@ def read_prediction_file(
         got = frame["image_index"].to_numpy(str)
         if len(got) != len(expected_images) or not np.array_equal(got, expected_images):
             raise WorkflowError(
-                f"Predictions '{path}' hold {len(got)} rows but their shard has "
+                f"Predictions '{path}' hold {len(got)} rows but their shards have "
                 f"{len(expected_images)} images (or other images): the file is truncated or "
                 f"stale. {_FIX}"
             )
@@ -148,27 +171,20 @@ def shard_images(path) -> np.ndarray:
 
 
 def read_predictions(
-    paths,
+    path,
     columns=CLEAN_COLUMNS,
     shard_paths=None,
     checkpoint_sha256: str | None = None,
     source_checkpoint_sha256: str | None = None,
 ) -> pd.DataFrame:
-    """Read and check a list of prediction files (one per shard, ``shard_paths`` in the same
-    order), concatenated."""
-    paths = list(paths)
-    if not paths:
-        raise WorkflowError("No prediction files given.")
-    if shard_paths is not None and len(shard_paths) != len(paths):
-        raise WorkflowError(f"{len(paths)} prediction files for {len(shard_paths)} shards.")
-    frames = [
-        read_prediction_file(
-            p,
-            columns,
-            shard_images(shard_paths[i]) if shard_paths is not None else None,
-            checkpoint_sha256,
-            source_checkpoint_sha256,
-        )
-        for i, p in enumerate(paths)
-    ]
-    return pd.concat(frames, ignore_index=True)
+    """Read and check the prediction file of a whole set: its rows must be the images of
+    ``shard_paths`` (the test shards, in order) when given."""
+    expected = None
+    if shard_paths is not None:
+        shard_paths = list(shard_paths)
+        if not shard_paths:
+            raise WorkflowError(f"No test shards given to check predictions '{path}' against.")
+        expected = np.concatenate([shard_images(p) for p in shard_paths])
+    return read_prediction_file(
+        path, columns, expected, checkpoint_sha256, source_checkpoint_sha256
+    )

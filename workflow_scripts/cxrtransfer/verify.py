@@ -427,29 +427,34 @@ def read_image_index(path: Path) -> np.ndarray:
 @_reason
 def check_prediction(
     path: Path,
-    reference: Path,
+    references: list[Path],
     target_sha256: str | None,
     source_sha256: str | None = None,
     adversarial: bool = False,
     image_index: np.ndarray | None = None,
 ) -> None:
     """A prediction CSV is complete (final newline), parses, has probabilities in [0, 1], the
-    rows of its shard or attack cache (``reference``; ``image_index`` if already read), and the
-    current target (and source) checkpoint hashes."""
+    rows of its set (the test shards or attack caches ``references``, in order; ``image_index``
+    if already read), and the current target (and source) checkpoint hashes."""
     df = read_csv_checked(path, ADV_PRED_COLUMNS if adversarial else CLEAN_PRED_COLUMNS)
     _check_probs(df, ("prob", "source_clean_prob", "source_adv_prob") if adversarial else ("prob",))
+    where = f"{references[0].parent}/*.h5" if references else "its inputs"
+    gone = [r for r in references if not r.is_file()]
+    if gone:
+        more = f" (and {len(gone) - 1} more)" if len(gone) > 1 else ""
+        raise Bad(f"its input {gone[0]} is missing{more}")
     if image_index is None:
-        if not reference.is_file():
-            raise Bad(f"its input {reference} is missing")
+        if not references:
+            raise Bad(f"its inputs ({where}) are missing")
         try:
-            image_index = read_image_index(reference)
+            image_index = np.concatenate([read_image_index(r) for r in references])
         except READ_ERRORS as e:
-            raise Bad(f"its input {reference} cannot be read ({e})") from None
+            raise Bad(f"its inputs {where} cannot be read ({e})") from None
     if len(df) != len(image_index):
-        raise Bad(f"{len(df)} rows but {reference} holds {len(image_index)} images")
+        raise Bad(f"{len(df)} rows but {where} hold {len(image_index)} images")
     ids = df["image_index"].astype(str)
     if ids.duplicated().any() or set(ids) != set(image_index):
-        raise Bad(f"image_index does not match {reference}")
+        raise Bad(f"image_index does not match {where}")
     hashes = [("checkpoint_sha256", target_sha256, "target")]
     if adversarial:
         hashes.append(("source_checkpoint_sha256", source_sha256, "source"))
@@ -525,7 +530,8 @@ def model_task(results: Path, model: str) -> str | None:
             return str(task)
     except (Bad, OSError):
         pass
-    tasks = [d.name for d in _dirs(results / "predictions" / model / "clean")]
+    clean = results / "predictions" / model / "clean"
+    tasks = sorted(f.stem for f in clean.glob("*.csv")) if clean.is_dir() else []
     return tasks[0] if len(tasks) == 1 else None
 
 
@@ -575,7 +581,7 @@ def children(p: Product, ix: Index) -> set[Product]:
         out = sel("shard_summary", task=t) | sel("model", task=t)
         if p["split"] == "test":
             out |= sel("attack", data_task=t, shard=p["shard"])
-            out |= sel("clean_prediction", data_task=t, shard=p["shard"])
+            out |= sel("clean_prediction", data_task=t)
         return out
     if k == "shard_summary":
         return sel("shard_summary", task=p["task"])
@@ -590,20 +596,32 @@ def children(p: Product, ix: Index) -> set[Product]:
         return out
     if k == "attack":
         keys = {f: p[f] for f in ("source", "data_task", "attack", "eps")}
-        out = sel("adv_prediction", shard=p["shard"], **keys) | sel("set", **keys)
-        if not p["attack"].endswith(SHUFFLED_SUFFIX):
-            shuffled = {**keys, "attack": p["attack"] + SHUFFLED_SUFFIX}
-            out |= sel("attack", shard=p["shard"], **shuffled)
-        return out
+        out = sel("adv_prediction", **keys) | sel("set", **keys)
+        return out | twins(p, ix, shard=p["shard"])
     if k == "clean_prediction":
         return sel("set", data_task=p["data_task"])
     if k == "adv_prediction":
-        return sel("set", **{f: p[f] for f in ("source", "data_task", "attack", "eps")})
+        keys = {f: p[f] for f in ("source", "data_task", "attack", "eps")}
+        return sel("set", **keys) | twins(p, ix, target=p["target"])
     if k == "set":
-        return set().union(*(sel(f) for f in FINAL_KINDS))
+        return set().union(*(sel(f) for f in FINAL_KINDS)) | twins(p, ix)
     if k == "table":  # the tables job writes all of tables/; every plot reads transfer.csv
         return sel("table") | sel("plot")
     return set()  # a plot or the report config: nothing is made from it
+
+
+def twins(p: Product, ix: Index, **fields: str) -> set[Product]:
+    """The product of the same kind made by the same job as ``p``: an attack's noise control
+    and the control's attack (one attack job writes both), likewise their predictions (one
+    predict_adv job) and metrics sets (one evaluate job)."""
+    attack = p["attack"]
+    other = (
+        attack.removesuffix(SHUFFLED_SUFFIX)
+        if attack.endswith(SHUFFLED_SUFFIX)
+        else attack + SHUFFLED_SUFFIX
+    )
+    keys = {f: p[f] for f in ("source", "data_task", "eps")}
+    return ix.select(p.kind, attack=other, **keys, **fields)
 
 
 def downstream(p: Product, ix: Index) -> set[Product]:
@@ -653,24 +671,41 @@ def dead_tmp_files(results: Path, running: Callable[[int], bool] = pid_running) 
 
 
 def missing_set_inputs(p: Product, ix: Index, results: Path) -> list[Path]:
-    """Inputs of a metrics set that no longer exist: for every target (model of the set's
-    data task) and every test shard seen for the data task (shards, this set's caches and
-    predictions), the attack cache, the clean and the adversarial predictions."""
+    """Inputs of a metrics set that no longer exist: the attack cache of every test shard seen
+    for the data task (shards and this set's caches) and, for every target (model of the set's
+    data task), its clean and adversarial predictions."""
     src, dt, atk, eps = (p[f] for f in ("source", "data_task", "attack", "eps"))
     keys = {"source": src, "data_task": dt, "attack": atk, "eps": eps}
     shards = {s["shard"] for s in ix.select("shard", task=dt, split="test")}
     shards |= {a["shard"] for a in ix.select("attack", **keys)}
-    shards |= {a["shard"] for a in ix.select("adv_prediction", **keys)}
     targets = sorted(m for m, t in ix.model_tasks.items() if t == dt)
-    eps_dir = f"eps{eps}"
-    need = [results / "attacks" / src / dt / atk / eps_dir / f"{s}.h5" for s in sorted(shards)]
+    need = [attack_path(results, keys, s) for s in sorted(shards)]
     for t in targets:
-        need += [results / "predictions" / t / "clean" / dt / f"{s}.csv" for s in sorted(shards)]
-        need += [
-            results / "predictions" / t / "adv" / src / dt / atk / eps_dir / f"{s}.csv"
-            for s in sorted(shards)
-        ]
+        need.append(_under(results, P.PRED_CLEAN, target=t, data_task=dt))
+        need.append(_under(results, P.PRED_ADV, target=t, **keys))
     return [n for n in need if not n.is_file()]
+
+
+def _under(results: Path, template: str, **fields: str) -> Path:
+    """A template's path under ``results`` (which may be another tree than ./results)."""
+    return results / template.removeprefix(P.RESULTS + "/").format(**fields)
+
+
+def attack_path(results: Path, keys: dict, shard: str) -> Path:
+    return _under(results, P.ATTACK, shard=shard, **keys)
+
+
+def set_references(p: Product, ix: Index, results: Path) -> list[Path]:
+    """The files a prediction file of a whole set was made from, in shard order: the data
+    task's test shards (clean predictions) or the set's attack cache of each of them
+    (adversarial ones); every test shard seen in the tree for the data task counts."""
+    dt = p["data_task"]
+    shards = {s["shard"] for s in ix.select("shard", task=dt, split="test")}
+    if p.kind == "clean_prediction":
+        return [_under(results, P.SHARD, task=dt, split="test", shard=s) for s in sorted(shards)]
+    keys = {f: p[f] for f in ("source", "data_task", "attack", "eps")}
+    shards |= {a["shard"] for a in ix.select("attack", **keys)}
+    return [attack_path(results, keys, s) for s in sorted(shards)]
 
 
 def missing_sets(ix: Index, results: Path) -> list[Path]:
@@ -725,27 +760,16 @@ def check_product(p: Product, results: Path, cache: dict, ix: Index | None = Non
         clean = resolve_clean_shard(_text(attr), results) if attr is not None else fallback
         return check_attack(p.path, clean, sha(p["source"]))
     if k in ("clean_prediction", "adv_prediction"):
-        if k == "clean_prediction":
-            ref = results / "shards" / p["data_task"] / "test" / f"{p['shard']}.h5"
-        else:
-            ref = (
-                results
-                / "attacks"
-                / p["source"]
-                / p["data_task"]
-                / p["attack"]
-                / f"eps{p['eps']}"
-                / f"{p['shard']}.h5"
-            )
-        key = ("index", ref)
-        if key not in cache and ref.is_file():
+        refs = set_references(p, ix, results) if ix else []
+        key = ("index", tuple(refs))
+        if key not in cache and refs and all(r.is_file() for r in refs):
             try:
-                cache[key] = read_image_index(ref)
+                cache[key] = np.concatenate([read_image_index(r) for r in refs])
             except READ_ERRORS:
                 cache[key] = None
         return check_prediction(
             p.path,
-            ref,
+            refs,
             sha(p["target"]),
             sha(p["source"]) if k == "adv_prediction" else None,
             adversarial=k == "adv_prediction",
