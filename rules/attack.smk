@@ -1,17 +1,20 @@
-# One job per (adversarial set, test shard): a killed attack redoes only its own shard. With
-# noise controls on, the same job also writes the shard's control (the perturbations shuffled
-# per image), scored by the source model it has already loaded.
+# One job per adversarial set: the source model is loaded once and attacks every test shard
+# (one cache per shard). Finished shards of a killed job are kept, stamped, and reused by its
+# rerun (cxrtransfer.attack_job.attack_set). With noise controls on, the same job also writes
+# each shard's control (the perturbations shuffled per image), scored by the loaded model.
 rule attack:
     input:
         model=P.MODEL.format(model="{source}"),
         metrics=P.MODEL_METRICS.format(model="{source}"),
-        shard=P.SHARD.format(task="{data_task}", split="test", shard="{shard}"),
+        shards=lambda w: shards(w.data_task, "test"),
     output:
-        **with_control(cache=P.ATTACK, control=P.ATTACK_CONTROL),
+        **with_control(
+            caches=directory(P.ATTACK_DIR), control=directory(P.ATTACK_CONTROL_DIR)
+        ),
     log:
-        P.log("attack", f"{P.ADV_SET}/{{shard}}"),
+        P.log("attack", P.ADV_SET),
     benchmark:
-        P.benchmark("attack", f"{P.ADV_SET}/{{shard}}")
+        P.benchmark("attack", P.ADV_SET)
     wildcard_constraints:
         attack=alternatives(ATTACKS),
     conda:

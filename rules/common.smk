@@ -146,12 +146,9 @@ def clean_predictions(target, data_task):
     return P.PRED_CLEAN.format(target=target, data_task=data_task)
 
 
-def attack_caches(w, template=P.ATTACK):
-    """An adversarial set's caches (or, with P.ATTACK_CONTROL, its control's), in shard order."""
-    return [
-        template.format(shard=i, **_set_keys(w, w.attack))
-        for i in shard_ids(w.data_task, "test")
-    ]
+def attack_dir(w, template=P.ATTACK_DIR):
+    """An adversarial set's directory of caches (or, with P.ATTACK_CONTROL_DIR, its control's)."""
+    return template.format(**_set_keys(w, w.attack))
 
 
 def predict_adv_inputs(w):
@@ -160,8 +157,8 @@ def predict_adv_inputs(w):
         "model": P.MODEL.format(model=w.target),
         "metrics": P.MODEL_METRICS.format(model=w.target),
         **with_control(
-            attacks=attack_caches(w),
-            control=attack_caches(w, P.ATTACK_CONTROL),
+            attacks=attack_dir(w),
+            control=attack_dir(w, P.ATTACK_CONTROL_DIR),
         ),
     }
 

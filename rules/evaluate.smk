@@ -163,7 +163,7 @@ rule plot_cell:
         adv=lambda w: adv_predictions(w, w.target),
         target_metrics=P.MODEL_METRICS.format(model="{target}"),
         shards=lambda w: shards(w.data_task, "test"),
-        attacks=attack_caches,
+        attacks=attack_dir,
     output:
         roc=report(
             P.ROC_PLOT,

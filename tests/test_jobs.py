@@ -2,6 +2,7 @@
 checks."""
 
 import json
+import logging
 
 import h5py
 import numpy as np
@@ -9,7 +10,7 @@ import pandas as pd
 import pytest
 from cxrtransfer import WorkflowError
 from cxrtransfer.attack_cache import read_attack, shuffle_perturbations
-from cxrtransfer.attack_job import attack_shard, control_shard
+from cxrtransfer.attack_job import attack_set, attack_shard, control_shard
 from cxrtransfer.predictions import (
     ADV_COLUMNS,
     CLEAN_COLUMNS,
@@ -203,6 +204,76 @@ def test_attack_job_writes_the_same_control_as_the_control_function(tiny, tmp_pa
     for name in ("images", "source_adv_prob", "l2", "linf", "image_index"):
         assert np.array_equal(a[name], b[name]), name
     assert a["attrs"]["control"] == "shuffled" and a["attrs"]["control_of"] == str(cache)
+
+
+def _two_shards(d, tmp_path):
+    second = tmp_path / "001.h5"
+    with h5py.File(d / "000.h5") as f, h5py.File(second, "w") as g:
+        for name in ("images", "labels", "patient_id"):
+            g[name] = f[name][:16]
+        g["image_index"] = np.array([f"{i:08d}_001.png" for i in range(16)], dtype="S")
+    return [d / "000.h5", second]
+
+
+class Killed(Exception):
+    pass
+
+
+def _attack_set(d, shards, out, stamp, after_shard=None):
+    cfg = {"method": "pgd", "step_fraction": 0.1, "steps": 2, "random_start": True}
+    return attack_set(
+        model_path=d / "model.keras",
+        metrics_path=d / "metrics.json",
+        shard_paths=shards,
+        out_dir=out / "set",
+        control_dir=out / "control",
+        work_dir=out / "work",
+        stamp=stamp,
+        attack_name="pgd",
+        attack_cfg=cfg,
+        eps=8,
+        image_size=SIZE,
+        batch_size=16,
+        source_model="tiny",
+        data_task="task",
+        after_shard=after_shard,
+    )
+
+
+def test_killed_attack_job_redoes_only_unfinished_shards(tiny, tmp_path, caplog):
+    """One attack job covers a set's shards; killed after the first, its rerun reuses that
+    shard (same stamp) and redoes the second; the result equals an uninterrupted run. A rerun
+    with other settings (stamp) reuses nothing."""
+    caplog.set_level(logging.INFO, logger="cxrtransfer")
+    d, _, _ = tiny
+    shards = _two_shards(d, tmp_path)
+    stamp = {"eps": 8, "code": "v1"}
+
+    def kill(i):
+        raise Killed
+
+    with pytest.raises(Killed):
+        _attack_set(d, shards, tmp_path / "a", stamp, after_shard=kill)
+    assert not (tmp_path / "a" / "set").exists()  # nothing published, the shard is kept
+    kept = tmp_path / "a" / "work" / "sets" / "000.h5"
+    before = kept.stat().st_mtime_ns
+    caplog.clear()
+    assert _attack_set(d, shards, tmp_path / "a", stamp) == ["000.h5", "001.h5"]
+    assert "reusing the finished shard" in caplog.text and caplog.text.count("reusing") == 1
+    assert not (tmp_path / "a" / "work").exists()
+    assert (tmp_path / "a" / "set" / "000.h5").stat().st_mtime_ns == before  # moved, not redone
+    _attack_set(d, shards, tmp_path / "b", stamp)
+    for sub in ("set", "control"):
+        for name in ("000.h5", "001.h5"):
+            a = read_attack(tmp_path / "a" / sub / name)
+            b = read_attack(tmp_path / "b" / sub / name)
+            assert np.array_equal(a["images"], b["images"]), (sub, name)
+    # other settings: the finished shard of the killed run is not reused
+    with pytest.raises(Killed):
+        _attack_set(d, shards, tmp_path / "c", stamp, after_shard=kill)
+    caplog.clear()
+    _attack_set(d, shards, tmp_path / "c", {**stamp, "code": "v2"})
+    assert "reusing" not in caplog.text
 
 
 def test_stale_or_mismatched_checkpoints_are_detected(tiny, cache, tmp_path):

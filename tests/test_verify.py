@@ -384,36 +384,33 @@ def removed_by(tree, rel, damage):
     return before - after
 
 
-def test_remove_attack_cache_and_downstream(tree):
-    gone = removed_by(tree, *DAMAGES["linf eps exceeded"][:2])
-    a = "results/attacks/ptx_a/ptx"
+def whole_pgd_set():
+    """Everything one attack job, its predict_adv jobs and its evaluate job wrote for the set
+    ptx_a/ptx/pgd/eps8: every shard's cache and control, both targets' predictions of both, and
+    both metrics sets."""
     p = "results/predictions"
-    assert gone == {
-        f"{a}/pgd/eps8/001.h5",
-        f"{a}/pgd__shuffled/eps8/001.h5",  # its noise control (written by the same job)
-        f"{p}/ptx_a/adv/ptx_a/ptx/pgd/eps8.csv",
-        f"{p}/ptx_b/adv/ptx_a/ptx/pgd/eps8.csv",
-        f"{p}/ptx_a/adv/ptx_a/ptx/pgd__shuffled/eps8.csv",
-        f"{p}/ptx_b/adv/ptx_a/ptx/pgd__shuffled/eps8.csv",
-        "results/metrics/sets/ptx_a/ptx/pgd/eps8.json",
-        "results/metrics/sets/ptx_a/ptx/pgd__shuffled/eps8.json",
-        *FINALS,
+    return {
+        *(
+            f"results/attacks/ptx_a/ptx/{a}/eps8/{s}.h5"
+            for a in PGD_AND_CONTROL
+            for s in TEST_SHARDS
+        ),
+        *(f"{p}/{t}/adv/ptx_a/ptx/{a}/eps8.csv" for t in TASKS["ptx"] for a in PGD_AND_CONTROL),
+        *(f"results/metrics/sets/ptx_a/ptx/{a}/eps8.json" for a in PGD_AND_CONTROL),
     }
+
+
+def test_remove_attack_cache_and_downstream(tree):
+    """One attack job writes all shards of a set and their controls: a bad cache of one shard
+    takes the whole set with it (Snakemake reruns that job), and everything made from it."""
+    gone = removed_by(tree, *DAMAGES["linf eps exceeded"][:2])
+    assert gone == {*whole_pgd_set(), *FINALS}
 
 
 def test_remove_shuffled_control_takes_its_attack_job(tree):
-    """One attack job writes a shard's cache and its control: rebuilding the control rewrites
-    the cache too, so both go, with their predictions and sets (one job each as well)."""
     rel = "attacks/ptx_a/ptx/pgd__shuffled/eps8/000.h5"
     gone = removed_by(tree, rel, lambda p: truncate(p, 100))
-    p = "results/predictions"
-    assert gone == {
-        f"results/{rel}",
-        "results/attacks/ptx_a/ptx/pgd/eps8/000.h5",
-        *(f"{p}/{t}/adv/ptx_a/ptx/{a}/eps8.csv" for t in TASKS["ptx"] for a in PGD_AND_CONTROL),
-        *(f"results/metrics/sets/ptx_a/ptx/{a}/eps8.json" for a in PGD_AND_CONTROL),
-        *FINALS,
-    }
+    assert gone == {*whole_pgd_set(), *FINALS}
 
 
 def test_remove_prediction(tree):

@@ -1,24 +1,29 @@
-"""Rule attack: craft one shard of adversarial examples on a source model (uint8 cache) and,
-when the study has noise controls, the shard's control cache with the same loaded model."""
+"""Rule attack: craft one adversarial set (every test shard, uint8 caches) on a source model
+and, when the study has noise controls, the set's control with the same loaded model."""
 
-from cxrtransfer.attack_job import attack_shard
+from cxrtransfer import paths as P
+from cxrtransfer.attack_job import attack_set
 from cxrtransfer.utils import run_main
 
 
 def main(sm):
-    attack_shard(
+    w, p = sm.wildcards, sm.params
+    attack_set(
         model_path=sm.input.model,
         metrics_path=sm.input.metrics,
-        shard_path=sm.input.shard,
-        out_path=sm.output.cache,
-        control_path=sm.output.get("control"),
-        attack_name=sm.wildcards.attack,
-        attack_cfg=dict(sm.params.attack),
-        eps=sm.params.eps,
-        image_size=sm.params.image_size,
-        batch_size=sm.params.batch_size,
-        source_model=sm.wildcards.source,
-        data_task=sm.wildcards.data_task,
+        shard_paths=list(sm.input.shards),
+        out_dir=sm.output.caches,
+        control_dir=sm.output.get("control"),
+        work_dir=P.ATTACK_WORK.format(**dict(w.items())),
+        # everything the caches depend on besides the checkpoint and shard contents
+        stamp={k: getattr(p, k) for k in ("attack", "eps", "image_size", "batch_size", "code")},
+        attack_name=w.attack,
+        attack_cfg=dict(p.attack),
+        eps=p.eps,
+        image_size=p.image_size,
+        batch_size=p.batch_size,
+        source_model=w.source,
+        data_task=w.data_task,
     )
 
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pandas as pd
-from cxrtransfer.attack_cache import read_attack
+from cxrtransfer.attack_cache import read_attack, set_caches
 from cxrtransfer.plots import (
     aligned_cell,
     plot_auroc_vs_eps,
@@ -35,7 +35,7 @@ def plot_cell(sm):
         clean,
         adv,
         concat([read_shard(p) for p in sm.input.shards]),
-        concat([read_attack(p) for p in sm.input.attacks]),
+        concat([read_attack(p) for p in set_caches(sm.input.attacks)]),
     )
     pick = select_examples(
         cell["label"],

@@ -1,6 +1,7 @@
 """Rules predict_clean / predict_adv: a target model's per-example predictions for a whole
 test set (all its shards) or a whole adversarial set and its noise control."""
 
+from cxrtransfer.attack_cache import set_caches
 from cxrtransfer.predictions import predict_adv, predict_clean
 from cxrtransfer.utils import run_main
 
@@ -13,9 +14,9 @@ def main(sm):
         "batch_size": sm.params.batch_size,
     }
     if "attacks" in sm.input.keys():
-        sets = [(list(sm.input.attacks), sm.output.adv)]
+        sets = [(set_caches(sm.input.attacks), sm.output.adv)]
         if "control" in sm.input.keys():
-            sets.append((list(sm.input.control), sm.output.control))
+            sets.append((set_caches(sm.input.control), sm.output.control))
         predict_adv(sets=sets, **common)
     else:
         predict_clean(shard_paths=list(sm.input.shards), out_csv=sm.output[0], **common)

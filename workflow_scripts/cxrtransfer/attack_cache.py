@@ -84,6 +84,17 @@ def shuffle_perturbations(clean_u8: np.ndarray, adv_u8: np.ndarray, seed) -> np.
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
+def set_caches(directory) -> list[Path]:
+    """The caches of one adversarial set (one per test shard), in shard order."""
+    directory = Path(directory)
+    found = sorted(p for p in directory.glob("*.h5") if not p.name.startswith("."))
+    if not found:
+        raise WorkflowError(
+            f"No attack caches in '{directory}': the directory is empty or missing. {FIX_DAMAGED}"
+        )
+    return found
+
+
 def read_attack(path, expected_sha256: str | None = None) -> dict:
     """Read a cache; with ``expected_sha256``, refuse a cache made by another checkpoint."""
     path = Path(path)

@@ -4,12 +4,17 @@ source model the job has already loaded."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from . import WorkflowError
 from .attack_cache import (
+    DATASETS,
     check_budget,
     perturbation_norms,
     read_attack,
@@ -17,7 +22,104 @@ from .attack_cache import (
     write_cache,
 )
 from .provenance import model_record
-from .utils import FIX_DAMAGED, LOG, Progress
+from .utils import FIX_DAMAGED, LOG, Progress, file_sha256
+
+
+def attack_set(
+    *,
+    model_path,
+    metrics_path,
+    shard_paths,
+    out_dir,
+    work_dir,
+    stamp: dict,
+    attack_name: str,
+    attack_cfg: dict,
+    eps: float,
+    image_size: int,
+    batch_size: int,
+    source_model: str,
+    data_task: str,
+    control_dir=None,
+    after_shard=None,
+) -> list[dict]:
+    """Attack every shard of a test set with one loaded source model: one cache per shard in
+    ``out_dir`` (and its noise control in ``control_dir``), named like the shard.
+
+    Finished shards are kept in ``work_dir`` until the whole set is done, stamped with
+    ``stamp`` (everything the result depends on: the job's settings and code version) and the
+    checkpoint and shard hashes; a rerun of a killed job reuses exactly the finished shards
+    whose stamp matches and redoes the rest. ``after_shard(i)`` is called after each shard
+    (tests use it to kill the job)."""
+    from .attacks import spec_from_config
+    from .models import load_checkpoint
+
+    spec = spec_from_config(attack_cfg, eps)  # validates before any model is loaded
+    record = model_record(model_path, metrics_path)
+    work_dir = Path(work_dir)
+    model = None
+    done = []
+    for i, shard_path in enumerate(shard_paths):
+        name = Path(shard_path).name
+        job_stamp = json.dumps(
+            {**stamp, "source_sha256": record["sha256"], "shard_sha256": file_sha256(shard_path)},
+            sort_keys=True,
+        )
+        cache, control = work_dir / "sets" / name, work_dir / "controls" / name
+        wanted = [cache] + ([control] if control_dir is not None else [])
+        if all(_finished(p, job_stamp) for p in wanted):
+            LOG.info("%s: reusing the finished shard of an interrupted run (%s)", shard_path, cache)
+        else:
+            if model is None:
+                model = load_checkpoint(model_path, image_size)
+            _attack_loaded(
+                model,
+                record,
+                spec,
+                shard_path=shard_path,
+                out_path=cache,
+                attack_name=attack_name,
+                eps=eps,
+                image_size=image_size,
+                batch_size=batch_size,
+                source_model=source_model,
+                data_task=data_task,
+                extra_attrs={"job_stamp": job_stamp},
+            )
+            if control_dir is not None:
+                _write_control(
+                    model,
+                    record,
+                    cache,
+                    control,
+                    image_size,
+                    batch_size,
+                    extra_attrs={"job_stamp": job_stamp},
+                    control_of=Path(out_dir) / name,
+                )
+        done.append(name)
+        if after_shard is not None:
+            after_shard(i)
+    # the whole set is done: publish it (the work files become the outputs)
+    for sub, dest in (("sets", out_dir), ("controls", control_dir)):
+        if dest is None:
+            continue
+        Path(dest).mkdir(parents=True, exist_ok=True)
+        for name in done:
+            os.replace(work_dir / sub / name, Path(dest) / name)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return done
+
+
+def _finished(path: Path, job_stamp: str) -> bool:
+    """A work file of an interrupted run that is complete and belongs to exactly this job."""
+    if not path.is_file():
+        return False
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("job_stamp") == job_stamp and all(k in f for k in DATASETS)
+    except OSError:
+        return False
 
 
 def attack_shard(
@@ -37,13 +139,50 @@ def attack_shard(
 ) -> dict:
     """Attack one shard with the source model and write the uint8 cache atomically; with
     ``control_path``, then write its noise control there (see ``control_shard``)."""
-    from .attacks import make_attack, run_attack_batches, spec_from_config
+    from .attacks import spec_from_config
     from .models import load_checkpoint
-    from .shards import read_shard
 
     spec = spec_from_config(attack_cfg, eps)  # validates before any model is loaded
     record = model_record(model_path, metrics_path)
     model = load_checkpoint(model_path, image_size)
+    out = _attack_loaded(
+        model,
+        record,
+        spec,
+        shard_path=shard_path,
+        out_path=out_path,
+        attack_name=attack_name,
+        eps=eps,
+        image_size=image_size,
+        batch_size=batch_size,
+        source_model=source_model,
+        data_task=data_task,
+    )
+    if control_path is not None:
+        out["control"] = _write_control(
+            model, record, out_path, control_path, image_size, batch_size
+        )
+    return out
+
+
+def _attack_loaded(
+    model,
+    record,
+    spec,
+    *,
+    shard_path,
+    out_path,
+    attack_name: str,
+    eps: float,
+    image_size: int,
+    batch_size: int,
+    source_model: str,
+    data_task: str,
+    extra_attrs: dict | None = None,
+) -> dict:
+    from .attacks import make_attack, run_attack_batches
+    from .shards import read_shard
+
     shard = read_shard(shard_path, image_size)
     n = len(shard["labels"])
     LOG.info(
@@ -101,6 +240,7 @@ def attack_shard(
             "n_quantisation_unfooled": unfooled,
             "max_linf_255": max_linf,
             "max_l2": max_l2,
+            **(extra_attrs or {}),
         },
     )
     fooled = int((pred_q != y).sum())
@@ -114,12 +254,7 @@ def attack_shard(
         max_linf,
         max_l2,
     )
-    out = {"n": n, "fooled": fooled, "unfooled_by_quantisation": unfooled}
-    if control_path is not None:
-        out["control"] = _write_control(
-            model, record, out_path, control_path, image_size, batch_size
-        )
-    return out
+    return {"n": n, "fooled": fooled, "unfooled_by_quantisation": unfooled}
 
 
 def control_shard(
@@ -134,7 +269,16 @@ def control_shard(
     return _write_control(model, record, attack_path, out_path, image_size, batch_size)
 
 
-def _write_control(model, record, attack_path, out_path, image_size: int, batch_size: int):
+def _write_control(
+    model,
+    record,
+    attack_path,
+    out_path,
+    image_size: int,
+    batch_size: int,
+    extra_attrs=None,
+    control_of=None,
+):
     from .inference import predict_probs
     from .shards import read_shard
 
@@ -169,10 +313,11 @@ def _write_control(model, record, attack_path, out_path, image_size: int, batch_
         {
             **{k: v for k, v in attrs.items() if k not in ("n_quantisation_unfooled",)},
             "control": "shuffled",
-            "control_of": str(attack_path),
+            "control_of": str(control_of or attack_path),
             "control_seed": list(seed),
             "max_linf_255": int(round(float(linf.max(initial=0)) * 255)),
             "max_l2": float(l2.max(initial=0)),
+            **(extra_attrs or {}),
         },
     )
     fooled = int(((source_prob >= record["threshold"]) != adv["labels"].astype(bool)).sum())

@@ -19,7 +19,11 @@ MODEL_METRICS = f"{MODEL_DIR}/metrics.json"
 MODEL_HISTORY = f"{MODEL_DIR}/history.csv"
 MODEL_PATIENTS = f"{MODEL_DIR}/train_patients.txt"
 ADV_SET = "{source}/{data_task}/{attack}/eps{eps}"
-ATTACK = f"{RESULTS}/attacks/{ADV_SET}/{{shard}}.h5"
+# One directory per adversarial set (one attack job writes all of it), one cache per test shard;
+# finished shards of an unfinished job wait in ATTACK_WORK (see attack_job.attack_set).
+ATTACK_DIR = f"{RESULTS}/attacks/{ADV_SET}"
+ATTACK = f"{ATTACK_DIR}/{{shard}}.h5"
+ATTACK_WORK = f"{RESULTS}/attacks/.work/{ADV_SET}"
 # One prediction file per (target, clean test set) and per (target, adversarial set): the rows
 # of all test shards in shard order (one job predicts a whole set, see rules/evaluate.smk).
 PRED_CLEAN = f"{RESULTS}/predictions/{{target}}/clean/{{data_task}}.csv"
@@ -47,6 +51,7 @@ def control(template: str) -> str:
 
 
 ATTACK_CONTROL = control(ATTACK)
+ATTACK_CONTROL_DIR = control(ATTACK_DIR)
 PRED_ADV_CONTROL = control(PRED_ADV)
 SET_METRICS_CONTROL = control(SET_METRICS)
 

@@ -579,8 +579,8 @@ def children(p: Product, ix: Index) -> set[Product]:
         # the train rule reads all three splits (test metrics), so a rebuilt test shard also
         # retrains the task's models (Snakemake: input newer than output)
         out = sel("shard_summary", task=t) | sel("model", task=t)
-        if p["split"] == "test":
-            out |= sel("attack", data_task=t, shard=p["shard"])
+        if p["split"] == "test":  # one attack job reads all test shards of its data task
+            out |= sel("attack", data_task=t)
             out |= sel("clean_prediction", data_task=t)
         return out
     if k == "shard_summary":
@@ -597,7 +597,8 @@ def children(p: Product, ix: Index) -> set[Product]:
     if k == "attack":
         keys = {f: p[f] for f in ("source", "data_task", "attack", "eps")}
         out = sel("adv_prediction", **keys) | sel("set", **keys)
-        return out | twins(p, ix, shard=p["shard"])
+        # one attack job writes every shard's cache of a set and of its control
+        return out | sel("attack", **keys) | twins(p, ix)
     if k == "clean_prediction":
         return sel("set", data_task=p["data_task"])
     if k == "adv_prediction":
@@ -611,8 +612,8 @@ def children(p: Product, ix: Index) -> set[Product]:
 
 
 def twins(p: Product, ix: Index, **fields: str) -> set[Product]:
-    """The product of the same kind made by the same job as ``p``: an attack's noise control
-    and the control's attack (one attack job writes both), likewise their predictions (one
+    """Products of the same kind made by the same job as ``p``: an attack set's noise control
+    and the control's attack set (one attack job writes both), likewise their predictions (one
     predict_adv job) and metrics sets (one evaluate job)."""
     attack = p["attack"]
     other = (
