@@ -104,14 +104,48 @@ def job_count(text: str) -> dict:
     return counts
 
 
+def local_rules(text: str) -> set:
+    """Rules that a dry run lists as ``localrule NAME:`` (run by Snakemake itself)."""
+    return set(re.findall(r"^localrule (\w+):", text, re.M))
+
+
+def slurm_submissions(per_rule: dict, local: set, profile: Path) -> dict:
+    """Cluster jobs of a planned study and the SLURM submissions they make with the profile's
+    ``groups``/``group-components`` (each group job = one sbatch; N components per group job)."""
+    prof = yaml.safe_load(profile.read_text()) or {}
+    groups = dict(g.split("=", 1) for g in prof.get("groups", []))
+    components = {k: int(v) for k, v in (c.split("=", 1) for c in prof.get("group-components", []))}
+    cluster = {r: n for r, n in per_rule.items() if r != "total" and r not in local}
+    per_group: dict = {}
+    submissions = {}
+    for rule, n in cluster.items():
+        if rule in groups:
+            per_group[groups[rule]] = per_group.get(groups[rule], 0) + n
+        else:
+            submissions[rule] = n
+    for group, n in per_group.items():
+        submissions[f"group {group}"] = -(-n // components.get(group, 1))
+    return {
+        "cluster_jobs": sum(cluster.values()),
+        "cluster_jobs_per_rule": cluster,
+        "local_rules": sorted(local),
+        "submissions": sum(submissions.values()),
+        "submissions_per_unit": submissions,
+        "groups": groups,
+        "group_components": components,
+    }
+
+
 def dry_run(workdir: Path, configfile: Path, repeats: int = 1, **kw) -> dict:
-    walls, cpus, counts = [], [], {}
+    walls, cpus, counts, local = [], [], {}, set()
     for _ in range(repeats):
         wall, out = snakemake(workdir, configfile, "-n", **kw)
         walls.append(wall)
         cpus.append(LAST_CPU_S)
         counts = job_count(out)
+        local = local_rules(out)
     return {
+        "local_rules": sorted(local),
         "wall_s": walls,
         "median_s": float(np.median(walls)),
         "cpu_s": cpus,
@@ -347,6 +381,16 @@ def nih_planning(work: Path, args) -> dict:
     print(
         f"  snakemake -n (whole study): {r['jobs']} jobs, {r['median_s']:.1f}s "
         f"({r['median_cpu_s']:.1f} CPU s)",
+        flush=True,
+    )
+    res["slurm"] = slurm_submissions(
+        r["per_rule"], set(r["local_rules"]), ROOT / "profiles" / "slurm" / "config.v8+.yaml"
+    )
+    sub = res["slurm"]
+    print(
+        f"  on SLURM: {sub['cluster_jobs']} cluster jobs {sub['cluster_jobs_per_rule']}, "
+        f"{sub['submissions']} submissions with the profile's groups "
+        f"{sub['submissions_per_unit']}",
         flush=True,
     )
     if not args.no_profile:
