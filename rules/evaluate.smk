@@ -181,6 +181,8 @@ rule plot_cell:
         P.benchmark("plots", f"cell/{P.ADV_SET}/{{target}}")
     conda:
         "../envs/report.yaml"
+    resources:
+        **cpu_resources(),
     params:
         kind="cell",
         per_class=config["evaluation"]["examples_per_class"],

@@ -413,6 +413,25 @@ def test_remove_shuffled_control_takes_its_attack_job(tree):
     assert gone == {*whole_pgd_set(), *FINALS}
 
 
+def test_cache_deleted_by_hand_takes_its_set_directory(tree, capsys):
+    """A set directory lacking a shard's cache is reported; --remove deletes the whole set's
+    directories (while one exists, Snakemake would not rerun the attack job) and downstream."""
+    (tree / "attacks/ptx_a/ptx/pgd/eps8/000.h5").unlink()
+    (tree / "attacks/ptx_a/ptx/pgd/eps8/.snakemake_timestamp").write_text("")
+    code, out = run(tree, capsys=capsys)
+    assert code == 1
+    assert f"BAD {tree}/attacks/ptx_a/ptx/pgd/eps8/000.h5: missing: the set has no cache" in out
+    before = files(tree.parent)
+    assert run(tree, "--remove", capsys=capsys)[0] == 1
+    assert not (tree / "attacks/ptx_a/ptx/pgd/eps8").exists()
+    assert not (tree / "attacks/ptx_a/ptx/pgd__shuffled/eps8").exists()
+    gone = before - files(tree.parent)
+    assert gone == (
+        whole_pgd_set() | FINALS | {"results/attacks/ptx_a/ptx/pgd/eps8/.snakemake_timestamp"}
+    ) - {"results/attacks/ptx_a/ptx/pgd/eps8/000.h5"}
+    assert run(tree, capsys=capsys)[0] == 0
+
+
 def test_remove_prediction(tree):
     """One predict_adv job writes a target's predictions of a set and of its control, and one
     evaluate job both sets: all four go."""

@@ -166,18 +166,9 @@ def test_transfer_table_is_reproducible_from_prediction_files(run):
     for _, row in df.iterrows():
         base = run / "results" / "predictions" / row["target"]
         eps = f"{row['eps']:g}"
-        clean = pd.concat(
-            pd.read_csv(p, dtype={"image_index": str})
-            for p in sorted((base / "clean" / row["data_task"]).glob("*.csv"))
-        )
-        adv = pd.concat(
-            pd.read_csv(p, dtype={"image_index": str})
-            for p in sorted(
-                (
-                    base / "adv" / row["source"] / row["data_task"] / row["attack"] / f"eps{eps}"
-                ).glob("*.csv")
-            )
-        )
+        clean = pd.read_csv(base / "clean" / f"{row['data_task']}.csv", dtype={"image_index": str})
+        adv_set = base / "adv" / row["source"] / row["data_task"] / row["attack"] / f"eps{eps}.csv"
+        adv = pd.read_csv(adv_set, dtype={"image_index": str})
         clean = clean.set_index("image_index").sort_index()
         adv = adv.set_index("image_index").loc[clean.index]
         y = clean["label"].to_numpy()

@@ -810,6 +810,10 @@ def verify(results: str | os.PathLike, running: Callable[[int], bool] = pid_runn
             if why:
                 bad.append((p, why))
                 doomed |= downstream(p, ix)
+    for p, why in incomplete_sets(results, ix):
+        if p not in doomed:
+            bad.append((p, why))
+            doomed |= downstream(p, ix)
     return Report(
         bad,
         dead_tmp_files(results, running),
@@ -823,6 +827,37 @@ def inside(path: Path, root: Path) -> bool:
     parent = Path(os.path.realpath(path.parent))
     real_root = Path(os.path.realpath(root))
     return path.name not in ("", ".", "..") and (parent == real_root or real_root in parent.parents)
+
+
+_SET_DIR = P.pattern(P.ATTACK_DIR)
+
+
+def incomplete_sets(results: Path, ix: Index) -> list[tuple[Product, str]]:
+    """Adversarial-set directories that lack the cache of a test shard of their data task
+    (e.g. a cache deleted by hand): Snakemake would not rerun the attack job while the
+    directory exists. Each is reported as its first missing cache."""
+    out = []
+    root = results / "attacks"
+    for d in sorted(root.glob("*/*/*/*")) if root.is_dir() else []:
+        m = _SET_DIR.match(d.relative_to(results).as_posix())
+        if not m or not d.is_dir():
+            continue
+        keys = m.groupdict()
+        shards = {s["shard"] for s in ix.select("shard", task=keys["data_task"], split="test")}
+        gone = sorted(s for s in shards if not (d / f"{s}.h5").is_file())
+        if gone:
+            more = f" (and {len(gone) - 1} more)" if len(gone) > 1 else ""
+            p = _product("attack", d / f"{gone[0]}.h5", shard=gone[0], **keys)
+            out.append((p, f"missing: the set has no cache of test shard {gone[0]}{more}"))
+    return out
+
+
+def emptied_set_dirs(removed: list[Product]) -> list[Path]:
+    """Directories of adversarial sets whose caches were all removed. One attack job writes a
+    whole set's directory (a Snakemake ``directory()`` output, with its ``.snakemake_timestamp``):
+    while the directory exists Snakemake would not rerun the job, so it goes too."""
+    dirs = {p.path.parent for p in removed if p.kind == "attack"}
+    return sorted(d for d in dirs if d.is_dir() and not any(d.glob("*.h5")))
 
 
 def remove_path(path: Path, results: Path) -> None:
@@ -873,6 +908,9 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"removed {p.path}" + ("" if p.path in bad_paths else " (downstream of a bad file)")
             )
+        for d in emptied_set_dirs(rep.remove):
+            remove_path(d, results)
+            print(f"removed {d} (the attack job's output directory, now without caches)")
         for t in rep.dead_tmp:
             remove_path(t, results)
             print(f"removed {t}")
