@@ -102,6 +102,11 @@ def slurm_env():
     env["SLURM_CONF"] = str(STATE_DIR / "slurm.conf")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # The jobs import cxrtransfer from this checkout, not from wherever the virtualenv's
+    # editable install points (another worktree of the project, say).
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(ROOT / "workflow_scripts"), env.get("PYTHONPATH", "")) if p
+    )
     try:
         # Generous: on a fresh machine this includes `apt-get install slurm-wlm munge`.
         proc = subprocess.run(
