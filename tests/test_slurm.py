@@ -31,6 +31,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -172,6 +173,31 @@ class SnakemakeRun:
             self.proc.kill()
             self.proc.wait()
         self._fh.close()
+
+
+class LogWatcher(threading.Thread):
+    """Keeps every version of a log file that each attempt of a job rewrites from the start:
+    {first line (timestamped, so one per attempt): the longest text seen}."""
+
+    def __init__(self, path: Path):
+        super().__init__(daemon=True)
+        self.path, self.versions, self.done = path, {}, threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.5):
+            try:
+                text = self.path.read_text(errors="replace")
+            except OSError:
+                continue
+            if text.strip():
+                key = text.splitlines()[0]
+                if len(text) > len(self.versions.get(key, "")):
+                    self.versions[key] = text
+
+    def stop(self) -> list[str]:
+        self.done.set()
+        self.join()
+        return list(self.versions.values())
 
 
 def run_snakemake(args, *, cwd: Path, env: dict, log: Path, limit: int) -> str:
@@ -438,7 +464,7 @@ CLUSTER_OVERLAY = textwrap.dedent(
 # one more model whose 28 epochs take longer than its 1-minute limit (first epoch after
 # ~25-45 s, then ~2-5 s an epoch: 1.5-3 min in all), so SLURM kills its first job 60-90 s
 # after the start (slurmctld checks limits every 30 s) with several epochs finished; the
-# retry (2 min; 3 min for a third attempt on a very slow machine) resumes and finishes it.
+# retry (2 min; on a loaded machine a third attempt with 3 min) resumes and finishes it.
 # Small batches make an epoch long compared with the checkpoint writes at its end, which
 # a kill must not hit (see "Known problem" in docs/CLUSTER.md).
 TIMEOUT_MODEL = "pneumothorax_timeout"
@@ -514,10 +540,16 @@ def test_workflow_on_slurm_matches_local_run(slurm_env, tmp_path):
         # (d) the TIMEOUT run, while the local run may still be busy
         timeout_overlay = tmp_path / "timeout-overlay.yaml"
         timeout_overlay.write_text(TIMEOUT_OVERLAY)
+        train_log = LogWatcher(slurm_dir / "results" / "logs" / "train" / f"{TIMEOUT_MODEL}.log")
+        train_log.start()
         timeout_run = SnakemakeRun(
             [
                 f"results/models/{TIMEOUT_MODEL}/model.keras",
                 *PROFILE_ARGS,
+                # one retry more than the profile's 2: on a heavily loaded machine even
+                # the 2-minute attempt can run out of time (it then resumes once more)
+                "--retries",
+                "3",
                 *workflow_args(slurm_dir, overlay, timeout_overlay),
             ],
             cwd=ROOT,
@@ -531,6 +563,7 @@ def test_workflow_on_slurm_matches_local_run(slurm_env, tmp_path):
         local.kill()
         if timeout_run is not None:
             timeout_run.kill()
+            train_log.stop()
 
     local_files = result_files(local_dir)
     assert slurm_files, "the SLURM run produced no results/"
@@ -576,13 +609,15 @@ def test_workflow_on_slurm_matches_local_run(slurm_env, tmp_path):
     assert all("_" in sid for v in remote.values() if v.get("arrays") for sid in v["slurm_ids"])
 
     # (d) TIMEOUT: the training job was killed by its 1-minute limit, resubmitted with
-    # 2 minutes (and, on a very slow machine, once more with 3) and resumed training.
+    # 2 minutes (and, on a loaded machine, again with 3 or 4) and resumed training. SLURM's
+    # own records say TIMEOUT (slurmctld's log does not always say "Time limit exhausted":
+    # a job can also end TIMEOUT through its step being killed at the limit).
     timeout_jobs = parse_jobs(timeout_text, slurm_logdir)
     t_remote = assert_all_jobs_went_through_slurm(timeout_jobs)
     assert [v["rule"] for v in t_remote.values()] == ["train"], t_remote
     (train,) = t_remote.values()
     ids = train["slurm_ids"]
-    assert 2 <= len(ids) <= 3, ids
+    assert 2 <= len(ids) <= 4, ids
     ctld = ctld_log()
     assert_slurm_evidence(t_remote, ctld)
     comp = jobcomp_states()
@@ -592,15 +627,18 @@ def test_workflow_on_slurm_matches_local_run(slurm_env, tmp_path):
         assert rec["JobState"] == comp[sid]["JobState"] == state, (sid, rec, comp.get(sid))
         assert rec["TimeLimit"] == f"00:0{attempt}:00", (sid, rec["TimeLimit"])
         if state == "TIMEOUT":
-            assert f"Time limit exhausted for JobId={sid}" in ctld
             assert f"SLURM-job '{sid}' failed, SLURM status is: 'TIMEOUT'" in timeout_text
-    train_log = (slurm_dir / "results" / "logs" / "train" / f"{TIMEOUT_MODEL}.log").read_text()
-    # The log of the last (resumed) attempt: its first epoch is one after the last epoch
-    # the killed attempt finished (or that epoch again, if the kill fell between the
-    # epoch's log line and its checkpoint), never epoch 1.
-    assert "resuming the interrupted run in" in train_log, tail(train_log, 30)
-    resumed = epoch_lines(train_log.split("resuming the interrupted run in", 1)[1])
-    assert resumed and resumed[0] > 1, tail(train_log, 30)
+    # Each attempt rewrites the training log, so the test kept every attempt's version.
+    # A resumed attempt starts with the epoch after the last one the killed attempt finished
+    # (or that epoch again, if the kill fell between its log line and its checkpoint), never
+    # with epoch 1. (If a later attempt was killed only after it had finished training and
+    # cleaned up its state, the next one starts over: SLURM's limit hit its final writes.)
+    attempts = train_log.stop()
+    resumed = [a for a in attempts if "resuming the interrupted run in" in a]
+    assert resumed, "\n---\n".join(tail(a, 15) for a in attempts)
+    for text in resumed:
+        epochs = epoch_lines(text.split("resuming the interrupted run in", 1)[1])
+        assert epochs and epochs[0] > 1, tail(text, 30)
     # no epoch lost or counted twice across the kill
     metrics = json.loads(
         (slurm_dir / "results" / "models" / TIMEOUT_MODEL / "metrics.json").read_text()
