@@ -9,19 +9,29 @@ Every job is proven to have gone through SLURM by evidence that does not depend 
 squeue or sacct: the SLURM job id Snakemake reports for a job is the $SLURM_JOB_ID the job's
 own shell saw (trivial workflow), the SLURM output file of that id exists and holds the
 job's Snakemake log, and slurmctld's own log records the allocation (with its partition)
-and the completion of that job id.
+and the completion of that job id. The fan-out rules go through SLURM job arrays (the
+`slurm-array-jobs` of profiles/slurm); a job that ran as an array task has the id
+`<array job id>_<task>`, which is also how slurmctld's log names it.
+
+A training job given a 1-minute limit is killed by SLURM (TIMEOUT, in SLURM's job
+completion record and `scontrol show job`), resubmitted by Snakemake with a 2-minute limit
+and resumes from its last finished epoch. The test cluster has no accounting database, so
+`sacct` cannot be asked; slurm.conf writes SLURM's per-job completion record
+(jobcomp/filetxt) instead.
 
 Run only these: `pytest -m slurm`; everything else: `pytest -m "not slurm"`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -45,11 +55,19 @@ LOCAL_RULES = {"all"}
 # Wall-clock limits for the snakemake runs (each is wrapped in `timeout -k 10 LIMIT`).
 TRIVIAL_LIMIT = 300
 WORKFLOW_LIMIT = 2400
+TIMEOUT_LIMIT = 900
 
 SUBMITTED_RE = re.compile(
     r"^Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (.+)\)\.$", re.M
 )
+SUBMITTED_ARRAY_RE = re.compile(
+    r"^Submitted array job with Snakemake IDs ([\d,]+) and SLURM job ID (\d+)\. "
+    r"The individual task IDs are (\d+)-(\d+)\.$",
+    re.M,
+)
 FINISHED_RE = re.compile(r"^Finished jobid: (\d+) \(Rule: (\S+)\)$", re.M)
+# slurmctld names an array task "JobId=<array job id>_<task>(<its own job id>)"
+CTLD_JOB = r"JobId=(\d+(?:_\d+)?)(?:\(\d+\))?"
 JOB_BLOCK_RE = re.compile(
     r"^(localrule|rule|localcheckpoint|checkpoint) (\S+):\n((?:    .*\n)*?)    jobid: (\d+)\n"
     r"((?:    .*\n)*)",
@@ -85,6 +103,11 @@ def slurm_env():
     env["SLURM_CONF"] = str(STATE_DIR / "slurm.conf")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # The jobs import cxrtransfer from this checkout, not from wherever the virtualenv's
+    # editable install points (another worktree of the project, say).
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(ROOT / "workflow_scripts"), env.get("PYTHONPATH", "")) if p
+    )
     try:
         # Generous: on a fresh machine this includes `apt-get install slurm-wlm munge`.
         proc = subprocess.run(
@@ -152,6 +175,31 @@ class SnakemakeRun:
         self._fh.close()
 
 
+class LogWatcher(threading.Thread):
+    """Keeps every version of a log file that each attempt of a job rewrites from the start:
+    {first line (timestamped, so one per attempt): the longest text seen}."""
+
+    def __init__(self, path: Path):
+        super().__init__(daemon=True)
+        self.path, self.versions, self.done = path, {}, threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.5):
+            try:
+                text = self.path.read_text(errors="replace")
+            except OSError:
+                continue
+            if text.strip():
+                key = text.splitlines()[0]
+                if len(text) > len(self.versions.get(key, "")):
+                    self.versions[key] = text
+
+    def stop(self) -> list[str]:
+        self.done.set()
+        self.join()
+        return list(self.versions.values())
+
+
 def run_snakemake(args, *, cwd: Path, env: dict, log: Path, limit: int) -> str:
     return SnakemakeRun(args, cwd=cwd, env=env, log=log, limit=limit).wait()
 
@@ -177,8 +225,11 @@ def strip_embedded_logs(text: str) -> str:
     return "".join(out)
 
 
-def parse_jobs(text: str) -> dict[int, dict]:
-    """Snakemake job id -> {rule, local, resources, slurm_ids: [...], finished} from a log."""
+def parse_jobs(text: str, slurm_logdir: Path | None = None) -> dict[int, dict]:
+    """Snakemake job id -> {rule, local, resources, slurm_ids: [...], logs: [...], arrays,
+    finished} from a log. SLURM ids are strings: "1234", or "1234_2" for task 2 of array
+    job 1234, whose output file the plugin writes as <slurm_logdir>/rule_<rule>/1234_2.log
+    (one file per task, without the wildcards folder of single jobs)."""
     jobs: dict[int, dict] = {}
     text = strip_embedded_logs(text)
     for m in JOB_BLOCK_RE.finditer(text):
@@ -192,8 +243,17 @@ def parse_jobs(text: str) -> dict[int, dict]:
         )
     for jobid, slurm_id, slurm_log in SUBMITTED_RE.findall(text):
         job = jobs.setdefault(int(jobid), {"slurm_ids": [], "logs": [], "finished": False})
-        job["slurm_ids"].append(int(slurm_id))
+        job["slurm_ids"].append(slurm_id)
         job["logs"].append(Path(slurm_log))
+    for ids, array_id, first, last in SUBMITTED_ARRAY_RE.findall(text):
+        members = [int(j) for j in ids.split(",")]
+        assert len(members) == int(last) - int(first) + 1, (ids, first, last)
+        for task, jobid in enumerate(members, start=int(first)):
+            job = jobs.setdefault(jobid, {"slurm_ids": [], "logs": [], "finished": False})
+            job["slurm_ids"].append(f"{array_id}_{task}")
+            job["arrays"] = job.get("arrays", 0) + 1
+            assert slurm_logdir is not None, "array jobs in the log: pass slurm_logdir"
+            job["logs"].append(slurm_logdir / f"rule_{job['rule']}" / f"{array_id}_{task}.log")
     for jobid, rule in FINISHED_RE.findall(text):
         job = jobs.setdefault(int(jobid), {"slurm_ids": [], "logs": [], "finished": False})
         job["finished"] = True
@@ -205,28 +265,34 @@ def ctld_log() -> str:
     return (STATE_DIR / "log" / "slurmctld.log").read_text(errors="replace")
 
 
-def ctld_allocations(text: str) -> dict[int, str]:
+def ctld_allocations(text: str) -> dict[str, str]:
     """SLURM job id -> partition it was started in, from slurmctld's log (the main
     scheduler logs 'sched: Allocate JobId=..', the backfill scheduler '_start_job')."""
-    started = {
-        int(j): p
-        for j, p in re.findall(r"sched: Allocate JobId=(\d+) NodeList=\S+ .*?Partition=(\S+)", text)
-    }
+    started = dict(re.findall(rf"sched: Allocate {CTLD_JOB} NodeList=\S+ .*?Partition=(\S+)", text))
     started.update(
-        (int(j), p)
-        for j, p in re.findall(
-            r"sched/backfill: _start_job: Started JobId=(\d+) in (\S+) on ", text
-        )
+        re.findall(rf"sched/backfill: _start_job: Started {CTLD_JOB} in (\S+) on ", text)
     )
     return started
 
 
-def ctld_completed_ok(text: str) -> set[int]:
+def ctld_completed_ok(text: str) -> set[str]:
     """SLURM job ids whose batch script exited 0, from slurmctld's log."""
-    return {int(j) for j in re.findall(r"_job_complete: JobId=(\d+) WEXITSTATUS 0\b", text)}
+    return set(re.findall(rf"_job_complete: {CTLD_JOB} WEXITSTATUS 0\b", text))
 
 
-def scontrol_job(job_id: int, env: dict) -> dict[str, str]:
+def jobcomp_states() -> dict[str, dict[str, str]]:
+    """SLURM job id -> SLURM's completion record of the job (JobState, TimeLimit in
+    minutes, ...), from the jobcomp/filetxt file slurm.conf configures."""
+    path = STATE_DIR / "log" / "jobcomp.txt"
+    records = {}
+    for line in path.read_text(errors="replace").splitlines():
+        rec = dict(re.findall(r"(\S+?)=(\S*)", line))
+        if "JobId" in rec:
+            records[rec["JobId"]] = rec
+    return records
+
+
+def scontrol_job(job_id: str, env: dict) -> dict[str, str]:
     out = subprocess.run(
         ["scontrol", "-o", "show", "job", str(job_id)],
         env=env,
@@ -335,6 +401,9 @@ def test_trivial_workflow_runs_through_slurm(slurm_env, tmp_path):
     remote = assert_all_jobs_went_through_slurm(jobs)
     by_rule = {v["rule"]: v for v in remote.values()}
     assert set(by_rule) == {"a", "b"}, by_rule
+    # The profile's slurm-array-jobs names rules this workflow does not have: no harm, and
+    # a rule not in that list is never submitted as an array.
+    assert not any(v.get("arrays") for v in remote.values())
 
     # rule a failed on attempt 1 and was resubmitted as a new SLURM job (retries: 2)
     a_ids, b_ids = by_rule["a"]["slurm_ids"], by_rule["b"]["slurm_ids"]
@@ -356,6 +425,7 @@ def test_trivial_workflow_runs_through_slurm(slurm_env, tmp_path):
     assert allocated[a_ids[-1]] == "cpu"
     assert allocated[b_ids[0]] == "gpu"
     assert re.search(rf"_job_complete: JobId={a_ids[0]} WEXITSTATUS [1-9]", ctld)
+    assert jobcomp_states()[a_ids[0]]["JobState"] == "FAILED"
 
     # SLURM's own record: the GPU request and the attempt-scaled time limit reached sbatch
     b_rec = scontrol_job(b_ids[0], slurm_env)
@@ -390,7 +460,30 @@ CLUSTER_OVERLAY = textwrap.dedent(
 )
 
 
-def workflow_args(workdir: Path, overlay: Path) -> list:
+# For the TIMEOUT run after the SLURM run, in the same directory (its shards are reused):
+# one more model whose 28 epochs take longer than its 1-minute limit (first epoch after
+# ~25-45 s, then ~2-5 s an epoch: 1.5-3 min in all), so SLURM kills its first job 60-90 s
+# after the start (slurmctld checks limits every 30 s) with several epochs finished; the
+# retry (2 min; on a loaded machine a third attempt with 3 min) resumes and finishes it.
+# Small batches make an epoch long compared with the checkpoint writes at its end, which
+# a kill must not hit (see "Known problem" in docs/CLUSTER.md).
+TIMEOUT_MODEL = "pneumothorax_timeout"
+TIMEOUT_OVERLAY = textwrap.dedent(
+    f"""
+    resources:
+      train_runtime: 1
+    models:
+      {TIMEOUT_MODEL}:
+        task: pneumothorax
+        arch: MobileNetV3Small
+        seed: 3
+        train_subset: half_a
+        training: {{epochs: 28, patience: 28, batch_size: 8}}
+    """
+)
+
+
+def workflow_args(workdir: Path, *overlays: Path) -> list:
     return [
         "--snakefile",
         ROOT / "Snakefile",
@@ -398,8 +491,20 @@ def workflow_args(workdir: Path, overlay: Path) -> list:
         workdir,
         "--configfile",
         ROOT / "config" / "test.yaml",
-        overlay,
+        *overlays,
     ]
+
+
+def array_rules() -> set[str]:
+    """The rules profiles/slurm submits as job arrays."""
+    text = (ROOT / "profiles" / "slurm" / "config.v8+.yaml").read_text()
+    m = re.search(r"^slurm-array-jobs:\s*[\"']?([^\"'#\n]*)", text, re.M)
+    assert m, "profiles/slurm sets no slurm-array-jobs"
+    return {r.strip() for r in m.group(1).split(",") if r.strip()}
+
+
+def epoch_lines(log: str) -> list[int]:
+    return [int(k) for k in re.findall(r" epoch (\d+)/\d+: loss ", log)]
 
 
 def test_workflow_on_slurm_matches_local_run(slurm_env, tmp_path):
@@ -422,6 +527,7 @@ def test_workflow_on_slurm_matches_local_run(slurm_env, tmp_path):
         log=tmp_path / "snakemake-local.out",
         limit=WORKFLOW_LIMIT,
     )
+    timeout_run = None
     try:
         slurm_text = run_snakemake(
             [*PROFILE_ARGS, *workflow_args(slurm_dir, overlay)],
@@ -430,18 +536,44 @@ def test_workflow_on_slurm_matches_local_run(slurm_env, tmp_path):
             log=tmp_path / "snakemake-slurm.out",
             limit=WORKFLOW_LIMIT,
         )
+        slurm_files = result_files(slurm_dir)
+        # (d) the TIMEOUT run, while the local run may still be busy
+        timeout_overlay = tmp_path / "timeout-overlay.yaml"
+        timeout_overlay.write_text(TIMEOUT_OVERLAY)
+        train_log = LogWatcher(slurm_dir / "results" / "logs" / "train" / f"{TIMEOUT_MODEL}.log")
+        train_log.start()
+        timeout_run = SnakemakeRun(
+            [
+                f"results/models/{TIMEOUT_MODEL}/model.keras",
+                *PROFILE_ARGS,
+                # one retry more than the profile's 2: on a heavily loaded machine even
+                # the 2-minute attempt can run out of time (it then resumes once more)
+                "--retries",
+                "3",
+                *workflow_args(slurm_dir, overlay, timeout_overlay),
+            ],
+            cwd=ROOT,
+            env=slurm_env,
+            log=tmp_path / "snakemake-timeout.out",
+            limit=TIMEOUT_LIMIT,
+        )
         local_text = local.wait()
+        timeout_text = timeout_run.wait()
     finally:
         local.kill()
+        if timeout_run is not None:
+            timeout_run.kill()
+            train_log.stop()
 
-    slurm_files, local_files = result_files(slurm_dir), result_files(local_dir)
+    local_files = result_files(local_dir)
     assert slurm_files, "the SLURM run produced no results/"
     assert slurm_files == local_files, (
         f"only in SLURM run: {sorted(slurm_files - local_files)[:20]}\n"
         f"only in local run: {sorted(local_files - slurm_files)[:20]}"
     )
 
-    slurm_jobs, local_jobs = parse_jobs(slurm_text), parse_jobs(local_text)
+    slurm_logdir = slurm_dir / ".snakemake" / "slurm_logs"
+    slurm_jobs, local_jobs = parse_jobs(slurm_text, slurm_logdir), parse_jobs(local_text)
     assert sorted(v["rule"] for v in slurm_jobs.values()) == sorted(
         v["rule"] for v in local_jobs.values()
     ), "the two runs ran different jobs"
@@ -462,3 +594,53 @@ def test_workflow_on_slurm_matches_local_run(slurm_env, tmp_path):
     assert not wrong, f"GPU jobs outside partition gpu: {wrong}"
     cpu_jobs = [v for v in remote.values() if v not in gpu_jobs.values()]
     assert all(allocated[v["slurm_ids"][-1]] == "cpu" for v in cpu_jobs)
+
+    # Job arrays: the fan-out rules went to SLURM as arrays, so there were fewer sbatch
+    # calls than SLURM jobs; no other rule was submitted as an array. (A rule of the list
+    # with a single ready job is submitted as a plain job, as the plugin does.)
+    arrays = SUBMITTED_ARRAY_RE.findall(strip_embedded_logs(slurm_text))
+    singles = SUBMITTED_RE.findall(strip_embedded_logs(slurm_text))
+    array_tasks = sum(len(ids.split(",")) for ids, *_ in arrays)
+    sbatch_calls, slurm_jobs_run = len(arrays) + len(singles), array_tasks + len(singles)
+    assert arrays, "no array job was submitted"
+    assert sbatch_calls < slurm_jobs_run, (len(arrays), array_tasks, len(singles))
+    arrayed = {v["rule"] for v in remote.values() if v.get("arrays")}
+    assert arrayed and arrayed <= array_rules(), arrayed
+    assert all("_" in sid for v in remote.values() if v.get("arrays") for sid in v["slurm_ids"])
+
+    # (d) TIMEOUT: the training job was killed by its 1-minute limit, resubmitted with
+    # 2 minutes (and, on a loaded machine, again with 3 or 4) and resumed training. SLURM's
+    # own records say TIMEOUT (slurmctld's log does not always say "Time limit exhausted":
+    # a job can also end TIMEOUT through its step being killed at the limit).
+    timeout_jobs = parse_jobs(timeout_text, slurm_logdir)
+    t_remote = assert_all_jobs_went_through_slurm(timeout_jobs)
+    assert [v["rule"] for v in t_remote.values()] == ["train"], t_remote
+    (train,) = t_remote.values()
+    ids = train["slurm_ids"]
+    assert 2 <= len(ids) <= 4, ids
+    ctld = ctld_log()
+    assert_slurm_evidence(t_remote, ctld)
+    comp = jobcomp_states()
+    for attempt, sid in enumerate(ids, start=1):
+        rec = scontrol_job(sid, slurm_env)
+        state = "COMPLETED" if sid == ids[-1] else "TIMEOUT"
+        assert rec["JobState"] == comp[sid]["JobState"] == state, (sid, rec, comp.get(sid))
+        assert rec["TimeLimit"] == f"00:0{attempt}:00", (sid, rec["TimeLimit"])
+        if state == "TIMEOUT":
+            assert f"SLURM-job '{sid}' failed, SLURM status is: 'TIMEOUT'" in timeout_text
+    # Each attempt rewrites the training log, so the test kept every attempt's version.
+    # A resumed attempt starts with the epoch after the last one the killed attempt finished
+    # (or that epoch again, if the kill fell between its log line and its checkpoint), never
+    # with epoch 1. (If a later attempt was killed only after it had finished training and
+    # cleaned up its state, the next one starts over: SLURM's limit hit its final writes.)
+    attempts = train_log.stop()
+    resumed = [a for a in attempts if "resuming the interrupted run in" in a]
+    assert resumed, "\n---\n".join(tail(a, 15) for a in attempts)
+    for text in resumed:
+        epochs = epoch_lines(text.split("resuming the interrupted run in", 1)[1])
+        assert epochs and epochs[0] > 1, tail(text, 30)
+    # no epoch lost or counted twice across the kill
+    metrics = json.loads(
+        (slurm_dir / "results" / "models" / TIMEOUT_MODEL / "metrics.json").read_text()
+    )
+    assert metrics["epochs_run"] == 28, metrics
