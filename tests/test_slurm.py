@@ -49,9 +49,19 @@ PROFILE_ARGS = [
     "--profile",
     str(SLURM_TESTS / "profile"),
 ]
+
+
+def snakefile_localrules() -> set[str]:
+    """The rules the Snakefile's ``localrules:`` block names (light rules run by Snakemake on
+    the submit host)."""
+    m = re.search(r"^localrules:\n((?:    \w+,?\n)+)", (ROOT / "Snakefile").read_text(), re.M)
+    return set(re.findall(r"\w+", m.group(1))) if m else set()
+
+
 # Rules that may run on the submit host instead of through SLURM: Snakemake runs a rule
-# without shell/script/run (the target rule) locally by itself.
-LOCAL_RULES = {"all"}
+# without shell/script/run (the target rule) locally by itself, and the Snakefile's
+# localrules.
+LOCAL_RULES = {"all"} | snakefile_localrules()
 # Wall-clock limits for the snakemake runs (each is wrapped in `timeout -k 10 LIMIT`).
 TRIVIAL_LIMIT = 300
 WORKFLOW_LIMIT = 2400

@@ -122,19 +122,26 @@ def test_killed_training_resumes_from_last_epoch(root, tmp_path, pneumothorax_sh
     done = json.loads(meta.read_text())["epoch"]
     assert 2 <= done < 4
     assert not (out / "model.keras").exists()  # nothing that looks complete
-    proc = _run(root, tmp_path, s, pneumothorax_shards, out)
-    log, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, log
-    epochs = [
-        int(line.split("epoch ")[1].split("/")[0])
-        for line in log.splitlines()
-        if " INFO epoch " in line
-    ]
-    assert epochs and epochs[0] == done + 1, log  # continued, did not start over
-    assert epochs[-1] == 4
-    hist = pd.read_csv(out / "history.csv")
-    assert list(hist["epoch"]) == [0, 1, 2, 3]
-    assert (out / "model.keras").is_file()
+    # the same state torn by a kill in the middle of writing the epoch's weights (as SLURM's
+    # time limit can do): the run falls back to the state one epoch earlier (*.bkp)
+    torn = tmp_path / "torn"
+    shutil.copytree(out, torn)
+    weights = torn / "work" / "backup" / "latest.weights.h5"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    for where, first in ((out, done + 1), (torn, done)):
+        proc = _run(root, tmp_path, s, pneumothorax_shards, where)
+        log, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, log
+        epochs = [
+            int(line.split("epoch ")[1].split("/")[0])
+            for line in log.splitlines()
+            if " INFO epoch " in line
+        ]
+        assert epochs and epochs[0] == first, log  # continued, did not start over
+        assert epochs[-1] == 4
+        hist = pd.read_csv(where / "history.csv")
+        assert list(hist["epoch"]) == [0, 1, 2, 3]
+        assert (where / "model.keras").is_file()
 
 
 def test_changed_settings_do_not_resume_stale_state(root, tmp_path, pneumothorax_shards):

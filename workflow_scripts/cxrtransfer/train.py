@@ -149,24 +149,39 @@ def _callbacks(model_dir: Path, work: Path, s: dict, val_ds_fn):
                 since = len(prev) - 1 - int(prev["val_auc"].to_numpy().argmax())
                 self.wait = since
 
+    class BestCheckpoint(keras.callbacks.Callback):
+        """The model of the highest val_auc so far (strictly higher than the best before),
+        written atomically: a kill mid-write (e.g. SLURM's time limit) leaves the previous
+        best, never a truncated file that a resumed run could not load."""
+
+        def __init__(self, path: Path, threshold):
+            super().__init__()
+            self.path, self.best = path, threshold
+
+        def on_epoch_end(self, epoch, logs=None):
+            value = (logs or {}).get("val_auc")
+            if value is not None and (self.best is None or value > self.best):
+                self.best = value
+                with atomic_path(self.path) as tmp:
+                    self.model.save(tmp)
+
     # Order matters: ValAUC fills logs["val_auc"] for the others; BackupAndRestore saves last,
     # so a kill between two callbacks at worst repeats one epoch, never skips its log row.
     return [
         ValAUC(),
-        keras.callbacks.ModelCheckpoint(
-            str(work / "best.keras"),
-            monitor="val_auc",
-            mode="max",
-            save_best_only=True,
-            initial_value_threshold=best,
-        ),
+        BestCheckpoint(work / "best.keras", best),
         ResumableEarlyStopping(monitor="val_auc", mode="max", patience=s["patience"]),
         keras.callbacks.CSVLogger(str(work / "log.csv"), append=True),
         keras.callbacks.TensorBoard(str(model_dir / "tensorboard"), write_graph=False),
         # Kept after fit (the whole work directory goes after a successful run): a finished
         # state is never mistaken for a fresh start that appends to the old log.
+        # double_checkpoint: the state before the last save is kept as *.bkp, and Keras falls
+        # back to it when the latest cannot be read (a kill in the middle of writing it).
         keras.callbacks.BackupAndRestore(
-            str(work / "backup"), save_freq="epoch", delete_checkpoint=False
+            str(work / "backup"),
+            save_freq="epoch",
+            delete_checkpoint=False,
+            double_checkpoint=True,
         ),
     ]
 
