@@ -104,9 +104,11 @@ def job_count(text: str) -> dict:
     return counts
 
 
-def local_rules(text: str) -> set:
-    """Rules that a dry run lists as ``localrule NAME:`` (run by Snakemake itself)."""
-    return set(re.findall(r"^localrule (\w+):", text, re.M))
+def local_rules(snakefile: Path = SNAKEFILE) -> set:
+    """Rules Snakemake runs itself on the submit host: the Snakefile's ``localrules:`` and the
+    target rule ``all`` (no script). A dry run without a cluster executor does not tell."""
+    m = re.search(r"^localrules:\n((?:    \w+,?\n)+)", snakefile.read_text(), re.M)
+    return {"all"} | (set(re.findall(r"\w+", m.group(1))) if m else set())
 
 
 def slurm_submissions(per_rule: dict, local: set, profile: Path) -> dict:
@@ -137,15 +139,14 @@ def slurm_submissions(per_rule: dict, local: set, profile: Path) -> dict:
 
 
 def dry_run(workdir: Path, configfile: Path, repeats: int = 1, **kw) -> dict:
-    walls, cpus, counts, local = [], [], {}, set()
+    walls, cpus, counts = [], [], {}
     for _ in range(repeats):
         wall, out = snakemake(workdir, configfile, "-n", **kw)
         walls.append(wall)
         cpus.append(LAST_CPU_S)
         counts = job_count(out)
-        local = local_rules(out)
     return {
-        "local_rules": sorted(local),
+        "local_rules": sorted(local_rules(kw.get("snakefile", SNAKEFILE))),
         "wall_s": walls,
         "median_s": float(np.median(walls)),
         "cpu_s": cpus,
