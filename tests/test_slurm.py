@@ -475,8 +475,8 @@ CLUSTER_OVERLAY = textwrap.dedent(
 # ~25-45 s, then ~2-5 s an epoch: 1.5-3 min in all), so SLURM kills its first job 60-90 s
 # after the start (slurmctld checks limits every 30 s) with several epochs finished; the
 # retry (2 min; on a loaded machine a third attempt with 3 min) resumes and finishes it.
-# Small batches make an epoch long compared with the checkpoint writes at its end, which
-# a kill must not hit (see "Known problem" in docs/CLUSTER.md).
+# Small batches make an epoch long compared with the checkpoint writes at its end (a kill
+# during them is survived too, see docs/CLUSTER.md, "Retries and time limits").
 TIMEOUT_MODEL = "pneumothorax_timeout"
 TIMEOUT_OVERLAY = textwrap.dedent(
     f"""
