@@ -34,6 +34,11 @@ def parse_args(argv=None):
     p.add_argument("--before", required=True, help="git revision of the old workflow")
     p.add_argument("--after", default="HEAD", help="git revision of the new workflow")
     p.add_argument("--cores", type=int, default=2, help="--cores of each demo run")
+    p.add_argument(
+        "--configfile",
+        help="run this study (path relative to the checkout, e.g. config/test.yaml) instead "
+        "of the default demo",
+    )
     p.add_argument("--workdir", help="keep the worktrees here (default: a temp directory)")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON")
     return p.parse_args(argv)
@@ -53,7 +58,7 @@ def worktree(rev: str, dest: Path) -> str:
     ).stdout.strip()
 
 
-def start_demo(tree: Path, cores: int) -> subprocess.Popen:
+def start_demo(tree: Path, cores: int, configfile: str | None = None) -> subprocess.Popen:
     env = {
         **os.environ,
         "PYTHONPATH": str(tree / "workflow_scripts"),
@@ -61,8 +66,9 @@ def start_demo(tree: Path, cores: int) -> subprocess.Popen:
     }
     snakemake = Path(sys.executable).with_name("snakemake")
     log = open(tree / "demo.log", "w")  # noqa: SIM115 - closed by the caller via the process
+    study = ["--configfile", configfile, "--replace-workflow-config"] if configfile else []
     return subprocess.Popen(
-        [str(snakemake), "--cores", str(cores)],
+        [str(snakemake), "--cores", str(cores), *study],
         cwd=tree,
         env=env,
         stdout=log,
@@ -86,7 +92,9 @@ def main(argv=None) -> int:
             trees[name] = work / name
             result["versions"][name] = {"rev": worktree(rev, trees[name])}
         t0 = time.perf_counter()
-        procs = {name: start_demo(tree, args.cores) for name, tree in trees.items()}
+        procs = {
+            name: start_demo(tree, args.cores, args.configfile) for name, tree in trees.items()
+        }
         print(f"running both demos side by side in {work} ...", flush=True)
         running = dict(procs)
         while running:  # each demo's own makespan: poll both, whichever ends first
