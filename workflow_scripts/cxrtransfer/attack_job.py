@@ -42,7 +42,7 @@ def attack_set(
     data_task: str,
     control_dir=None,
     after_shard=None,
-) -> list[dict]:
+) -> list[str]:
     """Attack every shard of a test set with one loaded source model: one cache per shard in
     ``out_dir`` (and its noise control in ``control_dir``), named like the shard.
 
@@ -50,12 +50,20 @@ def attack_set(
     ``stamp`` (everything the result depends on: the job's settings and code version) and the
     checkpoint and shard hashes; a rerun of a killed job reuses exactly the finished shards
     whose stamp matches and redoes the rest. ``after_shard(i)`` is called after each shard
-    (tests use it to kill the job)."""
+    (tests use it to kill the job). Returns the cache names."""
     from .attacks import spec_from_config
     from .models import load_checkpoint
 
     spec = spec_from_config(attack_cfg, eps)  # validates before any model is loaded
     record = model_record(model_path, metrics_path)
+    settings = dict(
+        attack_name=attack_name,
+        eps=eps,
+        image_size=image_size,
+        batch_size=batch_size,
+        source_model=source_model,
+        data_task=data_task,
+    )
     work_dir = Path(work_dir)
     model = None
     done = []
@@ -72,31 +80,17 @@ def attack_set(
         else:
             if model is None:
                 model = load_checkpoint(model_path, image_size)
-            _attack_loaded(
+            _attack_with_control(
                 model,
                 record,
                 spec,
                 shard_path=shard_path,
                 out_path=cache,
-                attack_name=attack_name,
-                eps=eps,
-                image_size=image_size,
-                batch_size=batch_size,
-                source_model=source_model,
-                data_task=data_task,
+                control_path=control if control_dir is not None else None,
+                control_of=Path(out_dir) / name,
                 extra_attrs={"job_stamp": job_stamp},
+                **settings,
             )
-            if control_dir is not None:
-                _write_control(
-                    model,
-                    record,
-                    cache,
-                    control,
-                    image_size,
-                    batch_size,
-                    extra_attrs={"job_stamp": job_stamp},
-                    control_of=Path(out_dir) / name,
-                )
         done.append(name)
         if after_shard is not None:
             after_shard(i)
@@ -145,12 +139,13 @@ def attack_shard(
     spec = spec_from_config(attack_cfg, eps)  # validates before any model is loaded
     record = model_record(model_path, metrics_path)
     model = load_checkpoint(model_path, image_size)
-    out = _attack_loaded(
+    return _attack_with_control(
         model,
         record,
         spec,
         shard_path=shard_path,
         out_path=out_path,
+        control_path=control_path,
         attack_name=attack_name,
         eps=eps,
         image_size=image_size,
@@ -158,9 +153,41 @@ def attack_shard(
         source_model=source_model,
         data_task=data_task,
     )
+
+
+def _attack_with_control(
+    model,
+    record,
+    spec,
+    *,
+    shard_path,
+    out_path,
+    control_path,
+    control_of=None,
+    extra_attrs: dict | None = None,
+    **settings,
+) -> dict:
+    """Attack one shard with a loaded model and, with ``control_path``, write its noise
+    control (``control_of``: the path the cache is published under, if not ``out_path``)."""
+    out = _attack_loaded(
+        model,
+        record,
+        spec,
+        shard_path=shard_path,
+        out_path=out_path,
+        extra_attrs=extra_attrs,
+        **settings,
+    )
     if control_path is not None:
         out["control"] = _write_control(
-            model, record, out_path, control_path, image_size, batch_size
+            model,
+            record,
+            out_path,
+            control_path,
+            settings["image_size"],
+            settings["batch_size"],
+            extra_attrs=extra_attrs,
+            control_of=control_of,
         )
     return out
 

@@ -38,29 +38,10 @@ def predict_clean(
 ) -> None:
     """One target's predictions for a whole clean test set (its shards, in order): the model is
     loaded once for all of them."""
-    from .inference import make_predict_fn, predict_probs
-    from .models import load_checkpoint
     from .shards import read_shard
 
-    record = model_record(model_path, metrics_path)
-    model = load_checkpoint(model_path, image_size)
-    fn = make_predict_fn(model)
-    frames = []
-    for path in shard_paths:
-        shard = read_shard(path, image_size)
-        frames.append(
-            pd.DataFrame(
-                {
-                    "image_index": shard["image_index"],
-                    "patient_id": shard["patient_id"].astype(np.int64),
-                    "label": shard["labels"].astype(int),
-                    "prob": predict_probs(model, shard["images"], batch_size, fn),
-                    "checkpoint_sha256": record["sha256"],
-                }
-            )
-        )
-    write_csv(out_csv, _concat(frames, out_csv))
-    LOG.info("%s: %d images of %d shard(s)", out_csv, sum(map(len, frames)), len(frames))
+    predict = _predictor(model_path, metrics_path, image_size, batch_size)
+    _write_set(out_csv, [predict(read_shard(path, image_size)) for path in shard_paths])
 
 
 def predict_adv(*, model_path, metrics_path, sets: list, image_size: int, batch_size: int) -> None:
@@ -68,36 +49,53 @@ def predict_adv(*, model_path, metrics_path, sets: list, image_size: int, batch_
     (attack cache paths in shard order, output CSV), e.g. an attack's set and its noise
     control; the model is loaded once for all of them."""
     from .attack_cache import read_attack
-    from .inference import make_predict_fn, predict_probs
-    from .models import load_checkpoint
     from .shards import check_image_size
 
-    record = model_record(model_path, metrics_path)
-    model = load_checkpoint(model_path, image_size)
-    fn = make_predict_fn(model)
+    predict = _predictor(model_path, metrics_path, image_size, batch_size)
     for cache_paths, out_csv in sets:
         frames = []
         for path in cache_paths:
             cache = read_attack(path)
             check_image_size(cache["images"], path, image_size)
             frames.append(
-                pd.DataFrame(
-                    {
-                        "image_index": cache["image_index"],
-                        "patient_id": cache["patient_id"].astype(np.int64),
-                        "label": cache["labels"].astype(int),
-                        "prob": predict_probs(model, cache["images"], batch_size, fn),
-                        "checkpoint_sha256": record["sha256"],
-                        "source_clean_prob": cache["source_clean_prob"],
-                        "source_adv_prob": cache["source_adv_prob"],
-                        "l2": cache["l2"],
-                        "linf": cache["linf"],
-                        "source_checkpoint_sha256": cache["attrs"]["source_checkpoint_sha256"],
-                    }
+                predict(cache).assign(
+                    source_clean_prob=cache["source_clean_prob"],
+                    source_adv_prob=cache["source_adv_prob"],
+                    l2=cache["l2"],
+                    linf=cache["linf"],
+                    source_checkpoint_sha256=cache["attrs"]["source_checkpoint_sha256"],
                 )
             )
-        write_csv(out_csv, _concat(frames, out_csv))
-        LOG.info("%s: %d images of %d cache(s)", out_csv, sum(map(len, frames)), len(frames))
+        _write_set(out_csv, frames)
+
+
+def _predictor(model_path, metrics_path, image_size: int, batch_size: int):
+    """``predict(data) -> DataFrame`` of the CLEAN_COLUMNS for a shard or attack cache (dict
+    of images, image_index, patient_id, labels), with the checkpoint loaded once."""
+    from .inference import make_predict_fn, predict_probs
+    from .models import load_checkpoint
+
+    record = model_record(model_path, metrics_path)
+    model = load_checkpoint(model_path, image_size)
+    fn = make_predict_fn(model)
+
+    def predict(data: dict) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "image_index": data["image_index"],
+                "patient_id": data["patient_id"].astype(np.int64),
+                "label": data["labels"].astype(int),
+                "prob": predict_probs(model, data["images"], batch_size, fn),
+                "checkpoint_sha256": record["sha256"],
+            }
+        )
+
+    return predict
+
+
+def _write_set(out_csv, frames: list) -> None:
+    write_csv(out_csv, _concat(frames, out_csv))
+    LOG.info("%s: %d images of %d file(s)", out_csv, sum(map(len, frames)), len(frames))
 
 
 def _concat(frames: list, out_csv) -> pd.DataFrame:
