@@ -1,7 +1,8 @@
 """Job-seconds of the default demo (config/config.yaml) for two versions of the workflow, run
 side by side: each revision is checked out into its own git worktree and the two demos run AT
 THE SAME TIME (`snakemake --cores CORES` each), so background load on a shared machine hits both
-alike. Reports, per version, the sum of the Snakemake ``benchmark:`` files (wall seconds of
+alike; or, with --sequential, one after the other, each alone on a quiet machine (a job's wall
+time then does not depend on what the other demo runs at that moment). Reports, per version, the sum of the Snakemake ``benchmark:`` files (wall seconds of
 every job, the figure the workflow's cluster cost is made of) per rule, the makespan, and
 whether the final tables are byte-identical.
 
@@ -38,6 +39,11 @@ def parse_args(argv=None):
         "--configfile",
         help="run this study (path relative to the checkout, e.g. config/test.yaml) instead "
         "of the default demo",
+    )
+    p.add_argument(
+        "--sequential",
+        action="store_true",
+        help="run the demos one after the other (before first) instead of at the same time",
     )
     p.add_argument("--workdir", help="keep the worktrees here (default: a temp directory)")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON")
@@ -91,25 +97,27 @@ def main(argv=None) -> int:
         for name, rev in (("before", args.before), ("after", args.after)):
             trees[name] = work / name
             result["versions"][name] = {"rev": worktree(rev, trees[name])}
-        t0 = time.perf_counter()
-        procs = {
-            name: start_demo(tree, args.cores, args.configfile) for name, tree in trees.items()
-        }
-        print(f"running both demos side by side in {work} ...", flush=True)
-        running = dict(procs)
-        while running:  # each demo's own makespan: poll both, whichever ends first
-            for name, proc in list(running.items()):
-                rc = proc.poll()
-                if rc is None:
-                    continue
-                del running[name]
-                result["versions"][name]["makespan_s"] = time.perf_counter() - t0
-                if rc != 0:
-                    print(
-                        f"the {name} demo failed; see {trees[name] / 'demo.log'}", file=sys.stderr
-                    )
-                    return 1
-            time.sleep(5)
+        waves = [[n] for n in trees] if args.sequential else [list(trees)]
+        for wave in waves:
+            t0 = time.perf_counter()
+            for name in wave:
+                result["versions"][name]["load_at_start"] = os.getloadavg()
+            running = {name: start_demo(trees[name], args.cores, args.configfile) for name in wave}
+            print(f"running {' and '.join(wave)} in {work} ...", flush=True)
+            while running:  # each demo's own makespan: poll all, whichever ends first
+                for name, proc in list(running.items()):
+                    rc = proc.poll()
+                    if rc is None:
+                        continue
+                    del running[name]
+                    result["versions"][name]["makespan_s"] = time.perf_counter() - t0
+                    if rc != 0:
+                        print(
+                            f"the {name} demo failed; see {trees[name] / 'demo.log'}",
+                            file=sys.stderr,
+                        )
+                        return 1
+                time.sleep(5)
         for name, tree in trees.items():
             summary = summarise(
                 read_benchmarks(tree / "results" / "benchmarks", benchmark_patterns(tree / "rules"))

@@ -19,6 +19,7 @@ rule attack:
         attack=alternatives(ATTACKS),
     conda:
         "../envs/tensorflow.yaml"
+    threads: TF_THREADS
     resources:
         **gpu_resources("attack_runtime"),
     params:

@@ -104,6 +104,12 @@ def model_task(name):
     return config["models"][name]["task"]
 
 
+# Cores of one TensorFlow job (train, attack, predict): the CPUs it gets per GPU on a cluster.
+# Declared as the rules' threads so a local run never starts two such jobs on the same cores
+# (TensorFlow would use every core in each); utils.run_main caps TensorFlow's thread pool to it.
+TF_THREADS = RES["cpus_per_gpu"] * max(1, RES["gpu"])
+
+
 def gpu_resources(runtime_key):
     """Cluster resources of a GPU job; time and memory limits grow with each retry."""
     res = {

@@ -14,6 +14,7 @@ rule predict_clean:
         P.benchmark("predict", "{target}/clean/{data_task}")
     conda:
         "../envs/tensorflow.yaml"
+    threads: TF_THREADS
     resources:
         **gpu_resources("predict_runtime"),
     params:
@@ -37,6 +38,7 @@ rule predict_adv:
         attack=alternatives(ATTACKS),
     conda:
         "../envs/tensorflow.yaml"
+    threads: TF_THREADS
     resources:
         **gpu_resources("predict_runtime"),
     params:

@@ -14,6 +14,7 @@ rule train:
         P.benchmark("train", "{model}")
     conda:
         "../envs/tensorflow.yaml"
+    threads: TF_THREADS
     resources:
         **gpu_resources("train_runtime"),
     params:

@@ -482,6 +482,7 @@ TIMEOUT_OVERLAY = textwrap.dedent(
     f"""
     resources:
       train_runtime: 1
+      cpus_per_gpu: 2      # TensorFlow's threads, as many as before the rules declared them
     models:
       {TIMEOUT_MODEL}:
         task: pneumothorax

@@ -145,6 +145,9 @@ def run_main(func, snakemake) -> None:
     WorkflowError becomes a clear message (in the log and on the console) and exit code 1,
     without a traceback."""
     log = snakemake.log[0] if len(snakemake.log) else None
+    # TensorFlow's op pool uses as many threads as the job was given (read when TensorFlow
+    # creates its context, so before any op runs), not every core of the machine.
+    os.environ["TF_NUM_INTRAOP_THREADS"] = str(max(1, int(snakemake.threads)))
     console = sys.stderr
     if log:
         Path(log).parent.mkdir(parents=True, exist_ok=True)
