@@ -58,6 +58,7 @@ QUANTITIES = (
     "adv_confidence",
     "attack_success_rate",
     "fooling_rate",
+    "flip_rate",
     "transfer_rate",
     "mean_l2",
     "mean_linf",
@@ -71,6 +72,7 @@ COUNTS = (
     "n_clean_correct",
     "n_success",
     "n_fooled",
+    "n_flipped",
     "n_source_caused",
     "n_transfer_base",
     "n_transferred",
@@ -213,6 +215,13 @@ def fooling_rate(label, adv_pred, w=None):
     return weighted_mean(np.asarray(adv_pred) != np.asarray(label).astype(bool), w)
 
 
+def flip_rate(clean_pred, adv_pred, w=None):
+    """The fooling rate of the universal-perturbation literature (Moosavi-Dezfooli et al.
+    2017): the fraction of images whose decision the perturbation changes, whatever the label,
+    ``mean_i [adv_pred_i != pred_i]`` (not ``fooling_rate``, which counts wrong decisions)."""
+    return weighted_mean(np.asarray(adv_pred) != np.asarray(clean_pred), w)
+
+
 def source_caused(label, source_clean_pred, source_adv_pred, source_task_is_data_task=True):
     """Per image: did the attack cause the source's error?
 
@@ -289,6 +298,7 @@ def quantities(
         "adv_confidence": mean_max_confidence(a["adv_prob"], w),
         "attack_success_rate": attack_success_rate(y, clean_pred, adv_pred, w),
         "fooling_rate": fooling_rate(y, adv_pred, w),
+        "flip_rate": flip_rate(clean_pred, adv_pred, w),
         "transfer_rate": transfer_rate(y, clean_pred, adv_pred, caused, w),
         "mean_l2": mean_value(a["l2"], w),
         "mean_linf": mean_value(a["linf"], w),
@@ -310,6 +320,7 @@ def counts(a: dict, t_target: float, t_source: float, source_task_is_data_task: 
         "n_clean_correct": int(clean_ok.sum()),
         "n_success": int((clean_ok & adv_wrong).sum()),
         "n_fooled": int(adv_wrong.sum()),
+        "n_flipped": int((predict(a["prob"], t_target) != predict(a["adv_prob"], t_target)).sum()),
         "n_source_caused": int(caused.sum()),
         "n_transfer_base": int(base.sum()),
         "n_transferred": int((base & adv_wrong).sum()),

@@ -227,6 +227,8 @@ def summary_markdown(df: pd.DataFrame, models: dict, data_source: str) -> str:
         "the source's decision flipped) and that the target classified correctly when clean, "
         "the fraction that also fool the target (white-box is close to 1 by construction). "
         "Fooling rate: fraction of all images the target gets wrong on the adversarial version. "
+        "Flip rate: fraction of images whose decision the perturbation changes (the 'fooling "
+        "rate' of the universal-perturbation literature). "
         "Noise: the fooling rate of the same perturbations spatially shuffled per image (same "
         "size, no adversarial structure); above noise = fooling rate - noise. Lower adversarial "
         "AUROC = stronger attack. Relations are measured (architecture, training patients "
@@ -242,10 +244,10 @@ def summary_markdown(df: pd.DataFrame, models: dict, data_source: str) -> str:
         lines.append(f"## Data task {task}, attack {attack}, eps {float(eps):g}")
         lines.append("")
         lines.append(
-            "| relation | cells | transfer rate | fooling rate | noise | above noise "
+            "| relation | cells | transfer rate | fooling rate | flip rate | noise | above noise "
             "| adv. AUROC | clean AUROC |"
         )
-        lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         stats = {}
         for rel in RELATIONS:
             r = g[g["relation"] == rel]
@@ -256,6 +258,7 @@ def summary_markdown(df: pd.DataFrame, models: dict, data_source: str) -> str:
                 for k in (
                     "transfer_rate",
                     "fooling_rate",
+                    "flip_rate",
                     "noise_fooling_rate",
                     "fooling_rate_above_noise",
                     "adv_auroc",
@@ -265,13 +268,47 @@ def summary_markdown(df: pd.DataFrame, models: dict, data_source: str) -> str:
             stats[rel] = s
             lines.append(
                 f"| {rel} | {len(r)} | {_fmt(s['transfer_rate'])} | {_fmt(s['fooling_rate'])} | "
-                f"{_fmt(s['noise_fooling_rate'])} | {_fmt(s['fooling_rate_above_noise'])} | "
+                f"{_fmt(s['flip_rate'])} | {_fmt(s['noise_fooling_rate'])} | {_fmt(s['fooling_rate_above_noise'])} | "
                 f"{_fmt(s['adv_auroc'])} | {_fmt(s['clean_auroc'])} |"
             )
         lines.append("")
         lines.append(_ordering_sentence(stats))
         lines.append("")
+    lines += best_attack_lines(real)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def best_attack_lines(real: pd.DataFrame) -> list[str]:
+    """Which attack transferred best to each target relation: per (data task, relation,
+    eps) with more than one attack, the attack with the highest mean fooling rate over its
+    cells (ties: every tied attack), with the runner-up for comparison."""
+    rows = []
+    for (task, rel, eps), g in real.groupby(["data_task", "relation", "eps"], sort=True):
+        means = {a: _mean(r["fooling_rate"]) for a, r in g.groupby("attack", sort=True)}
+        means = {a: v for a, v in means.items() if not math.isnan(v)}
+        if len(means) < 2:
+            continue
+        ranked = sorted(means.items(), key=lambda kv: -kv[1])
+        top = [a for a, v in ranked if v == ranked[0][1]]
+        rest = [(a, v) for a, v in ranked if a not in top]
+        runner = f"{rest[0][0]} ({_fmt(rest[0][1])})" if rest else "-"
+        best = f"{', '.join(top)} ({_fmt(ranked[0][1])})"
+        rows.append((task, rel, float(eps), best, runner))
+    if not rows:
+        return []
+    order = {r: i for i, r in enumerate(RELATIONS)}
+    rows.sort(key=lambda r: (r[0], order.get(r[1], len(order)), r[2]))
+    return [
+        "## Which attack transferred best",
+        "",
+        "Per data task, target relation and eps with more than one attack: the attack with the "
+        "highest mean fooling rate over the relation's cells, and the runner-up.",
+        "",
+        "| data task | relation | eps | best attack (mean fooling rate) | runner-up |",
+        "| --- | --- | ---: | --- | --- |",
+        *[f"| {t} | {r} | {e:g} | {b} | {n} |" for t, r, e, b, n in rows],
+        "",
+    ]
 
 
 def _ordering_sentence(stats: dict) -> str:
