@@ -4,9 +4,7 @@
 # each shard's control (the perturbations shuffled per image), scored by the loaded model.
 rule attack:
     input:
-        model=P.MODEL.format(model="{source}"),
-        metrics=P.MODEL_METRICS.format(model="{source}"),
-        shards=lambda w: shards(w.data_task, "test"),
+        unpack(attack_inputs),
     output:
         **with_control(
             caches=directory(P.ATTACK_DIR), control=directory(P.ATTACK_CONTROL_DIR)
@@ -30,3 +28,36 @@ rule attack:
         code=code("attack"),
     script:
         script_path("attack")
+
+
+# A universal perturbation (method uap): one per source and eps, crafted on the source's
+# training or validation images (never test); rule attack adds it to any task's test images.
+rule uap:
+    input:
+        model=P.MODEL.format(model="{source}"),
+        metrics=P.MODEL_METRICS.format(model="{source}"),
+        shards=lambda w: shards(
+            plan.source_task(config, w.source),
+            config["attacks"][w.attack].get("split", "val"),
+        ),
+    output:
+        P.UAP,
+    log:
+        P.log("uap", "{source}/{attack}/eps{eps}"),
+    benchmark:
+        P.benchmark("uap", "{source}/{attack}/eps{eps}")
+    wildcard_constraints:
+        attack=alternatives(plan.universal_attacks(config)),
+    conda:
+        "../envs/tensorflow.yaml"
+    threads: TF_THREADS
+    resources:
+        **gpu_resources("attack_runtime"),
+    params:
+        attack=lambda w: plan.canon(config["attacks"][w.attack]),
+        eps=lambda w: plan.eps_value(config, w.attack, w.eps),
+        image_size=config["data"]["image_size"],
+        batch_size=config["attack_batch_size"],
+        code=code("uap"),
+    script:
+        script_path("uap")

@@ -1,3 +1,4 @@
+import re
 import sys
 from pathlib import Path
 
@@ -31,11 +32,12 @@ RES = config["resources"]
 ADV_SETS = plan.adversarial_sets(config)
 TASKS = list(config["tasks"])
 MODELS = list(config["models"])
+ENSEMBLES = plan.ensembles(config)
 ATTACKS = list(config["attacks"])
 
 
 def alternatives(names):
-    return "|".join(names)
+    return "|".join(re.escape(n) for n in names) if names else "(?!)"
 
 
 wildcard_constraints:
@@ -44,7 +46,8 @@ wildcard_constraints:
     split=alternatives(cxrtransfer.SPLITS),
     shard=r"\d\d\d+",
     model=alternatives(MODELS),
-    source=alternatives(MODELS),
+    source=alternatives([*MODELS, *ENSEMBLES]),
+    ensemble=alternatives(ENSEMBLES),
     target=alternatives(MODELS),
     attack=alternatives([*ATTACKS, *[f"{a}{P.CONTROL_SUFFIX}" for a in ATTACKS]]),
     eps=r"[0-9.]+",
@@ -157,6 +160,19 @@ def attack_dir(w, template=P.ATTACK_DIR):
     return template.format(**_set_keys(w, w.attack))
 
 
+def attack_inputs(w):
+    """The source's checkpoint, the data task's test shards and, for a universal attack, the
+    source's perturbation."""
+    inputs = {
+        "model": P.MODEL.format(model=w.source),
+        "metrics": P.MODEL_METRICS.format(model=w.source),
+        "shards": shards(w.data_task, "test"),
+    }
+    if w.attack in plan.universal_attacks(config):
+        inputs["uap"] = P.UAP.format(source=w.source, attack=w.attack, eps=w.eps)
+    return inputs
+
+
 def predict_adv_inputs(w):
     """A target's model and the caches of one adversarial set and of its noise control."""
     return {
@@ -184,16 +200,28 @@ def evaluate_inputs(w):
             )
     for m in sorted({w.source, *targets}):
         inputs[f"metrics__{m}"] = P.MODEL_METRICS.format(model=m)
+    for m in sorted(set(evaluated_models(w))):
         inputs[f"patients__{m}"] = P.MODEL_PATIENTS.format(model=m)
     return inputs
 
 
-def model_facts(names):
-    """What the evaluation reads of each model's settings (see relations.factors)."""
+def evaluated_models(w):
+    """The source, its members if it is an ensemble, and the targets of one set."""
+    members = plan.ensemble_members(w.source) if plan.is_ensemble(w.source) else []
+    return [w.source, *members, *plan.targets_for(config, w.data_task)]
+
+
+def ensemble_settings(name):
+    """What an ensemble job reads: its members, their shared task and image size."""
+    facts = plan.source_facts(config, name)
     return {
-        m: {
-            k: config["models"][m].get(k, "none")
-            for k in ("arch", "task", "pretrained", "seed")
-        }
-        for m in sorted(names)
+        "members": facts["members"],
+        "task": facts["task"],
+        "arch": facts["arch"],
+        "image_size": int(config["data"]["image_size"]),
     }
+
+
+def model_facts(names):
+    """What the evaluation reads of each source's and target's settings (relations.factors)."""
+    return {m: plan.source_facts(config, m) for m in sorted(names)}

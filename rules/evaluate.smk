@@ -67,7 +67,7 @@ rule evaluate:
         **cpu_resources(),
     params:
         targets=lambda w: plan.targets_for(config, w.data_task),
-        models=lambda w: model_facts({w.source, *plan.targets_for(config, w.data_task)}),
+        models=lambda w: model_facts(evaluated_models(w)),
         n_bootstrap=config["evaluation"]["n_bootstrap"],
         confidence=config["evaluation"]["confidence"],
         seed=config["evaluation"]["seed"],

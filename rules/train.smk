@@ -22,3 +22,39 @@ rule train:
         code=code("train"),
     script:
         script_path("train")
+
+
+# An ensemble source (a list of models in a grid entry's sources): the members' averaged
+# logits saved as one checkpoint with its own threshold, so it is attacked like any model.
+rule ensemble:
+    input:
+        models=lambda w: [
+            P.MODEL.format(model=m) for m in plan.ensemble_members(w.ensemble)
+        ],
+        metrics=lambda w: [
+            P.MODEL_METRICS.format(model=m) for m in plan.ensemble_members(w.ensemble)
+        ],
+        patients=lambda w: [
+            P.MODEL_PATIENTS.format(model=m) for m in plan.ensemble_members(w.ensemble)
+        ],
+        val=lambda w: shards(plan.source_task(config, w.ensemble), "val"),
+        test=lambda w: shards(plan.source_task(config, w.ensemble), "test"),
+    output:
+        model=P.MODEL.format(model="{ensemble}"),
+        metrics=P.MODEL_METRICS.format(model="{ensemble}"),
+        history=P.MODEL_HISTORY.format(model="{ensemble}"),
+        patients=P.MODEL_PATIENTS.format(model="{ensemble}"),
+    log:
+        P.log("ensemble", "{ensemble}"),
+    benchmark:
+        P.benchmark("ensemble", "{ensemble}")
+    conda:
+        "../envs/tensorflow.yaml"
+    threads: TF_THREADS
+    resources:
+        **gpu_resources("predict_runtime"),
+    params:
+        settings=lambda w: plan.canon(ensemble_settings(w.ensemble)),
+        code=code("ensemble"),
+    script:
+        script_path("ensemble")

@@ -539,3 +539,62 @@ def test_rejected_images_are_listed_when_the_manifest_fails(root, download, tmp_
     assert len(listed) > 0 and set(listed["reason"]) == {"zero-byte file"}
     log = (wd / "results" / "logs" / "manifest" / "pneumothorax.log").read_text()
     assert "rejected images listed in" in log and "Traceback" not in log
+
+
+def test_ensemble_and_universal_sets_add_only_their_own_jobs(root, run, tmp_path):
+    """On a copy of the finished run: an ensemble source and a Pneumothorax model's universal
+    perturbation applied to Cardiomegaly images add only their own jobs, run end to end, and
+    show up in the tables with what they are."""
+    wd = tmp_path / "copy"
+    shutil.copytree(run, wd, symlinks=True)
+    cfg = _config(wd)
+    ens = ["pneumothorax_small_s2", "pneumothorax_small"]
+    cfg["attacks"]["uap"] = {"method": "uap", "split": "val", "epochs": 2, "step_fraction": 0.25}
+    for g in cfg["grid"]:
+        g["attacks"] = ["pgd"]  # the existing sets, unchanged
+    cfg["grid"] += [
+        {"sources": [ens], "data_task": "own", "attacks": ["pgd"]},
+        {"sources": ["pneumothorax_small"], "data_task": "cardiomegaly", "attacks": ["uap"]},
+    ]
+    name = _write(wd, cfg, "extended.yaml")
+    assert planned(root, wd, name) == {
+        "ensemble": 1,
+        "uap": 1,
+        "attack": 2,
+        "predict_adv": 3,  # the ensemble's set on 2 pneumothorax targets, the UAP's on 1
+        "evaluate": 2,
+        "tables": 1,
+        "plot_heatmap": 3,  # the 2 of the run (read the new table) + cardiomegaly/uap
+        "plot_auroc": 4,  # likewise 3 + cardiomegaly/uap for its 1 target
+        "study_config": 1,
+        "all": 1,
+    }
+    snakemake(root, wd, configfile=name)
+    r = wd / "results"
+    joined = "+".join(ens)
+    m = json.loads((r / "models" / joined / "metrics.json").read_text())
+    assert m["members"] == ens and 0 < m["threshold"] < 1 and m["val"]["auc"] > 0.6
+    uap = r / "uap" / "pneumothorax_small" / "uap" / "eps8.h5"
+    with h5py.File(uap) as f:
+        assert f.attrs["split"] == "val" and np.abs(f["delta"][()]).max() <= 8
+    df = pd.read_csv(r / "tables" / "transfer.csv")
+    real = df[~df["attack"].str.endswith("__shuffled")]
+    e = real[real["source"] == joined].set_index("target")
+    assert set(e.index) == set(ens) and (e["relation"] == "ensemble with the target").all()
+    assert "pneumothorax_small: white-box" in e.loc["pneumothorax_small", "member_relations"]
+    assert "pneumothorax_small_s2: surrogate" in e.loc["pneumothorax_small", "member_relations"]
+    u = real[real["attack"] == "uap"].iloc[0]
+    assert u["relation"] == "cross-task" and u["target"] == "cardiomegaly_small"
+    assert 0 <= u["flip_rate"] <= 1 and u["mean_linf"] <= 8 / 255 + 1e-6
+    assert "flip rate" in (r / "tables" / "summary.md").read_text()
+    # verify knows the new products, and a second plan has nothing to do
+    env = {**os.environ, "PYTHONPATH": str(root / "workflow_scripts")}
+    v = subprocess.run(
+        [sys.executable, "-m", "cxrtransfer.verify", "results"],
+        cwd=wd,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert v.returncode == 0, v.stdout + v.stderr
+    assert planned(root, wd, name) == {}

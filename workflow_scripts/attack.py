@@ -24,6 +24,7 @@ def main(sm):
         batch_size=p.batch_size,
         source_model=w.source,
         data_task=w.data_task,
+        uap_path=sm.input.get("uap"),
     )
 
 

@@ -42,6 +42,7 @@ def attack_set(
     data_task: str,
     control_dir=None,
     after_shard=None,
+    uap_path=None,
 ) -> list[str]:
     """Attack every shard of a test set with one loaded source model: one cache per shard in
     ``out_dir`` (and its noise control in ``control_dir``), named like the shard.
@@ -50,12 +51,19 @@ def attack_set(
     ``stamp`` (everything the result depends on: the job's settings and code version) and the
     checkpoint and shard hashes; a rerun of a killed job reuses exactly the finished shards
     whose stamp matches and redoes the rest. ``after_shard(i)`` is called after each shard
-    (tests use it to kill the job). Returns the cache names."""
-    from .attacks import spec_from_config
+    (tests use it to kill the job). ``uap_path``: for a universal attack (method uap), the
+    source's stored perturbation, added to every image instead of attacking each. Returns the
+    cache names."""
     from .models import load_checkpoint
 
-    spec = spec_from_config(attack_cfg, eps)  # validates before any model is loaded
+    spec = _spec(attack_cfg, eps)  # validates before any model is loaded
     record = model_record(model_path, metrics_path)
+    uap = None
+    if uap_path is not None:
+        from .uap import read_uap, uap_record
+
+        uap = (read_uap(uap_path, record["sha256"])[0], uap_record(uap_path))
+        stamp = {**stamp, "uap_sha256": uap[1]["uap_sha256"]}
     settings = dict(
         attack_name=attack_name,
         eps=eps,
@@ -88,7 +96,8 @@ def attack_set(
                 out_path=cache,
                 control_path=control if control_dir is not None else None,
                 control_of=Path(out_dir) / name,
-                extra_attrs={"job_stamp": job_stamp},
+                extra_attrs={"job_stamp": job_stamp, **(uap[1] if uap else {})},
+                uap=uap[0] if uap else None,
                 **settings,
             )
         done.append(name)
@@ -103,6 +112,18 @@ def attack_set(
             os.replace(work_dir / sub / name, Path(dest) / name)
     shutil.rmtree(work_dir, ignore_errors=True)
     return done
+
+
+def _spec(attack_cfg: dict, eps: float):
+    """The attack's validated settings: a universal perturbation's or a per-image attack's."""
+    from .attacks import spec_from_config
+    from .uap import is_uap, uap_spec_from_config
+
+    return (
+        uap_spec_from_config(attack_cfg, eps)
+        if is_uap(attack_cfg)
+        else spec_from_config(attack_cfg, eps)
+    )
 
 
 def _finished(path: Path, job_stamp: str) -> bool:
@@ -165,10 +186,12 @@ def _attack_with_control(
     control_path,
     control_of=None,
     extra_attrs: dict | None = None,
+    uap=None,
     **settings,
 ) -> dict:
-    """Attack one shard with a loaded model and, with ``control_path``, write its noise
-    control (``control_of``: the path the cache is published under, if not ``out_path``)."""
+    """Attack one shard with a loaded model (or add the universal perturbation ``uap``) and,
+    with ``control_path``, write its noise control (``control_of``: the path the cache is
+    published under, if not ``out_path``)."""
     out = _attack_loaded(
         model,
         record,
@@ -176,6 +199,7 @@ def _attack_with_control(
         shard_path=shard_path,
         out_path=out_path,
         extra_attrs=extra_attrs,
+        uap=uap,
         **settings,
     )
     if control_path is not None:
@@ -206,6 +230,7 @@ def _attack_loaded(
     source_model: str,
     data_task: str,
     extra_attrs: dict | None = None,
+    uap=None,
 ) -> dict:
     from .attacks import make_attack, run_attack_batches
     from .shards import read_shard
@@ -223,16 +248,19 @@ def _attack_loaded(
         source_model,
     )
     progress = Progress(n, f"attack {attack_name} eps {eps:g}", every_seconds=30)
-    result = run_attack_batches(
-        model,
-        make_attack(model, spec),
-        shard["images"],
-        shard["labels"],
-        spec,
-        batch_size,
-        progress,
-        stream=(source_model, data_task, Path(shard_path).stem),
-    )
+    if uap is not None:
+        result = _apply_universal(model, shard["images"], uap, batch_size, progress)
+    else:
+        result = run_attack_batches(
+            model,
+            make_attack(model, spec),
+            shard["images"],
+            shard["labels"],
+            spec,
+            batch_size,
+            progress,
+            stream=(source_model, data_task, Path(shard_path).stem),
+        )
     adv = result["adv_u8"]
     max_linf, max_l2 = check_budget(shard["images"], adv, spec.norm, spec.eps, out_path)
     y = shard["labels"]
@@ -282,6 +310,24 @@ def _attack_loaded(
         max_l2,
     )
     return {"n": n, "fooled": fooled, "unfooled_by_quantisation": unfooled}
+
+
+def _apply_universal(model, images_u8, delta, batch_size: int, progress) -> dict:
+    """The images with the universal perturbation added (exact in uint8) and the source's
+    probabilities on both (the stored images are the attack's output: nothing to quantise)."""
+    from .inference import predict_probs
+    from .uap import apply_uap
+
+    adv = apply_uap(images_u8, delta)
+    clean_prob = predict_probs(model, images_u8, batch_size)
+    adv_prob = predict_probs(model, adv, batch_size)
+    progress.update(len(adv))
+    return {
+        "adv_u8": adv,
+        "clean_prob": clean_prob,
+        "adv_prob": adv_prob,
+        "adv_prob_float": adv_prob,
+    }
 
 
 def control_shard(

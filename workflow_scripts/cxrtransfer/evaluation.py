@@ -80,6 +80,10 @@ def evaluate_adv_set(
         f = factors(
             source, target, models[source], models[target], patients[source], patients[target]
         )
+        members = list(models[source].get("members", []))
+        rel = relation(f, models[source]["task"], data_task)
+        if target in members and rel != "cross-task":
+            rel = "ensemble with the target"
         cells.append(
             {
                 "source": source,
@@ -87,7 +91,11 @@ def evaluate_adv_set(
                 "data_task": data_task,
                 "attack": attack,
                 "eps": float(eps_label),
-                "relation": relation(f, models[source]["task"], data_task),
+                "relation": rel,
+                # an ensemble source: each member's own relation to the target
+                "member_relations": "; ".join(
+                    f"{m}: {_relation(m, target, data_task, models, patients)}" for m in members
+                ),
                 "source_arch": models[source]["arch"],
                 "target_arch": models[target]["arch"],
                 **f,
@@ -95,6 +103,11 @@ def evaluate_adv_set(
             }
         )
     return cells
+
+
+def _relation(source, target, data_task, models, patients) -> str:
+    f = factors(source, target, models[source], models[target], patients[source], patients[target])
+    return relation(f, models[source]["task"], data_task)
 
 
 def nan_to_none(obj):

@@ -211,3 +211,48 @@ def check_contract(model, path, image_size: int | None = None) -> None:
             f"Model '{path}' expects {shape[1]}x{shape[2]} images but data.image_size is "
             f"{image_size}: retrain it (changing data.image_size reruns training) or fix the config."
         )
+
+
+def build_ensemble(members: list, names: list[str], image_size: int | None = None):
+    """One model from several checkpoints: the softmax of their averaged logits (Liu et al.
+    2017), built from standard Keras layers so it saves and loads like any checkpoint and
+    follows the model contract.
+
+    Each member's final layer must be the 2-unit softmax Dense of ``build_model``; its logits
+    are that layer's input through a linear copy of it. Members must see the same input size.
+    """
+    import keras
+
+    shapes = {n: tuple(m.input_shape) for n, m in zip(names, members, strict=True)}
+    if len(set(shapes.values())) > 1:
+        raise WorkflowError(
+            f"The ensemble {'+'.join(names)} has members with different input sizes {shapes}; "
+            "its members must see the same pixels (retrain them at one data.image_size)."
+        )
+    shape = next(iter(shapes.values()))
+    if image_size is not None and shape[1:3] != (image_size, image_size):
+        raise WorkflowError(
+            f"The ensemble {'+'.join(names)} members expect {shape[1]}x{shape[2]} images but "
+            f"data.image_size is {image_size}: retrain them."
+        )
+    inputs = keras.Input(shape[1:], dtype="float32", name="pixels")
+    logits = []
+    for i, (name, m) in enumerate(zip(names, members, strict=True)):
+        last = m.layers[-1]
+        if not (
+            isinstance(last, keras.layers.Dense)
+            and last.units == 2
+            and last.activation is keras.activations.softmax
+        ):
+            raise WorkflowError(
+                f"Ensemble member {name}: its last layer is {type(last).__name__}, not the "
+                "2-class softmax Dense of cxrtransfer.models.build_model, so its logits are "
+                "unknown."
+            )
+        body = keras.Model(m.inputs, last.input, name=f"member{i}")
+        head = keras.layers.Dense(2, name=f"member{i}_logits", dtype="float32")
+        logits.append(head(body(inputs)))
+        head.set_weights(last.get_weights())
+    mean = keras.layers.Average(name="mean_logits")(logits)
+    probs = keras.layers.Activation("softmax", name="probs", dtype="float32")(mean)
+    return keras.Model(inputs, probs, name="ensemble")

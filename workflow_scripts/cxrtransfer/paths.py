@@ -24,6 +24,9 @@ ADV_SET = "{source}/{data_task}/{attack}/eps{eps}"
 ATTACK_DIR = f"{RESULTS}/attacks/{ADV_SET}"
 ATTACK = f"{ATTACK_DIR}/{{shard}}.h5"
 ATTACK_WORK = f"{RESULTS}/attacks/.work/{ADV_SET}"
+# A universal perturbation (attack method uap): one per (source, attack, eps), crafted on the
+# source's training or validation images, applied to any data task's test set by rule attack.
+UAP = f"{RESULTS}/uap/{{source}}/{{attack}}/eps{{eps}}.h5"
 # One prediction file per (target, clean test set) and per (target, adversarial set): the rows
 # of all test shards in shard order (one job predicts a whole set, see rules/evaluate.smk).
 PRED_CLEAN = f"{RESULTS}/predictions/{{target}}/clean/{{data_task}}.csv"

@@ -15,6 +15,7 @@ from pathlib import Path
 from . import WorkflowError
 from . import paths as P
 from .attacks import spec_from_config
+from .uap import is_uap, uap_spec_from_config
 
 # keras.applications model names (Keras 3); checked without importing TensorFlow. A test ties
 # this list to keras.applications.
@@ -55,6 +56,58 @@ class AdvSet:
     def path(self) -> str:
         """``{source}/{data_task}/{attack}/eps{eps}`` (the set's part of every path)."""
         return P.ADV_SET.format(**self.__dict__)
+
+
+# ----------------------------------------------------------------------------------------------
+# Sources: a model, or an ensemble of models (a list in a grid entry's sources)
+# ----------------------------------------------------------------------------------------------
+
+ENSEMBLE_SEP = "+"  # an ensemble is named by its members joined (model names cannot hold it)
+MODEL_FACTS = ("arch", "task", "pretrained", "seed")
+
+
+def ensemble_name(members) -> str:
+    return ENSEMBLE_SEP.join(members)
+
+
+def ensemble_members(name: str) -> list[str]:
+    """The members of an ensemble source (a model's name gives ``[name]``)."""
+    return name.split(ENSEMBLE_SEP)
+
+
+def is_ensemble(name: str) -> bool:
+    return ENSEMBLE_SEP in name
+
+
+def grid_sources(config: dict, entry: dict) -> list[str]:
+    """Source names of a grid entry: models by name, ensembles as their members joined."""
+    if entry["sources"] == "all":
+        return list(config["models"])
+    return [s if isinstance(s, str) else ensemble_name(s) for s in entry["sources"]]
+
+
+def ensembles(config: dict) -> list[str]:
+    """Every ensemble source of the grid (names), in grid order."""
+    out = {s: None for g in config["grid"] for s in grid_sources(config, g) if is_ensemble(s)}
+    return list(out)
+
+
+def source_facts(config: dict, name: str) -> dict:
+    """A source's recorded settings (``MODEL_FACTS``): a model's own; an ensemble's are its
+    members' joined with ``+`` (it is "same architecture" as a target only if every member
+    is; see relations), with ``members``."""
+    members = ensemble_members(name)
+    facts = [{k: str(config["models"][m].get(k, "none")) for k in MODEL_FACTS} for m in members]
+    if len(members) == 1:
+        return {k: config["models"][name].get(k, "none") for k in MODEL_FACTS}
+    out = {k: ENSEMBLE_SEP.join(f[k] for f in facts) for k in MODEL_FACTS}
+    out["task"] = facts[0]["task"]  # members share a task (checked)
+    out["members"] = members
+    return out
+
+
+def source_task(config: dict, name: str) -> str:
+    return config["models"][ensemble_members(name)[0]]["task"]
 
 
 def attack_norm(config: dict, attack: str) -> str:
@@ -118,10 +171,11 @@ def _check_attacks(config: dict) -> None:
                 f"attacks.{name} is an L2 attack but eps_l2 is empty: give its budgets as "
                 "eps_l2 (L2 norm of the perturbation in [0, 1] pixel units, e.g. [0.5, 1, 2])."
             )
-        # the one validation of an attack's settings: the AttackSpec every attack job builds
+        # the one validation of an attack's settings: the spec every attack job builds
+        build = uap_spec_from_config if is_uap(a) else spec_from_config
         for e in grid:
             try:
-                spec_from_config(a, e)
+                build(a, e)
             except WorkflowError as err:
                 raise WorkflowError(f"attacks.{name} (at eps {e:g}): {err}") from None
 
@@ -131,11 +185,13 @@ def _check_grid(config: dict) -> None:
     for i, g in enumerate(config["grid"]):
         srcs = g["sources"]
         if srcs != "all":
-            bad = [s for s in srcs if s not in models]
+            bad = [s for s in srcs if isinstance(s, str) and s not in models]
             if bad:
                 raise WorkflowError(
                     f"grid[{i}].sources: unknown model(s) {bad}; configured: {sorted(models)}."
                 )
+            for members in (s for s in srcs if not isinstance(s, str)):
+                _check_ensemble(config, f"grid[{i}].sources", members)
         if g["data_task"] != "own" and g["data_task"] not in tasks:
             raise WorkflowError(
                 f"grid[{i}].data_task: '{g['data_task']}' is neither 'own' nor a task "
@@ -148,7 +204,41 @@ def _check_grid(config: dict) -> None:
                 raise WorkflowError(
                     f"grid[{i}].attacks: unknown attack(s) {bad}; configured: {sorted(attacks)}."
                 )
+        if "eps" in g:
+            names = list(attacks) if atk == "all" else atk
+            known = {eps_label(e) for a in names for e in eps_grid(config, a)}
+            bad = [e for e in g["eps"] if eps_label(e) not in known]
+            if bad:
+                raise WorkflowError(
+                    f"grid[{i}].eps: {bad} is not a budget of its attacks ({sorted(known)}); "
+                    "a grid entry's eps picks budgets from eps (or eps_l2)."
+                )
     _refuse_targeted_twins(config)
+
+
+def _check_ensemble(config: dict, key: str, members: list) -> None:
+    models = config["models"]
+    name = ensemble_name(members)
+    if len(members) < 2:
+        raise WorkflowError(
+            f"{key}: the ensemble {members} has {len(members)} member; an ensemble needs at "
+            "least two models (give a single model by its name, not as a list)."
+        )
+    if len(set(members)) != len(members):
+        raise WorkflowError(f"{key}: the ensemble {members} names a model twice.")
+    bad = [m for m in members if m not in models]
+    if bad:
+        raise WorkflowError(
+            f"{key}: ensemble {name}: unknown model(s) {bad}; configured: {sorted(models)}."
+        )
+    tasks = sorted({models[m]["task"] for m in members})
+    if len(tasks) > 1:
+        raise WorkflowError(
+            f"{key}: ensemble {name} mixes models of the tasks {tasks}; its members must "
+            "detect the same finding (their averaged logits are one classifier)."
+        )
+    # Every model sees data.image_size pixels, so members cannot differ in input size here;
+    # the ensemble job checks the loaded checkpoints' input shapes (models.build_ensemble).
 
 
 def _refuse_targeted_twins(config: dict) -> None:
@@ -176,6 +266,16 @@ def _refuse_targeted_twins(config: dict) -> None:
             seen[key] = name
 
 
+def entry_eps(config: dict, entry: dict, attack: str) -> list[float]:
+    """The budgets a grid entry runs an attack at: the attack's budgets (``eps`` or
+    ``eps_l2``), or those of them the entry's own ``eps`` list names."""
+    grid = eps_grid(config, attack)
+    if "eps" not in entry:
+        return grid
+    wanted = {eps_label(e) for e in entry["eps"]}
+    return [e for e in grid if eps_label(e) in wanted]
+
+
 def adversarial_sets(config: dict, controls: bool | None = None) -> list[AdvSet]:
     """Every (source, data task, attack, eps) the grid asks for, without duplicates; with the
     noise control of each set (``noise_control`` in the config) right after it."""
@@ -183,16 +283,20 @@ def adversarial_sets(config: dict, controls: bool | None = None) -> list[AdvSet]
         controls = bool(config.get("noise_control", True))
     out: dict[AdvSet, None] = {}
     for g in config["grid"]:
-        srcs = list(config["models"]) if g["sources"] == "all" else g["sources"]
         atks = list(config["attacks"]) if g.get("attacks", "all") == "all" else g["attacks"]
-        for s in srcs:
-            task = config["models"][s]["task"] if g["data_task"] == "own" else g["data_task"]
+        for s in grid_sources(config, g):
+            task = source_task(config, s) if g["data_task"] == "own" else g["data_task"]
             for a in atks:
-                for e in eps_grid(config, a):
+                for e in entry_eps(config, g, a):
                     out[AdvSet(s, task, a, eps_label(e))] = None
                     if controls:
                         out[AdvSet(s, task, a + P.CONTROL_SUFFIX, eps_label(e))] = None
     return list(out)
+
+
+def universal_attacks(config: dict) -> list[str]:
+    """Attacks of method uap (one perturbation per source, crafted by the rule uap)."""
+    return [n for n, a in config["attacks"].items() if is_uap(a)]
 
 
 def targets_for(config: dict, data_task: str) -> list[str]:
@@ -224,12 +328,12 @@ def closeness(config: dict, source: str, target: str, data_task: str) -> int:
     """Sort key of a cell for choosing plots: white-box, same architecture, other
     architecture, other task. Only an order from the config; the published relation is
     measured (see ``relations``)."""
-    m = config["models"]
     if source == target:
         return 0
-    if m[source]["task"] != data_task:
+    src = source_facts(config, source)
+    if src["task"] != data_task:
         return 3
-    return 1 if m[source]["arch"] == m[target]["arch"] else 2
+    return 1 if src["arch"] == config["models"][target]["arch"] else 2
 
 
 def chosen_cells(config: dict) -> list[tuple[AdvSet, str]]:
@@ -267,7 +371,7 @@ def final_outputs(config: dict) -> list[str]:
     """What the default target builds (shard summaries, models, tables, plots, config)."""
     return [
         *[P.SHARD_SUMMARY.format(task=t) for t in config["tasks"]],
-        *[P.MODEL.format(model=m) for m in config["models"]],
+        *[P.MODEL.format(model=m) for m in [*config["models"], *ensembles(config)]],
         P.TRANSFER_TABLE,
         P.SUMMARY,
         P.STUDY_CONFIG,

@@ -13,6 +13,7 @@ from . import WorkflowError
 # Plot and summary order: strongest expected attack first.
 RELATIONS = (
     "white-box",
+    "ensemble with the target",
     "same-data surrogate",
     "overlapping-data surrogate",
     "surrogate",
@@ -66,7 +67,8 @@ def factors(
         "same_arch": source_settings["arch"] == target_settings["arch"],
         "same_pretraining": source_settings["pretrained"] == target_settings["pretrained"],
         "same_task": source_settings["task"] == target_settings["task"],
-        "same_seed": int(source_settings["seed"]) == int(target_settings["seed"]),
+        # an ensemble's seed is its members' joined (e.g. "2+3"): compared as text
+        "same_seed": str(source_settings["seed"]) == str(target_settings["seed"]),
         "patient_overlap": len(source_patients & target_patients) / len(target_patients),
     }
 

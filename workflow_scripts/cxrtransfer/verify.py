@@ -39,10 +39,11 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from . import SPLITS
+from . import SPLITS, WorkflowError
 from . import paths as P
 from .attack_cache import DATASETS as _CACHE_DATASETS
 from .ingest import MANIFEST_COLUMNS
+from .plan import ENSEMBLE_SEP
 from .predictions import ADV_COLUMNS as ADV_PRED_COLUMNS
 from .predictions import CLEAN_COLUMNS as CLEAN_PRED_COLUMNS
 from .utils import file_sha256
@@ -70,6 +71,7 @@ KINDS = (
     "shard",
     "shard_summary",
     "model",
+    "uap",
     "attack",
     "clean_prediction",
     "adv_prediction",
@@ -121,6 +123,7 @@ FILE_KINDS = (
     ("shard", P.SHARD, {}),
     ("shard_summary", P.SHARD_SUMMARY, {}),
     ("shard_summary", P.SHARD_REJECTED, {}),
+    ("uap", P.UAP, {}),
     ("attack", P.ATTACK, {}),
     ("clean_prediction", P.PRED_CLEAN, {}),
     ("adv_prediction", P.PRED_ADV, {}),
@@ -349,6 +352,18 @@ def check_model(model_dir: Path) -> None:
         read_csv_checked(model_dir / "history.csv")
     except Bad as e:
         raise Bad(f"history.csv: {e}") from None
+
+
+@_reason
+def check_uap(path: Path, source_sha256: str | None) -> None:
+    """A universal perturbation: readable, within its budget, crafted on the source's current
+    checkpoint."""
+    from .uap import read_uap
+
+    try:
+        read_uap(path, source_sha256)
+    except WorkflowError as e:
+        raise Bad(str(e).split(" Run `python -m")[0]) from None
 
 
 def resolve_clean_shard(attr: str, results: Path) -> Path:
@@ -588,12 +603,16 @@ def children(p: Product, ix: Index) -> set[Product]:
     if k == "model":
         m = p["model"]
         task = ix.model_tasks.get(m)
-        out = sel("attack", source=m) | sel("clean_prediction", target=m)
+        out = sel("attack", source=m) | sel("clean_prediction", target=m) | sel("uap", source=m)
+        # an ensemble source is made from its members' checkpoints
+        out |= {e for e in sel("model") if m in e["model"].split(ENSEMBLE_SEP) and e != p}
         out |= sel("adv_prediction", target=m) | sel("adv_prediction", source=m)
         out |= sel("set", source=m)
         # targets of a set are all models of its data task; unknown task: every set
         out |= sel("set", data_task=task) if task else sel("set")
         return out
+    if k == "uap":  # applied to any data task's test images by the attack jobs
+        return sel("attack", source=p["source"], attack=p["attack"], eps=p["eps"])
     if k == "attack":
         keys = {f: p[f] for f in ("source", "data_task", "attack", "eps")}
         out = sel("adv_prediction", **keys) | sel("set", **keys)
@@ -751,6 +770,8 @@ def check_product(p: Product, results: Path, cache: dict, ix: Index | None = Non
         return check_csv(p.path)
     if k == "model":
         return check_model(p.path)
+    if k == "uap":
+        return check_uap(p.path, sha(p["source"]))
     if k == "attack":
         fallback = results / "shards" / p["data_task"] / "test" / f"{p['shard']}.h5"
         try:
