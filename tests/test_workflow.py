@@ -590,7 +590,7 @@ def test_ensemble_and_universal_sets_add_only_their_own_jobs(root, run, tmp_path
     # verify knows the new products, and a second plan has nothing to do
     env = {**os.environ, "PYTHONPATH": str(root / "workflow_scripts")}
     v = subprocess.run(
-        [sys.executable, "-m", "cxrtransfer.verify", "results"],
+        [sys.executable, "-m", "cxrtransfer.verify", "--results", "results"],
         cwd=wd,
         env=env,
         capture_output=True,
