@@ -551,10 +551,12 @@ def make_attack(model, spec: AttackSpec, jit_compile: bool = False) -> Callable:
     this call's random stream (random starts, DI uniforms, VMI neighbours; None:
     ``spec.stream_seed()``). Traced once for any batch size and seed (``attack.graph`` is the
     ``tf.function``). Random starts and DI uniforms are drawn outside the (optionally
-    XLA-compiled) loop with stateless Philox ops (``attack_draws``); VMI neighbours inside it,
-    one at a time, with stateless Philox ops from per-sample seeds drawn outside
-    (``variance_seeds``). So a call is a pure function of (x, y, seed) with and without
-    ``jit_compile``; restarts draw distinct numbers (leading restarts axis).
+    XLA-compiled) loop with stateless Philox ops (``attack_draws``); VMI neighbours inside the
+    loop, one at a time, with stateless Philox ops from per-sample seeds drawn outside
+    (``variance_seeds``). XLA's Philox kernels give other numbers than TensorFlow's, so with
+    VMI ``jit_compile`` compiles each gradient evaluation instead of the whole loop and the
+    neighbours are drawn outside XLA. So a call is a pure function of (x, y, seed), the same
+    with and without ``jit_compile``; restarts draw distinct numbers (leading restarts axis).
 
     One step from x_t (eps ball projection and [0, 1] clipping as PGD):
 
@@ -609,13 +611,18 @@ def make_attack(model, spec: AttackSpec, jit_compile: bool = False) -> Callable:
             total += one(j0 + s, factor)
         return total / m
 
+    # XLA would draw other neighbours (its Philox differs): compile the gradients, not the loop
+    compile_gradients = jit_compile and nv > 0
+    if compile_gradients:
+        gradient = tf.function(gradient, jit_compile=True)
+
     def run(x, target, d0, u, vs):
         x_adv = tf.clip_by_value(x + clip_eta(d0, norm, eps), 0.0, 1.0) if spec.random_start else x
         g = tf.zeros_like(x)
         v = tf.zeros_like(x)
         for i in tf.range(steps):
             p = x_adv + (ascent * mu) * g if nes else x_adv
-            grad = gradient(p, target, u[i], 0)
+            grad = gradient(p, target, u[i], tf.constant(0))
             if nv > 0:
                 around = tf.zeros_like(x)
                 for j in tf.range(nv):
@@ -646,7 +653,7 @@ def make_attack(model, spec: AttackSpec, jit_compile: bool = False) -> Callable:
             best_loss = tf.where(better, loss, best_loss)
         return best
 
-    if jit_compile:
+    if jit_compile and not compile_gradients:
         loop = tf.function(loop, jit_compile=True)
 
     @tf.function(
