@@ -852,6 +852,7 @@ def test_ti_smooths_the_perturbation(trained):
         (dict(ti_kernel=4), "ti_kernel"),
         (dict(ti_kernel=-1), "ti_kernel"),
         (dict(scales=0), "scales"),
+        (dict(scales=17), "scales"),
         (dict(nesterov=True), "nesterov.*momentum"),
         (dict(nesterov=True, momentum=1.0, norm="l2", eps=1.0, step=0.25), "nesterov.*linf"),
         (dict(variance_samples=-1), "variance_samples"),

@@ -159,10 +159,10 @@ class AttackSpec:
                 f"ti_kernel must be 0 or 1 (off) or an odd kernel size >= 3 (TI-FGSM's Gaussian "
                 f"kernel is centred on a pixel), got {self.ti_kernel}."
             )
-        if self.scales < 1:
+        if not 1 <= self.scales <= 16:
             raise WorkflowError(
-                f"scales must be >= 1 (SI-FGSM copies x / 2^i, i < scales; 1 = off), "
-                f"got {self.scales}."
+                f"scales must be in 1..16 (SI-FGSM copies x / 2^i, i < scales; 1 = off, the "
+                f"paper 5; x / 2^16 is already black), got {self.scales}."
             )
         if self.nesterov and not self.momentum > 0:
             raise WorkflowError(
