@@ -5,6 +5,12 @@ per-step GradientTape loop, ART's ProjectedGradientDescent, and the bound: one f
 pass w.r.t. the input in a tf.function, timed per step. Optionally the compiled PGD and the bound
 under a Keras mixed-precision policy.
 
+Also (unless --no-transfer) the transfer attacks at the papers' settings and the same steps, eps
+and step as PGD, in the same round-robin: TI-FGSM (--ti-kernel), SI-NI-FGSM (momentum 1,
+Nesterov, --si-scales copies) and VMI-FGSM (momentum 1, --vmi-samples neighbours, --vmi-bound),
+reported as cost per image relative to PGD. Expected: TI ~1x, SI with m scales ~m x, VMI with
+N samples ~(N + 1) x (their loss gradients per step).
+
     .venv/bin/python benchmarks/bench_attacks.py --image-size 64 --batch 16 --steps 5 --json out.json
 """
 
@@ -33,6 +39,11 @@ def parse_args(argv=None):
     p.add_argument("--no-art", action="store_true", help="skip ART")
     p.add_argument("--no-mixed", action="store_true", help="skip the mixed-precision variant")
     p.add_argument("--mixed-policy", default="mixed_bfloat16", help="Keras dtype policy to try")
+    p.add_argument("--no-transfer", action="store_true", help="skip TI, SI-NI and VMI")
+    p.add_argument("--ti-kernel", type=int, default=7, help="TI kernel (paper 15 at 299 px)")
+    p.add_argument("--si-scales", type=int, default=5, help="SI copies m (paper 5)")
+    p.add_argument("--vmi-samples", type=int, default=20, help="VMI neighbours N (paper 20)")
+    p.add_argument("--vmi-bound", type=float, default=1.5, help="VMI beta (paper 1.5)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     return p.parse_args(argv)
 
@@ -94,6 +105,30 @@ def main(argv=None) -> int:
     if not args.no_xla:
         ours_xla = make_attack(model, spec, jit_compile=True)
         methods["ours_xla"] = lambda: ours_xla(x, y).numpy()
+
+    # (a') the transfer attacks, same eps / step / steps as PGD
+    transfer = {}
+    if not args.no_transfer:
+        base = dict(method="pgd", norm="linf", eps=spec.eps, step=spec.step, steps=steps)
+        transfer = {
+            "ti": AttackSpec(**base, ti_kernel=args.ti_kernel),
+            "si_ni": AttackSpec(**base, momentum=1.0, nesterov=True, scales=args.si_scales),
+            "vmi": AttackSpec(
+                **base,
+                momentum=1.0,
+                variance_samples=args.vmi_samples,
+                variance_bound=args.vmi_bound,
+            ),
+        }
+
+        def timed(fn):
+            def call():
+                fn(x, y).numpy()  # returns None: outputs differ from PGD's by design
+
+            return call
+
+        for name, tspec in transfer.items():
+            methods[name] = timed(make_attack(model, tspec))
 
     # (c) eager per-step loop
     def eager():
@@ -184,6 +219,13 @@ def main(argv=None) -> int:
     mp_name = f"ours_{args.mixed_policy}"
     if mp_name in results:
         ratios[f"{mp_name}/ours"] = results[mp_name]["median"] / ref
+    transfer_rows = []
+    for name, tspec in transfer.items():
+        cost = ref / results[name]["median"]  # time per image relative to PGD, equal steps
+        expected = tspec.gradients_per_step
+        ratios[f"cost_{name}/pgd"] = cost
+        transfer_rows.append((name, tspec, cost, expected))
+        results[name]["gradients_per_step"] = expected
 
     print()
     print(
@@ -211,8 +253,30 @@ def main(argv=None) -> int:
         t = targets.get(k)
         verdict = "" if t is None else f" (target >= {t:g}: {'met' if v >= t else 'NOT met'})"
         print(f"- {k} = {v:.2f}{verdict}")
-    best = max(results, key=lambda k: results[k]["median"] if not k.startswith("bound") else -1)
-    print(f"- fastest attack variant on this machine: {best}")
+    pgd_names = [k for k in results if k not in transfer and not k.startswith("bound")]
+    best = max(pgd_names, key=lambda k: results[k]["median"])
+    print(f"- fastest PGD variant on this machine: {best}")
+    if transfer_rows:
+        print()
+        print(f"Transfer attacks against PGD (ours), {steps} steps each, eps {spec.eps:g}/255:")
+        print()
+        print(
+            "| attack | settings | gradients per step | image-steps/s (median) "
+            "| cost per image vs PGD | expected (gradients) | cost / expected |"
+        )
+        print("|---|---|---:|---:|---:|---:|---:|")
+        settings = {
+            "ti": f"ti_kernel {args.ti_kernel}",
+            "si_ni": f"momentum 1, nesterov, scales {args.si_scales}",
+            "vmi": f"momentum 1, variance_samples {args.vmi_samples}, "
+            f"variance_bound {args.vmi_bound:g}",
+        }
+        print(f"| pgd (ours) | - | 1 | {ref:.1f} | 1.00 | 1 | 1.00 |")
+        for name, _, cost, expected in transfer_rows:
+            print(
+                f"| {name} | {settings[name]} | {expected} | {results[name]['median']:.1f} "
+                f"| {cost:.2f} | {expected} | {cost / expected:.2f} |"
+            )
 
     if args.json:
         from cxrtransfer.utils import write_json
@@ -226,6 +290,7 @@ def main(argv=None) -> int:
                 "keras": keras.__version__,
                 "results": results,
                 "ratios": ratios,
+                "transfer_specs": {k: v.attrs() for k, v in transfer.items()},
             },
         )
     return 0

@@ -55,6 +55,14 @@ def test_defaults_are_filled(root, schema):
     validate(cfg, schema)
     assert cfg["evaluation"]["confidence"] == 0.95
     assert cfg["attacks"]["pgd"]["norm"] == "linf"
+    # the transfer-attack settings default to off
+    pgd = cfg["attacks"]["pgd"]
+    assert (pgd["ti_kernel"], pgd["scales"], pgd["nesterov"], pgd["variance_samples"]) == (
+        0,
+        1,
+        False,
+        0,
+    )
 
 
 @pytest.mark.parametrize(
@@ -66,6 +74,11 @@ def test_defaults_are_filled(root, schema):
         (lambda c: c.update(eps=[0]), "0"),
         (lambda c: c["tasks"].update(x={"label": "Pneumothrax"}), "Pneumothrax"),
         (lambda c: c["attacks"]["pgd"].update(method="cw"), "cw"),
+        (lambda c: c["attacks"]["pgd"].update(ti_kernel=-1), "ti_kernel"),
+        (lambda c: c["attacks"]["pgd"].update(scales=0), "scales"),
+        (lambda c: c["attacks"]["pgd"].update(nesterov="yes"), "yes"),
+        (lambda c: c["attacks"]["pgd"].update(variance_samples=2.5), "2.5"),
+        (lambda c: c["attacks"]["pgd"].update(variance_bound=0), "variance_bound"),
         (lambda c: c.update(unknown_key=1), "unknown_key"),
     ],
 )
@@ -98,7 +111,15 @@ def test_schema_rejects_typos(root, schema, mutate, match):
         (lambda c: c["grid"].append({"sources": "all", "data_task": "mass"}), "mass"),
         (
             lambda c: c["grid"].append({"sources": "all", "data_task": "own", "attacks": ["fgm"]}),
-            "fgm",
+            r"grid\[2\]\.attacks: unknown attack\(s\) \['fgm'\]",
+        ),
+        # transfer-attack settings: named by their key before any job runs
+        (lambda c: c["attacks"]["pgd"].update(ti_kernel=65), r"attacks\.pgd\.ti_kernel.*64"),
+        (lambda c: c["attacks"]["pgd"].update(ti_kernel=4), r"attacks\.pgd .*ti_kernel"),
+        (lambda c: c["attacks"]["pgd"].update(nesterov=True), r"attacks\.pgd .*nesterov"),
+        (
+            lambda c: c["attacks"]["pgd"].update(variance_samples=20, variance_bound=-1.0),
+            r"attacks\.pgd .*variance_bound",
         ),
     ],
 )
@@ -192,3 +213,40 @@ def test_fgsm_with_momentum_is_refused_by_the_attack_spec(root, schema):
     validate(cfg, schema)
     with pytest.raises(WorkflowError, match="attacks.fgsm.*need method: pgd"):
         plan.check_config(cfg, root)
+
+
+def test_transfer_attack_settings_pass_the_checks(root, schema):
+    """A config with TI, SI-NI and VMI attacks at the papers' settings is valid; a TI kernel as
+    large as the image is allowed, one pixel larger is not."""
+    cfg = yaml.safe_load((root / "config" / "test.yaml").read_text())
+    cfg["attacks"]["ti"] = {"method": "pgd", "ti_kernel": 7}
+    cfg["attacks"]["si_ni"] = {"method": "pgd", "momentum": 1.0, "nesterov": True, "scales": 5}
+    cfg["attacks"]["vmi"] = {"method": "pgd", "momentum": 1.0, "variance_samples": 20}
+    validate(cfg, schema)
+    plan.check_config(cfg, root)
+    assert cfg["attacks"]["vmi"]["variance_bound"] == 1.5  # the schema's default
+    assert {s.attack for s in plan.adversarial_sets(cfg, controls=False)} >= {"ti", "si_ni", "vmi"}
+    size = cfg["data"]["image_size"]
+    largest = size if size % 2 else size - 1  # the largest odd kernel <= the image
+    cfg["attacks"]["ti"]["ti_kernel"] = largest
+    plan.check_config(cfg, root)
+    cfg["attacks"]["ti"]["ti_kernel"] = largest + 2
+    with pytest.raises(WorkflowError, match=r"attacks\.ti\.ti_kernel"):
+        plan.check_config(cfg, root)
+
+
+def test_attack_schema_defaults_are_the_attack_spec_defaults(root):
+    """The schema's default of every AttackSpec setting is the dataclass default (off)."""
+    import dataclasses
+
+    from cxrtransfer.attacks import AttackSpec
+
+    schema = yaml.safe_load((root / "config" / "config.schema.yaml").read_text())
+    props = schema["properties"]["attacks"]["additionalProperties"]["properties"]
+    fields = {f.name: f.default for f in dataclasses.fields(AttackSpec)}
+    checked = 0
+    for key, p in props.items():
+        if "default" in p and key in fields:
+            assert p["default"] == fields[key], key
+            checked += 1
+    assert checked >= 14, checked

@@ -1,4 +1,5 @@
-"""White-box attacks (FGSM, PGD with L-inf / L2, targeted, restarts, MI-FGSM, DI-FGSM).
+"""White-box attacks (FGSM, PGD with L-inf / L2, targeted, restarts, and the transfer attacks
+MI-FGSM, DI-FGSM, TI-FGSM, SI-NI-FGSM and VMI-FGSM, combinable).
 
 Pure functions in the spirit of CleverHans' TF2 attacks: the building blocks (``clip_eta``,
 ``optimize_linear``, ``random_lp_vector``, ``diverse_input``, ``cross_entropy``) are module-level
@@ -8,7 +9,15 @@ budgets and steps are L2 norms of the perturbation in [0, 1] pixel units (eps 1.
 ||delta||_2 <= 1). Models follow the model contract (float32 pixels in [0, 1], shape
 (N, H, W, 1), softmax over (no finding, finding)).
 
-Random numbers (random starts, DI transforms) come from stateless Philox ops seeded per call:
+Transfer attacks (one loop, each switched on by its own setting; see ``make_attack``):
+MI-FGSM ``momentum`` (Dong et al. 2018); DI-FGSM ``diversity_prob`` (Xie et al. 2019); TI-FGSM
+``ti_kernel`` (Dong et al. 2019: the gradient is smoothed with a Gaussian kernel); SI-NI-FGSM
+``scales`` and ``nesterov`` (Lin et al. 2020: gradients averaged over x / 2^i; gradient taken at
+the look-ahead x + alpha mu g); VMI-FGSM ``variance_samples`` and ``variance_bound`` (Wang and He
+2021: the previous step's gradient variance over a neighbourhood tunes the gradient).
+
+Random numbers (random starts, DI transforms, VMI neighbours) come from stateless Philox ops
+seeded per call:
 ``run_attack_batches`` derives one seed per batch with ``stream_seed`` from the attack seed, the
 attack configuration, the caller's stream keys (source model, data task, shard) and the batch
 index, so runs are reproducible and different batches/shards/sources/eps get independent draws.
@@ -45,6 +54,21 @@ _CONFIG_KEYS = {
     "diversity_prob",
     "diversity_scale",
     "seed",
+    "ti_kernel",
+    "scales",
+    "nesterov",
+    "variance_samples",
+    "variance_bound",
+}
+# The transfer-attack settings added after the others, with their "off" values: a spec with all
+# of them off is the attack it was before they existed and keeps its random streams (they enter
+# ``stream_seed`` only when on; ``variance_bound`` only matters with ``variance_samples``).
+_NEW_KEYS_OFF = {
+    "ti_kernel": lambda s: s.ti_kernel <= 1,
+    "scales": lambda s: s.scales == 1,
+    "nesterov": lambda s: not s.nesterov,
+    "variance_samples": lambda s: s.variance_samples == 0,
+    "variance_bound": lambda s: s.variance_samples == 0,
 }
 
 
@@ -65,6 +89,17 @@ class AttackSpec:
       grey levels satisfies ||d||_2 / 255 <= eps, checked exactly on integers).
 
     ``eps_float`` / ``step_float`` give both in [0, 1] pixel units as the attack uses them.
+
+    Transfer attacks (all off by default; any combination, see ``make_attack``):
+
+    - ``momentum`` mu > 0: MI-FGSM; ``diversity_prob`` / ``diversity_scale``: DI-FGSM;
+    - ``ti_kernel`` k (odd; 0 or 1 = off): TI-FGSM, the gradient is convolved with the k x k
+      Gaussian kernel ``ti_kernel_weights(k)`` (nsig 3, as the authors' ``gkern``);
+    - ``scales`` m (1 = off): SI-FGSM, the mean of the gradients at x / 2^i, i = 0..m-1;
+    - ``nesterov``: NI-FGSM, the gradient at the look-ahead x + step * mu * g (needs momentum);
+    - ``variance_samples`` N (0 = off) and ``variance_bound`` beta: VMI-FGSM, the gradient is
+      tuned by the variance of the previous step, estimated from N points drawn uniformly in the
+      ``norm`` ball of radius beta * eps around it.
     """
 
     method: str
@@ -79,6 +114,11 @@ class AttackSpec:
     diversity_prob: float = 0.0
     diversity_scale: float = 1.1
     seed: int = 0
+    ti_kernel: int = 0
+    scales: int = 1
+    nesterov: bool = False
+    variance_samples: int = 0
+    variance_bound: float = 1.5
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -114,6 +154,52 @@ class AttackSpec:
             raise WorkflowError(f"diversity_prob must be in [0, 1], got {self.diversity_prob}.")
         if self.diversity_scale < 1:
             raise WorkflowError(f"diversity_scale must be >= 1, got {self.diversity_scale}.")
+        if self.ti_kernel < 0 or (self.ti_kernel > 1 and self.ti_kernel % 2 == 0):
+            raise WorkflowError(
+                f"ti_kernel must be 0 or 1 (off) or an odd kernel size >= 3 (TI-FGSM's Gaussian "
+                f"kernel is centred on a pixel), got {self.ti_kernel}."
+            )
+        if not 1 <= self.scales <= 16:
+            raise WorkflowError(
+                f"scales must be in 1..16 (SI-FGSM copies x / 2^i, i < scales; 1 = off, the "
+                f"paper 5; x / 2^16 is already black), got {self.scales}."
+            )
+        if self.nesterov and not self.momentum > 0:
+            raise WorkflowError(
+                "nesterov: true needs momentum > 0 (NI-FGSM looks ahead along the momentum; "
+                "the papers use momentum 1.0)."
+            )
+        if self.nesterov and self.norm != "linf":
+            raise WorkflowError(
+                "nesterov: true is implemented for norm: linf only (the look-ahead "
+                "x + step * momentum * g of Lin et al. is defined for sign steps)."
+            )
+        if self.variance_samples < 0:
+            raise WorkflowError(
+                f"variance_samples must be >= 0 (0 = off), got {self.variance_samples}."
+            )
+        if self.variance_samples > 0 and self.method != "pgd":
+            raise WorkflowError(
+                "variance_samples needs method: pgd (VMI-FGSM tunes each step with the "
+                "previous step's variance; FGSM is one step)."
+            )
+        if not (self.variance_bound > 0 and math.isfinite(self.variance_bound)):
+            raise WorkflowError(
+                f"variance_bound must be > 0 (the VMI neighbourhood radius is variance_bound * "
+                f"eps), got {self.variance_bound}."
+            )
+
+    @property
+    def runs(self) -> int:
+        """Restarts actually run: without random start, DI or VMI every restart is the same
+        deterministic run, done once."""
+        random = self.random_start or self.diversity_prob > 0 or self.variance_samples > 0
+        return int(self.restarts) if random else 1
+
+    @property
+    def gradients_per_step(self) -> int:
+        """Loss gradients per step and image: scales * (1 + variance_samples)."""
+        return int(self.scales) * (1 + int(self.variance_samples))
 
     @property
     def iterations(self) -> int:
@@ -155,6 +241,11 @@ class AttackSpec:
             "diversity_prob": float(self.diversity_prob),
             "diversity_scale": float(self.diversity_scale),
             "seed": int(self.seed),
+            "ti_kernel": int(self.ti_kernel),
+            "scales": int(self.scales),
+            "nesterov": bool(self.nesterov),
+            "variance_samples": int(self.variance_samples),
+            "variance_bound": float(self.variance_bound),
         }
 
     def stream_seed(self, *keys) -> tuple[int, int]:
@@ -163,9 +254,15 @@ class AttackSpec:
         The configuration (every attribute, e.g. eps, but the seed and the number of restarts)
         is part of the key, so attacks differing in anything draw independent numbers, while
         restart r draws the same numbers whatever the number of restarts (more restarts never
-        give a weaker example).
+        give a weaker example). The transfer settings added later (``ti_kernel``, ``scales``,
+        ``nesterov``, ``variance_samples``, ``variance_bound``) are part of it only when on, so
+        attacks without them keep the streams they had before.
         """
-        cfg = {k: v for k, v in self.attrs().items() if k not in ("seed", "restarts")}
+        cfg = {
+            k: v
+            for k, v in self.attrs().items()
+            if k not in ("seed", "restarts") and not (k in _NEW_KEYS_OFF and _NEW_KEYS_OFF[k](self))
+        }
         return stream_seed(self.seed, json.dumps(cfg, sort_keys=True), *keys)
 
 
@@ -231,6 +328,11 @@ def spec_from_config(attack_cfg: dict, eps: float) -> AttackSpec:
         ("diversity_prob", float),
         ("diversity_scale", float),
         ("seed", int),
+        ("ti_kernel", int),
+        ("scales", int),
+        ("nesterov", bool),
+        ("variance_samples", int),
+        ("variance_bound", float),
     ):
         if key in cfg:
             kwargs[key] = typ(cfg[key])
@@ -288,13 +390,15 @@ def optimize_linear(grad, norm: str):
 def random_lp_vector(shape, norm: str, eps: float, seed):
     """Uniform random perturbations in the ``norm`` ball of radius ``eps`` ([0, 1] units).
 
-    ``shape`` (..., H, W, C); ``seed`` a stateless seed (2,) int64. linf: uniform per pixel in
+    ``shape`` (..., H, W, C); ``seed`` a stateless seed (2,) int64 (or an int32 tensor, as
+    ``variance_seeds`` gives for use inside XLA). linf: uniform per pixel in
     [-eps, eps]; l2: uniform in the ball (Gaussian direction, radius eps * U^(1/dim)).
     """
     import tensorflow as tf
 
     shape = tf.convert_to_tensor(shape, tf.int32)
-    seed = tf.convert_to_tensor(seed, tf.int64)
+    if not (isinstance(seed, tf.Tensor) and seed.dtype == tf.int32):  # int32: usable in XLA
+        seed = tf.convert_to_tensor(seed, tf.int64)
     if norm == "linf":
         return tf.random.stateless_uniform(shape, seed, -eps, eps, alg=ALG)
     if norm != "l2":
@@ -369,6 +473,74 @@ def loss_gradient(model, x, y, transform=None):
     return tape.gradient(loss, x)
 
 
+def ti_kernel_weights(size: int, nsig: float = 3.0) -> np.ndarray:
+    """TI-FGSM's Gaussian kernel, float32 (size, size) summing to 1: the authors' ``gkern``
+    (x = linspace(-nsig, nsig, size), the outer product of the normal pdf at x, normalised).
+    Size 1 is the identity [[1]]."""
+    if size < 1 or size % 2 == 0:
+        raise WorkflowError(f"ti_kernel must be an odd size >= 1, got {size}.")
+    x = np.linspace(-nsig, nsig, int(size))
+    k1 = np.exp(-0.5 * x**2)  # the normal pdf up to its constant, which the sum divides out
+    k = np.outer(k1, k1)
+    return (k / k.sum()).astype(np.float32)
+
+
+def smooth_gradient(grad, kernel):
+    """TI-FGSM: convolve each channel of ``grad`` (N, H, W, C) with ``kernel`` (k, k)
+    (depthwise, stride 1, SAME zero padding; the kernel is symmetric, so convolution and
+    correlation agree)."""
+    import tensorflow as tf
+
+    c = int(grad.shape[-1])
+    w = tf.tile(tf.constant(np.asarray(kernel, np.float32))[:, :, None, None], [1, 1, c, 1])
+    return tf.nn.depthwise_conv2d(grad, w, strides=[1, 1, 1, 1], padding="SAME")
+
+
+def variance_seeds(seed, runs: int, steps: int, samples: int):
+    """Stateless seeds, int32 (runs, steps, samples, 2), of the VMI neighbours of one call with
+    stateless seed ``seed``: sample j of step i of restart r is
+    ``random_lp_vector(shape, norm, variance_bound * eps, seeds[r, i, j])``. int32 so they can
+    be used inside an XLA cluster (drawn there, one neighbour at a time, instead of holding
+    runs x steps x samples images)."""
+    import tensorflow as tf
+
+    s_var = tf.random.experimental.stateless_split(tf.convert_to_tensor(seed, tf.int64), 3, ALG)[2]
+    return tf.random.stateless_uniform(
+        [runs, steps, samples, 2], s_var, minval=None, maxval=None, dtype=tf.int32, alg=ALG
+    )
+
+
+def attack_draws(spec: AttackSpec, seed, x_shape):
+    """The random numbers of one attack call with stateless seed ``seed`` (2,) on a batch of
+    shape ``x_shape``: ``(d0, u, vseeds)`` with random starts d0 (runs, *x_shape) (zeros
+    (runs, 1, 1, 1, 1) without random start), DI uniforms u (runs, steps, k, 4) with k =
+    ``spec.gradients_per_step`` (gradient j of a step uses u[r, i, j]: scale s of the point at
+    the step is j = s, of VMI neighbour n it is j = scales * (1 + n) + s) and VMI seeds
+    (``variance_seeds``; a dummy (runs, 1, 1, 2) without VMI).
+
+    The first two of ``stateless_split(seed, 3)`` are those of ``stateless_split(seed, 2)``,
+    and u is drawn with shape (runs, steps, k * 4): attacks without the later transfer
+    settings draw exactly the numbers they drew before those existed.
+    """
+    import tensorflow as tf
+
+    runs, steps, k = spec.runs, spec.iterations, spec.gradients_per_step
+    norm, eps = spec.norm, spec.eps_float
+    seed = tf.convert_to_tensor(seed, tf.int64)
+    s_start, s_di, _ = tf.unstack(tf.random.experimental.stateless_split(seed, 3, alg=ALG))
+    if spec.random_start:
+        d0 = random_lp_vector(tf.concat([[runs], x_shape], 0), norm, eps, s_start)
+    else:
+        d0 = tf.zeros([runs, 1, 1, 1, 1])
+    u = tf.random.stateless_uniform([runs, steps, k * 4], s_di, alg=ALG)
+    u = tf.reshape(u, [runs, steps, k, 4])
+    if spec.variance_samples > 0:
+        vseeds = variance_seeds(seed, runs, steps, spec.variance_samples)
+    else:
+        vseeds = tf.zeros([runs, 1, 1, 2], tf.int32)
+    return d0, u, vseeds
+
+
 # --- the attack -------------------------------------------------------------------------
 
 
@@ -376,29 +548,89 @@ def make_attack(model, spec: AttackSpec, jit_compile: bool = False) -> Callable:
     """Return ``attack(x, y, seed=None) -> x_adv``: the whole attack in one ``tf.function``.
 
     x: float32 (N, H, W, 1) in [0, 1]; y: int labels (N,); seed: stateless seed (2,) int64 of
-    this call's random stream (random starts and DI uniforms; None: ``spec.stream_seed()``).
-    Traced once for any batch size and seed (``attack.graph`` is the ``tf.function``). Random
-    numbers are drawn outside the (optionally XLA-compiled) loop with stateless Philox ops, so
-    a call is a pure function of (x, y, seed) with and without ``jit_compile``; restarts draw
-    distinct numbers (leading restarts axis).
+    this call's random stream (random starts, DI uniforms, VMI neighbours; None:
+    ``spec.stream_seed()``). Traced once for any batch size and seed (``attack.graph`` is the
+    ``tf.function``). Random starts and DI uniforms are drawn outside the (optionally
+    XLA-compiled) loop with stateless Philox ops (``attack_draws``); VMI neighbours inside the
+    loop, one at a time, with stateless Philox ops from per-sample seeds drawn outside
+    (``variance_seeds``). XLA's Philox kernels give other numbers than TensorFlow's, so with
+    VMI ``jit_compile`` compiles each gradient evaluation instead of the whole loop and the
+    neighbours are drawn outside XLA. So a call is a pure function of (x, y, seed), the same
+    with and without ``jit_compile``; restarts draw distinct numbers (leading restarts axis).
+
+    One step from x_t (eps ball projection and [0, 1] clipping as PGD):
+
+    1. p = x_t + step * mu * g_t with ``nesterov`` (NI-FGSM; g_t the momentum), else p = x_t;
+    2. G(z) = mean over i < ``scales`` of grad_z J(DI(z / 2^i)) (SI-FGSM; each term with its own
+       DI transform when DI is on); gradient grad = G(p);
+    3. VMI-FGSM: grad + v_t is used instead of grad, and v_{t+1} = mean_j G(p + r_j) - G(p)
+       with ``variance_samples`` r_j uniform in the ``norm`` ball of radius
+       ``variance_bound * eps`` (v_0 = 0; neither p nor p + r_j are clipped, as in the papers);
+    4. TI-FGSM: the result is convolved with ``ti_kernel_weights(ti_kernel)``;
+    5. MI-FGSM: g_{t+1} = mu g_t + d / mean|d| (``momentum_update``), the step follows g_{t+1};
+       else it follows d;
+    6. x_{t+1} = clip(x + clip_eta(x_t + step * optimize_linear(.) - x)) (targeted: - step).
+
+    With every transfer setting off this is PGD (FGSM with one step of size eps).
     """
     import tensorflow as tf
 
     shape = tuple(model.input_shape[1:])
     if spec.diversity_prob > 0 and (shape[0] is None or shape[1] is None):
         raise WorkflowError("Input diversity needs a model with a fixed input size.")
+    if spec.ti_kernel > 1 and any(d is not None and spec.ti_kernel > d for d in shape[:2]):
+        raise WorkflowError(
+            f"ti_kernel {spec.ti_kernel} is larger than the model's input {shape[0]}x{shape[1]}."
+        )
     norm, eps, step, steps = spec.norm, spec.eps_float, spec.step_float, spec.iterations
-    # Without random start or DI every restart is the same deterministic run: do it once.
-    restarts = int(spec.restarts) if spec.random_start or spec.diversity_prob > 0 else 1
+    restarts = spec.runs
     ascent = -step if spec.targeted else step
     mu, dp, ds = float(spec.momentum), float(spec.diversity_prob), float(spec.diversity_scale)
+    m, nv, nes = int(spec.scales), int(spec.variance_samples), bool(spec.nesterov)
+    kernel = ti_kernel_weights(spec.ti_kernel) if spec.ti_kernel > 1 else None
+    radius = float(spec.variance_bound) * eps
 
-    def run(x, target, d0, u):
+    def gradient(p, target, u_i, j0):
+        """G(p): the mean over the SI scales of the loss gradient at p; DI uniforms
+        u_i[j0 + s] for scale s."""
+
+        def one(j, factor):
+            di = partial(diverse_input, u=u_i[j], prob=dp, scale=ds) if dp > 0 else None
+            if factor is None:
+                return loss_gradient(model, p, target, di)
+            if di is None:
+                return loss_gradient(model, p, target, lambda z: z * factor)
+            return loss_gradient(model, p, target, lambda z: di(z * factor))
+
+        if m == 1:
+            return one(j0, None)
+        total = tf.zeros_like(p)
+        for s in tf.range(m):
+            # 1 / 2^s, exact in float32
+            factor = 1.0 / tf.cast(tf.bitwise.left_shift(1, s), tf.float32)
+            total += one(j0 + s, factor)
+        return total / m
+
+    # XLA would draw other neighbours (its Philox differs): compile the gradients, not the loop
+    compile_gradients = jit_compile and nv > 0
+    if compile_gradients:
+        gradient = tf.function(gradient, jit_compile=True)
+
+    def run(x, target, d0, u, vs):
         x_adv = tf.clip_by_value(x + clip_eta(d0, norm, eps), 0.0, 1.0) if spec.random_start else x
         g = tf.zeros_like(x)
+        v = tf.zeros_like(x)
         for i in tf.range(steps):
-            di = partial(diverse_input, u=u[i], prob=dp, scale=ds) if dp > 0 else None
-            grad = loss_gradient(model, x_adv, target, di)
+            p = x_adv + (ascent * mu) * g if nes else x_adv
+            grad = gradient(p, target, u[i], tf.constant(0))
+            if nv > 0:
+                around = tf.zeros_like(x)
+                for j in tf.range(nv):
+                    r = random_lp_vector(tf.shape(x), norm, radius, vs[i, j])
+                    around += gradient(p + r, target, u[i], m * (1 + j))
+                grad, v = grad + v, around / nv - grad
+            if kernel is not None:
+                grad = smooth_gradient(grad, kernel)
             if mu > 0:
                 g = momentum_update(g, grad, mu)
                 grad = g
@@ -406,22 +638,22 @@ def make_attack(model, spec: AttackSpec, jit_compile: bool = False) -> Callable:
             x_adv = tf.clip_by_value(x + eta, 0.0, 1.0)
         return x_adv
 
-    def loop(x, y, d0, u):
+    def loop(x, y, d0, u, vs):
         target = 1 - y if spec.targeted else y
         if restarts == 1:
-            return run(x, target, d0[0], u[0])
+            return run(x, target, d0[0], u[0], vs[0])
         best = x
         worst = np.inf if spec.targeted else -np.inf
         best_loss = tf.fill(tf.shape(y), tf.constant(worst, tf.float32))
         for r in tf.range(restarts):
-            x_adv = run(x, target, d0[r], u[r])
+            x_adv = run(x, target, d0[r], u[r], vs[r])
             loss = cross_entropy(target, model(x_adv, training=False))
             better = loss < best_loss if spec.targeted else loss > best_loss
             best = tf.where(better[:, None, None, None], x_adv, best)
             best_loss = tf.where(better, loss, best_loss)
         return best
 
-    if jit_compile:
+    if jit_compile and not compile_gradients:
         loop = tf.function(loop, jit_compile=True)
 
     @tf.function(
@@ -432,13 +664,8 @@ def make_attack(model, spec: AttackSpec, jit_compile: bool = False) -> Callable:
         ]
     )
     def attack_graph(x, y, seed):
-        s_start, s_di = tf.unstack(tf.random.experimental.stateless_split(seed, 2, alg=ALG))
-        if spec.random_start:
-            d0 = random_lp_vector(tf.concat([[restarts], tf.shape(x)], 0), norm, eps, s_start)
-        else:
-            d0 = tf.zeros([restarts, 1, 1, 1, 1])
-        u = tf.random.stateless_uniform([restarts, steps, 4], s_di, alg=ALG)
-        return loop(x, y, d0, u)
+        d0, u, vs = attack_draws(spec, seed, tf.shape(x))
+        return loop(x, y, d0, u, vs)
 
     default_seed = spec.stream_seed()
 

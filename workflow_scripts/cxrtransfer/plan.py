@@ -178,6 +178,15 @@ def _check_attacks(config: dict) -> None:
                 build(a, e)
             except WorkflowError as err:
                 raise WorkflowError(f"attacks.{name} (at eps {e:g}): {err}") from None
+        # every model takes data.image_size pixels (models.build_model / check_contract)
+        size = config.get("data", {}).get("image_size")
+        kernel = a.get("ti_kernel", 0)
+        if size is not None and kernel > size:
+            raise WorkflowError(
+                f"attacks.{name}.ti_kernel: the TI kernel ({kernel} px) is larger than the images "
+                f"(data.image_size {size} px); use an odd size <= {size} (the TI paper used 15 "
+                "at 299 px; 7 is common at 224 px, 3 at 64 px)."
+            )
 
 
 def _check_grid(config: dict) -> None:
