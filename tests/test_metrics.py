@@ -83,7 +83,7 @@ def reference(clean, adv, t, ts):
         )
     n = len(rows)
     tp = tn = fp = fn = atp = atn = afp = afn = 0
-    clean_ok = success = fooled = src_caused = base = transferred = 0
+    clean_ok = success = fooled = flipped = src_caused = base = transferred = 0
     conf_c = conf_a = l2 = linf = 0.0
     for y, p, q, sc, sq, d2, dinf in rows:
         cp = 1 if p >= t else 0
@@ -104,6 +104,7 @@ def reference(clean, adv, t, ts):
                 success += 1
         if ap != y:
             fooled += 1
+        flipped += ap != cp
         if scp == y and sp != y:  # the attack made the source wrong
             src_caused += 1
             if cp == y:
@@ -131,6 +132,7 @@ def reference(clean, adv, t, ts):
         "adv_confidence": conf_a / n,
         "attack_success_rate": success / clean_ok,
         "fooling_rate": fooled / n,
+        "flip_rate": flipped / n,
         "transfer_rate": transferred / base,
         "mean_l2": l2 / n,
         "mean_linf": linf / n,
@@ -141,6 +143,7 @@ def reference(clean, adv, t, ts):
         "n_clean_correct": clean_ok,
         "n_success": success,
         "n_fooled": fooled,
+        "n_flipped": flipped,
         "n_source_caused": src_caused,
         "n_transfer_base": base,
         "n_transferred": transferred,
@@ -167,7 +170,13 @@ def test_point_estimates_match_independent_recomputation(cell_data, cell):
         assert cell[k] == ref[k], k
         assert isinstance(cell[k], int)
     # The fixture exercises every rate with a non-trivial value.
-    for k in ("attack_success_rate", "fooling_rate", "transfer_rate", "adv_sensitivity"):
+    for k in (
+        "attack_success_rate",
+        "fooling_rate",
+        "flip_rate",
+        "transfer_rate",
+        "adv_sensitivity",
+    ):
         assert 0.05 < cell[k] < 0.95, (k, cell[k])
     # Patients with several images exist, so the cluster bootstrap differs from an image one.
     assert 50 < cell["n_patients"] < cell["n_images"]
