@@ -606,6 +606,7 @@ def test_units(tree):
         "shard": 8,
         "shard_summary": 4,
         "model": 3,
+        "uap": 0,
         "attack": 8,
         "clean_prediction": 3,
         "adv_prediction": 8,
@@ -675,3 +676,21 @@ def test_interrupted_training_is_not_a_product(tree, capsys):
 def test_missing_results_dir(tmp_path, capsys):
     assert V.main(["--results", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_universal_perturbation_is_checked(tmp_path):
+    """A UAP file is readable, within its budget and made from the current checkpoint."""
+    from cxrtransfer.uap import write_uap
+
+    path = tmp_path / "eps8.h5"
+    write_uap(
+        path, np.full((4, 4), 8, np.int16), {"eps": 8.0, "source_checkpoint_sha256": "a" * 64}
+    )
+    assert V.check_uap(path, "a" * 64) is None
+    assert "another checkpoint" in V.check_uap(path, "b" * 64)
+    write_uap(
+        path, np.full((4, 4), 9, np.int16), {"eps": 8.0, "source_checkpoint_sha256": "a" * 64}
+    )
+    assert "damaged" in V.check_uap(path, "a" * 64)
+    path.write_bytes(b"not hdf5")
+    assert "Cannot read" in V.check_uap(path, "a" * 64)
