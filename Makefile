@@ -27,8 +27,10 @@ demo: venv
 report: venv
 	$(BIN)/snakemake --cores $(CORES) --report results/report.html
 
+# Two pytest workers, one test file each at a time (pytest-xdist): the SLURM test mostly waits
+# on the scheduler, so the other files run meanwhile.
 test: venv
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 lint: venv
 	$(BIN)/snakemake --lint

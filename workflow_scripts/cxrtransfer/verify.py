@@ -608,8 +608,10 @@ def children(p: Product, ix: Index) -> set[Product]:
         out |= {e for e in sel("model") if m in e["model"].split(ENSEMBLE_SEP) and e != p}
         out |= sel("adv_prediction", target=m) | sel("adv_prediction", source=m)
         out |= sel("set", source=m)
-        # targets of a set are all models of its data task; unknown task: every set
-        out |= sel("set", data_task=task) if task else sel("set")
+        # targets of a set are all models of its data task (an ensemble is never a target);
+        # unknown task: every set
+        if ENSEMBLE_SEP not in m:
+            out |= sel("set", data_task=task) if task else sel("set")
         return out
     if k == "uap":  # applied to any data task's test images by the attack jobs
         return sel("attack", source=p["source"], attack=p["attack"], eps=p["eps"])
@@ -698,7 +700,8 @@ def missing_set_inputs(p: Product, ix: Index, results: Path) -> list[Path]:
     keys = {"source": src, "data_task": dt, "attack": atk, "eps": eps}
     shards = {s["shard"] for s in ix.select("shard", task=dt, split="test")}
     shards |= {a["shard"] for a in ix.select("attack", **keys)}
-    targets = sorted(m for m, t in ix.model_tasks.items() if t == dt)
+    # an ensemble (members joined with ENSEMBLE_SEP) is a source only, never a target
+    targets = sorted(m for m, t in ix.model_tasks.items() if t == dt and ENSEMBLE_SEP not in m)
     need = [attack_path(results, keys, s) for s in sorted(shards)]
     for t in targets:
         need.append(_under(results, P.PRED_CLEAN, target=t, data_task=dt))
