@@ -58,9 +58,3 @@ def pneumothorax_shards(small_download, tmp_path_factory) -> dict:
             )
             paths[split].append(p)
     return paths
-
-
-def pytest_collection_modifyitems(session, config, items):
-    """The SLURM tests first: they mostly wait on the scheduler, so with `make test`'s two
-    workers (one file each) the other files run beside them instead of after them."""
-    items.sort(key=lambda item: item.nodeid.split("::")[0] != "tests/test_slurm.py")
