@@ -37,8 +37,7 @@ rule uap:
         model=P.MODEL.format(model="{source}"),
         metrics=P.MODEL_METRICS.format(model="{source}"),
         shards=lambda w: shards(
-            plan.source_task(config, w.source),
-            config["attacks"][w.attack].get("split", "val"),
+            plan.source_task(config, w.source), plan.uap_split(config, w.attack)
         ),
     output:
         P.UAP,

@@ -308,6 +308,12 @@ def universal_attacks(config: dict) -> list[str]:
     return [n for n, a in config["attacks"].items() if is_uap(a)]
 
 
+def uap_split(config: dict, attack: str) -> str:
+    """The split a universal attack is crafted on (its spec's, default included)."""
+    cfg = config["attacks"][attack]
+    return uap_spec_from_config(cfg, eps_grid(config, attack)[0]).split
+
+
 def targets_for(config: dict, data_task: str) -> list[str]:
     """Every model trained on ``data_task`` is a target for adversarial sets of that task."""
     return [n for n, m in config["models"].items() if m["task"] == data_task]
