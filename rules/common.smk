@@ -33,6 +33,7 @@ ADV_SETS = plan.adversarial_sets(config)
 TASKS = list(config["tasks"])
 MODELS = list(config["models"])
 ENSEMBLES = plan.ensembles(config)
+DEFENDED = plan.defended(config)
 ATTACKS = list(config["attacks"])
 
 
@@ -46,9 +47,10 @@ wildcard_constraints:
     split=alternatives(cxrtransfer.SPLITS),
     shard=r"\d\d\d+",
     model=alternatives(MODELS),
-    source=alternatives([*MODELS, *ENSEMBLES]),
+    source=alternatives([*MODELS, *ENSEMBLES, *DEFENDED]),
     ensemble=alternatives(ENSEMBLES),
-    target=alternatives(MODELS),
+    defended=alternatives(DEFENDED),
+    target=alternatives([*MODELS, *DEFENDED]),
     attack=alternatives([*ATTACKS, *[f"{a}{P.CONTROL_SUFFIX}" for a in ATTACKS]]),
     eps=r"[0-9.]+",
 
@@ -216,6 +218,20 @@ def ensemble_settings(name):
     facts = plan.source_facts(config, name)
     return {
         "members": facts["members"],
+        "task": facts["task"],
+        "arch": facts["arch"],
+        "image_size": int(config["data"]["image_size"]),
+    }
+
+
+def defended_settings(name):
+    """What a defend job reads: the model inside, its transform and the noise seed."""
+    d = config["defences"][name]
+    facts = plan.source_facts(config, name)
+    return {
+        "model": d["model"],
+        "defence": dict(d["defence"]),
+        "seed": int(d.get("seed", 0)),
         "task": facts["task"],
         "arch": facts["arch"],
         "image_size": int(config["data"]["image_size"]),

@@ -108,7 +108,7 @@ rule tables:
         # the grid itself: Snakemake does not rerun a job whose outputs exist when only the
         # set of its inputs grows (e.g. a new eps), but it does when a param changes
         adversarial_sets=sorted(s.path for s in ADV_SETS),
-        models=model_facts([*MODELS, *ENSEMBLES]),
+        models=model_facts([*MODELS, *ENSEMBLES, *DEFENDED]),
         data_source=config["data"]["source"],
         code=code("tables"),
     script:

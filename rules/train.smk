@@ -58,3 +58,37 @@ rule ensemble:
         code=code("ensemble"),
     script:
         script_path("ensemble")
+
+
+# A defended model (config defences): a trained model behind an input transform, saved as one
+# checkpoint with its own validation threshold, so it is predicted and attacked like any model.
+rule defend:
+    input:
+        model=lambda w: P.MODEL.format(model=plan.base_model(config, w.defended)),
+        metrics=lambda w: P.MODEL_METRICS.format(
+            model=plan.base_model(config, w.defended)
+        ),
+        patients=lambda w: P.MODEL_PATIENTS.format(
+            model=plan.base_model(config, w.defended)
+        ),
+        val=lambda w: shards(plan.source_task(config, w.defended), "val"),
+        test=lambda w: shards(plan.source_task(config, w.defended), "test"),
+    output:
+        model=P.MODEL.format(model="{defended}"),
+        metrics=P.MODEL_METRICS.format(model="{defended}"),
+        history=P.MODEL_HISTORY.format(model="{defended}"),
+        patients=P.MODEL_PATIENTS.format(model="{defended}"),
+    log:
+        P.log("defend", "{defended}"),
+    benchmark:
+        P.benchmark("defend", "{defended}")
+    conda:
+        "../envs/tensorflow.yaml"
+    threads: TF_THREADS
+    resources:
+        **gpu_resources("predict_runtime"),
+    params:
+        settings=lambda w: plan.canon(defended_settings(w.defended)),
+        code=code("defend"),
+    script:
+        script_path("defend")

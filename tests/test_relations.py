@@ -47,6 +47,8 @@ def test_factors_columns_and_white_box():
         "same_task": True,
         "same_seed": True,
         "patient_overlap": 1.0,
+        "same_network": False,  # the weights' hashes were not given
+        "same_defence": True,
     }
     assert relation(f, "pneumothorax", "pneumothorax") == "white-box"
     g = factors("a", "b", {**R50, "pretrained": "imagenet"}, R50_S2, HALF_B, HALF_A)

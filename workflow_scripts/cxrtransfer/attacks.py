@@ -59,6 +59,7 @@ _CONFIG_KEYS = {
     "nesterov",
     "variance_samples",
     "variance_bound",
+    "eot_samples",
 }
 # The transfer-attack settings added after the others, with their "off" values: a spec with all
 # of them off is the attack it was before they existed and keeps its random streams (they enter
@@ -69,6 +70,7 @@ _NEW_KEYS_OFF = {
     "nesterov": lambda s: not s.nesterov,
     "variance_samples": lambda s: s.variance_samples == 0,
     "variance_bound": lambda s: s.variance_samples == 0,
+    "eot_samples": lambda s: s.eot_samples == 1,
 }
 
 
@@ -99,7 +101,10 @@ class AttackSpec:
     - ``nesterov``: NI-FGSM, the gradient at the look-ahead x + step * mu * g (needs momentum);
     - ``variance_samples`` N (0 = off) and ``variance_bound`` beta: VMI-FGSM, the gradient is
       tuned by the variance of the previous step, estimated from N points drawn uniformly in the
-      ``norm`` ball of radius beta * eps around it.
+      ``norm`` ball of radius beta * eps around it;
+    - ``eot_samples`` E (1 = off): EOT (Athalye et al. 2018), every loss gradient is the mean of
+      E evaluations of the model, for a source whose output is random (a defended model with a
+      randomised input transform draws anew at each evaluation).
     """
 
     method: str
@@ -119,6 +124,7 @@ class AttackSpec:
     nesterov: bool = False
     variance_samples: int = 0
     variance_bound: float = 1.5
+    eot_samples: int = 1
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -183,6 +189,8 @@ class AttackSpec:
                 "variance_samples needs method: pgd (VMI-FGSM tunes each step with the "
                 "previous step's variance; FGSM is one step)."
             )
+        if self.eot_samples < 1:
+            raise WorkflowError(f"eot_samples must be >= 1 (1 = off), got {self.eot_samples}.")
         if not (self.variance_bound > 0 and math.isfinite(self.variance_bound)):
             raise WorkflowError(
                 f"variance_bound must be > 0 (the VMI neighbourhood radius is variance_bound * "
@@ -198,8 +206,14 @@ class AttackSpec:
 
     @property
     def gradients_per_step(self) -> int:
-        """Loss gradients per step and image: scales * (1 + variance_samples)."""
+        """Loss gradients per step and image: scales * (1 + variance_samples), each of them
+        the mean of ``eot_samples`` evaluations (see ``cost_per_step``)."""
         return int(self.scales) * (1 + int(self.variance_samples))
+
+    @property
+    def cost_per_step(self) -> int:
+        """Forward+backward passes per step and image."""
+        return self.gradients_per_step * int(self.eot_samples)
 
     @property
     def iterations(self) -> int:
@@ -246,6 +260,7 @@ class AttackSpec:
             "nesterov": bool(self.nesterov),
             "variance_samples": int(self.variance_samples),
             "variance_bound": float(self.variance_bound),
+            "eot_samples": int(self.eot_samples),
         }
 
     def stream_seed(self, *keys) -> tuple[int, int]:
@@ -333,6 +348,7 @@ def spec_from_config(attack_cfg: dict, eps: float) -> AttackSpec:
         ("nesterov", bool),
         ("variance_samples", int),
         ("variance_bound", float),
+        ("eot_samples", int),
     ):
         if key in cfg:
             kwargs[key] = typ(cfg[key])
@@ -589,6 +605,7 @@ def make_attack(model, spec: AttackSpec, jit_compile: bool = False) -> Callable:
     m, nv, nes = int(spec.scales), int(spec.variance_samples), bool(spec.nesterov)
     kernel = ti_kernel_weights(spec.ti_kernel) if spec.ti_kernel > 1 else None
     radius = float(spec.variance_bound) * eps
+    eot = int(spec.eot_samples)
 
     def gradient(p, target, u_i, j0):
         """G(p): the mean over the SI scales of the loss gradient at p; DI uniforms
@@ -597,10 +614,18 @@ def make_attack(model, spec: AttackSpec, jit_compile: bool = False) -> Callable:
         def one(j, factor):
             di = partial(diverse_input, u=u_i[j], prob=dp, scale=ds) if dp > 0 else None
             if factor is None:
-                return loss_gradient(model, p, target, di)
-            if di is None:
-                return loss_gradient(model, p, target, lambda z: z * factor)
-            return loss_gradient(model, p, target, lambda z: di(z * factor))
+                transform = di
+            elif di is None:
+                transform = lambda z: z * factor  # noqa: E731
+            else:
+                transform = lambda z: di(z * factor)  # noqa: E731
+            if eot == 1:
+                return loss_gradient(model, p, target, transform)
+            # EOT: a randomised model draws anew at every call; the mean of the draws
+            total = tf.zeros_like(p)
+            for _ in tf.range(eot):
+                total += loss_gradient(model, p, target, transform)
+            return total / eot
 
         if m == 1:
             return one(j0, None)

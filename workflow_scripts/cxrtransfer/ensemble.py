@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-
 from .provenance import model_record
 from .relations import read_patients
 from .utils import LOG
@@ -29,41 +27,30 @@ def build_ensemble_checkpoint(
 ) -> dict:
     """Write ``out_dir``/model.keras, metrics.json, history.csv (empty: nothing is trained)
     and train_patients.txt of the ensemble ``name`` of ``members``."""
+    from .derived import finish_derived_model
     from .models import build_ensemble, load_checkpoint
-    from .train import _test_metrics, _write_outputs, binary_metrics, youden_threshold
 
     records = [model_record(m, r) for m, r in zip(model_paths, metrics_paths, strict=True)]
     image_size = settings["image_size"]
     loaded = [load_checkpoint(p, image_size) for p in model_paths]
     model = build_ensemble(loaded, members, image_size)
-    from .inference import predict_shards
-
-    val = predict_shards(model, val_shards, image_size)
-    threshold = youden_threshold(val["labels"], val["probs"])
-    val_metrics = binary_metrics(val["labels"], val["probs"], threshold)
-    test_metrics = _test_metrics({**settings, "name": name}, model, test_shards, threshold)
-    patients = set().union(*(read_patients(p) for p in patients_paths))
-    metrics = {
-        "model": name,
-        "task": settings["task"],
-        "arch": settings["arch"],
-        "members": members,
-        "member_checkpoint_sha256": [r["sha256"] for r in records],
-        "member_thresholds": [r["threshold"] for r in records],
-        "threshold": threshold,
-        "threshold_rule": "Youden J (max sensitivity + specificity - 1) on the validation split",
-        "val": val_metrics,
-        "test": test_metrics,
-        "settings": settings,
-    }
-    history = pd.DataFrame(columns=["epoch", "val_auc"])
-    metrics = _write_outputs(Path(out_dir), model, metrics, history, sorted(patients))
     LOG.info(
-        "ensemble %s: val AUC %.3f, test AUC %.3f (threshold %.3f); member thresholds %s",
+        "ensemble %s: member thresholds %s",
         name,
-        val_metrics["auc"],
-        test_metrics["auc"],
-        threshold,
         ", ".join(f"{m} {r['threshold']:.3f}" for m, r in zip(members, records, strict=True)),
     )
-    return metrics
+    return finish_derived_model(
+        name=name,
+        model=model,
+        settings=settings,
+        val_shards=val_shards,
+        test_shards=test_shards,
+        patients=set().union(*(read_patients(p) for p in patients_paths)),
+        out_dir=Path(out_dir),
+        extra={
+            "members": members,
+            "member_checkpoint_sha256": [r["sha256"] for r in records],
+            "member_thresholds": [r["threshold"] for r in records],
+        },
+        what="ensemble",
+    )

@@ -17,7 +17,12 @@ from .utils import FIX_DAMAGED
 def read_model_metrics(path) -> dict:
     try:
         m = json.loads(Path(path).read_text())
-        return {"threshold": float(m["threshold"]), "sha256": m["checkpoint_sha256"]}
+        return {
+            "threshold": float(m["threshold"]),
+            "sha256": m["checkpoint_sha256"],
+            # the weights of the network inside (a defended model's: its model's)
+            "network": m.get("network_weights_sha256") or m.get("weights_sha256"),
+        }
     except (OSError, KeyError, ValueError, TypeError) as e:
         raise WorkflowError(f"Cannot read '{path}' ({e}). {FIX_DAMAGED}") from None
 
@@ -77,9 +82,7 @@ def evaluate_adv_set(
         except WorkflowError as e:
             files = f"{clean_files[target]}, {adv_files[target]}"
             raise WorkflowError(f"{e} (in the predictions {files})") from None
-        f = factors(
-            source, target, models[source], models[target], patients[source], patients[target]
-        )
+        f = _factors(source, target, models, patients, record)
         members = list(models[source].get("members", []))
         rel = relation(f, models[source]["task"], data_task)
         if target in members and rel != "cross-task":
@@ -94,7 +97,8 @@ def evaluate_adv_set(
                 "relation": rel,
                 # an ensemble source: each member's own relation to the target
                 "member_relations": "; ".join(
-                    f"{m}: {_relation(m, target, data_task, models, patients)}" for m in members
+                    f"{m}: {_relation(m, target, data_task, models, patients, record)}"
+                    for m in members
                 ),
                 "source_arch": models[source]["arch"],
                 "target_arch": models[target]["arch"],
@@ -105,8 +109,22 @@ def evaluate_adv_set(
     return cells
 
 
-def _relation(source, target, data_task, models, patients) -> str:
-    f = factors(source, target, models[source], models[target], patients[source], patients[target])
+def _factors(source, target, models, patients, record) -> dict:
+    network = {m: (record.get(m) or {}).get("network") for m in (source, target)}
+    return factors(
+        source,
+        target,
+        models[source],
+        models[target],
+        patients[source],
+        patients[target],
+        network[source],
+        network[target],
+    )
+
+
+def _relation(source, target, data_task, models, patients, record) -> str:
+    f = _factors(source, target, models, patients, record)
     return relation(f, models[source]["task"], data_task)
 
 

@@ -3,7 +3,8 @@
 The pixel -> backbone path (grayscale-to-RGB tiling, resizing where the backbone needs a larger
 input, the architecture's own normalisation) is built from standard Keras layers inside the
 model, so ``keras.models.load_model(path)`` works in safe mode with no custom objects, and an
-epsilon of k/255 means the same thing for every architecture.
+epsilon of k/255 means the same thing for every architecture. (A defended model adds one
+registered layer, ``defences.InputDefence``, that ``load_checkpoint`` registers.)
 """
 
 from __future__ import annotations
@@ -180,6 +181,9 @@ def load_checkpoint(path: str | os.PathLike, image_size: int | None = None):
     """Load a model checkpoint in safe mode and check it honours the model contract."""
     import keras
 
+    from .defences import defence_layer_class
+
+    defence_layer_class()  # a defended model's input transform (registered Keras layer)
     path = Path(path)
     if not path.is_file():
         raise WorkflowError(f"Model checkpoint '{path}' does not exist. Run its training rule.")

@@ -15,6 +15,7 @@ from pathlib import Path
 from . import WorkflowError
 from . import paths as P
 from .attacks import spec_from_config
+from .defences import defence_label
 from .uap import is_uap, uap_spec_from_config
 
 # keras.applications model names (Keras 3); checked without importing TensorFlow. A test ties
@@ -59,11 +60,26 @@ class AdvSet:
 
 
 # ----------------------------------------------------------------------------------------------
-# Sources: a model, or an ensemble of models (a list in a grid entry's sources)
+# Sources: a model, an ensemble of models (a list in a grid entry's sources) or a defended
+# model (``defences:``, a model behind an input transform; also a target)
 # ----------------------------------------------------------------------------------------------
 
 ENSEMBLE_SEP = "+"  # an ensemble is named by its members joined (model names cannot hold it)
 MODEL_FACTS = ("arch", "task", "pretrained", "seed")
+
+
+def defended(config: dict) -> list[str]:
+    """Names of the defended models (``defences:``), in config order."""
+    return list(config.get("defences") or {})
+
+
+def is_defended(config: dict, name: str) -> bool:
+    return name in (config.get("defences") or {})
+
+
+def base_model(config: dict, name: str) -> str:
+    """The trained model inside a defended model (a model's own name otherwise)."""
+    return config["defences"][name]["model"] if is_defended(config, name) else name
 
 
 def ensemble_name(members) -> str:
@@ -95,19 +111,46 @@ def ensembles(config: dict) -> list[str]:
 def source_facts(config: dict, name: str) -> dict:
     """A source's recorded settings (``MODEL_FACTS``): a model's own; an ensemble's are its
     members' joined with ``+`` (it is "same architecture" as a target only if every member
-    is; see relations), with ``members``."""
+    is; see relations), with ``members``; a defended model's are its model's, with
+    ``defence`` (e.g. ``jpeg_quality=75``) and ``defended_model``; an adversarially trained
+    model's have ``adversarial`` (its settings as text) and ``adversarial_eps``, a fine-tuned
+    model's ``init_from``."""
+    if is_defended(config, name):
+        d = config["defences"][name]
+        return {
+            **source_facts(config, d["model"]),
+            "defence": defence_label(d["defence"]),
+            "defended_model": d["model"],
+        }
     members = ensemble_members(name)
     facts = [{k: str(config["models"][m].get(k, "none")) for k in MODEL_FACTS} for m in members]
     if len(members) == 1:
-        return {k: config["models"][name].get(k, "none") for k in MODEL_FACTS}
+        return {
+            **{k: config["models"][name].get(k, "none") for k in MODEL_FACTS},
+            **_robust_facts(config, name),
+        }
     out = {k: ENSEMBLE_SEP.join(f[k] for f in facts) for k in MODEL_FACTS}
     out["task"] = facts[0]["task"]  # members share a task (checked)
     out["members"] = members
     return out
 
 
+def _robust_facts(config: dict, name: str) -> dict:
+    """A model's adversarial training (``training.adversarial``, the model's own over the
+    study's) and the model it was fine-tuned from (``init_from``), where set."""
+    m = config["models"][name]
+    adv = {**config.get("training", {}), **m.get("training", {})}.get("adversarial")
+    out = {}
+    if adv:
+        out["adversarial"] = ", ".join(f"{k}={adv[k]}" for k in sorted(adv))
+        out["adversarial_eps"] = float(adv["eps"])
+    if m.get("init_from"):
+        out["init_from"] = m["init_from"]
+    return out
+
+
 def source_task(config: dict, name: str) -> str:
-    return config["models"][ensemble_members(name)[0]]["task"]
+    return config["models"][ensemble_members(base_model(config, name))[0]]["task"]
 
 
 def attack_norm(config: dict, attack: str) -> str:
@@ -123,6 +166,7 @@ def eps_grid(config: dict, attack: str) -> list[float]:
 def check_config(config: dict, basedir: str | Path = ".") -> None:
     """Cross-checks the JSON schema cannot express; raise WorkflowError naming the key."""
     _check_models(config, basedir)
+    _check_defences(config)
     _check_attacks(config)
     _check_grid(config)
 
@@ -152,6 +196,24 @@ def _check_models(config: dict, basedir) -> None:
     for t in tasks:
         if not any(m["task"] == t for m in models.values()):
             raise WorkflowError(f"tasks.{t}: no model is trained on this task; add one to models.")
+
+
+def _check_defences(config: dict) -> None:
+    """A defended model is a trained model behind one input transform (the schema checks the
+    transform's value)."""
+    models = config["models"]
+    for name, d in (config.get("defences") or {}).items():
+        key = f"defences.{name}"
+        if name in models:
+            raise WorkflowError(
+                f"{key}: the name is also a model's; give the defended model its own."
+            )
+        if d["model"] not in models:
+            what = "another defended model" if is_defended(config, d["model"]) else "not a model"
+            raise WorkflowError(
+                f"{key}.model: '{d['model']}' is {what}; a defence wraps one trained model of "
+                f"models: ({sorted(models)})."
+            )
 
 
 def _check_attacks(config: dict) -> None:
@@ -194,13 +256,19 @@ def _check_grid(config: dict) -> None:
     for i, g in enumerate(config["grid"]):
         srcs = g["sources"]
         if srcs != "all":
-            bad = [s for s in srcs if isinstance(s, str) and s not in models]
+            bad = [
+                s
+                for s in srcs
+                if isinstance(s, str) and s not in models and not is_defended(config, s)
+            ]
             if bad:
                 raise WorkflowError(
-                    f"grid[{i}].sources: unknown model(s) {bad}; configured: {sorted(models)}."
+                    f"grid[{i}].sources: unknown model(s) {bad}; configured: {sorted(models)} "
+                    f"and the defended models {defended(config)}."
                 )
             for members in (s for s in srcs if not isinstance(s, str)):
                 _check_ensemble(config, f"grid[{i}].sources", members)
+            _check_defended_sources(config, i, g)
         if g["data_task"] != "own" and g["data_task"] not in tasks:
             raise WorkflowError(
                 f"grid[{i}].data_task: '{g['data_task']}' is neither 'own' nor a task "
@@ -225,9 +293,32 @@ def _check_grid(config: dict) -> None:
     _refuse_targeted_twins(config)
 
 
+def _check_defended_sources(config: dict, i: int, g: dict) -> None:
+    """A defended model as a source is attacked through its transform (the adaptive attack):
+    per image. A universal perturbation crafted through a defence is not implemented."""
+    atk = list(config["attacks"]) if g.get("attacks", "all") == "all" else g["attacks"]
+    universal = [a for a in atk if is_uap(config["attacks"][a])]
+    for s in g["sources"]:
+        if isinstance(s, str) and is_defended(config, s) and universal:
+            raise WorkflowError(
+                f"grid[{i}].sources: '{s}' is a defended model and grid[{i}].attacks has the "
+                f"universal attack(s) {universal}: universal perturbations are crafted on "
+                "undefended models only (crafting one through a defence is not implemented). "
+                f"Use the model '{base_model(config, s)}' as the source (its perturbation is "
+                "evaluated on the defended target too), or list the per-image attacks only."
+            )
+
+
 def _check_ensemble(config: dict, key: str, members: list) -> None:
     models = config["models"]
     name = ensemble_name(members)
+    defended_members = [m for m in members if is_defended(config, m)]
+    if defended_members:
+        raise WorkflowError(
+            f"{key}: ensemble {name}: {defended_members} are defended models; an ensemble "
+            "averages its members' logits, which an input defence does not have. Use the "
+            "models themselves as members."
+        )
     if len(members) < 2:
         raise WorkflowError(
             f"{key}: the ensemble {members} has {len(members)} member; an ensemble needs at "
@@ -315,8 +406,10 @@ def uap_split(config: dict, attack: str) -> str:
 
 
 def targets_for(config: dict, data_task: str) -> list[str]:
-    """Every model trained on ``data_task`` is a target for adversarial sets of that task."""
-    return [n for n, m in config["models"].items() if m["task"] == data_task]
+    """Every model trained on ``data_task`` is a target for adversarial sets of that task, and
+    so is every defended model of such a model (after the models)."""
+    models = [n for n, m in config["models"].items() if m["task"] == data_task]
+    return models + [d for d in defended(config) if source_task(config, d) == data_task]
 
 
 def eps_value(config: dict, attack: str, label: str) -> float:
@@ -348,7 +441,7 @@ def closeness(config: dict, source: str, target: str, data_task: str) -> int:
     src = source_facts(config, source)
     if src["task"] != data_task:
         return 3
-    return 1 if src["arch"] == config["models"][target]["arch"] else 2
+    return 1 if src["arch"] == source_facts(config, target)["arch"] else 2
 
 
 def chosen_cells(config: dict) -> list[tuple[AdvSet, str]]:

@@ -13,6 +13,7 @@ from . import WorkflowError
 # Plot and summary order: strongest expected attack first.
 RELATIONS = (
     "white-box",
+    "same network, other defence",
     "ensemble with the target",
     "same-data surrogate",
     "overlapping-data surrogate",
@@ -29,6 +30,8 @@ FACTOR_COLUMNS = (
     "same_task",
     "same_seed",
     "patient_overlap",
+    "same_network",
+    "same_defence",
 )
 
 
@@ -53,9 +56,14 @@ def factors(
     target_settings: dict,
     source_patients: set[int],
     target_patients: set[int],
+    source_network: str | None = None,
+    target_network: str | None = None,
 ) -> dict:
     """What source and target share. ``patient_overlap`` is the fraction of the target's
-    training patients that the source also trained on (0 = disjoint development data)."""
+    training patients that the source also trained on (0 = disjoint development data).
+    ``same_network``: the networks inside have equal weights (``source_network`` /
+    ``target_network``: the sha256 of their weights, recorded in metrics.json; unknown: False);
+    ``same_defence``: the same input defence (``defence`` of the settings, default none)."""
     for name, s in ((source, source_settings), (target, target_settings)):
         missing = [k for k in ("arch", "task", "pretrained", "seed") if k not in s]
         if missing:
@@ -70,19 +78,27 @@ def factors(
         # an ensemble's seed is its members' joined (e.g. "2+3"): compared as text
         "same_seed": str(source_settings["seed"]) == str(target_settings["seed"]),
         "patient_overlap": len(source_patients & target_patients) / len(target_patients),
+        "same_network": source_network is not None and source_network == target_network,
+        "same_defence": source_settings.get("defence", "none")
+        == target_settings.get("defence", "none"),
     }
 
 
 def relation(f: dict, source_task: str, data_task: str) -> str:
     """The label of a cell from its measured factors (see ``RELATIONS``).
 
-    white-box: the source is the target. cross-task: the source was trained on another task
-    than the images attacked. Otherwise surrogate (same architecture) or cross-architecture,
+    white-box: the source is the target (or the same network behind the same defence). same
+    network, other defence: the networks are the same but one of the two is behind an input
+    defence the other is not (an attack on the undefended model evaluated on its defended
+    version is the non-adaptive attack on the defence). cross-task: the source was trained on
+    another task than the images attacked. Otherwise surrogate (same architecture) or cross-architecture,
     prefixed by what the development data share: none (disjoint patients, no prefix), part
     ("overlapping-data") or all of the target's patients ("same-data").
     """
     if f["same_model"]:
         return "white-box"
+    if f.get("same_network"):
+        return "white-box" if f.get("same_defence", True) else "same network, other defence"
     if source_task != data_task:
         return "cross-task"
     kind = "surrogate" if f["same_arch"] else "cross-architecture"

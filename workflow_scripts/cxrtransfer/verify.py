@@ -556,6 +556,8 @@ class Index:
 
     products: dict[str, list[Product]]
     model_tasks: dict[str, str | None]
+    # a defended model -> the model inside it (metrics.json's base_model)
+    model_bases: dict[str, str] = field(default_factory=dict)
     by: dict[tuple[str, str, str], set[Product]] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -580,7 +582,15 @@ class Index:
 
 def build_index(results: Path, products: dict[str, list[Product]]) -> Index:
     tasks = {p["model"]: model_task(results, p["model"]) for p in products["model"]}
-    return Index(products, tasks)
+    bases = {}
+    for p in products["model"]:
+        try:
+            base = read_metrics(results / "models" / p["model"]).get("base_model")
+        except (Bad, OSError):
+            base = None
+        if base:
+            bases[p["model"]] = str(base)
+    return Index(products, tasks, bases)
 
 
 def children(p: Product, ix: Index) -> set[Product]:
@@ -606,6 +616,8 @@ def children(p: Product, ix: Index) -> set[Product]:
         out = sel("attack", source=m) | sel("clean_prediction", target=m) | sel("uap", source=m)
         # an ensemble source is made from its members' checkpoints
         out |= {e for e in sel("model") if m in e["model"].split(ENSEMBLE_SEP) and e != p}
+        # a defended model is made from the model inside it
+        out |= {d for d in sel("model") if ix.model_bases.get(d["model"]) == m}
         out |= sel("adv_prediction", target=m) | sel("adv_prediction", source=m)
         out |= sel("set", source=m)
         # targets of a set are all models of its data task (an ensemble is never a target);

@@ -1,0 +1,23 @@
+"""Rule defend: a trained model behind an input transform (config defences), saved as one
+checkpoint with its own validation threshold."""
+
+from pathlib import Path
+
+from cxrtransfer.defences import build_defended_checkpoint
+from cxrtransfer.utils import run_main
+
+
+def main(sm):
+    build_defended_checkpoint(
+        name=sm.wildcards.defended,
+        model_path=sm.input.model,
+        metrics_path=sm.input.metrics,
+        patients_path=sm.input.patients,
+        val_shards=list(sm.input.val),
+        test_shards=list(sm.input.test),
+        out_dir=Path(sm.output.model).parent,
+        settings=dict(sm.params.settings),
+    )
+
+
+run_main(main, snakemake)  # noqa: F821
