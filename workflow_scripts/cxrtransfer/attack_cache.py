@@ -11,9 +11,10 @@ A cache (``results/attacks/{source}/{data_task}/{attack}/eps{eps}/{shard}.h5``) 
 - ``l2``, ``linf`` float32 (N,): size of the stored perturbation in [0, 1] pixel units
 - attributes: the attack's settings (``AttackSpec.attrs()``: method, norm, eps, eps_unit,
   step, steps, targeted, random_start, restarts, momentum, diversity_prob, diversity_scale,
-  seed), attack, control ("" or "shuffled"), source_model, source_checkpoint_sha256,
-  source_threshold, data_task, clean_shard, n_images, n_quantisation_unfooled, max_linf_255,
-  max_l2
+  seed, ti_kernel, scales, nesterov, variance_samples, variance_bound, eot_samples; a
+  universal set: the ``UapSpec`` settings, ``uap_file`` and ``uap_sha256``), attack, control
+  ("" or "shuffled"), source_model, source_checkpoint_sha256, source_threshold, data_task,
+  clean_shard, n_images, n_quantisation_unfooled, max_linf_255, max_l2
 """
 
 from __future__ import annotations

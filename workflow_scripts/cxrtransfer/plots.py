@@ -29,6 +29,8 @@ from .utils import atomic_path  # noqa: E402
 DPI = 110
 REL_ABBREV = {
     "white-box": "WB",
+    "same network, other defence": "ND",
+    "ensemble with the target": "E",
     "same-data surrogate": "S=",
     "overlapping-data surrogate": "S~",
     "surrogate": "S",
@@ -130,8 +132,8 @@ def plot_transfer_heatmap(
             lab.set_horizontalalignment("right")
     fig.suptitle(
         f"{value.replace('_', ' ').capitalize()}: data task {data_task}, attack {attack}\n"
-        "(WB white-box, S surrogate, XA cross-arch., XT cross-task;\n"
-        "= all, ~ some training patients shared)",
+        "(WB white-box, ND same network, other defence, E ensemble with the target,\n"
+        "S surrogate, XA cross-arch., XT cross-task; = all, ~ some training patients shared)",
         fontsize=11,
     )
     fig.subplots_adjust(left=0.08, right=0.9, top=0.76, bottom=0.25, wspace=0.08)
