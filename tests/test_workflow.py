@@ -598,3 +598,60 @@ def test_ensemble_and_universal_sets_add_only_their_own_jobs(root, run, tmp_path
     )
     assert v.returncode == 0, v.stdout + v.stderr
     assert planned(root, wd, name) == {}
+
+
+def test_defended_target_adds_only_its_own_jobs(root, run, tmp_path):
+    """On a copy of the finished run: a JPEG-defended target and the adaptive attack on it add
+    only their own jobs, and the report shows the defence against the non-adaptive attack
+    (the undefended model's examples) and the adaptive one (BPDA through the defence)."""
+    wd = tmp_path / "copy"
+    shutil.copytree(run, wd, symlinks=True)
+    cfg = _config(wd)
+    cfg["defences"] = {
+        "pneu_jpeg": {"model": "pneumothorax_small", "defence": {"jpeg_quality": 50}}
+    }
+    cfg["grid"].append({"sources": ["pneu_jpeg"], "data_task": "own"})
+    name = _write(wd, cfg, "defended.yaml")
+    assert planned(root, wd, name) == {
+        "defend": 1,
+        "predict_clean": 1,
+        "attack": 1,  # the adaptive set
+        # the new target on the 2 pneumothorax sets of the run, the new set on 3 targets
+        "predict_adv": 5,
+        "evaluate": 3,
+        "tables": 1,
+        "plot_heatmap": 2,  # read the new table
+        "plot_auroc": 4,  # likewise the run's 3 + pneumothorax/pgd for the new target
+        "study_config": 1,
+        "all": 1,
+    }
+    snakemake(root, wd, configfile=name)
+    r = wd / "results"
+    m = json.loads((r / "models" / "pneu_jpeg" / "metrics.json").read_text())
+    base = json.loads((r / "models" / "pneumothorax_small" / "metrics.json").read_text())
+    assert m["base_model"] == "pneumothorax_small" and m["defence"] == {"jpeg_quality": 50}
+    assert m["network_weights_sha256"] == base["weights_sha256"]
+    assert m["base_checkpoint_sha256"] == base["checkpoint_sha256"]
+    assert 0 < m["threshold"] < 1
+    df = pd.read_csv(r / "tables" / "transfer.csv")
+    real = df[~df["attack"].str.endswith("__shuffled")].set_index(["source", "target"])
+    assert real.loc[("pneumothorax_small", "pneu_jpeg"), "relation"] == (
+        "same network, other defence"
+    )
+    assert real.loc[("pneu_jpeg", "pneu_jpeg"), "relation"] == "white-box"
+    assert real.loc[("pneu_jpeg", "pneumothorax_small"), "relation"] == (
+        "same network, other defence"
+    )
+    summary = (r / "tables" / "summary.md").read_text()
+    row = [ln for ln in summary.splitlines() if ln.startswith("| pneu_jpeg | jpeg_quality=50 |")]
+    assert len(row) == 1 and "n/a" not in row[0], summary
+    env = {**os.environ, "PYTHONPATH": str(root / "workflow_scripts")}
+    v = subprocess.run(
+        [sys.executable, "-m", "cxrtransfer.verify", "--results", "results"],
+        cwd=wd,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert v.returncode == 0, v.stdout + v.stderr
+    assert planned(root, wd, name) == {}
