@@ -3,7 +3,25 @@
 # download: fetching it is the explicit command `python -m cxrtransfer.fetch DEST`.
 
 
+def synthetic_inputs(wildcards):
+    """The real metadata table the synthetic download draws (data.synthetic.metadata), as an
+    input: a changed table regenerates the download."""
+    meta = config["data"]["synthetic"].get("metadata")
+    if not meta:
+        return {}
+    if not Path(meta).is_file():
+        raise SnakemakeWorkflowError(
+            f"data.synthetic.metadata '{meta}' does not exist. Run `make real-metadata` "
+            "(downloads the torchxrayvision 1.5.7 wheel from PyPI and extracts "
+            "Data_Entry_2017_v2020.csv.gz to resources/nih-metadata/), or point the key at a "
+            "Data_Entry_2017.csv you have."
+        )
+    return {"metadata": meta}
+
+
 rule synthetic_download:
+    input:
+        unpack(synthetic_inputs),
     output:
         directory(P.SYNTHETIC_DOWNLOAD),
     log:
