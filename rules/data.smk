@@ -6,6 +6,12 @@
 def synthetic_inputs(wildcards):
     """The real metadata table the synthetic download draws (data.synthetic.metadata), as an
     input: a changed table regenerates the download."""
+    from cxrtransfer.synthetic import SyntheticSpec
+
+    try:  # contradictory keys fail here, before any job runs
+        SyntheticSpec.from_config(dict(config["data"]["synthetic"]))
+    except cxrtransfer.WorkflowError as e:
+        raise SnakemakeWorkflowError(str(e))
     meta = config["data"]["synthetic"].get("metadata")
     if not meta:
         return {}

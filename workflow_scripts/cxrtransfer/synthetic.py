@@ -70,8 +70,10 @@ class SyntheticSpec:
         unknown = set(cfg) - set(known)
         if unknown:
             raise WorkflowError(f"Unknown data.synthetic keys: {sorted(unknown)}")
+        default = defaults("data", "synthetic")
         if cfg.get("metadata"):
-            clash = sorted(k for k in METADATA_DECIDES if k in cfg)
+            # a validated config holds every default: only other values are a contradiction
+            clash = sorted(k for k in METADATA_DECIDES if k in cfg and cfg[k] != default[k])
             if clash:
                 raise WorkflowError(
                     f"data.synthetic: {clash} cannot be combined with metadata (the patients, "
@@ -83,7 +85,7 @@ class SyntheticSpec:
                 "data.synthetic.max_patients selects patients of a metadata file: set "
                 "data.synthetic.metadata too, or use n_patients."
             )
-        return cls(**{**defaults("data", "synthetic"), **cfg})
+        return cls(**{**default, **cfg})
 
     def label_prevalence(self) -> dict:
         prev = {
