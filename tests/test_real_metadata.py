@@ -283,7 +283,7 @@ def imbalanced_shards(real_table, tmp_path_factory):
     t0 = time.perf_counter()
     generate(
         tmp / "nih",
-        spec(real_table, max_patients=1100, image_size=48, images_per_folder=2000, signal=2.0),
+        spec(real_table, max_patients=1100, image_size=32, images_per_folder=2000, signal=2.0),
     )
     manifest, _, summary = build_manifest(tmp / "nih", "Pneumothorax", 0.25, 1)
     paths = {}
@@ -292,7 +292,7 @@ def imbalanced_shards(real_table, tmp_path_factory):
         paths[split] = []
         for i in range(n_shards(len(rows), 4096)):
             p = tmp / split / f"{i:03d}.h5"
-            write_shard(shard_rows(manifest, split, i, 4096), p, 48, {"split": split})
+            write_shard(shard_rows(manifest, split, i, 4096), p, 32, {"split": split})
             paths[split].append(p)
     return paths, manifest, summary, time.perf_counter() - t0, tmp
 
@@ -318,14 +318,14 @@ def test_tiny_model_at_the_real_imbalance_does_not_collapse(imbalanced_shards):
         "seed": 1,
         "pretrained": "none",
         "train_subset": "all",
-        "image_size": 48,
+        "image_size": 32,
         "split_seed": 1,
         "augment": {},
-        "epochs": 6,
+        "epochs": 3,
         "batch_size": 64,
         "learning_rate": 0.002,
         "warmup_epochs": 0,
-        "patience": 6,
+        "patience": 3,
     }
     assert settings["class_weight"] == "balanced" and settings["min_val_auc"] == 0.6
     t0 = time.perf_counter()
@@ -348,7 +348,7 @@ def test_tiny_model_at_the_real_imbalance_does_not_collapse(imbalanced_shards):
     check_quality(settings, val, np.array([0.0, 1.0]))  # passed in training; does not raise
     # reported at the validation threshold: recomputed from the saved model's predictions
     model = keras.models.load_model(tmp / "model" / "model.keras", compile=False)
-    r = predict_shards(model, paths["val"], 48)
+    r = predict_shards(model, paths["val"], 32)
     again = binary_metrics(r["labels"], r["probs"], saved["threshold"])
     assert again["sensitivity"] == pytest.approx(val["sensitivity"], abs=1e-9)
     assert again["specificity"] == pytest.approx(val["specificity"], abs=1e-9)
