@@ -3,31 +3,18 @@
 # download: fetching it is the explicit command `python -m cxrtransfer.fetch DEST`.
 
 
-def synthetic_inputs(wildcards):
-    """The real metadata table the synthetic download draws (data.synthetic.metadata), as an
-    input: a changed table regenerates the download."""
-    from cxrtransfer.synthetic import SyntheticSpec
+import cxrtransfer.synthetic  # noqa: E402
 
-    try:  # contradictory keys fail here, before any job runs
-        SyntheticSpec.from_config(dict(config["data"]["synthetic"]))
-    except cxrtransfer.WorkflowError as e:
-        raise SnakemakeWorkflowError(str(e))
-    meta = config["data"]["synthetic"].get("metadata")
-    if not meta:
-        return {}
-    if not Path(meta).is_file():
-        raise SnakemakeWorkflowError(
-            f"data.synthetic.metadata '{meta}' does not exist. Run `make real-metadata` "
-            "(downloads the torchxrayvision 1.5.7 wheel from PyPI and extracts "
-            "Data_Entry_2017_v2020.csv.gz to resources/nih-metadata/), or point the key at a "
-            "Data_Entry_2017.csv you have."
-        )
-    return {"metadata": meta}
+try:  # contradictory data.synthetic keys or a missing metadata table fail before any job runs
+    SYNTHETIC_INPUTS = cxrtransfer.synthetic.metadata_inputs(config["data"])
+except cxrtransfer.WorkflowError as e:
+    raise SnakemakeWorkflowError(f"Invalid configuration: {e}")
 
 
 rule synthetic_download:
     input:
-        unpack(synthetic_inputs),
+        # the real metadata table it draws, if any: a changed table regenerates the download
+        **SYNTHETIC_INPUTS,
     output:
         directory(P.SYNTHETIC_DOWNLOAD),
     log:

@@ -274,6 +274,22 @@ def _write_metadata(out: Path, rows: list, bbox_rows: list, test_patients: set[i
     return test
 
 
+def metadata_inputs(data: dict) -> dict:
+    """Inputs of rule synthetic_download for the config's ``data`` section: ``{"metadata":
+    path}`` when the synthetic download draws a metadata table (so a changed table regenerates
+    it), else ``{}``. Checks ``data.synthetic`` and that the table exists (at parse time)."""
+    if data.get("source", "synthetic") != "synthetic":
+        return {}
+    spec = SyntheticSpec.from_config(dict(data.get("synthetic") or {}))
+    if not spec.metadata:
+        return {}
+    if not Path(spec.metadata).is_file():
+        from .real_metadata import read_metadata
+
+        read_metadata(spec.metadata)  # raises the message saying how to get the table
+    return {"metadata": spec.metadata}
+
+
 def _metadata_row(out: Path, i: int, r, anatomy: dict, spec: SyntheticSpec) -> tuple[list, list]:
     """Draw and save the image of one metadata row; return its Data_Entry row (the table's
     own values, Kaggle 2017 style) and its bounding-box rows."""
