@@ -176,6 +176,30 @@ def test_contradictory_keys_are_refused(tmp_path):
     SyntheticSpec.from_config({**defaults("data", "synthetic"), "metadata": str(meta)})
 
 
+def test_rule_input_is_the_table_checked_at_parse_time(tmp_path):
+    """rules/data.smk: the table is an input of synthetic_download (a changed table
+    regenerates the download); a missing table or contradictory keys fail before any job."""
+    from cxrtransfer.synthetic import metadata_inputs
+
+    meta = write_table(tmp_path / "meta.csv", _rows(5))
+    data = {"source": "synthetic", "synthetic": {"metadata": str(meta), "max_patients": 3}}
+    assert metadata_inputs(data) == {"metadata": str(meta)}
+    assert metadata_inputs({"source": "synthetic", "synthetic": {}}) == {}
+    missing = {"source": "kaggle", "synthetic": {"metadata": str(tmp_path / "nope.csv")}}
+    assert metadata_inputs(missing) == {}  # not drawn: not needed
+    with pytest.raises(
+        WorkflowError, match=r"nope\.csv' does not exist\. Run `make real-metadata`"
+    ):
+        metadata_inputs({**missing, "source": "synthetic"})
+    with pytest.raises(WorkflowError, match="prevalence"):
+        metadata_inputs(
+            {
+                "source": "synthetic",
+                "synthetic": {"metadata": str(meta), "prevalence": {"Mass": 0.5}},
+            }
+        )
+
+
 def _edit(rows, i, col, value):
     rows = [list(r) for r in rows]
     rows[i][col] = value
