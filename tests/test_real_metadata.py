@@ -377,3 +377,19 @@ def test_tiny_model_at_the_real_imbalance_does_not_collapse(imbalanced_shards):
     assert again["sensitivity"] == pytest.approx(val["sensitivity"], abs=1e-9)
     assert again["specificity"] == pytest.approx(val["specificity"], abs=1e-9)
     assert metrics["settings"]["class_weight"] == "balanced"
+
+
+def test_real_metadata_config_is_valid(root):
+    """config/real_metadata.yaml passes the schema and the cross-checks, draws the table that
+    `make real-metadata` writes, and every data.synthetic key it sets is usable with it."""
+    import yaml
+    from cxrtransfer import plan
+    from snakemake.utils import validate
+
+    cfg = yaml.safe_load((root / "config" / "real_metadata.yaml").read_text())
+    validate(cfg, str(root / "config" / "config.schema.yaml"))
+    plan.check_config(cfg, root)
+    synth = cfg["data"]["synthetic"]
+    assert synth["metadata"] == DEFAULT_PATH and synth["max_patients"] is None
+    s = SyntheticSpec.from_config(dict(synth))
+    assert s.image_size == cfg["data"]["image_size"] == 32
