@@ -10,10 +10,17 @@
     for every name (hard links of a few files). The manifest checkpoints run first; then the
     dry run of the whole study is timed, and (unless --no-profile) profiled with cProfile to
     show where planning time goes.
+    With --real-metadata PATH the stand-in is instead the synthetic download drawn for the REAL
+    metadata table (data.synthetic.metadata; `make real-metadata`): the real 112,120 rows,
+    patients, follow-ups and labels, small drawn PNGs (config/real_metadata.yaml's
+    data.synthetic settings), lists split patient-wise by its test_fraction (the official
+    lists are not public). Its generation time is measured too.
 (c) flops: forward FLOPs per 224 px image of every architecture of nih.yaml (TF profiler on
     the frozen graph, multiply-add = 2 FLOPs), and a GPU-hours estimate of the study from them.
 
     .venv/bin/python benchmarks/bench_planning.py --json out.json [--quick]
+    .venv/bin/python benchmarks/bench_planning.py --no-grid --no-flops --no-profile \
+        --real-metadata resources/nih-metadata/Data_Entry_2017_v2020.csv.gz --json out.json
 """
 
 from __future__ import annotations
@@ -56,7 +63,14 @@ ASSUMED_UTILISATION = 0.30
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="two grid sizes, no profile")
+    p.add_argument("--no-grid", action="store_true", help="skip (a)")
     p.add_argument("--no-nih", action="store_true", help="skip (b)")
+    p.add_argument(
+        "--real-metadata",
+        metavar="PATH",
+        help="(b) on the synthetic download drawn for this real metadata table "
+        "(config/real_metadata.yaml's data.synthetic settings) instead of the stand-in",
+    )
     p.add_argument("--no-profile", action="store_true", help="skip the cProfile run of (b)")
     p.add_argument("--no-flops", action="store_true", help="skip (c)")
     p.add_argument("--workdir", help="keep the temp directories here")
@@ -305,6 +319,25 @@ def make_nih_standin(root: Path, seed: int = 0) -> dict:
     return {"rows": n, "patients": n_pat, "test": len(test), "train_val": len(train_val)}
 
 
+def make_real_metadata_download(root: Path, metadata: str) -> dict:
+    """The synthetic download drawn for every row of a real metadata table, with the data
+    settings of config/real_metadata.yaml; returns the generator's counts."""
+    from cxrtransfer.synthetic import SyntheticSpec, generate
+
+    cfg = yaml.safe_load((ROOT / "config" / "real_metadata.yaml").read_text())
+    synth = {**cfg["data"]["synthetic"], "metadata": str(Path(metadata).resolve())}
+    counts = generate(root, SyntheticSpec.from_config(synth))
+    test = (root / "test_list.txt").read_text().split()
+    return {
+        "rows": counts["images"],
+        "patients": counts["patients"],
+        "test": len(test),
+        "train_val": counts["images"] - len(test),
+        "labels": {k: v for k, v in counts.items() if k not in ("images", "patients")},
+        "synthetic_settings": synth,
+    }
+
+
 def nih_config(work: Path, kaggle_dir: Path) -> Path:
     cfg = yaml.safe_load((ROOT / "config" / "nih.yaml").read_text())
     cfg["data"]["source"] = "kaggle"
@@ -354,9 +387,14 @@ def nih_planning(work: Path, args) -> dict:
     d = work / "nih"
     d.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    counts = make_nih_standin(d / "download")
+    if args.real_metadata:
+        counts = make_real_metadata_download(d / "download", args.real_metadata)
+        what = "download drawn for the real metadata"
+    else:
+        counts = make_nih_standin(d / "download")
+        what = "stand-in download"
     make_s = time.perf_counter() - t0
-    print(f"  stand-in download written in {make_s:.0f}s: {counts}", flush=True)
+    print(f"  {what} written in {make_s:.0f}s: {counts}", flush=True)
     cfg = nih_config(d, (d / "download").resolve())
     man_s, _ = snakemake(
         d, cfg, "results/manifests/pneumothorax.csv", "results/manifests/cardiomegaly.csv"
@@ -374,7 +412,14 @@ def nih_planning(work: Path, args) -> dict:
             }
             for s in ("train", "val", "test")
         }
-    res = {"standin": counts, "standin_s": make_s, "manifest_s": man_s, "splits": splits}
+    res = {
+        "download": "real metadata" if args.real_metadata else "stand-in",
+        "standin": counts,
+        "standin_s": make_s,
+        "manifest_s": man_s,
+        "splits": splits,
+    }
+    print(f"  splits: {splits}", flush=True)
     if args.quick:  # the whole-study dry run takes minutes on 2 busy cores
         return res
     r = dry_run(d, cfg, repeats=1)
@@ -490,10 +535,12 @@ def main(argv=None) -> int:
         work = Path(tmp.name)
     result = {"settings": vars(args), "machine": common.machine_info()}
     sizes = [(1, 2), (4, 4)] if args.quick else [(1, 2), (2, 2), (2, 4), (4, 4), (4, 8)]
-    print("(a) dry-run time against the grid size (test.yaml-like configs)", flush=True)
-    result["grid"] = grid_scaling(work, sizes)
+    if not args.no_grid:
+        print("(a) dry-run time against the grid size (test.yaml-like configs)", flush=True)
+        result["grid"] = grid_scaling(work, sizes)
     if not args.no_nih:
-        print("(b) config/nih.yaml against a stand-in of the real download", flush=True)
+        what = "the real metadata" if args.real_metadata else "a stand-in of the real download"
+        print(f"(b) config/nih.yaml against {what}", flush=True)
         result["nih"] = nih_planning(work, args)
     if not args.no_flops:
         print("(c) forward FLOPs per image at 224 px", flush=True)

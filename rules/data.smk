@@ -3,7 +3,18 @@
 # download: fetching it is the explicit command `python -m cxrtransfer.fetch DEST`.
 
 
+import cxrtransfer.synthetic  # noqa: E402
+
+try:  # contradictory data.synthetic keys or a missing metadata table fail before any job runs
+    SYNTHETIC_INPUTS = cxrtransfer.synthetic.metadata_inputs(config["data"])
+except cxrtransfer.WorkflowError as e:
+    raise SnakemakeWorkflowError(f"Invalid configuration: {e}")
+
+
 rule synthetic_download:
+    input:
+        # the real metadata table it draws, if any: a changed table regenerates the download
+        **SYNTHETIC_INPUTS,
     output:
         directory(P.SYNTHETIC_DOWNLOAD),
     log:

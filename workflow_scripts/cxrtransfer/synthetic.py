@@ -12,6 +12,14 @@ Pneumothorax darkens a lung apex, removes its texture and draws a pleural line, 
 blunts a costophrenic angle, Infiltration adds patchy opacities, Mass/Nodule add round
 opacities. Patients vary (anatomy, exposure) and findings persist across follow-ups.
 This is a demonstration dataset: numbers obtained with it are not clinical results.
+
+With ``metadata`` (a real ``Data_Entry_2017.csv`` or the 2020 revision, see
+``real_metadata``), the images drawn are exactly the table's rows (all, or ``max_patients``
+whole patients drawn with the seed): real names, patients, follow-ups, labels, ages, sexes and
+views, so patient structure, label co-occurrence and class imbalance are the real ones. The
+lists then split patient-wise by ``test_fraction`` (the official lists are not public apart
+from the image download). Each image depends only on (seed, patient, image name), so a subset
+holds the same images as the whole table.
 """
 
 from __future__ import annotations
@@ -32,6 +40,8 @@ CSV_HEADER = (
     "View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
 )
 BBOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
+# keys of data.synthetic that a metadata file replaces
+METADATA_DECIDES = ("n_patients", "max_followups", "no_finding_fraction", "prevalence")
 
 
 @dataclass
@@ -49,6 +59,8 @@ class SyntheticSpec:
     prevalence: dict
     rgba_fraction: float
     signal: float
+    metadata: str | None = None
+    max_patients: int | None = None
 
     @classmethod
     def from_config(cls, cfg: dict) -> SyntheticSpec:
@@ -58,7 +70,22 @@ class SyntheticSpec:
         unknown = set(cfg) - set(known)
         if unknown:
             raise WorkflowError(f"Unknown data.synthetic keys: {sorted(unknown)}")
-        return cls(**{**defaults("data", "synthetic"), **cfg})
+        default = defaults("data", "synthetic")
+        if cfg.get("metadata"):
+            # a validated config holds every default: only other values are a contradiction
+            clash = sorted(k for k in METADATA_DECIDES if k in cfg and cfg[k] != default[k])
+            if clash:
+                raise WorkflowError(
+                    f"data.synthetic: {clash} cannot be combined with metadata (the patients, "
+                    "follow-ups and labels come from the metadata file); remove them, or use "
+                    "max_patients to draw a subset of patients."
+                )
+        elif cfg.get("max_patients") is not None:
+            raise WorkflowError(
+                "data.synthetic.max_patients selects patients of a metadata file: set "
+                "data.synthetic.metadata too, or use n_patients."
+            )
+        return cls(**{**default, **cfg})
 
     def label_prevalence(self) -> dict:
         prev = {
@@ -247,12 +274,92 @@ def _write_metadata(out: Path, rows: list, bbox_rows: list, test_patients: set[i
     return test
 
 
+def metadata_inputs(data: dict) -> dict:
+    """Inputs of rule synthetic_download for the config's ``data`` section: ``{"metadata":
+    path}`` when the synthetic download draws a metadata table (so a changed table regenerates
+    it), else ``{}``. Checks ``data.synthetic`` and that the table exists (at parse time)."""
+    if data.get("source", "synthetic") != "synthetic":
+        return {}
+    spec = SyntheticSpec.from_config(dict(data.get("synthetic") or {}))
+    if not spec.metadata:
+        return {}
+    if not Path(spec.metadata).is_file():
+        from .real_metadata import read_metadata
+
+        read_metadata(spec.metadata)  # raises the message saying how to get the table
+    return {"metadata": spec.metadata}
+
+
+def _metadata_row(out: Path, i: int, r, anatomy: dict, spec: SyntheticSpec) -> tuple[list, list]:
+    """Draw and save the image of one metadata row; return its Data_Entry row (the table's
+    own values, Kaggle 2017 style) and its bounding-box rows."""
+    name, pid = r.image_index, int(r.patient_id)
+    labels = r.finding_labels.split("|")
+    folder = out / f"images_{i // spec.images_per_folder + 1:03d}" / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    irng = np.random.default_rng([spec.seed, pid, int(name[9:12]), 1])
+    arr = render(set(labels), anatomy, irng, spec.image_size, spec.signal)
+    if irng.random() < spec.rgba_fraction:
+        rgba = np.stack([arr, arr, arr, np.full_like(arr, 255)], axis=-1)
+        Image.fromarray(rgba, mode="RGBA").save(folder / name)
+    else:
+        Image.fromarray(arr, mode="L").save(folder / name)
+    size = spec.image_size
+    spacing = f"{0.143 * 1024 / size:.3f}"
+    row = [
+        name,
+        r.finding_labels,
+        r.follow_up,
+        pid,
+        r.age,
+        r.sex,
+        r.view,
+        r.width or size,
+        r.height or size,
+        r.spacing_x or spacing,
+        r.spacing_y or spacing,
+    ]
+    boxes = [
+        [name, lab, *(f"{f * size:.4f}" for f in (0.3, 0.4, 0.4, 0.35))]
+        for lab in labels
+        if lab in ("Cardiomegaly", "Pneumothorax") and irng.random() < 0.2
+    ]
+    return row, boxes
+
+
+def _generate_from_metadata(out: Path, spec: SyntheticSpec, meta) -> tuple[list, list, set, int]:
+    from .real_metadata import select_patients, split_test_patients
+
+    meta = select_patients(meta, spec.max_patients, spec.seed)
+    test_patients = split_test_patients(meta, spec.test_fraction, spec.seed)
+    rows, bbox_rows, anatomy = [], [], {}
+    progress = Progress(len(meta), "synthetic images (real metadata)", every_seconds=15)
+    for i, r in enumerate(meta.itertuples(index=False)):
+        pid = int(r.patient_id)
+        if pid not in anatomy:
+            anatomy[pid] = _patient_anatomy(np.random.default_rng([spec.seed, pid, 0]))
+        row, boxes = _metadata_row(out, i, r, anatomy[pid], spec)
+        rows.append(row)
+        bbox_rows += boxes
+        progress.update()
+    return rows, bbox_rows, test_patients, len(anatomy)
+
+
 def generate(out_dir: str | Path, spec: SyntheticSpec) -> dict:
     """Write the synthetic download into ``out_dir`` (replaced if present); return counts."""
     out = Path(out_dir)
+    meta = None
+    if spec.metadata:
+        from .real_metadata import read_metadata
+
+        meta = read_metadata(spec.metadata)  # a bad table fails before anything is deleted
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
+    if meta is not None:
+        rows, bbox_rows, test_patients, n_patients = _generate_from_metadata(out, spec, meta)
+        test = _write_metadata(out, rows, bbox_rows, test_patients)
+        return _counts(out, rows, n_patients, test)
     images, test_patients = _plan_images(spec, np.random.default_rng(spec.seed))
     rows, bbox_rows = [], []
     progress = Progress(len(images), "synthetic images", every_seconds=10)
@@ -262,7 +369,11 @@ def generate(out_dir: str | Path, spec: SyntheticSpec) -> dict:
         bbox_rows += boxes
         progress.update()
     test = _write_metadata(out, rows, bbox_rows, test_patients)
-    counts = {"images": len(rows), "patients": spec.n_patients, "test_images": len(test)}
+    return _counts(out, rows, spec.n_patients, test)
+
+
+def _counts(out: Path, rows: list, n_patients: int, test: list) -> dict:
+    counts = {"images": len(rows), "patients": n_patients, "test_images": len(test)}
     for lab in [NO_FINDING, *LABELS]:
         counts[lab] = sum(lab in r[1].split("|") for r in rows)
     LOG.info("synthetic download written to %s: %s", out, counts)
