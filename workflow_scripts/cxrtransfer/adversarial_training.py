@@ -26,7 +26,7 @@ evaluate and save (standard layers only: ``model.keras`` keeps the model contrac
 ``cxrtransfer.train`` imports this module by name, for adversarially trained models only, so
 the code version of clean training (``plan.code_version`` of the train script) does not cover
 it or the attack code: an edit of ``attacks.py`` retrains adversarially trained models only,
-through ``code_version()`` (rules/train.smk).
+through ``code_version()`` (the train rule's code param, rules/common.smk train_code).
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ def _adversarial_training():
     """``cxrtransfer.adversarial_training``, imported by name: clean training never runs it, so
     the code version of the train script (plan.code_version, which finds static imports) leaves
     it and the attack code out, and an edit of attacks.py does not retrain clean models; the
-    train rule adds its version for adversarially trained models (rules/train.smk)."""
+    train rule adds its version for adversarially trained models (rules/common.smk, train_code)."""
     return importlib.import_module(f"{__package__}.adversarial_training")
 
 
