@@ -241,3 +241,28 @@ def defended_settings(name):
 def model_facts(names):
     """What the evaluation reads of each source's and target's settings (relations.factors)."""
     return {m: plan.source_facts(config, m) for m in sorted(names)}
+
+
+def init_inputs(w):
+    """A fine-tuned model's (models.<name>.init_from) start: that model's checkpoint, metrics
+    and training patients; nothing for a model trained from scratch."""
+    init = config["models"][w.model].get("init_from")
+    if not init:
+        return {}
+    return {
+        "init_model": P.MODEL.format(model=init),
+        "init_metrics": P.MODEL_METRICS.format(model=init),
+        "init_patients": P.MODEL_PATIENTS.format(model=init),
+    }
+
+
+def train_code(w):
+    """The code version of a model's training: the train script's; an adversarially trained
+    model's also covers cxrtransfer.adversarial_training and the attack code it runs (imported
+    by name for such models only, so an edit of attacks.py retrains them and no other).
+    """
+    from cxrtransfer import adversarial_training
+
+    if not model_settings(config, w.model).get("adversarial"):
+        return code("train")
+    return f"{code('train')}-{adversarial_training.code_version()}"

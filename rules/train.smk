@@ -1,5 +1,6 @@
 rule train:
     input:
+        unpack(init_inputs),
         train=lambda w: shards(model_task(w.model), "train"),
         val=lambda w: shards(model_task(w.model), "val"),
         test=lambda w: shards(model_task(w.model), "test"),
@@ -19,7 +20,7 @@ rule train:
         **gpu_resources("train_runtime"),
     params:
         settings=lambda w: plan.canon(model_settings(config, w.model)),
-        code=code("train"),
+        code=train_code,
     script:
         script_path("train")
 

@@ -11,6 +11,13 @@ from cxrtransfer.utils import run_main
 def main(sm):
     settings = dict(sm.params.settings)
     patients = subset_patients(sm.input.train, settings["train_subset"], settings["split_seed"])
+    init = None
+    if settings.get("init_from"):  # fine-tuned from another model's finished checkpoint
+        init = {
+            "checkpoint": sm.input.init_model,
+            "metrics": sm.input.init_metrics,
+            "patients": sm.input.init_patients,
+        }
     train_model(
         settings,
         list(sm.input.train),
@@ -18,6 +25,7 @@ def main(sm):
         list(sm.input.test),
         Path(sm.output.model).parent,
         patients,
+        init,
     )
 
 

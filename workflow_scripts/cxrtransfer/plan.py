@@ -166,6 +166,7 @@ def eps_grid(config: dict, attack: str) -> list[float]:
 def check_config(config: dict, basedir: str | Path = ".") -> None:
     """Cross-checks the JSON schema cannot express; raise WorkflowError naming the key."""
     _check_models(config, basedir)
+    _check_adversarial_training(config)
     _check_defences(config)
     _check_attacks(config)
     _check_grid(config)
@@ -214,6 +215,61 @@ def _check_defences(config: dict) -> None:
                 f"{key}.model: '{d['model']}' is {what}; a defence wraps one trained model of "
                 f"models: ({sorted(models)})."
             )
+
+
+def _check_adversarial_training(config: dict) -> None:
+    """training.adversarial (defaults and each model's own) and models.<name>.init_from."""
+    models = config["models"]
+    blocks = [("training.adversarial", config.get("training", {}).get("adversarial"))]
+    blocks += [
+        (f"models.{n}.training.adversarial", m.get("training", {}).get("adversarial"))
+        for n, m in models.items()
+    ]
+    for key, adv in blocks:
+        if adv is None:
+            continue
+        eps = adv.get("eps")
+        if not isinstance(eps, int | float) or not 0 < eps <= 255:
+            raise WorkflowError(
+                f"{key}.eps: {eps!r} is outside the data range; adversarial training eps is "
+                "in 1/255 units like the study's eps (0 < eps <= 255; 255 already allows any "
+                "image, typical values are 2-8)."
+            )
+        cfg = {"method": "pgd", "norm": "linf"}
+        cfg.update(
+            {k: adv[k] for k in ("steps", "step_fraction", "random_start", "seed") if k in adv}
+        )
+        try:
+            spec_from_config(cfg, eps)
+        except WorkflowError as err:
+            raise WorkflowError(f"{key}: {err}") from None
+        if not 0 <= adv.get("fraction", 0.5) <= 1:
+            raise WorkflowError(f"{key}.fraction: {adv['fraction']} is not in [0, 1].")
+    for name, m in models.items():
+        init = m.get("init_from")
+        if init is None:
+            continue
+        key = f"models.{name}.init_from"
+        if init == name:
+            raise WorkflowError(f"{key}: a model cannot be fine-tuned from itself.")
+        if init not in models:
+            raise WorkflowError(
+                f"{key}: '{init}' is not a configured model; configured: {sorted(models)}."
+            )
+        for fact in ("task", "arch"):
+            if models[init][fact] != m[fact]:
+                raise WorkflowError(
+                    f"{key}: '{init}' has {fact} '{models[init][fact]}', this model "
+                    f"'{m[fact]}'; a model is fine-tuned from a checkpoint of its own task and "
+                    "architecture."
+                )
+        chain = [name]
+        while init is not None:
+            if init in chain:
+                cycle = " -> ".join([*chain[chain.index(init) :], init])
+                raise WorkflowError(f"{key}: the init_from chain has a cycle ({cycle}).")
+            chain.append(init)
+            init = models[init].get("init_from") if init in models else None
 
 
 def _check_attacks(config: dict) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import json
 import shutil
 import time
@@ -28,6 +29,16 @@ from .utils import LOG, atomic_path, file_sha256, params_hash, write_json
 # Training defaults: the config schema's (one place), for settings built without a validated
 # config (tests, benchmarks).
 TRAINING_DEFAULTS = schema_defaults("training")
+# Adversarial training (training.adversarial; off when absent): the defaults of its keys.
+ADVERSARIAL_DEFAULTS = schema_defaults("training", "adversarial")
+
+
+def _adversarial_training():
+    """``cxrtransfer.adversarial_training``, imported by name: clean training never runs it, so
+    the code version of the train script (plan.code_version, which finds static imports) leaves
+    it and the attack code out, and an edit of attacks.py does not retrain clean models; the
+    train rule adds its version for adversarially trained models (rules/common.smk, train_code)."""
+    return importlib.import_module(f"{__package__}.adversarial_training")
 
 
 def model_settings(config: dict, name: str) -> dict:
@@ -36,6 +47,9 @@ def model_settings(config: dict, name: str) -> dict:
         raise WorkflowError(f"Unknown model '{name}'; configured: {sorted(config['models'])}")
     m = dict(config["models"][name])
     training = {**TRAINING_DEFAULTS, **config.get("training", {}), **m.pop("training", {})}
+    if "adversarial" in training:  # a model's own block replaces the default block as a whole
+        training["adversarial"] = {**ADVERSARIAL_DEFAULTS, **training["adversarial"]}
+    extra = {"init_from": m["init_from"]} if m.get("init_from") else {}
     return {
         "name": name,
         "task": m["task"],
@@ -48,6 +62,7 @@ def model_settings(config: dict, name: str) -> dict:
         "split_seed": int(config.get("split", {}).get("seed", 42)),
         "augment": dict(config.get("augmentation", {})) if training["augmentation"] else {},
         **training,
+        **extra,
     }
 
 
@@ -101,19 +116,57 @@ def _optimizer(s: dict, steps_per_epoch: int):
     return keras.optimizers.Adam(schedule)
 
 
-def compiled_model(s: dict, steps_per_epoch: int):
-    """The model of settings ``s``, compiled as training uses it (also used by the benchmark)."""
+def compiled_model(s: dict, steps_per_epoch: int, init_checkpoint=None):
+    """The model of settings ``s``, compiled as training uses it (also used by the benchmark).
+
+    ``init_checkpoint``: a finished checkpoint of the same architecture (``init_from``) whose
+    weights the model starts from. With ``s["adversarial"]`` the returned model is the
+    adversarial trainer (``adversarial_training.make_trainer``) around the contract model,
+    which ``contract_model(model)`` gives back."""
     from .models import build_model
 
+    pretrained = "none" if init_checkpoint is not None else s["pretrained"]
     model = build_model(
-        s["arch"], s["image_size"], s["pretrained"], seed=s["seed"], bn_momentum=s["bn_momentum"]
+        s["arch"], s["image_size"], pretrained, seed=s["seed"], bn_momentum=s["bn_momentum"]
     )
+    if init_checkpoint is not None:
+        load_init_weights(model, init_checkpoint, s)
+    if s.get("adversarial"):
+        model = _adversarial_training().make_trainer(model, s["adversarial"], s["seed"])
     model.compile(
         optimizer=_optimizer(s, steps_per_epoch),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
     return model
+
+
+def adversarial_cost(adv: dict) -> float:
+    """Cost of an adversarial training epoch in clean epochs (forward-backward passes per
+    image): 1 + fraction * steps for PGD; TRADES trains on the adversarial examples as well."""
+    extra = 1 if adv["method"] == "trades" else 0
+    return 1 + adv["fraction"] * (adv["steps"] + extra)
+
+
+def contract_model(model):
+    """The model that follows the model contract: ``model`` itself, or the model an adversarial
+    trainer trains (what is evaluated and saved)."""
+    return getattr(model, "contract_model", model)
+
+
+def load_init_weights(model, path, s: dict) -> None:
+    """Start ``model`` from the weights of the finished checkpoint ``path`` (``init_from``)."""
+    from .models import load_checkpoint
+
+    init = load_checkpoint(path, s["image_size"])
+    src, dst = init.get_weights(), model.get_weights()
+    if [w.shape for w in src] != [w.shape for w in dst]:
+        raise WorkflowError(
+            f"Model '{s['name']}': the init_from checkpoint '{path}' is not a {s['arch']} of "
+            f"this workflow at {s['image_size']} px (its weights have other shapes); retrain "
+            f"'{s.get('init_from')}' or fix models.{s['name']}.init_from."
+        )
+    model.set_weights(src)
 
 
 def _callbacks(model_dir: Path, work: Path, s: dict, val_ds_fn):
@@ -123,7 +176,7 @@ def _callbacks(model_dir: Path, work: Path, s: dict, val_ds_fn):
         """Validation AUROC (scikit-learn) into the epoch logs as ``val_auc``."""
 
         def on_epoch_end(self, epoch, logs=None):
-            y, p = val_ds_fn(self.model, self)
+            y, p = val_ds_fn(contract_model(self.model), self)
             logs["val_auc"] = binary_metrics(y, p, 0.5)["auc"]
             p_true = np.clip(np.where(y == 1, p, 1 - p), 1e-7, 1.0)
             logs["val_loss"] = float(-np.log(p_true).mean())
@@ -149,10 +202,13 @@ def _callbacks(model_dir: Path, work: Path, s: dict, val_ds_fn):
                 since = len(prev) - 1 - int(prev["val_auc"].to_numpy().argmax())
                 self.wait = since
 
+    later_ties = _later_ties(s)
+
     class BestCheckpoint(keras.callbacks.Callback):
-        """The model of the highest val_auc so far (strictly higher than the best before),
-        written atomically: a kill mid-write (e.g. SLURM's time limit) leaves the previous
-        best, never a truncated file that a resumed run could not load."""
+        """The model of the highest val_auc so far (strictly higher than the best before; for
+        adversarial training also an equal one, see ``_later_ties``), written atomically: a
+        kill mid-write (e.g. SLURM's time limit) leaves the previous best, never a truncated
+        file that a resumed run could not load."""
 
         def __init__(self, path: Path, threshold):
             super().__init__()
@@ -160,10 +216,12 @@ def _callbacks(model_dir: Path, work: Path, s: dict, val_ds_fn):
 
         def on_epoch_end(self, epoch, logs=None):
             value = (logs or {}).get("val_auc")
-            if value is not None and (self.best is None or value > self.best):
+            if value is not None and (
+                self.best is None or value > self.best or (later_ties and value == self.best)
+            ):
                 self.best = value
                 with atomic_path(self.path) as tmp:
-                    self.model.save(tmp)
+                    contract_model(self.model).save(tmp)  # standard layers only
 
     # Order matters: ValAUC fills logs["val_auc"] for the others; BackupAndRestore saves last,
     # so a kill between two callbacks at worst repeats one epoch, never skips its log row.
@@ -186,6 +244,21 @@ def _callbacks(model_dir: Path, work: Path, s: dict, val_ds_fn):
     ]
 
 
+def _later_ties(s: dict) -> bool:
+    """Whether an epoch as good as the best (clean validation AUROC) replaces it: for
+    adversarial training, whose later epochs are the more robust ones (ties are common when a
+    fine-tuned model starts at its best clean AUROC); clean training keeps the earliest."""
+    return bool(s.get("adversarial"))
+
+
+def best_row(history: pd.DataFrame, s: dict) -> int:
+    """The row of ``history`` whose checkpoint ``BestCheckpoint`` kept."""
+    auc = history["val_auc"].to_numpy()
+    if _later_ties(s):
+        return int(len(auc) - 1 - auc[::-1].argmax())
+    return int(auc.argmax())
+
+
 def _previous_history(path: Path) -> pd.DataFrame:
     if path.is_file() and path.stat().st_size > 0:
         df = pd.read_csv(path)
@@ -201,16 +274,22 @@ OUTPUT_FILES = ("model.keras", "metrics.json", "history.csv", "train_patients.tx
 WORK_STATE_VERSION = 2
 
 
-def inputs_stamp(settings: dict, train_shards, val_shards, train_patients: list[int]) -> dict:
+def inputs_stamp(
+    settings: dict, train_shards, val_shards, train_patients: list[int], init_checkpoint=None
+) -> dict:
     """What the training state depends on: the settings, the CONTENT of the train and val
-    shards (sha256 of each file, in order) and the training patients actually used."""
-    return {
+    shards (sha256 of each file, in order), the training patients actually used and, for a
+    model fine-tuned from another (``init_from``), the sha256 of that checkpoint."""
+    stamp = {
         "version": WORK_STATE_VERSION,
         "settings": settings,
         "train_sha256": [file_sha256(p) for p in train_shards],
         "val_sha256": [file_sha256(p) for p in val_shards],
         "train_patients_sha256": params_hash(train_patients),
     }
+    if init_checkpoint is not None:
+        stamp["init_sha256"] = file_sha256(init_checkpoint)
+    return stamp
 
 
 def prepare_work(out: Path, stamp: dict) -> bool:
@@ -296,9 +375,12 @@ def deterministic_ops(seed: int):
             tf_config.disable_op_determinism()
 
 
-def _fit(settings: dict, train_shards, val_shards, patients, out: Path, counts: dict) -> float:
+def _fit(
+    settings: dict, train_shards, val_shards, patients, out: Path, counts: dict, init=None
+) -> float:
     """Train (or continue the interrupted run in ``out/work``); returns wall time in seconds.
-    A run that already finished (``work/fit_done``) is not trained further."""
+    A run that already finished (``work/fit_done``) is not trained further. ``init``: the
+    checkpoint to start from (``init_from``), or None."""
     from .data import make_dataset
     from .inference import make_predict_fn, predict_shards
 
@@ -318,8 +400,23 @@ def _fit(settings: dict, train_shards, val_shards, patients, out: Path, counts: 
         counts["n_val"],
         counts["class_weight"],
     )
+    if init is not None:
+        LOG.info("starting from the weights of %s (%s)", settings.get("init_from"), init)
+    adv = settings.get("adversarial")
+    if adv:
+        LOG.info(
+            "adversarial training: %s, L-inf eps %g/255, %d steps of %g eps, %g of each batch, "
+            "about %.1fx the cost of a clean epoch",
+            adv["method"],
+            adv["eps"],
+            adv["steps"],
+            adv["step_fraction"],
+            adv["fraction"],
+            adversarial_cost(adv),
+        )
     with deterministic_ops(settings["seed"]):
-        model = compiled_model(settings, int(np.ceil(counts["n"] / settings["batch_size"])))
+        steps = int(np.ceil(counts["n"] / settings["batch_size"]))
+        model = compiled_model(settings, steps, init_checkpoint=init)
         train_ds = make_dataset(
             train_shards,
             size,
@@ -417,6 +514,39 @@ def _write_outputs(out: Path, model, metrics: dict, history: pd.DataFrame, patie
     return metrics
 
 
+def read_init(settings: dict, init: dict) -> dict:
+    """The model a fine-tuned model starts from (``init_from``): ``init`` holds the paths of its
+    ``checkpoint`` (model.keras), ``metrics`` (metrics.json) and ``patients``
+    (train_patients.txt). Returns what metrics.json records of it and its training patients;
+    refuses a checkpoint that is not the one its metrics.json describes."""
+    checkpoint = Path(init["checkpoint"])
+    try:
+        meta = json.loads(Path(init["metrics"]).read_text())
+        patients = [int(x) for x in Path(init["patients"]).read_text().split()]
+    except (OSError, ValueError) as e:
+        raise WorkflowError(
+            f"Model '{settings['name']}': cannot read the init_from model's metrics or patients "
+            f"({e}); rerun the training of '{settings.get('init_from')}'."
+        ) from None
+    sha = file_sha256(checkpoint)
+    if meta.get("checkpoint_sha256") != sha:
+        raise WorkflowError(
+            f"Model '{settings['name']}': the init_from checkpoint '{checkpoint}' is not the one "
+            f"its metrics.json describes (sha256 {sha[:12]} vs "
+            f"{str(meta.get('checkpoint_sha256'))[:12]}); it is damaged or stale. Run "
+            "`make verify REMOVE=1` and rerun."
+        )
+    return {
+        "record": {
+            "model": settings.get("init_from", meta.get("model")),
+            "checkpoint_sha256": sha,
+            "val_auc": meta.get("val", {}).get("auc"),
+            "test_auc": meta.get("test", {}).get("auc"),
+        },
+        "patients": patients,
+    }
+
+
 def train_model(
     settings: dict,
     train_shards: list,
@@ -424,19 +554,29 @@ def train_model(
     test_shards: list,
     out_dir: str | Path,
     patients: set[int] | None = None,
+    init: dict | None = None,
 ) -> dict:
     """Train, select by validation AUROC, check quality on validation data, write model.keras,
-    metrics.json, history.csv and train_patients.txt; then delete the work state."""
+    metrics.json, history.csv and train_patients.txt; then delete the work state.
+
+    ``init``: for a model fine-tuned from another (``init_from``), the paths of that model's
+    ``checkpoint``, ``metrics`` and ``patients`` (see ``read_init``). Its training patients
+    count as this model's too (train_patients.txt holds the union), so measured patient
+    overlap stays honest."""
     out = Path(out_dir)
     work = out / "work"
+    if settings.get("adversarial"):  # settings built without a validated config: defaults
+        settings = {**settings, "adversarial": {**ADVERSARIAL_DEFAULTS, **settings["adversarial"]}}
     counts = _training_counts(settings, train_shards, val_shards, patients)
-    stamp = inputs_stamp(settings, train_shards, val_shards, counts["patient_ids"])
+    start = read_init(settings, init) if init is not None else None
+    checkpoint = Path(init["checkpoint"]) if init is not None else None
+    stamp = inputs_stamp(settings, train_shards, val_shards, counts["patient_ids"], checkpoint)
     prepare_work(out, stamp)
-    wall = _fit(settings, train_shards, val_shards, patients, out, counts)
+    wall = _fit(settings, train_shards, val_shards, patients, out, counts, checkpoint)
     history = _previous_history(work / "log.csv")
     best, threshold, val_metrics = _select(settings, work, val_shards)
     test_metrics = _test_metrics(settings, best, test_shards, threshold)
-    best_row = int(history["val_auc"].to_numpy().argmax())
+    row = best_row(history, settings)
     metrics = {
         "model": settings["name"],
         "task": settings["task"],
@@ -446,14 +586,20 @@ def train_model(
         "val": val_metrics,
         "test": test_metrics,
         "epochs_run": int(len(history)),
-        "best_epoch": int(history["epoch"].iloc[best_row]) + 1,
+        "best_epoch": int(history["epoch"].iloc[row]) + 1,
         "wall_time_s": round(wall, 1),
         "train_images": counts["n"],
         "train_positives": counts["n1"],
         "inputs": {k: v for k, v in stamp.items() if k != "settings"},
         "settings": settings,
     }
-    metrics = _write_outputs(out, best, metrics, history, counts["patient_ids"])
+    patient_ids = counts["patient_ids"]
+    if settings.get("adversarial"):
+        metrics["adversarial"] = settings["adversarial"]
+    if start is not None:
+        metrics["init_from"] = start["record"]
+        patient_ids = sorted(set(patient_ids) | set(start["patients"]))
+    metrics = _write_outputs(out, best, metrics, history, patient_ids)
     shutil.rmtree(work)
     LOG.info(
         "model %s: val AUC %.3f, test AUC %.3f (threshold %.3f), %d epochs, %.0f s",
