@@ -159,3 +159,25 @@ def test_summary_section_and_unchanged_summary_without_expert_labels():
     assert "40 of 100 test images have an expert label" in s
     assert "| pgd | 8 | surrogate | 1 | 0.610 | 0.550 | 0.410 | 0.450 |" in s
     assert "Data task c: its finding has no expert-label column" in s
+
+
+def test_config_checks(root, tmp_path):
+    """`synthetic` needs the generator's settings; a missing file is refused at parse time."""
+    import yaml
+    from cxrtransfer import plan
+    from snakemake.utils import validate
+
+    cfg = yaml.safe_load((root / "config" / "test.yaml").read_text())
+    validate(cfg, str(root / "config" / "config.schema.yaml"))
+    assert plan.expert_columns(cfg) == {}
+    cfg["data"]["expert_labels"] = "synthetic"
+    with pytest.raises(WorkflowError, match="data.synthetic.expert_labels"):
+        plan.check_config(cfg, root)
+    cfg["data"]["synthetic"]["expert_labels"] = {"disagreement": 0.1}
+    validate(cfg, str(root / "config" / "config.schema.yaml"))
+    assert cfg["data"]["synthetic"]["expert_labels"]["fraction"] == 0.5  # schema default
+    plan.check_config(cfg, root)
+    assert plan.expert_columns(cfg) == {"pneumothorax": "Pneumothorax", "cardiomegaly": None}
+    cfg["data"]["expert_labels"] = str(tmp_path / "missing.csv.gz")
+    with pytest.raises(WorkflowError, match="make real-metadata"):
+        plan.check_config(cfg, root)
