@@ -204,7 +204,23 @@ def evaluate_inputs(w):
         inputs[f"metrics__{m}"] = P.MODEL_METRICS.format(model=m)
     for m in sorted(set(evaluated_models(w))):
         inputs[f"patients__{m}"] = P.MODEL_PATIENTS.format(model=m)
+    if EXPERT_COLUMNS.get(w.data_task):
+        inputs["expert_labels"] = P.EXPERT_LABELS.format(task=w.data_task)
     return inputs
+
+
+EXPERT_FILE = plan.expert_labels_file(config)
+# {task: expert column or None} when the study has expert labels, else {}
+EXPERT_COLUMNS = plan.expert_columns(config)
+
+
+def expert_label_inputs(w):
+    """The expert-label file and the download's metadata it is checked against."""
+    if config["data"]["source"] == "synthetic":
+        metadata = data_dir()  # the synthetic download (a directory)
+    else:
+        metadata = str(download_files(data_dir())["csv"])
+    return {"expert": EXPERT_FILE, "metadata": metadata}
 
 
 def evaluated_models(w):

@@ -26,7 +26,14 @@ rule synthetic_download:
     resources:
         **cpu_resources(),
     params:
-        spec=plan.canon(config["data"]["synthetic"]),
+        # without the expert-label settings: those only change synthetic_expert_labels
+        spec=plan.canon(
+            {
+                k: v
+                for k, v in config["data"]["synthetic"].items()
+                if k != "expert_labels"
+            }
+        ),
         code=code("synthetic_download"),
     script:
         script_path("synthetic_download")
@@ -106,3 +113,46 @@ rule shard_summary:
         code=code("shard_summary"),
     script:
         script_path("shard_summary")
+
+
+# Expert labels (data.expert_labels): the generator's file for synthetic data, then per task
+# the checked labels of its finding. Only tasks whose finding has an expert column get one;
+# an evaluation reads its task's file, so switching expert labels on reruns only those.
+rule synthetic_expert_labels:
+    input:
+        download=P.SYNTHETIC_DOWNLOAD,
+    output:
+        P.SYNTHETIC_EXPERT_LABELS,
+    log:
+        P.log("synthetic_expert_labels"),
+    benchmark:
+        P.benchmark("synthetic_expert_labels")
+    conda:
+        "../envs/data.yaml"
+    params:
+        settings=plan.canon(
+            cxrtransfer.synthetic.expert_label_settings(
+                config["data"]["synthetic"].get("expert_labels")
+            )
+        ),
+        code=code("synthetic_expert_labels"),
+    script:
+        script_path("synthetic_expert_labels")
+
+
+rule expert_labels:
+    input:
+        unpack(expert_label_inputs),
+    output:
+        P.EXPERT_LABELS,
+    log:
+        P.log("expert_labels", "{task}"),
+    benchmark:
+        P.benchmark("expert_labels", "{task}")
+    conda:
+        "../envs/data.yaml"
+    params:
+        column=lambda w: EXPERT_COLUMNS[w.task],
+        code=code("expert_labels"),
+    script:
+        script_path("expert_labels")

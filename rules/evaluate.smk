@@ -105,11 +105,13 @@ rule tables:
     conda:
         "../envs/report.yaml"
     params:
+        **({"expert": EXPERT_COLUMNS} if EXPERT_COLUMNS else {}),
         # the grid itself: Snakemake does not rerun a job whose outputs exist when only the
         # set of its inputs grows (e.g. a new eps), but it does when a param changes
         adversarial_sets=sorted(s.path for s in ADV_SETS),
         models=model_facts([*MODELS, *ENSEMBLES, *DEFENDED]),
         data_source=config["data"]["source"],
+        # only with expert labels: {task: expert column or None} (null: the params of before)
         code=code("tables"),
     script:
         script_path("tables")

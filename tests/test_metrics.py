@@ -555,3 +555,51 @@ def test_invalid_settings_raise_workflow_error(cell_data, kwargs, message):
     args = {"t_target": T_TARGET, "t_source": T_SOURCE, "n_boot": 10} | kwargs
     with pytest.raises(WorkflowError, match=message):
         compute_cell(*cell_data, **args)
+
+
+def test_expert_cell_matches_recomputation_on_the_expert_subset(cell_data):
+    """expert_* = every metric on the images with an expert label, the expert label as truth;
+    expert_nlp_* = the same images with the NLP label; both against the independent
+    recomputation (sklearn AUROC) on that subset."""
+    from cxrtransfer.evaluation import expert_cell
+
+    clean, adv = cell_data
+    rng = np.random.default_rng(5)
+    names = clean["image_index"].to_numpy()
+    chosen = names[rng.random(len(names)) < 0.6]
+    nlp = dict(zip(clean["image_index"], clean["label"], strict=True))
+    flip = rng.random(len(chosen)) < 0.15
+    expert = {n: int(nlp[n]) ^ int(f) for n, f in zip(chosen, flip, strict=True)}
+    ev = {"n_bootstrap": 50, "confidence": 0.95, "seed": 0}
+    out = expert_cell(clean, adv, expert, T_TARGET, T_SOURCE, ev, True)
+    c = clean[clean["image_index"].isin(expert)]
+    a = adv[adv["image_index"].isin(expert)]
+    relabel = {"label": lambda d: d["image_index"].map(expert)}
+    ref_expert = reference(c.assign(**relabel), a.assign(**relabel), T_TARGET, T_SOURCE)
+    ref_nlp = reference(c, a, T_TARGET, T_SOURCE)
+    assert out["n_expert"] == len(expert) == ref_expert["n_images"]
+    for prefix, ref in (("expert_", ref_expert), ("expert_nlp_", ref_nlp)):
+        for k in QUANTITIES:
+            assert out[prefix + k] == pytest.approx(ref[k], rel=1e-12, abs=1e-12), prefix + k
+            assert out[f"{prefix}{k}_ci_low"] <= out[prefix + k] <= out[f"{prefix}{k}_ci_high"]
+        for k in COUNTS:
+            assert out[prefix + k] == ref[k], prefix + k
+    ys = [expert[n] for n in c["image_index"]]
+    q = a.set_index("image_index").loc[c["image_index"], "prob"]
+    assert out["expert_adv_auroc"] == pytest.approx(roc_auc_score(ys, q))
+    assert out["expert_adv_auroc"] != out["expert_nlp_adv_auroc"]  # the labels disagree
+    assert f"disagree on {int(flip.sum())} of {len(expert)}" in out["expert_note"]
+
+
+def test_expert_cell_one_class_and_empty_subsets(cell_data):
+    from cxrtransfer.evaluation import expert_cell
+
+    clean, adv = cell_data
+    ev = {"n_bootstrap": 20, "confidence": 0.95, "seed": 0}
+    some = clean["image_index"].head(30)
+    out = expert_cell(clean, adv, dict.fromkeys(some, 0), T_TARGET, T_SOURCE, ev, True)
+    assert out["n_expert"] == 30 and math.isnan(out["expert_adv_auroc"])
+    assert "every expert-labelled image is negative" in out["expert_note"]
+    out = expert_cell(clean, adv, {"99999999_000.png": 1}, T_TARGET, T_SOURCE, ev, True)
+    assert out["n_expert"] == 0 and math.isnan(out["expert_fooling_rate"])
+    assert "no test image of this set has an expert label" in out["expert_note"]

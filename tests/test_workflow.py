@@ -600,6 +600,69 @@ def test_ensemble_and_universal_sets_add_only_their_own_jobs(root, run, tmp_path
     assert planned(root, wd, name) == {}
 
 
+def test_synthetic_expert_labels_add_only_their_own_jobs(root, run, tmp_path):
+    """On a copy of the finished run: expert labels from the generator (data.expert_labels:
+    synthetic) rerun only the Pneumothorax evaluations (Cardiomegaly has no expert column) and
+    what reads them; the cells gain the expert columns, the summary its section, and the
+    download itself is not regenerated."""
+    wd = tmp_path / "copy"
+    shutil.copytree(run, wd, symlinks=True)
+    cfg = _config(wd)
+    cfg["data"]["expert_labels"] = "synthetic"
+    cfg["data"]["synthetic"]["expert_labels"] = {"fraction": 0.6, "disagreement": 0.1}
+    name = _write(wd, cfg, "expert.yaml")
+    assert planned(root, wd, name) == {
+        "synthetic_expert_labels": 1,
+        "expert_labels": 1,  # pneumothorax only
+        "evaluate": 2,  # the 2 pneumothorax sets; cardiomegaly's evaluations stay
+        "tables": 1,
+        "plot_heatmap": 2,  # read the new table
+        "plot_auroc": 3,
+        "study_config": 1,
+        "all": 1,
+    }
+    snakemake(root, wd, configfile=name)
+    r = wd / "results"
+    labels = pd.read_csv(r / "expert_labels" / "pneumothorax.csv", dtype={"image_index": str})
+    df = pd.read_csv(r / "tables" / "transfer.csv")
+    real = df[~df["attack"].str.endswith("__shuffled")]
+    pneu, card = (
+        real[real["data_task"] == "pneumothorax"],
+        real[real["data_task"] == "cardiomegaly"],
+    )
+    for col in (
+        "n_expert",
+        "expert_adv_auroc",
+        "expert_adv_auroc_ci_low",
+        "expert_fooling_rate",
+        "expert_nlp_adv_auroc",
+        "expert_nlp_fooling_rate",
+        "expert_note",
+    ):
+        assert col in df.columns, col
+    test = pd.read_csv(r / "manifests" / "pneumothorax.csv", dtype={"image_index": str})
+    n_test = int(test["image_index"][test["split"] == "test"].isin(labels["image_index"]).sum())
+    assert 0 < n_test and (pneu["n_expert"] == n_test).all()
+    assert (pneu["expert_n_images"] == n_test).all() and pneu["expert_adv_auroc"].notna().all()
+    assert card["n_expert"].isna().all()  # not evaluated against expert labels
+    summary = (r / "tables" / "summary.md").read_text()
+    assert "## Expert labels" in summary
+    assert (
+        f"{n_test} of {int(pneu['n_images'].iloc[0])} test images have an expert label" in summary
+    )
+    assert "Data task cardiomegaly: its finding has no expert-label column" in summary
+    env = {**os.environ, "PYTHONPATH": str(root / "workflow_scripts")}
+    v = subprocess.run(
+        [sys.executable, "-m", "cxrtransfer.verify", "--results", "results"],
+        cwd=wd,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert v.returncode == 0, v.stdout + v.stderr
+    assert planned(root, wd, name) == {}
+
+
 def test_defended_target_adds_only_its_own_jobs(root, run, tmp_path):
     """On a copy of the finished run: a JPEG-defended target and the adaptive attack on it add
     only their own jobs, and the report shows the defence against the non-adaptive attack

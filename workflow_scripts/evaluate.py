@@ -31,6 +31,8 @@ def main(sm):
             metrics_files=named(sm.input, "metrics"),
             patients_files=named(sm.input, "patients"),
             evaluation={"n_bootstrap": p.n_bootstrap, "confidence": p.confidence, "seed": p.seed},
+            # the data task's expert labels, when the study has them for its finding
+            expert_file=sm.input.get("expert_labels"),
         )
         with atomic_path(out) as tmp:
             tmp.write_text(json.dumps(nan_to_none(cells), indent=1))

@@ -23,7 +23,15 @@ def main(sm):
         for (task, attack, eps), m in matrices(df, value).items():
             write_matrix(m, out_dir / f"{task}_{attack}_eps{eps:g}_{value}")
     with atomic_path(sm.output.summary) as tmp:
-        tmp.write_text(summary_markdown(df, dict(sm.params.models), sm.params.data_source))
+        expert = sm.params.get("expert")  # only with expert labels
+        tmp.write_text(
+            summary_markdown(
+                df,
+                dict(sm.params.models),
+                sm.params.data_source,
+                dict(expert) if expert else None,
+            )
+        )
 
 
 run_main(main, snakemake)  # noqa: F821

@@ -40,19 +40,27 @@ def evaluate_adv_set(
     metrics_files: dict,
     patients_files: dict,
     evaluation: dict,
+    expert_file=None,
 ) -> list[dict]:
     """Cells of one adversarial set: one per target (every model of the data task).
 
     ``models``: name -> {arch, task, pretrained, seed} of the source and every target;
     ``clean_files`` / ``adv_files``: target -> prediction file of the whole set (the rows of
     ``test_shards`` in order);
-    ``metrics_files`` / ``patients_files``: model -> metrics.json / train_patients.txt.
+    ``metrics_files`` / ``patients_files``: model -> metrics.json / train_patients.txt;
+    ``expert_file``: the data task's expert labels (``expert_labels.prepare``), or None: then
+    every cell also gets the ``expert_cell`` columns.
     """
     from .metrics import compute_cell
 
     record = {m: read_model_metrics(p) for m, p in metrics_files.items()}
     patients = {m: read_patients(p) for m, p in patients_files.items()}
     source_same_task = models[source]["task"] == data_task
+    expert = None
+    if expert_file is not None:
+        from .expert_labels import read_prepared
+
+        expert = read_prepared(expert_file)
     cells = []
     for target in sorted(clean_files):
         clean = read_predictions(
@@ -82,6 +90,18 @@ def evaluate_adv_set(
         except WorkflowError as e:
             files = f"{clean_files[target]}, {adv_files[target]}"
             raise WorkflowError(f"{e} (in the predictions {files})") from None
+        if expert is not None:
+            cell.update(
+                expert_cell(
+                    clean,
+                    adv,
+                    expert,
+                    record[target]["threshold"],
+                    record[source]["threshold"],
+                    evaluation,
+                    source_same_task,
+                )
+            )
         f = _factors(source, target, models, patients, record)
         members = list(models[source].get("members", []))
         rel = relation(f, models[source]["task"], data_task)
@@ -107,6 +127,63 @@ def evaluate_adv_set(
             }
         )
     return cells
+
+
+EXPERT_PREFIX = "expert_"
+EXPERT_NLP_PREFIX = "expert_nlp_"
+
+
+def expert_cell(
+    clean, adv, expert: dict, t_target, t_source, evaluation: dict, source_same_task: bool
+) -> dict:
+    """A cell's metrics on the test images that have an expert label (``expert``: image ->
+    0/1): ``expert_*`` with the expert label as truth, ``expert_nlp_*`` with the NLP label on
+    the same images (the comparison on one image set), each every ``compute_cell`` quantity
+    with its CI, the counts and notes; ``n_expert`` (images of the subset) and
+    ``expert_note``. Thresholds stay the models' validation thresholds (NLP labels)."""
+    from .metrics import COUNTS, QUANTITIES, compute_cell
+
+    keep = clean["image_index"].astype(str).isin(expert).to_numpy()
+    n = int(keep.sum())
+    out: dict = {"n_expert": n}
+    keys = [k for q in QUANTITIES for k in (q, f"{q}_ci_low", f"{q}_ci_high")] + list(COUNTS)
+    if n == 0:
+        for prefix in (EXPERT_PREFIX, EXPERT_NLP_PREFIX):
+            out.update({f"{prefix}{k}": float("nan") for k in keys})
+            out[f"{prefix}notes"] = ""
+        out["expert_note"] = "no test image of this set has an expert label"
+        return out
+    c = clean[keep].reset_index(drop=True)
+    a = adv[adv["image_index"].astype(str).isin(expert).to_numpy()].reset_index(drop=True)
+    truth = {
+        EXPERT_PREFIX: (
+            c.assign(label=c["image_index"].astype(str).map(expert).astype(int)),
+            a.assign(label=a["image_index"].astype(str).map(expert).astype(int)),
+        ),
+        EXPERT_NLP_PREFIX: (c, a),
+    }
+    for prefix, (cc, aa) in truth.items():
+        res = compute_cell(
+            cc,
+            aa,
+            t_target,
+            t_source,
+            n_boot=evaluation["n_bootstrap"],
+            confidence=evaluation["confidence"],
+            seed=evaluation["seed"],
+            source_task_is_data_task=source_same_task,
+        )
+        out.update({f"{prefix}{k}": res[k] for k in keys})
+        out[f"{prefix}notes"] = res["notes"]
+    y = truth[EXPERT_PREFIX][0]["label"]
+    notes = []
+    if y.nunique() < 2:
+        cls = "positive" if int(y.iloc[0]) else "negative"
+        notes.append(f"every expert-labelled image is {cls}: expert AUROCs undefined")
+    nlp = c["label"].astype(int).to_numpy()
+    notes.append(f"expert and NLP labels disagree on {int((nlp != y.to_numpy()).sum())} of {n}")
+    out["expert_note"] = "; ".join(notes)
+    return out
 
 
 def _factors(source, target, models, patients, record) -> dict:

@@ -7,6 +7,10 @@ verify command format them. Paths are relative to the working directory of the r
 RESULTS = "results"
 
 SYNTHETIC_DOWNLOAD = f"{RESULTS}/synthetic/nih-chest-xrays"
+# the generator's expert labels (data.expert_labels: synthetic), beside its download
+SYNTHETIC_EXPERT_LABELS = f"{RESULTS}/synthetic/google2019_nih-chest-xray-labels.csv.gz"
+# per task: data.expert_labels checked against the download's metadata, its finding as 0/1
+EXPERT_LABELS = f"{RESULTS}/expert_labels/{{task}}.csv"
 MANIFEST = f"{RESULTS}/manifests/{{task}}.csv"
 MANIFEST_REJECTED = f"{RESULTS}/manifests/{{task}}.rejected.csv"
 MANIFEST_SUMMARY = f"{RESULTS}/manifests/{{task}}.summary.csv"

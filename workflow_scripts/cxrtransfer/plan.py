@@ -170,6 +170,53 @@ def check_config(config: dict, basedir: str | Path = ".") -> None:
     _check_defences(config)
     _check_attacks(config)
     _check_grid(config)
+    _check_expert_labels(config, basedir)
+
+
+def expert_labels_file(config: dict) -> str | None:
+    """The expert-label file the study reads (``data.expert_labels``; the keyword
+    ``synthetic`` = the generator's file), or None."""
+    value = config["data"].get("expert_labels")
+    if not value:
+        return None
+    return P.SYNTHETIC_EXPERT_LABELS if value == "synthetic" else value
+
+
+def expert_columns(config: dict) -> dict:
+    """{task: expert column or None} when the study has expert labels, else {}."""
+    from .expert_labels import expert_column
+
+    if not expert_labels_file(config):
+        return {}
+    return {t: expert_column(c["label"]) for t, c in config["tasks"].items()}
+
+
+def _check_expert_labels(config: dict, basedir) -> None:
+    data = config["data"]
+    value = data.get("expert_labels")
+    synthetic = (data.get("synthetic") or {}).get("expert_labels")
+    if synthetic is not None:
+        from .synthetic import expert_label_settings
+
+        expert_label_settings(synthetic)
+    if not value:
+        return
+    if value == "synthetic":
+        if data["source"] != "synthetic" or synthetic is None:
+            raise WorkflowError(
+                "data.expert_labels: 'synthetic' means the file the synthetic generator writes: "
+                "it needs data.source: synthetic and data.synthetic.expert_labels (fraction, "
+                "disagreement). With real data, point it at the Google expert-label file."
+            )
+        return
+    if not (Path(basedir) / value).is_file() and not Path(value).is_file():
+        from .expert_labels import DEFAULT_PATH
+
+        raise WorkflowError(
+            f"data.expert_labels: '{value}' does not exist. `make real-metadata` writes the "
+            f"combined Google file to {DEFAULT_PATH} (from the torchxrayvision 1.5.7 wheel); "
+            "with synthetic data, `data.expert_labels: synthetic` uses the generator's file."
+        )
 
 
 def _check_models(config: dict, basedir) -> None:

@@ -254,7 +254,8 @@ def sha256(path: str | Path) -> str:
 
 def fetch(dest: str | Path, python: str = sys.executable) -> Path:
     """Download the torchxrayvision wheel (pip, no dependencies, not installed), extract the
-    metadata table to ``dest`` (atomically) and check its SHA-256."""
+    metadata table to ``dest`` and the Google expert labels beside it (atomically), and check
+    their SHA-256."""
     dest = Path(dest)
     with tempfile.TemporaryDirectory(prefix="real_metadata_") as tmp:
         cmd = [python, "-m", "pip", "download", "--no-deps", "--quiet", WHEEL, "-d", tmp]
@@ -272,20 +273,32 @@ def fetch(dest: str | Path, python: str = sys.executable) -> Path:
         if len(wheels) != 1:
             raise WorkflowError(f"pip download of {WHEEL} gave {wheels}, expected one wheel.")
         dest.parent.mkdir(parents=True, exist_ok=True)
-        part = dest.with_name(f".tmp-{os.getpid()}-{dest.name}")
-        try:
-            with zipfile.ZipFile(wheels[0]) as z, z.open(MEMBER) as src, open(part, "wb") as f:
-                f.write(src.read())
-            digest = sha256(part)
-            if digest != SHA256:
-                raise WorkflowError(
-                    f"{MEMBER} of {wheels[0].name} has SHA-256 {digest}, expected {SHA256} "
-                    "(the file this workflow was measured with). Refusing to use it."
-                )
-            os.replace(part, dest)
-        finally:
-            part.unlink(missing_ok=True)
+        # the metadata table, and beside it the Google expert labels (data.expert_labels)
+        from . import expert_labels as E
+
+        for member, out, want in (
+            (MEMBER, dest, SHA256),
+            (E.MEMBER, dest.parent / E.FILE_NAME, E.SHA256),
+        ):
+            _extract(wheels[0], member, out, want)
     return dest
+
+
+def _extract(wheel: Path, member: str, dest: Path, want: str) -> None:
+    """Extract one member of the wheel to ``dest`` atomically, checking its SHA-256."""
+    part = dest.with_name(f".tmp-{os.getpid()}-{dest.name}")
+    try:
+        with zipfile.ZipFile(wheel) as z, z.open(member) as src, open(part, "wb") as f:
+            f.write(src.read())
+        digest = sha256(part)
+        if digest != want:
+            raise WorkflowError(
+                f"{member} of {wheel.name} has SHA-256 {digest}, expected {want} "
+                "(the file this workflow was measured with). Refusing to use it."
+            )
+        os.replace(part, dest)
+    finally:
+        part.unlink(missing_ok=True)
 
 
 def main(argv=None) -> int:
@@ -299,6 +312,10 @@ def main(argv=None) -> int:
         return 1
     meta = read_metadata(out)
     print(f"{out}: {len(meta)} images of {meta['patient_id'].nunique()} patients (SHA-256 ok)")
+    from .expert_labels import FILE_NAME, read_expert_labels
+
+    expert = read_expert_labels(out.parent / FILE_NAME)
+    print(f"{out.parent / FILE_NAME}: expert labels of {len(expert)} images (SHA-256 ok)")
     return 0
 
 

@@ -66,6 +66,8 @@ class SyntheticSpec:
     def from_config(cls, cfg: dict) -> SyntheticSpec:
         from .schema import defaults
 
+        # the expert labels are written by their own rule from the finished download
+        cfg = {k: v for k, v in cfg.items() if k != "expert_labels"}
         known = cls.__dataclass_fields__
         unknown = set(cfg) - set(known)
         if unknown:
@@ -378,3 +380,70 @@ def _counts(out: Path, rows: list, n_patients: int, test: list) -> dict:
         counts[lab] = sum(lab in r[1].split("|") for r in rows)
     LOG.info("synthetic download written to %s: %s", out, counts)
     return counts
+
+
+# ----------------------------------------------------------------------------------------------
+# Expert labels of the synthetic download (data.synthetic.expert_labels)
+# ----------------------------------------------------------------------------------------------
+
+# The NIH labels behind each expert finding of the Google file, for the drawn "NLP" truth.
+EXPERT_FROM_NIH = {
+    "Fracture": (),
+    "Pneumothorax": ("Pneumothorax",),
+    "Airspace opacity": ("Consolidation", "Infiltration", "Pneumonia"),
+    "Nodule or mass": ("Nodule", "Mass"),
+}
+
+
+def expert_label_settings(cfg: dict | None) -> dict:
+    """``data.synthetic.expert_labels`` with its defaults: fraction, disagreement, seed."""
+    cfg = dict(cfg or {})
+    unknown = set(cfg) - {"fraction", "disagreement", "seed"}
+    if unknown:
+        raise WorkflowError(f"Unknown data.synthetic.expert_labels keys: {sorted(unknown)}")
+    return {"fraction": 0.5, "disagreement": 0.05, "seed": 0, **cfg}
+
+
+def write_expert_labels(
+    download_dir, out_path, fraction: float, disagreement: float, seed: int = 0
+) -> dict:
+    """Write expert labels for the synthetic download in Google's combined format.
+
+    A seeded ``fraction`` of the download's images (test and training alike; ``Set Id`` test
+    for images of test_list.txt, val otherwise) gets, per expert finding, the drawn label (an
+    NIH label of the finding in ``Finding Labels``, see ``EXPERT_FROM_NIH``) flipped with
+    probability ``disagreement`` independently per image and finding. Returns counts."""
+    from .expert_labels import FINDINGS, write_combined
+
+    download = Path(download_dir)
+    meta = pd_read_entries(download / "Data_Entry_2017.csv")
+    test = set((download / "test_list.txt").read_text().split())
+    rng = np.random.default_rng([seed, 2019])
+    chosen = rng.random(len(meta)) < fraction
+    flips = rng.random((len(meta), len(FINDINGS))) < disagreement
+    rows, n_flipped = [], 0
+    for i, r in enumerate(meta.to_dict("records")):
+        if not chosen[i]:
+            continue
+        labels = set(r["Finding Labels"].split("|"))
+        row = dict(r)
+        for j, f in enumerate(FINDINGS):
+            nlp = bool(labels & set(EXPERT_FROM_NIH[f]))
+            expert = nlp != bool(flips[i, j])
+            n_flipped += int(flips[i, j])
+            row[f] = "YES" if expert else "NO"
+        row["Set Id"] = "test" if r["Image Index"] in test else "val"
+        rows.append(row)
+    write_combined(out_path, rows)
+    counts = {"images": len(rows), "test_images": sum(r["Set Id"] == "test" for r in rows)}
+    counts["disagreements"] = n_flipped
+    LOG.info("synthetic expert labels written to %s: %s", out_path, counts)
+    return counts
+
+
+def pd_read_entries(path):
+    """The Data_Entry table of a download as text columns (trailing comma dropped)."""
+    import pandas as pd
+
+    df = pd.read_csv(path, dtype=str, keep_default_na=False, index_col=False)
+    return df.loc[:, [c for c in df.columns if not c.startswith("Unnamed")]]

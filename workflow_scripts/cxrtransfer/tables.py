@@ -184,7 +184,9 @@ def _mean(x: pd.Series) -> float:
     return float(x.mean()) if x.size else float("nan")
 
 
-def summary_markdown(df: pd.DataFrame, models: dict, data_source: str) -> str:
+def summary_markdown(
+    df: pd.DataFrame, models: dict, data_source: str, expert: dict | None = None
+) -> str:
     """A short Markdown summary of headline findings per (data task, attack, eps).
 
     For each group: mean transfer rate, fooling rate and adversarial AUROC per relation
@@ -192,6 +194,8 @@ def summary_markdown(df: pd.DataFrame, models: dict, data_source: str) -> str:
     holds: white-box strongest (lowest adversarial AUROC, highest fooling rate), then surrogate,
     cross-architecture, cross-task. ``data_source`` ("synthetic" or "kaggle") is stated; for
     synthetic data the text says the numbers are a demonstration, not clinical results.
+    ``expert`` ({task: expert column or None}, when the study has expert labels) adds the
+    section comparing NLP and expert labels (``expert_lines``).
     """
     need = [*ID_COLUMNS, "transfer_rate", "fooling_rate", "adv_auroc", "clean_auroc"]
     missing = [c for c in need if c not in df.columns]
@@ -288,7 +292,74 @@ def summary_markdown(df: pd.DataFrame, models: dict, data_source: str) -> str:
     lines += best_attack_lines(real)
     lines += defence_lines(every, models)
     lines += robust_lines(every, models)
+    if expert:
+        lines += expert_lines(real, expert)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def expert_lines(real: pd.DataFrame, expert: dict) -> list[str]:
+    """Section "Expert labels": per data task, how many test images have an expert label and,
+    per attack, eps and relation, the mean adversarial AUROC and fooling rate on those images
+    with the NLP label and with the expert label as truth (same images, same thresholds)."""
+    lines = [
+        "## Expert labels",
+        "",
+        "On the test images that have a radiologist-adjudicated label (data.expert_labels), "
+        "the same cells scored with the NLP label (the NIH label of the image) and with the "
+        "expert label as truth; thresholds stay the models' validation thresholds. Means over "
+        "the (source, target) cells of each relation.",
+        "",
+    ]
+    for task in sorted(expert):
+        column = expert[task]
+        if not column:
+            lines += [
+                f"Data task {task}: its finding has no expert-label column (the expert labels "
+                "cover Fracture, Pneumothorax, Airspace opacity, Nodule or mass): not evaluated "
+                "against expert labels.",
+                "",
+            ]
+            continue
+        g = real[real["data_task"] == task]
+        if g.empty or "n_expert" not in g.columns:
+            lines += [f"Data task {task}: no evaluated cells.", ""]
+            continue
+        n = pd.to_numeric(g["n_expert"], errors="coerce")
+        n_img = pd.to_numeric(g["n_images"], errors="coerce")
+        lines += [
+            f"Data task {task} (expert column '{column}'): {int(n.max())} of "
+            f"{int(n_img.max())} test images have an expert label.",
+            "",
+        ]
+        if not (n > 0).any():
+            continue
+        lines += [
+            "| attack | eps | relation | cells | adv. AUROC (NLP) | adv. AUROC (expert) "
+            "| fooling rate (NLP) | fooling rate (expert) |",
+            "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for (attack, eps), ge in g.groupby(["attack", "eps"], sort=True):
+            for rel in RELATIONS:
+                r = ge[ge["relation"] == rel]
+                if r.empty:
+                    continue
+                vals = [
+                    _fmt(_mean(r[k]))
+                    for k in (
+                        "expert_nlp_adv_auroc",
+                        "expert_adv_auroc",
+                        "expert_nlp_fooling_rate",
+                        "expert_fooling_rate",
+                    )
+                ]
+                lines.append(
+                    f"| {attack} | {float(eps):g} | {rel} | {len(r)} | " + " | ".join(vals) + " |"
+                )
+        notes = sorted({x for x in g.get("expert_note", pd.Series(dtype=str)).dropna() if x})
+        if notes:
+            lines += ["", "Notes: " + "; ".join(notes[:3]) + "."]
+        lines.append("")
+    return lines
 
 
 def hardened_models(models: dict) -> set[str]:

@@ -1,0 +1,11 @@
+"""Rule expert_labels: one task's expert labels, checked against the download's metadata."""
+
+from cxrtransfer.expert_labels import prepare
+from cxrtransfer.utils import run_main
+
+
+def main(sm):
+    prepare(sm.input.expert, sm.input.metadata, sm.output[0], sm.params.column)
+
+
+run_main(main, snakemake)  # noqa: F821
