@@ -229,19 +229,25 @@ def _plan_images(spec: SyntheticSpec, rng) -> tuple[list, set[int]]:
     return images, test_patients
 
 
-def _write_image(out: Path, i: int, image: tuple, spec: SyntheticSpec) -> tuple[list, list]:
-    """Draw and save one PNG; return its Data_Entry row and its bounding-box rows."""
-    pid, fu, age, sex, anatomy, labels, img_seed = image
-    name = f"{pid:08d}_{fu:03d}.png"
+def _draw_png(out: Path, i: int, name: str, labels, anatomy, irng, spec: SyntheticSpec) -> None:
+    """Draw image ``i`` (findings ``labels``) with ``irng`` and save it as ``name`` in its
+    images_XXX folder; a fraction ``spec.rgba_fraction`` is saved as RGBA, like real quirks."""
     folder = out / f"images_{i // spec.images_per_folder + 1:03d}" / "images"
     folder.mkdir(parents=True, exist_ok=True)
-    irng = np.random.default_rng(img_seed)
     arr = render(set(labels), anatomy, irng, spec.image_size, spec.signal)
     if irng.random() < spec.rgba_fraction:
         rgba = np.stack([arr, arr, arr, np.full_like(arr, 255)], axis=-1)
         Image.fromarray(rgba, mode="RGBA").save(folder / name)
     else:
         Image.fromarray(arr, mode="L").save(folder / name)
+
+
+def _write_image(out: Path, i: int, image: tuple, spec: SyntheticSpec) -> tuple[list, list]:
+    """Draw and save one PNG; return its Data_Entry row and its bounding-box rows."""
+    pid, fu, age, sex, anatomy, labels, img_seed = image
+    name = f"{pid:08d}_{fu:03d}.png"
+    irng = np.random.default_rng(img_seed)
+    _draw_png(out, i, name, labels, anatomy, irng, spec)
     view = "PA" if irng.random() < 0.6 else "AP"
     spacing = f"{0.143 * 1024 / spec.image_size:.3f}"
     size = spec.image_size
@@ -297,15 +303,8 @@ def _metadata_row(out: Path, i: int, r, anatomy: dict, spec: SyntheticSpec) -> t
     own values, Kaggle 2017 style) and its bounding-box rows."""
     name, pid = r.image_index, int(r.patient_id)
     labels = r.finding_labels.split("|")
-    folder = out / f"images_{i // spec.images_per_folder + 1:03d}" / "images"
-    folder.mkdir(parents=True, exist_ok=True)
     irng = np.random.default_rng([spec.seed, pid, int(name[9:12]), 1])
-    arr = render(set(labels), anatomy, irng, spec.image_size, spec.signal)
-    if irng.random() < spec.rgba_fraction:
-        rgba = np.stack([arr, arr, arr, np.full_like(arr, 255)], axis=-1)
-        Image.fromarray(rgba, mode="RGBA").save(folder / name)
-    else:
-        Image.fromarray(arr, mode="L").save(folder / name)
+    _draw_png(out, i, name, labels, anatomy, irng, spec)
     size = spec.image_size
     spacing = f"{0.143 * 1024 / size:.3f}"
     row = [
