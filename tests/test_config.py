@@ -250,3 +250,21 @@ def test_attack_schema_defaults_are_the_attack_spec_defaults(root):
             assert p["default"] == fields[key], key
             checked += 1
     assert checked >= 14, checked
+
+
+def test_robust_demo_overlay_extends_the_default_demo(root, schema):
+    """config/robust_demo.yaml merged over config/config.yaml (Snakemake's order for several
+    --configfile) is a valid study with a robust and a defended target beside the demo's."""
+    from snakemake.utils import update_config
+
+    base = yaml.safe_load((root / "config" / "config.yaml").read_text())
+    demo_models = set(base["models"])
+    update_config(base, yaml.safe_load((root / "config" / "robust_demo.yaml").read_text()))
+    validate(base, schema)
+    plan.check_config(base, root)
+    assert set(base["models"]) - demo_models == {"pneumothorax_resnet50_at"}
+    assert base["models"]["pneumothorax_resnet50_at"]["training"]["adversarial"]["eps"] == 2
+    assert plan.defended(base) == ["pneumothorax_resnet50_jpeg75"]
+    sources = {s.source for s in plan.adversarial_sets(base, controls=False)}
+    assert {"pneumothorax_resnet50_at", "pneumothorax_resnet50_jpeg75"} <= sources
+    assert "pneumothorax_resnet50_jpeg75" in plan.targets_for(base, "pneumothorax")
