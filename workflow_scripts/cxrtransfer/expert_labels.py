@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from . import WorkflowError
+from .real_metadata import duplicate_names
 
 FINDINGS = ("Fracture", "Pneumothorax", "Airspace opacity", "Nodule or mass")
 IMAGE = "Image Index"
@@ -114,13 +115,9 @@ def read_expert_labels(path: str | Path) -> pd.DataFrame:
             f"column '{IMAGE}': {int(bad.sum())} value(s) are not image file names like "
             f"00000013_005.png (e.g. {names[bad].head(3).tolist()}).",
         )
-    dup = names.duplicated(keep=False)
-    if dup.any():
-        raise _fail(
-            path,
-            f"column '{IMAGE}': {int(names.duplicated().sum())} duplicate image name(s) (e.g. "
-            f"{sorted(set(names[dup]))[:3]}); every image must be listed once.",
-        )
+    dup = duplicate_names(IMAGE, names)
+    if dup:
+        raise _fail(path, dup)
     out = pd.DataFrame({"image_index": names})
     if SET_ID in df.columns:
         s = df[SET_ID].str.strip().str.lower()

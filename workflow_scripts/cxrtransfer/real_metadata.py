@@ -65,6 +65,17 @@ WHAT_TO_DO = (
 )
 
 
+def duplicate_names(column: str, names: pd.Series) -> str | None:
+    """The complaint about repeated image names in ``column`` (None if every name is once)."""
+    dup = names.duplicated(keep=False)
+    if not dup.any():
+        return None
+    return (
+        f"column '{column}': {int(names.duplicated().sum())} duplicate image name(s) (e.g. "
+        f"{sorted(set(names[dup]))[:3]}); every image must be listed once."
+    )
+
+
 def _fail(path, what: str) -> WorkflowError:
     return WorkflowError(f"data.synthetic.metadata '{path}': {what} {WHAT_TO_DO}")
 
@@ -174,14 +185,9 @@ def read_metadata(path: str | Path) -> pd.DataFrame:
             f"column 'Finding Labels': {int(mixed.sum())} row(s) combine {NO_FINDING!r} with a "
             f"finding (e.g. {names[mixed].head(3).tolist()}).",
         )
-    dup = names.duplicated(keep=False)
-    if dup.any():
-        raise _fail(
-            path,
-            f"column 'Image Index': {int(names.duplicated().sum())} duplicate image name(s) "
-            f"(e.g. {sorted(set(names[dup]))[:3]}); every image must be listed once. Remove "
-            "the repeated rows (or fetch the file again).",
-        )
+    dup = duplicate_names("Image Index", names)
+    if dup:
+        raise _fail(path, f"{dup} Remove the repeated rows (or fetch the file again).")
     sex_col = next(c for c in SEX_COLUMNS if c in df.columns)
     empty = pd.Series("", index=df.index)
     out = pd.DataFrame(
