@@ -109,6 +109,12 @@ def model_task(name):
     return config["models"][name]["task"]
 
 
+def task_label_param(task):
+    """A binary task's finding (text, as before); a multi-label task's findings (a list)."""
+    labels = plan.task_labels(config, task)
+    return labels if plan.is_multilabel_task(config, task) else labels[0]
+
+
 # Cores of one TensorFlow job (train, attack, predict): the CPUs it gets per GPU on a cluster.
 # Declared as the rules' threads so a local run never starts two such jobs on the same cores
 # (TensorFlow would use every core in each); utils.run_main caps TensorFlow's thread pool to it.

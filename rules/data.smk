@@ -59,7 +59,7 @@ checkpoint manifest:
     params:
         source=config["data"]["source"],
         data_dir=data_dir(),
-        label=lambda w: config["tasks"][w.task]["label"],
+        label=lambda w: task_label_param(w.task),
         val_fraction=config["split"]["val_fraction"],
         seed=config["split"]["seed"],
         max_rejected_fraction=config["data"]["max_rejected_fraction"],
@@ -88,7 +88,7 @@ rule shard:
         shard_size=config["data"]["shard_size"],
         max_rejected_fraction=config["data"]["max_rejected_fraction"],
         source=config["data"]["source"],
-        label=lambda w: config["tasks"][w.task]["label"],
+        label=lambda w: task_label_param(w.task),
         code=code("shard"),
     script:
         script_path("shard")

@@ -11,12 +11,14 @@ def main(sm):
     rows = shard_rows(manifest, w.split, int(w.shard), p.shard_size)
     attrs = {
         "task": w.task,
-        "label": p.label,
+        "label": p.label if isinstance(p.label, str) else "|".join(p.label),
         "split": w.split,
         "shard": int(w.shard),
         "source": p.source,
         "manifest": str(sm.input.manifest),
     }
+    if not isinstance(p.label, str):  # a multi-label task: its findings, in output order
+        attrs["label_names"] = list(p.label)
     write_shard(
         rows,
         sm.output[0],

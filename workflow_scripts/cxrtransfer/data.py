@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 
 import h5py
 import numpy as np
@@ -35,14 +36,25 @@ def _shard_error(path, e: Exception) -> WorkflowError:
     )
 
 
-def shard_arrays(paths, image_size: int, patients: set[int] | None = None):
+def shard_arrays(
+    paths, image_size: int, patients: set[int] | None = None, targets: bool = False
+):
     """Yield (images uint8 (n,H,W), labels int64, image_index str) per shard, optionally only
-    the given patients. Reads one shard at a time: memory is bounded by one shard."""
+    the given patients. Reads one shard at a time: memory is bounded by one shard.
+    ``targets``: yield a multi-label shard's targets (float32 (n, K)) instead of labels."""
     for p in paths:
         with open_shard(p) as f:
             images = f["images"]
             check_image_size(images, p, image_size)
-            labels = f["labels"][...].astype(np.int64)
+            if targets:
+                if "targets" not in f:
+                    raise WorkflowError(
+                        f"Shard '{p}' has no 'targets' (it is a binary task's shard); a "
+                        "multi-label model trains on the shards of its multi-label task."
+                    )
+                labels = f["targets"][...].astype(np.float32)
+            else:
+                labels = f["labels"][...].astype(np.int64)
             names = f["image_index"][...].astype(str)
             pids = f["patient_id"][...]
             keep = np.ones(len(labels), bool) if patients is None else np.isin(pids, list(patients))
@@ -104,11 +116,13 @@ def make_dataset(
     augment: dict | None = None,
     shuffle_buffer: int = 4096,
     n_images: int | None = None,
+    n_targets: int | None = None,
 ):
     """(images float32 in [0, 1] (B,H,W,1), labels int) batches, shuffled and prefetched.
 
     Augmentation (Keras preprocessing layers) is applied only when ``augment`` is given,
-    i.e. for training.
+    i.e. for training. ``n_targets``: multi-label shards, the labels are their ``targets``
+    (float32 (B, n_targets)).
     """
     import tensorflow as tf
 
@@ -122,16 +136,19 @@ def make_dataset(
         if shuffle:
             shard_order = list(np.random.default_rng(seed + gen.epoch).permutation(order))
             gen.epoch += 1
-        for imgs, labels, _ in shard_arrays(shard_order, image_size, patients):
+        multi = n_targets is not None
+        for imgs, labels, _ in shard_arrays(shard_order, image_size, patients, targets=multi):
             yield from zip(imgs, labels, strict=True)
 
     gen.epoch = 0
+    label_spec = (
+        tf.TensorSpec((), tf.int64)
+        if n_targets is None
+        else tf.TensorSpec((n_targets,), tf.float32)
+    )
     ds = tf.data.Dataset.from_generator(
         gen,
-        output_signature=(
-            tf.TensorSpec((image_size, image_size), tf.uint8),
-            tf.TensorSpec((), tf.int64),
-        ),
+        output_signature=(tf.TensorSpec((image_size, image_size), tf.uint8), label_spec),
     )
     if shuffle:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
@@ -160,10 +177,20 @@ def make_dataset(
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
+def patient_half(patient_id: int, seed: int) -> str:
+    """The half (``half_a`` / ``half_b``) of a patient: a function of the patient id and the
+    seed only (a seeded hash), not of the task whose shards hold the patient, so half_a and
+    half_b are disjoint across tasks (a multi-label model on half_b shares no patient with a
+    binary model on half_a)."""
+    digest = hashlib.sha256(f"cxrtransfer-half:{int(seed)}:{int(patient_id)}".encode()).digest()
+    return "half_a" if digest[0] & 1 == 0 else "half_b"
+
+
 def subset_patients(train_shards, subset: str, seed: int) -> set[int] | None:
-    """Patients of the training shards kept by ``train_subset``: None (all), or one of two
-    disjoint halves split by patient with ``seed``, so models trained on half_a and half_b
-    share no patient."""
+    """Patients of the training shards kept by ``train_subset``: None (all), or those of one
+    of two halves of the patients (``patient_half``: each patient's half depends only on its
+    id and ``seed``), so models trained on half_a and half_b share no patient, whatever
+    their tasks."""
     if subset == "all":
         return None
     if subset not in ("half_a", "half_b"):
@@ -172,7 +199,4 @@ def subset_patients(train_shards, subset: str, seed: int) -> set[int] | None:
     for p in train_shards:
         with open_shard(p) as f:
             pids.update(int(x) for x in f["patient_id"][...])
-    pats = np.array(sorted(pids))
-    np.random.default_rng(seed + 7919).shuffle(pats)
-    half = len(pats) // 2
-    return set((pats[:half] if subset == "half_a" else pats[half:]).tolist())
+    return {p for p in pids if patient_half(p, seed) == subset}

@@ -211,11 +211,20 @@ def split_patients(
 
 
 def build_manifest(
-    root: str | Path, label: str, val_fraction: float, seed: int
+    root: str | Path, label: str | list[str], val_fraction: float, seed: int
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Return (manifest, rejected, summary) for the binary task ``label`` vs No Finding."""
-    if label not in LABELS:
-        raise WorkflowError(f"Unknown label '{label}'. Known: {', '.join(LABELS)}.")
+    """Return (manifest, rejected, summary) for the binary task ``label`` vs No Finding, or,
+    when ``label`` is a list of findings, for the multi-label task of those findings: every
+    listed image (No Finding images and images with other findings only are all-zero rows),
+    ``label`` = 1 if the image has any of them. The patient-wise split does not depend on
+    the task (the same val patients for every task)."""
+    multi = isinstance(label, list | tuple)
+    wanted = list(label) if multi else [label]
+    unknown = [x for x in wanted if x not in LABELS]
+    if unknown or not wanted:
+        raise WorkflowError(f"Unknown label(s) {unknown or wanted}. Known: {', '.join(LABELS)}.")
+    if multi and len(set(wanted)) != len(wanted):
+        raise WorkflowError(f"The multi-label task's labels {wanted} name a finding twice.")
     root = check_download(root)
     entries = read_data_entry(root / CSV_NAME)
     train_val, test = read_list(root / TRAIN_VAL), read_list(root / TEST)
@@ -224,9 +233,9 @@ def build_manifest(
     if not_listed.any():
         LOG.warning("%d CSV rows are in neither list; they are not used", int(not_listed.sum()))
     labsets = entries["finding_labels"].str.split("|")
-    pos = labsets.apply(lambda s: label in s)
+    pos = labsets.apply(lambda s: any(x in s for x in wanted))
     neg = entries["finding_labels"] == NO_FINDING
-    task = entries[(pos | neg) & ~not_listed].copy()
+    task = entries[(multi | pos | neg) & ~not_listed].copy()
     task["label"] = pos[task.index].astype("int8")
     paths = image_paths(root)
     task["path"] = [str(paths.get(n, root / "MISSING" / n)) for n in task["image_index"]]
@@ -255,12 +264,12 @@ def build_manifest(
     summary["patients"] = [
         manifest.loc[manifest["split"] == s, "patient_id"].nunique() for s in summary["split"]
     ]
-    summary.insert(0, "label", label)
+    summary.insert(0, "label", "|".join(wanted))
     for _, row in summary.iterrows():
         if row["positives"] == 0 or row["negatives"] == 0:
             raise WorkflowError(
-                f"Task '{label}': the {row['split']} split has {row['positives']} positives and "
-                f"{row['negatives']} negatives; a binary task needs both. Use more data (for "
+                f"Task '{'|'.join(wanted)}': the {row['split']} split has {row['positives']} "
+                f"positives and {row['negatives']} negatives; a task needs both. Use more data (for "
                 "the synthetic set: more data.synthetic.n_patients or a higher prevalence)."
             )
     return manifest, rejected.reset_index(drop=True), summary

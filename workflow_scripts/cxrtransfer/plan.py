@@ -95,11 +95,88 @@ def is_ensemble(name: str) -> bool:
     return ENSEMBLE_SEP in name
 
 
+# ----------------------------------------------------------------------------------------------
+# Multi-label tasks and models (``tasks: {chest14: {labels: all}}``) and their finding views
+# ----------------------------------------------------------------------------------------------
+
+VIEW_SEP = "@"  # a view is named {multi-label model}@{binary task} (names cannot hold "@")
+
+
+def is_multilabel_task(config: dict, task: str) -> bool:
+    return "labels" in config["tasks"][task]
+
+
+def task_labels(config: dict, task: str) -> list[str]:
+    """The findings of a task: ``[label]`` for a binary task; a multi-label task's ``labels``
+    (``all`` = every ChestX-ray14 finding, in ``cxrtransfer.LABELS`` order), i.e. its
+    model's output columns in order."""
+    from . import LABELS
+
+    cfg = config["tasks"][task]
+    if "labels" not in cfg:
+        return [cfg["label"]]
+    return list(LABELS) if cfg["labels"] == "all" else list(cfg["labels"])
+
+
+def binary_tasks(config: dict) -> list[str]:
+    return [t for t in config["tasks"] if not is_multilabel_task(config, t)]
+
+
+def is_multilabel(config: dict, model: str) -> bool:
+    """Whether ``model`` is a multi-label model (of models:, trained on a multi-label task)."""
+    m = (config.get("models") or {}).get(model)
+    return m is not None and m["task"] in config["tasks"] and is_multilabel_task(config, m["task"])
+
+
+def view_name(model: str, task: str) -> str:
+    return f"{model}{VIEW_SEP}{task}"
+
+
+def is_view(name: str) -> bool:
+    return VIEW_SEP in name
+
+
+def view_parts(name: str) -> tuple[str, str]:
+    """(multi-label model, binary task) of a view ``M@T``."""
+    model, _, task = name.partition(VIEW_SEP)
+    return model, task
+
+
+def views(config: dict) -> list[str]:
+    """Every finding view ``M@T``: per multi-label model M and binary task T whose finding M
+    has an output for, a 2-class checkpoint whose column 1 is M's column of that finding."""
+    out = []
+    for m in config["models"]:
+        if not is_multilabel(config, m):
+            continue
+        covered = task_labels(config, config["models"][m]["task"])
+        out += [view_name(m, t) for t in binary_tasks(config) if task_labels(config, t)[0] in covered]
+    return out
+
+
+def view_column(config: dict, name: str) -> int:
+    """The output column of the multi-label model that view ``name`` reads."""
+    model, task = view_parts(name)
+    return task_labels(config, config["models"][model]["task"]).index(
+        task_labels(config, task)[0]
+    )
+
+
+def resolve_source(config: dict, source: str, data_task: str) -> str:
+    """A grid source as attacked on ``data_task``: a multi-label model M is its view M@T."""
+    return view_name(source, data_task) if is_multilabel(config, source) else source
+
+
 def grid_sources(config: dict, entry: dict) -> list[str]:
-    """Source names of a grid entry: models by name, ensembles as their members joined."""
+    """Source names of a grid entry: models by name, ensembles as their members joined, a
+    multi-label model as its view of the entry's data task (``M@T``)."""
     if entry["sources"] == "all":
-        return list(config["models"])
-    return [s if isinstance(s, str) else ensemble_name(s) for s in entry["sources"]]
+        names = list(config["models"])
+    else:
+        names = [s if isinstance(s, str) else ensemble_name(s) for s in entry["sources"]]
+    if entry["data_task"] == "own":
+        return names
+    return [resolve_source(config, s, entry["data_task"]) for s in names]
 
 
 def ensembles(config: dict) -> list[str]:
@@ -122,6 +199,9 @@ def source_facts(config: dict, name: str) -> dict:
             "defence": defence_label(d["defence"]),
             "defended_model": d["model"],
         }
+    if is_view(name):  # a classifier of the binary task's finding: its task is that task
+        model, task = view_parts(name)
+        return {**source_facts(config, model), "task": task, "multi_label_model": model}
     members = ensemble_members(name)
     facts = [{k: str(config["models"][m].get(k, "none")) for k in MODEL_FACTS} for m in members]
     if len(members) == 1:
@@ -150,6 +230,8 @@ def _robust_facts(config: dict, name: str) -> dict:
 
 
 def source_task(config: dict, name: str) -> str:
+    if is_view(name):
+        return view_parts(name)[1]
     return config["models"][ensemble_members(base_model(config, name))[0]]["task"]
 
 
@@ -165,6 +247,7 @@ def eps_grid(config: dict, attack: str) -> list[float]:
 
 def check_config(config: dict, basedir: str | Path = ".") -> None:
     """Cross-checks the JSON schema cannot express; raise WorkflowError naming the key."""
+    _check_tasks(config)
     _check_models(config, basedir)
     _check_adversarial_training(config)
     _check_defences(config)
@@ -188,7 +271,7 @@ def expert_columns(config: dict) -> dict:
 
     if not expert_labels_file(config):
         return {}
-    return {t: expert_column(c["label"]) for t, c in config["tasks"].items()}
+    return {t: expert_column(config["tasks"][t]["label"]) for t in binary_tasks(config)}
 
 
 def _check_expert_labels(config: dict, basedir) -> None:
@@ -217,6 +300,38 @@ def _check_expert_labels(config: dict, basedir) -> None:
             f"combined Google file to {DEFAULT_PATH} (from the torchxrayvision 1.5.7 wheel); "
             "with synthetic data, `data.expert_labels: synthetic` uses the generator's file."
         )
+
+
+def _check_tasks(config: dict) -> None:
+    """A task has exactly one of ``label`` (binary) and ``labels`` (multi-label: ``all`` or a
+    list of known findings without duplicates)."""
+    from . import LABELS
+
+    for name, cfg in config["tasks"].items():
+        key = f"tasks.{name}"
+        if ("label" in cfg) == ("labels" in cfg):
+            raise WorkflowError(
+                f"{key}: give exactly one of 'label' (a binary task: the finding vs No Finding) "
+                "and 'labels' (a multi-label task: 'all' or a list of findings)."
+            )
+        if "label" in cfg:
+            continue
+        labels = cfg["labels"]
+        if labels == "all":
+            continue
+        if not isinstance(labels, list) or not labels:
+            raise WorkflowError(
+                f"{key}.labels: {labels!r} is neither 'all' nor a non-empty list of findings."
+            )
+        bad = [x for x in labels if x not in LABELS]
+        if bad:
+            raise WorkflowError(
+                f"{key}.labels: unknown finding(s) {bad}; known: {', '.join(LABELS)} "
+                "(ChestX-ray14 spelling, e.g. Pleural_Thickening)."
+            )
+        dup = sorted({x for x in labels if labels.count(x) > 1})
+        if dup:
+            raise WorkflowError(f"{key}.labels: {dup} listed more than once.")
 
 
 def _check_models(config: dict, basedir) -> None:
@@ -256,6 +371,11 @@ def _check_defences(config: dict) -> None:
             raise WorkflowError(
                 f"{key}: the name is also a model's; give the defended model its own."
             )
+        if is_multilabel(config, d["model"]) or is_view(d["model"]):
+            raise WorkflowError(
+                f"{key}.model: '{d['model']}' is a multi-label model or its view; defended "
+                "multi-label models are not implemented (a defence wraps one binary model)."
+            )
         if d["model"] not in models:
             what = "another defended model" if is_defended(config, d["model"]) else "not a model"
             raise WorkflowError(
@@ -292,6 +412,16 @@ def _check_adversarial_training(config: dict) -> None:
             raise WorkflowError(f"{key}: {err}") from None
         if not 0 <= adv.get("fraction", 0.5) <= 1:
             raise WorkflowError(f"{key}.fraction: {adv['fraction']} is not in [0, 1].")
+    for name, m in models.items():
+        adv = {**config.get("training", {}), **m.get("training", {})}.get("adversarial")
+        if adv and is_multilabel(config, name):
+            own = "adversarial" in m.get("training", {})
+            where = f"models.{name}.training.adversarial" if own else "training.adversarial"
+            raise WorkflowError(
+                f"{where}: '{name}' is a multi-label model; "
+                "adversarial training of multi-label models is not implemented (it trains the "
+                "2-class contract). Give it its own training: block without adversarial."
+            )
     for name, m in models.items():
         init = m.get("init_from")
         if init is None:
@@ -362,7 +492,10 @@ def _check_grid(config: dict) -> None:
             bad = [
                 s
                 for s in srcs
-                if isinstance(s, str) and s not in models and not is_defended(config, s)
+                if isinstance(s, str)
+                and s not in models
+                and not is_defended(config, s)
+                and not is_view(s)  # refused with its own message below
             ]
             if bad:
                 raise WorkflowError(
@@ -377,6 +510,7 @@ def _check_grid(config: dict) -> None:
                 f"grid[{i}].data_task: '{g['data_task']}' is neither 'own' nor a task "
                 f"({sorted(tasks)})."
             )
+        _check_multilabel_sources(config, i, g)
         atk = g.get("attacks", "all")
         if atk != "all":
             bad = [a for a in atk if a not in attacks]
@@ -394,6 +528,44 @@ def _check_grid(config: dict) -> None:
                     "a grid entry's eps picks budgets from eps (or eps_l2)."
                 )
     _refuse_targeted_twins(config)
+
+
+def _check_multilabel_sources(config: dict, i: int, g: dict) -> None:
+    """Adversarial sets are per binary task: a multi-label task is no data task, and a
+    multi-label source M is attacked on a named binary task T through its view M@T."""
+    task = g["data_task"]
+    if task != "own" and is_multilabel_task(config, task):
+        raise WorkflowError(
+            f"grid[{i}].data_task: '{task}' is a multi-label task; adversarial sets are per "
+            f"binary task (a finding vs No Finding). Name a binary task ({binary_tasks(config)}); "
+            "a multi-label model is attacked and evaluated on it through its view of the finding."
+        )
+    srcs = list(config["models"]) if g["sources"] == "all" else g["sources"]
+    for s in srcs:
+        if not isinstance(s, str):
+            continue
+        if is_view(s):
+            model, _ = view_parts(s)
+            raise WorkflowError(
+                f"grid[{i}].sources: '{s}' names a view; list the multi-label model '{model}' "
+                "itself: it is attacked through its view of the entry's data_task."
+            )
+        if not is_multilabel(config, s):
+            continue
+        if task == "own":
+            what = "sources: all includes" if g["sources"] == "all" else "sources:"
+            raise WorkflowError(
+                f"grid[{i}]: {what} the multi-label model '{s}', which has no own binary task; "
+                f"name the data task (grid[{i}].data_task: one of {binary_tasks(config)})"
+                + (" or list the sources." if g["sources"] == "all" else ".")
+            )
+        label = task_labels(config, task)[0]
+        if label not in task_labels(config, config["models"][s]["task"]):
+            raise WorkflowError(
+                f"grid[{i}].sources: the multi-label model '{s}' has no output for {label} "
+                f"(the finding of data_task '{task}'); its labels: "
+                f"{task_labels(config, config['models'][s]['task'])}."
+            )
 
 
 def _check_defended_sources(config: dict, i: int, g: dict) -> None:
@@ -415,6 +587,12 @@ def _check_defended_sources(config: dict, i: int, g: dict) -> None:
 def _check_ensemble(config: dict, key: str, members: list) -> None:
     models = config["models"]
     name = ensemble_name(members)
+    multi = [m for m in members if is_multilabel(config, m) or is_view(m)]
+    if multi:
+        raise WorkflowError(
+            f"{key}: ensemble {name}: {multi} are multi-label models or views; ensembles of "
+            "multi-label models are not implemented. Use binary models as members."
+        )
     defended_members = [m for m in members if is_defended(config, m)]
     if defended_members:
         raise WorkflowError(
@@ -487,7 +665,7 @@ def adversarial_sets(config: dict, controls: bool | None = None) -> list[AdvSet]
     out: dict[AdvSet, None] = {}
     for g in config["grid"]:
         atks = list(config["attacks"]) if g.get("attacks", "all") == "all" else g["attacks"]
-        for s in grid_sources(config, g):
+        for s in grid_sources(config, g):  # a multi-label model already as its view
             task = source_task(config, s) if g["data_task"] == "own" else g["data_task"]
             for a in atks:
                 for e in entry_eps(config, g, a):
@@ -510,9 +688,11 @@ def uap_split(config: dict, attack: str) -> str:
 
 def targets_for(config: dict, data_task: str) -> list[str]:
     """Every model trained on ``data_task`` is a target for adversarial sets of that task, and
-    so is every defended model of such a model (after the models)."""
+    so is every defended model of such a model (after the models), and every view ``M@T`` of
+    a multi-label model that has an output for the task's finding (last)."""
     models = [n for n, m in config["models"].items() if m["task"] == data_task]
-    return models + [d for d in defended(config) if source_task(config, d) == data_task]
+    models += [d for d in defended(config) if source_task(config, d) == data_task]
+    return models + [v for v in views(config) if view_parts(v)[1] == data_task]
 
 
 def eps_value(config: dict, attack: str, label: str) -> float:
@@ -582,7 +762,7 @@ def final_outputs(config: dict) -> list[str]:
     """What the default target builds (shard summaries, models, tables, plots, config)."""
     return [
         *[P.SHARD_SUMMARY.format(task=t) for t in config["tasks"]],
-        *[P.MODEL.format(model=m) for m in [*config["models"], *ensembles(config)]],
+        *[P.MODEL.format(model=m) for m in [*config["models"], *ensembles(config), *views(config)]],
         P.TRANSFER_TABLE,
         P.SUMMARY,
         P.STUDY_CONFIG,

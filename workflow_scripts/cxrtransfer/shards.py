@@ -3,7 +3,9 @@
 Layout of ``results/shards/{task}/{split}/{shard}.h5``:
 
 - ``images``      uint8 (N, H, W), chunked per image, gzip-compressed
-- ``labels``      int8 (N,), 1 = the task's finding
+- ``labels``      int8 (N,), 1 = the task's finding (multi-label task: any of its findings)
+- ``targets``     multi-label tasks only: uint8 (N, K), column k = 1 if the image has finding
+  ``label_names[k]`` (from the manifest's Finding Labels); attribute ``label_names`` (K,)
 - ``image_index`` bytes (N,), e.g. b"00000013_005.png"
 - ``patient_id``  int32 (N,)
 - ``rejected_image_index`` / ``rejected_reason``: images of this shard that could not be decoded
@@ -107,6 +109,10 @@ def write_shard(
         raise WorkflowError(f"{out_path}: no images assigned to this shard (empty manifest split?)")
     tasks = [(p, image_size) for p in rows["path"]]
     labels = rows["label"].to_numpy(np.int8)
+    label_names = attrs.get("label_names")
+    targets = None
+    if label_names is not None:  # a multi-label task
+        targets = label_matrix(rows["finding_labels"], list(label_names))
     names = rows["image_index"].to_numpy(str)
     pids = rows["patient_id"].to_numpy(np.int32)
     progress = Progress(n, f"decode {Path(out_path).name}", every_seconds=15)
@@ -154,6 +160,8 @@ def write_shard(
                 raise WorkflowError(f"{out_path}: every image of this shard was rejected")
             ds.resize((k, image_size, image_size))
             f.create_dataset("labels", data=labels[keep])
+            if targets is not None:
+                f.create_dataset("targets", data=targets[keep])
             f.create_dataset("image_index", data=np.array(names[keep], dtype="S"))
             f.create_dataset("patient_id", data=pids[keep])
             f.create_dataset(
@@ -173,6 +181,15 @@ def write_shard(
     if rejected:
         LOG.warning("%s: rejected %d of %d images", out_path, len(rejected), n)
     return {"written": k, "rejected": len(rejected)}
+
+
+def label_matrix(finding_labels, label_names: list[str]) -> np.ndarray:
+    """uint8 (N, K): 1 where an image's ``Finding Labels`` ("A|B" or "No Finding") has
+    ``label_names[k]``."""
+    sets = [set(str(x).split("|")) for x in finding_labels]
+    return np.array([[n in s for n in label_names] for s in sets], np.uint8).reshape(
+        len(sets), len(label_names)
+    )
 
 
 def read_shard(path: str | Path, image_size: int | None = None) -> dict:

@@ -305,6 +305,12 @@ def check_shard(path: Path, task: str | None = None, split: str | None = None) -
     _check_images(data["images"])
     _same_length(data, SHARD_PER_IMAGE)
     _same_length(data, ("rejected_image_index", "rejected_reason"))
+    if "label_names" in attrs:  # a multi-label task's shard: targets (N, K)
+        with h5py.File(path, "r") as f:
+            shape = f["targets"].shape if "targets" in f else None
+        want_shape = (len(data["labels"]), len(attrs["label_names"]))
+        if shape != want_shape:
+            raise Bad(f"targets are {shape}, expected {want_shape} (images, label_names)")
     for name, want in (("task", task), ("split", split)):
         if want is not None and name in attrs and _text(attrs[name]) != want:
             raise Bad(f"attribute {name} is '{_text(attrs[name])}', expected '{want}'")
