@@ -34,6 +34,7 @@ TASKS = list(config["tasks"])
 MODELS = list(config["models"])
 ENSEMBLES = plan.ensembles(config)
 DEFENDED = plan.defended(config)
+VIEWS = plan.views(config)  # {multi-label model}@{binary task}
 ATTACKS = list(config["attacks"])
 
 
@@ -47,10 +48,11 @@ wildcard_constraints:
     split=alternatives(cxrtransfer.SPLITS),
     shard=r"\d\d\d+",
     model=alternatives(MODELS),
-    source=alternatives([*MODELS, *ENSEMBLES, *DEFENDED]),
+    source=alternatives([*MODELS, *ENSEMBLES, *DEFENDED, *VIEWS]),
     ensemble=alternatives(ENSEMBLES),
     defended=alternatives(DEFENDED),
-    target=alternatives([*MODELS, *DEFENDED]),
+    view=alternatives(VIEWS),
+    target=alternatives([*MODELS, *DEFENDED, *VIEWS]),
     attack=alternatives([*ATTACKS, *[f"{a}{P.CONTROL_SUFFIX}" for a in ATTACKS]]),
     eps=r"[0-9.]+",
 
@@ -255,6 +257,23 @@ def defended_settings(name):
         "defence": dict(d["defence"]),
         "seed": int(d.get("seed", 0)),
         "task": facts["task"],
+        "arch": facts["arch"],
+        "image_size": int(config["data"]["image_size"]),
+    }
+
+
+def view_settings(name):
+    """What a finding_view job reads: the multi-label model, the binary task, its finding and
+    the model's output column of it (and all its columns, checked against its metrics.json).
+    """
+    model, task = plan.view_parts(name)
+    facts = plan.source_facts(config, name)
+    return {
+        "model": model,
+        "task": task,
+        "label": plan.task_labels(config, task)[0],
+        "column": plan.view_column(config, name),
+        "output_columns": plan.task_labels(config, model_task(model)),
         "arch": facts["arch"],
         "image_size": int(config["data"]["image_size"]),
     }

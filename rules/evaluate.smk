@@ -109,7 +109,7 @@ rule tables:
         # the grid itself: Snakemake does not rerun a job whose outputs exist when only the
         # set of its inputs grows (e.g. a new eps), but it does when a param changes
         adversarial_sets=sorted(s.path for s in ADV_SETS),
-        models=model_facts([*MODELS, *ENSEMBLES, *DEFENDED]),
+        models=model_facts([*MODELS, *ENSEMBLES, *DEFENDED, *VIEWS]),
         data_source=config["data"]["source"],
         # only with expert labels: {task: expert column or None} (null: the params of before)
         code=code("tables"),

@@ -93,3 +93,34 @@ rule defend:
         code=code("defend"),
     script:
         script_path("defend")
+
+
+# A finding view {model}@{task} of a multi-label model: its output for the binary task's
+# finding as a 2-class checkpoint with its own validation threshold on that task's images, so
+# it is a target of the task's sets and attacked (loss on that output) like any model.
+rule finding_view:
+    input:
+        model=lambda w: P.MODEL.format(model=plan.view_parts(w.view)[0]),
+        metrics=lambda w: P.MODEL_METRICS.format(model=plan.view_parts(w.view)[0]),
+        patients=lambda w: P.MODEL_PATIENTS.format(model=plan.view_parts(w.view)[0]),
+        val=lambda w: shards(plan.view_parts(w.view)[1], "val"),
+        test=lambda w: shards(plan.view_parts(w.view)[1], "test"),
+    output:
+        model=P.MODEL.format(model="{view}"),
+        metrics=P.MODEL_METRICS.format(model="{view}"),
+        history=P.MODEL_HISTORY.format(model="{view}"),
+        patients=P.MODEL_PATIENTS.format(model="{view}"),
+    log:
+        P.log("finding_view", "{view}"),
+    benchmark:
+        P.benchmark("finding_view", "{view}")
+    conda:
+        "../envs/tensorflow.yaml"
+    threads: TF_THREADS
+    resources:
+        **gpu_resources("predict_runtime"),
+    params:
+        settings=lambda w: plan.canon(view_settings(w.view)),
+        code=code("finding_view"),
+    script:
+        script_path("finding_view")

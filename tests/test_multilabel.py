@@ -125,13 +125,13 @@ def test_a_list_of_labels_gives_views_of_its_findings_only(cfg):
             r"grid\[2\]\.sources: ensemble .*multi-label",
         ),
         (
-            lambda c: c.update(defences={"d": {"model": "chest14_small", "defence": {"bit_depth": 3}}}),
+            lambda c: c.update(
+                defences={"d": {"model": "chest14_small", "defence": {"bit_depth": 3}}}
+            ),
             r"defences\.d\.model: 'chest14_small' is a multi-label model",
         ),
         (
-            lambda c: c["models"]["chest14_small"].update(
-                training={"adversarial": {"eps": 2}}
-            ),
+            lambda c: c["models"]["chest14_small"].update(training={"adversarial": {"eps": 2}}),
             r"models\.chest14_small\.training\.adversarial: .*multi-label",
         ),
     ],
@@ -254,3 +254,194 @@ def test_halves_are_task_independent_and_disjoint(multi_manifest, pneumothorax_s
     assert {patient_half(p, 1) for p in multi_a} == {"half_a"}
     # another seed draws other halves
     assert subset_patients([path], "half_a", 2) != multi_a
+
+
+# ----------------------------------------------------------------------------------------------
+# Training a tiny multi-label model and its finding view
+# ----------------------------------------------------------------------------------------------
+
+SIZE = 32
+
+
+def _shards(manifest, out, attrs):
+    from cxrtransfer.shards import n_shards, shard_rows, write_shard
+
+    paths = {}
+    for split in ("train", "val", "test"):
+        n = int((manifest["split"] == split).sum())
+        paths[split] = []
+        for i in range(n_shards(n, 256)):
+            p = out / split / f"{i:03d}.h5"
+            write_shard(shard_rows(manifest, split, i, 256), p, SIZE, {**attrs, "split": split})
+            paths[split].append(p)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def shards32(small_download, multi_manifest, tmp_path_factory):
+    """Shards at 32 px of the multi-label task (Pneumothorax, Cardiomegaly) and of the binary
+    Pneumothorax task."""
+    from cxrtransfer.ingest import build_manifest
+
+    out = tmp_path_factory.mktemp("shards32")
+    binary, _, _ = build_manifest(small_download, "Pneumothorax", 0.2, 1)
+    return {
+        "multi": _shards(multi_manifest[0], out / "multi", {"task": "chest", "label_names": TWO}),
+        "binary": _shards(
+            binary, out / "binary", {"task": "pneumothorax", "label": "Pneumothorax"}
+        ),
+    }
+
+
+def _settings(**kw):
+    s = {
+        **TRAINING_DEFAULTS,
+        "name": "chest_tiny",
+        "task": "chest",
+        "labels": TWO,
+        "arch": "MobileNetV3Small",
+        "seed": 1,
+        "pretrained": "none",
+        "train_subset": "all",
+        "image_size": SIZE,
+        "split_seed": 1,
+        "augment": {},
+        "epochs": 2,
+        "learning_rate": 0.002,
+        "warmup_epochs": 0,
+        "min_val_auc": 0.0,
+        "patience": 5,
+    }
+    s.update(kw)
+    return s
+
+
+@pytest.fixture(scope="module")
+def trained(shards32, tmp_path_factory):
+    from cxrtransfer.train import train_model
+
+    out = tmp_path_factory.mktemp("chest_tiny")
+    s = shards32["multi"]
+    metrics = train_model(_settings(), s["train"], s["val"], s["test"], out)
+    return out, metrics
+
+
+def test_multilabel_training_records_columns_and_per_label_aurocs(trained, shards32):
+    import keras
+    from cxrtransfer.inference import predict_shards
+    from sklearn.metrics import roc_auc_score
+
+    out, _ = trained
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["output"] == "sigmoid" and saved["output_columns"] == TWO
+    assert saved["threshold"] is None and set(saved["thresholds_per_label"]) == set(TWO)
+    assert "unweighted" in saved["loss"]
+    model = keras.models.load_model(out / "model.keras", safe_mode=True, compile=False)
+    assert model.output_shape == (None, 2) and model.layers[-1].activation.__name__ == "sigmoid"
+    test = predict_shards(model, shards32["multi"]["test"], SIZE, multilabel=True)
+    assert test["probs"].shape == test["labels"].shape == (len(test["image_index"]), 2)
+    per = saved["test"]["auc_per_label"]
+    for k, lab in enumerate(TWO):
+        assert per[lab] == pytest.approx(
+            roc_auc_score(test["labels"][:, k], test["probs"][:, k]), abs=1e-6
+        )
+        assert saved["val"]["auc_per_label"][lab] is not None
+    assert saved["test"]["auc"] == pytest.approx(np.mean(list(per.values())), abs=1e-9)
+    assert saved["epochs_run"] == 2 and len(pd.read_csv(out / "history.csv")) == 2
+
+
+def test_multilabel_quality_gate_is_on_the_mean_and_names_weak_labels():
+    from cxrtransfer.train import check_multilabel_quality, multilabel_metrics
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, (200, 3))
+    p = np.stack([y[:, 0] * 0.8 + 0.1, rng.random(200), 1.0 - y[:, 2]], axis=1)
+    m = multilabel_metrics(y, p, ["A", "B", "C"])
+    assert m["auc_per_label"]["A"] == 1.0 and m["auc_per_label"]["C"] == 0.0
+    with pytest.raises(WorkflowError, match=r"mean validation AUC 0\.\d+ over 3 labels.*C 0\.000"):
+        check_multilabel_quality({"name": "x", "min_val_auc": 0.6}, m, p)
+    y[:, 1] = 0  # a label without positives is not scored
+    m = multilabel_metrics(y, p, ["A", "B", "C"])
+    assert m["auc_per_label"]["B"] is None and m["labels_scored"] == 2
+    constant = np.full_like(p, 0.3)
+    with pytest.raises(WorkflowError, match="collapsed"):
+        check_multilabel_quality(
+            {"name": "x", "min_val_auc": 0.0},
+            multilabel_metrics(y, constant, list("ABC")),
+            constant,
+        )
+
+
+def test_finding_view_equals_the_models_output_and_its_loss(trained):
+    import keras
+    import tensorflow as tf
+    from cxrtransfer.models import build_finding_view
+
+    out, _ = trained
+    model = keras.models.load_model(out / "model.keras", safe_mode=True, compile=False)
+    k = TWO.index("Cardiomegaly")
+    view = build_finding_view(model, k)
+    x = tf.constant(np.random.default_rng(1).random((6, SIZE, SIZE, 1)), tf.float32)
+    p_model = model(x, training=False).numpy()[:, k]
+    p_view = view(x, training=False).numpy()
+    np.testing.assert_allclose(p_view[:, 1], p_model, atol=1e-6)
+    np.testing.assert_allclose(p_view.sum(axis=1), 1.0, atol=1e-6)
+    y = np.array([1, 0, 1, 0, 1, 0])
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        ce = keras.losses.sparse_categorical_crossentropy(y, view(x, training=False))
+        bce = keras.losses.binary_crossentropy(
+            y[:, None].astype("float32"), model(x, training=False)[:, k : k + 1]
+        )
+    np.testing.assert_allclose(ce.numpy(), bce.numpy(), rtol=1e-4, atol=1e-6)
+    g_view, g_model = tape.gradient(ce, x).numpy(), tape.gradient(bce, x).numpy()
+    assert np.abs(g_model).max() > 0
+    np.testing.assert_allclose(g_view, g_model, rtol=1e-3, atol=1e-5 * np.abs(g_model).max())
+
+
+def test_view_checkpoint_is_a_contract_model_with_its_own_record(trained, shards32, tmp_path):
+    from cxrtransfer.inference import predict_shards
+    from cxrtransfer.models import load_checkpoint
+    from cxrtransfer.provenance import model_record
+    from cxrtransfer.relations import read_patients
+    from cxrtransfer.views import build_view_checkpoint
+
+    out, _ = trained
+    settings = {
+        "model": "chest_tiny",
+        "task": "pneumothorax",
+        "label": "Pneumothorax",
+        "column": 0,
+        "output_columns": TWO,
+        "arch": "MobileNetV3Small",
+        "image_size": SIZE,
+    }
+    kw = dict(
+        name="chest_tiny@pneumothorax",
+        model_path=out / "model.keras",
+        metrics_path=out / "metrics.json",
+        patients_path=out / "train_patients.txt",
+        val_shards=shards32["binary"]["val"],
+        test_shards=shards32["binary"]["test"],
+        out_dir=tmp_path / "view",
+    )
+    metrics = build_view_checkpoint(settings=settings, **kw)
+    view = load_checkpoint(tmp_path / "view" / "model.keras", SIZE)  # safe mode, 2 columns
+    saved = json.loads((tmp_path / "view" / "metrics.json").read_text())
+    assert saved["output_columns"] == ["negative", "Pneumothorax"] and saved["output"] == "softmax2"
+    assert saved["multi_label_model"] == "chest_tiny" and saved["output_column"] == 0
+    assert saved["multi_label_output_columns"] == TWO
+    assert model_record(tmp_path / "view" / "model.keras", tmp_path / "view" / "metrics.json")
+    assert 0 <= saved["threshold"] <= 1 and metrics["task"] == "pneumothorax"
+    test = predict_shards(view, shards32["binary"]["test"], SIZE)
+    from sklearn.metrics import roc_auc_score
+
+    assert saved["test"]["auc"] == pytest.approx(roc_auc_score(test["labels"], test["probs"]))
+    assert read_patients(tmp_path / "view" / "train_patients.txt") == read_patients(
+        out / "train_patients.txt"
+    )
+    with pytest.raises(WorkflowError, match="output columns"):  # stale config vs checkpoint
+        build_view_checkpoint(
+            settings={**settings, "output_columns": ["Edema", "Pneumothorax"]},
+            **{**kw, "out_dir": tmp_path / "v2"},
+        )

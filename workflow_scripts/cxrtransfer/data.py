@@ -36,9 +36,7 @@ def _shard_error(path, e: Exception) -> WorkflowError:
     )
 
 
-def shard_arrays(
-    paths, image_size: int, patients: set[int] | None = None, targets: bool = False
-):
+def shard_arrays(paths, image_size: int, patients: set[int] | None = None, targets: bool = False):
     """Yield (images uint8 (n,H,W), labels int64, image_index str) per shard, optionally only
     the given patients. Reads one shard at a time: memory is bounded by one shard.
     ``targets``: yield a multi-label shard's targets (float32 (n, K)) instead of labels."""

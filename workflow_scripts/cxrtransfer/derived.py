@@ -26,10 +26,22 @@ def finish_derived_model(
     """Choose ``model``'s own Youden threshold on the validation split, measure it there and
     on test at that threshold, and write ``out_dir``/model.keras, metrics.json, history.csv
     (empty: nothing is trained) and train_patients.txt (``patients``)."""
+    from .data import open_shard
     from .inference import predict_shards
-    from .train import _test_metrics, _write_outputs, binary_metrics, youden_threshold
+    from .train import (
+        NEGATIVE_COLUMN,
+        SOFTMAX2,
+        _test_metrics,
+        _write_outputs,
+        binary_metrics,
+        youden_threshold,
+    )
 
     image_size = settings["image_size"]
+    with open_shard(val_shards[0]) as f:  # the task's finding: column 1 of the model
+        label = f.attrs.get("label")
+    label = label.decode() if isinstance(label, bytes) else label
+    label = settings.get("label") or label or f"{settings['task']} finding"
     val = predict_shards(model, val_shards, image_size)
     threshold = youden_threshold(val["labels"], val["probs"])
     val_metrics = binary_metrics(val["labels"], val["probs"], threshold)
@@ -38,6 +50,8 @@ def finish_derived_model(
         "model": name,
         "task": settings["task"],
         "arch": settings["arch"],
+        "output": SOFTMAX2,
+        "output_columns": [NEGATIVE_COLUMN, str(label)],
         **extra,
         "threshold": threshold,
         "threshold_rule": "Youden J (max sensitivity + specificity - 1) on the validation split",

@@ -104,10 +104,13 @@ def build_model(
     dropout: float = 0.2,
     hidden: int = 128,
     bn_momentum: float | None = None,
+    n_labels: int | None = None,
 ):
     """Pixels in [0, 1], shape (H, W, 1) -> softmax over (no finding, finding).
 
     Head as in the seed study: global average pooling, Dense(128), Dropout(0.2), Dense(2).
+    ``n_labels``: a multi-label model instead: the last layer is Dense(n_labels, sigmoid),
+    one independent probability per finding (column k = the task's k-th label).
     """
     import keras
 
@@ -137,7 +140,12 @@ def build_model(
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     x = keras.layers.Dense(hidden, activation="relu", name="fc")(x)
     x = keras.layers.Dropout(dropout, name="dropout")(x)
-    outputs = keras.layers.Dense(2, activation="softmax", name="probs", dtype="float32")(x)
+    if n_labels is None:
+        outputs = keras.layers.Dense(2, activation="softmax", name="probs", dtype="float32")(x)
+    else:
+        outputs = keras.layers.Dense(n_labels, activation="sigmoid", name="probs", dtype="float32")(
+            x
+        )
     return keras.Model(inputs, outputs, name=f"{arch}_pixels")
 
 
@@ -177,8 +185,11 @@ def _weights_error(e: Exception, arch: str, pretrained: str) -> WorkflowError:
     )
 
 
-def load_checkpoint(path: str | os.PathLike, image_size: int | None = None):
-    """Load a model checkpoint in safe mode and check it honours the model contract."""
+def load_checkpoint(
+    path: str | os.PathLike, image_size: int | None = None, n_outputs: int | None = 2
+):
+    """Load a model checkpoint in safe mode and check it honours the model contract
+    (``n_outputs`` columns: 2 for the 2-class contract, K for a multi-label model)."""
     import keras
 
     from .defences import defence_layer_class
@@ -197,17 +208,22 @@ def load_checkpoint(path: str | os.PathLike, image_size: int | None = None):
             f"Cannot load model checkpoint '{path}': {first}. It is truncated, corrupt or not "
             f"a Keras .keras file written by this workflow. {FIX_DAMAGED}"
         ) from None
-    check_contract(model, path, image_size)
+    check_contract(model, path, image_size, n_outputs)
     return model
 
 
-def check_contract(model, path, image_size: int | None = None) -> None:
+def check_contract(model, path, image_size: int | None = None, n_outputs: int = 2) -> None:
     shape = tuple(model.input_shape)
     out = tuple(model.output_shape)
-    if len(shape) != 4 or shape[-1] != 1 or out[-1] != 2:
+    if len(shape) != 4 or shape[-1] != 1 or out[-1] != n_outputs:
+        what = (
+            "a 2-class softmax output"
+            if n_outputs == 2
+            else f"a {n_outputs}-column sigmoid output (a multi-label model of the config's labels)"
+        )
         raise WorkflowError(
             f"Model '{path}' does not follow the model contract: input {shape}, output {out}; "
-            "expected input (None, H, W, 1) pixels in [0, 1] and a 2-class softmax output. "
+            f"expected input (None, H, W, 1) pixels in [0, 1] and {what}. "
             "Foreign checkpoints must be wrapped with cxrtransfer.models.build_model."
         )
     if image_size is not None and (shape[1] != image_size or shape[2] != image_size):
@@ -260,3 +276,34 @@ def build_ensemble(members: list, names: list[str], image_size: int | None = Non
     mean = keras.layers.Average(name="mean_logits")(logits)
     probs = keras.layers.Activation("softmax", name="probs", dtype="float32")(mean)
     return keras.Model(inputs, probs, name="ensemble")
+
+
+def build_finding_view(model, column: int, name: str = "finding_view"):
+    """The 2-class contract checkpoint of one output of a multi-label model (a *view*).
+
+    ``model``'s last layer is the Dense(K, sigmoid) of ``build_model(n_labels=K)``; the view
+    is its body up to that layer's input, then Dense(2, softmax) with kernel columns
+    [0, W[:, k]] and bias [0, b[k]]: softmax([0, z_k]) = [1 - sigmoid(z_k), sigmoid(z_k)], so
+    column 1 is the model's column k, and the cross-entropy of label 1/0 on it is the binary
+    cross-entropy of output k (an attack on the view is an attack on that finding's output).
+    Standard Keras layers only: it saves and loads like any checkpoint."""
+    import keras
+    import numpy as np
+
+    last = model.layers[-1]
+    if not (isinstance(last, keras.layers.Dense) and last.activation is keras.activations.sigmoid):
+        raise WorkflowError(
+            f"{name}: the multi-label model's last layer is {type(last).__name__}, not the "
+            "sigmoid Dense of cxrtransfer.models.build_model(n_labels=K); its logits are unknown."
+        )
+    if not 0 <= column < last.units:
+        raise WorkflowError(f"{name}: output column {column} is not in 0..{last.units - 1}.")
+    kernel, bias = last.get_weights()
+    body = keras.Model(model.inputs, last.input, name="multi_label_body")
+    inputs = keras.Input(tuple(model.input_shape[1:]), dtype="float32", name="pixels")
+    head = keras.layers.Dense(2, activation="softmax", name="probs", dtype="float32")
+    outputs = head(body(inputs))
+    k2 = np.zeros((kernel.shape[0], 2), kernel.dtype)
+    k2[:, 1] = kernel[:, column]
+    head.set_weights([k2, np.array([0.0, bias[column]], bias.dtype)])
+    return keras.Model(inputs, outputs, name="finding_view")

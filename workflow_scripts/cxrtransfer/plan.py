@@ -150,16 +150,16 @@ def views(config: dict) -> list[str]:
         if not is_multilabel(config, m):
             continue
         covered = task_labels(config, config["models"][m]["task"])
-        out += [view_name(m, t) for t in binary_tasks(config) if task_labels(config, t)[0] in covered]
+        out += [
+            view_name(m, t) for t in binary_tasks(config) if task_labels(config, t)[0] in covered
+        ]
     return out
 
 
 def view_column(config: dict, name: str) -> int:
     """The output column of the multi-label model that view ``name`` reads."""
     model, task = view_parts(name)
-    return task_labels(config, config["models"][model]["task"]).index(
-        task_labels(config, task)[0]
-    )
+    return task_labels(config, config["models"][model]["task"]).index(task_labels(config, task)[0])
 
 
 def resolve_source(config: dict, source: str, data_task: str) -> str:

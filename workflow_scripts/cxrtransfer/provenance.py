@@ -10,13 +10,16 @@ from .utils import FIX_DAMAGED, file_sha256
 
 
 def model_record(model_path, metrics_path) -> dict:
-    """The checkpoint's SHA-256, decision threshold and task, checked against each other: the
+    """The checkpoint's SHA-256, decision threshold (None for a multi-label model) and task,
+    checked against each other: the
     hash recorded in ``metrics.json`` must be that of ``model.keras`` (else one of the two is
     stale or damaged)."""
     try:
         metrics = json.loads(Path(metrics_path).read_text())
         recorded = metrics["checkpoint_sha256"]
-        threshold = float(metrics["threshold"])
+        # a multi-label model has per-label thresholds (its views choose their own)
+        multi = metrics.get("output") == "sigmoid"
+        threshold = None if multi else float(metrics["threshold"])
     except (OSError, KeyError, ValueError, TypeError) as e:
         raise WorkflowError(
             f"Cannot read the checkpoint record '{metrics_path}' ({e}); rerun its training job "

@@ -50,10 +50,18 @@ def model_settings(config: dict, name: str) -> dict:
     if "adversarial" in training:  # a model's own block replaces the default block as a whole
         training["adversarial"] = {**ADVERSARIAL_DEFAULTS, **training["adversarial"]}
     extra = {"init_from": m["init_from"]} if m.get("init_from") else {}
+    task = config["tasks"][m["task"]]
+    if "labels" in task:  # a multi-label model: its output columns, in order
+        from . import LABELS
+
+        labels = list(LABELS) if task["labels"] == "all" else list(task["labels"])
+        finding = {"labels": labels}
+    else:
+        finding = {"label": task["label"]}
     return {
         "name": name,
         "task": m["task"],
-        "label": config["tasks"][m["task"]]["label"],
+        **finding,
         "arch": m["arch"],
         "seed": int(m["seed"]),
         "pretrained": m.get("pretrained", "none"),
@@ -80,6 +88,49 @@ def binary_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float) -> d
         "n": int(len(labels)),
         "positives": int(labels.sum()),
         "predicted_positive_fraction": float(np.mean(pred)),
+    }
+
+
+def is_multilabel(s: dict) -> bool:
+    """Whether settings ``s`` are a multi-label model's (``labels``: its output columns)."""
+    return "labels" in s
+
+
+# What metrics.json records of a model's output (the model contract, README "Models and their
+# contract"): ``output`` and ``output_columns``, the column names in output order.
+SOFTMAX2 = "softmax2"
+SIGMOID = "sigmoid"
+NEGATIVE_COLUMN = "negative"  # column 0 of a 2-class model: 1 - p(finding)
+MULTILABEL_LOSS = "binary cross-entropy per output, unweighted (class_weight is not applied)"
+
+
+def output_record(s: dict) -> dict:
+    """``output`` and ``output_columns`` of the model of settings ``s``."""
+    if is_multilabel(s):
+        return {"output": SIGMOID, "output_columns": list(s["labels"])}
+    return {"output": SOFTMAX2, "output_columns": [NEGATIVE_COLUMN, s["label"]]}
+
+
+def multilabel_metrics(targets: np.ndarray, probs: np.ndarray, labels: list[str]) -> dict:
+    """A multi-label model's quality on one split: per-label AUROC (None where the split has
+    one class of that label) and their mean over the labels with both classes."""
+    from . import metrics as M
+
+    targets = np.asarray(targets).astype(int)
+    per, positives = {}, {}
+    for k, name in enumerate(labels):
+        y = targets[:, k]
+        positives[name] = int(y.sum())
+        both = 0 < y.sum() < len(y)
+        per[name] = float(M.auroc(y, probs[:, k])) if both else None
+    scored = [v for v in per.values() if v is not None]
+    return {
+        "auc": float(np.mean(scored)) if scored else float("nan"),
+        "auc_rule": "mean AUROC over the labels with both classes in this split",
+        "auc_per_label": per,
+        "labels_scored": len(scored),
+        "n": int(len(targets)),
+        "positives_per_label": positives,
     }
 
 
@@ -126,8 +177,14 @@ def compiled_model(s: dict, steps_per_epoch: int, init_checkpoint=None):
     from .models import build_model
 
     pretrained = "none" if init_checkpoint is not None else s["pretrained"]
+    multi = is_multilabel(s)
     model = build_model(
-        s["arch"], s["image_size"], pretrained, seed=s["seed"], bn_momentum=s["bn_momentum"]
+        s["arch"],
+        s["image_size"],
+        pretrained,
+        seed=s["seed"],
+        bn_momentum=s["bn_momentum"],
+        n_labels=len(s["labels"]) if multi else None,
     )
     if init_checkpoint is not None:
         load_init_weights(model, init_checkpoint, s)
@@ -135,8 +192,8 @@ def compiled_model(s: dict, steps_per_epoch: int, init_checkpoint=None):
         model = _adversarial_training().make_trainer(model, s["adversarial"], s["seed"])
     model.compile(
         optimizer=_optimizer(s, steps_per_epoch),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
+        loss="binary_crossentropy" if multi else "sparse_categorical_crossentropy",
+        metrics=["binary_accuracy" if multi else "accuracy"],
     )
     return model
 
@@ -158,7 +215,7 @@ def load_init_weights(model, path, s: dict) -> None:
     """Start ``model`` from the weights of the finished checkpoint ``path`` (``init_from``)."""
     from .models import load_checkpoint
 
-    init = load_checkpoint(path, s["image_size"])
+    init = load_checkpoint(path, s["image_size"], len(s["labels"]) if is_multilabel(s) else 2)
     src, dst = init.get_weights(), model.get_weights()
     if [w.shape for w in src] != [w.shape for w in dst]:
         raise WorkflowError(
@@ -177,7 +234,10 @@ def _callbacks(model_dir: Path, work: Path, s: dict, val_ds_fn):
 
         def on_epoch_end(self, epoch, logs=None):
             y, p = val_ds_fn(contract_model(self.model), self)
-            logs["val_auc"] = binary_metrics(y, p, 0.5)["auc"]
+            if is_multilabel(s):  # mean AUROC over the labels with both classes in val
+                logs["val_auc"] = multilabel_metrics(y, p, s["labels"])["auc"]
+            else:
+                logs["val_auc"] = binary_metrics(y, p, 0.5)["auc"]
             p_true = np.clip(np.where(y == 1, p, 1 - p), 1e-7, 1.0)
             logs["val_loss"] = float(-np.log(p_true).mean())
             LOG.info(
@@ -327,6 +387,8 @@ def _training_counts(settings: dict, train_shards, val_shards, patients) -> dict
     from .data import label_summary
 
     size = settings["image_size"]
+    if is_multilabel(settings):
+        return _multilabel_counts(settings, train_shards, val_shards, patients)
     train = label_summary(train_shards, size, patients)
     n0, n1 = train["n0"], train["n1"]
     if n0 == 0 or n1 == 0:
@@ -351,6 +413,57 @@ def _training_counts(settings: dict, train_shards, val_shards, patients) -> dict
         "class_weight": {0: n / (2.0 * n0), 1: n / (2.0 * n1)} if balanced else None,
         "patient_ids": train["patient_ids"],
     }
+
+
+def _multilabel_counts(settings: dict, train_shards, val_shards, patients) -> dict:
+    """A multi-label model's training counts: images, per-label positives of train and val;
+    validation needs at least one label with both classes (the checkpoint metric)."""
+    from .data import label_summary, shard_arrays
+
+    size, labels = settings["image_size"], settings["labels"]
+    train = label_summary(train_shards, size, patients)
+    pos = np.zeros(len(labels), np.int64)
+    for _, t, _ in shard_arrays(train_shards, size, patients, targets=True):
+        _check_targets(settings, t, train_shards)
+        pos += t.sum(axis=0).astype(np.int64)
+    val_pos, n_val = np.zeros(len(labels), np.int64), 0
+    for _, t, _ in shard_arrays(val_shards, size, targets=True):
+        _check_targets(settings, t, val_shards)
+        val_pos += t.sum(axis=0).astype(np.int64)
+        n_val += len(t)
+    n = train["n0"] + train["n1"]
+    scored = [lab for lab, k in zip(labels, val_pos, strict=True) if 0 < k < n_val]
+    if not scored:
+        raise WorkflowError(
+            f"Model '{settings['name']}': no label of {labels} has both classes in the "
+            "validation split; validation AUROC is undefined. Use more data or a larger "
+            "val_fraction."
+        )
+    absent = [lab for lab, k in zip(labels, pos, strict=True) if k == 0]
+    if absent:
+        LOG.warning(
+            "model %s: no training image has %s (their outputs learn 'absent' only)",
+            settings["name"],
+            ", ".join(absent),
+        )
+    return {
+        "n": n,
+        "n1": train["n1"],
+        "n_val": n_val,
+        "class_weight": None,  # unweighted binary cross-entropy (README "Multi-label models")
+        "patient_ids": train["patient_ids"],
+        "positives_per_label": dict(zip(labels, pos.tolist(), strict=True)),
+        "val_labels_scored": scored,
+    }
+
+
+def _check_targets(settings: dict, targets: np.ndarray, shards) -> None:
+    if targets.shape[1] != len(settings["labels"]):
+        raise WorkflowError(
+            f"Model '{settings['name']}': the shards ({shards[0]}, ...) hold {targets.shape[1]} "
+            f"target columns, the model's task has {len(settings['labels'])} labels; rebuild "
+            "the task's shards (the task's labels changed?)."
+        )
 
 
 @contextlib.contextmanager
@@ -414,6 +527,14 @@ def _fit(
             adv["fraction"],
             adversarial_cost(adv),
         )
+    multi = is_multilabel(settings)
+    if multi:
+        LOG.info(
+            "multi-label model: %d sigmoid outputs %s, loss: %s",
+            len(settings["labels"]),
+            settings["labels"],
+            MULTILABEL_LOSS,
+        )
     with deterministic_ops(settings["seed"]):
         steps = int(np.ceil(counts["n"] / settings["batch_size"]))
         model = compiled_model(settings, steps, init_checkpoint=init)
@@ -426,12 +547,13 @@ def _fit(
             patients=patients,
             augment=settings["augment"] or None,
             n_images=counts["n"],
+            n_targets=len(settings["labels"]) if multi else None,
         )
 
         def val_preds(m, holder):
             if not hasattr(holder, "predict_fn"):  # trace the compiled prediction once
-                holder.predict_fn = make_predict_fn(m)
-            r = predict_shards(m, val_shards, size, predict_fn=holder.predict_fn)
+                holder.predict_fn = make_predict_fn(m, all_columns=multi)
+            r = predict_shards(m, val_shards, size, predict_fn=holder.predict_fn, multilabel=multi)
             return r["labels"], r["probs"]
 
         t0 = time.time()
@@ -461,6 +583,16 @@ def _select(settings: dict, work: Path, val_shards):
             f"Model '{settings['name']}': no checkpoint was saved (no epoch finished)."
         )
     best = keras.models.load_model(work / "best.keras", compile=False, safe_mode=True)
+    if is_multilabel(settings):
+        val = predict_shards(best, val_shards, settings["image_size"], multilabel=True)
+        val_metrics = multilabel_metrics(val["labels"], val["probs"], settings["labels"])
+        thresholds = {
+            lab: youden_threshold(val["labels"][:, k], val["probs"][:, k])
+            for k, lab in enumerate(settings["labels"])
+            if val_metrics["auc_per_label"][lab] is not None
+        }
+        check_multilabel_quality(settings, val_metrics, val["probs"])
+        return best, thresholds, val_metrics
     val = predict_shards(best, val_shards, settings["image_size"])
     threshold = youden_threshold(val["labels"], val["probs"])
     val_metrics = binary_metrics(val["labels"], val["probs"], threshold)
@@ -472,6 +604,9 @@ def _test_metrics(settings: dict, model, test_shards, threshold: float) -> dict:
     """Test metrics at the chosen threshold: reported only, after every decision was made."""
     from .inference import predict_shards
 
+    if is_multilabel(settings):
+        test = predict_shards(model, test_shards, settings["image_size"], multilabel=True)
+        return multilabel_metrics(test["labels"], test["probs"], settings["labels"])
     test = predict_shards(model, test_shards, settings["image_size"])
     test_metrics = binary_metrics(test["labels"], test["probs"], threshold)
     if test_metrics["predicted_positive_fraction"] in (0.0, 1.0):
@@ -577,11 +712,15 @@ def train_model(
     best, threshold, val_metrics = _select(settings, work, val_shards)
     test_metrics = _test_metrics(settings, best, test_shards, threshold)
     row = best_row(history, settings)
+    multi = is_multilabel(settings)
     metrics = {
         "model": settings["name"],
         "task": settings["task"],
         "arch": settings["arch"],
-        "threshold": threshold,
+        **output_record(settings),
+        # a multi-label model: per-label thresholds (its views M@T choose their own)
+        "threshold": None if multi else threshold,
+        **({"thresholds_per_label": threshold, "loss": MULTILABEL_LOSS} if multi else {}),
         "threshold_rule": "Youden J (max sensitivity + specificity - 1) on the validation split",
         "val": val_metrics,
         "test": test_metrics,
@@ -590,6 +729,11 @@ def train_model(
         "wall_time_s": round(wall, 1),
         "train_images": counts["n"],
         "train_positives": counts["n1"],
+        **(
+            {"train_positives_per_label": counts["positives_per_label"]}
+            if "positives_per_label" in counts
+            else {}
+        ),
         "inputs": {k: v for k, v in stamp.items() if k != "settings"},
         "settings": settings,
     }
@@ -602,11 +746,11 @@ def train_model(
     metrics = _write_outputs(out, best, metrics, history, patient_ids)
     shutil.rmtree(work)
     LOG.info(
-        "model %s: val AUC %.3f, test AUC %.3f (threshold %.3f), %d epochs, %.0f s",
+        "model %s: val AUC %.3f, test AUC %.3f (%s), %d epochs, %.0f s",
         settings["name"],
         val_metrics["auc"],
         test_metrics["auc"],
-        threshold,
+        "mean over labels" if multi else f"threshold {threshold:.3f}",
         len(history),
         wall,
     )
@@ -631,6 +775,37 @@ def check_quality(settings: dict, val_metrics: dict, val_probs: np.ndarray) -> N
             f"Model '{settings['name']}' predicts one class for every validation image at its "
             f"threshold (predicted positive fraction {fraction}). It has collapsed; see its "
             "history.csv and retrain with other settings."
+        )
+
+
+def check_multilabel_quality(settings: dict, val_metrics: dict, val_probs: np.ndarray) -> None:
+    """The quality gate of a multi-label model (validation data only): the mean validation
+    AUROC over the labels with both classes must reach ``min_val_auc`` (the message names the
+    labels below it), and the model must not have collapsed (every output constant)."""
+    per = {k: v for k, v in val_metrics["auc_per_label"].items() if v is not None}
+    below = sorted(k for k, v in per.items() if v < settings["min_val_auc"])
+    mean = val_metrics["auc"]
+    if not np.isfinite(mean) or mean < settings["min_val_auc"]:
+        detail = ", ".join(f"{k} {per[k]:.3f}" for k in below)
+        raise WorkflowError(
+            f"Model '{settings['name']}' did not learn its task: mean validation AUC {mean:.3f} "
+            f"over {len(per)} labels < min_val_auc {settings['min_val_auc']}; labels below it: "
+            f"{detail or 'none'}. Train longer (epochs), lower the learning rate, add "
+            "warmup_epochs, or use pretrained weights."
+        )
+    spread = np.std(val_probs, axis=0)
+    if len(spread) and float(np.max(spread)) < 1e-6:
+        raise WorkflowError(
+            f"Model '{settings['name']}' predicts the same probabilities for every validation "
+            "image on every output: it has collapsed; see its history.csv and retrain with "
+            "other settings."
+        )
+    if below:
+        LOG.warning(
+            "model %s: labels below min_val_auc %s (the gate is on the mean): %s",
+            settings["name"],
+            settings["min_val_auc"],
+            ", ".join(f"{k} {per[k]:.3f}" for k in below),
         )
 
 
