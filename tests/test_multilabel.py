@@ -445,3 +445,37 @@ def test_view_checkpoint_is_a_contract_model_with_its_own_record(trained, shards
             settings={**settings, "output_columns": ["Edema", "Pneumothorax"]},
             **{**kw, "out_dir": tmp_path / "v2"},
         )
+
+
+# ----------------------------------------------------------------------------------------------
+# The workflow plans the multi-label model, its views and the sets they are evaluated in
+# ----------------------------------------------------------------------------------------------
+
+
+def test_workflow_plans_views_as_targets_and_sources(root, cfg, tmp_path):
+    import subprocess
+    import sys
+
+    from test_workflow import planned, snakemake
+
+    cfg["grid"].append({"sources": ["chest14_small"], "data_task": "cardiomegaly"})
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    jobs = planned(root, tmp_path)
+    assert jobs["finding_view"] == 2 and jobs["train"] == 4  # three binary, one multi-label
+    assert jobs["manifest"] == 3  # pneumothorax, cardiomegaly, chest14
+    out = snakemake(root, tmp_path, "-n").stdout
+    for task in ("pneumothorax", "cardiomegaly"):
+        view = f"chest14_small@{task}"
+        assert f"view={view}" in out  # its finding_view job
+        assert f"source={view}, data_task={task}" in out  # attacked as a source
+        assert f"target={view}" in out  # predicted as a target
+    # the opt-in overlay on the default demo plans too
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(root / "Snakefile")]
+    cmd += ["--directory", str(demo), "--cores", "2", "-n", "--configfile"]
+    cmd += [str(root / "config" / "config.yaml"), str(root / "config" / "multilabel_demo.yaml")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "view=chest14_small@pneumothorax" in r.stdout
+    assert "source=chest14_small@pneumothorax, data_task=pneumothorax" in r.stdout
