@@ -479,3 +479,22 @@ def test_workflow_plans_views_as_targets_and_sources(root, cfg, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "view=chest14_small@pneumothorax" in r.stdout
     assert "source=chest14_small@pneumothorax, data_task=pneumothorax" in r.stdout
+
+
+def test_verify_counts_a_view_as_made_from_its_multilabel_model(tmp_path):
+    from cxrtransfer.verify import build_index, children, list_products
+
+    for name, task in (
+        ("chest", "chest14"),
+        ("chest@pneumothorax", "pneumothorax"),
+        ("p", "pneumothorax"),
+    ):
+        d = tmp_path / "models" / name
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(json.dumps({"task": task, "checkpoint_sha256": "0"}))
+    products = list_products(tmp_path)
+    ix = build_index(tmp_path, products)
+    model = {p["model"]: p for p in products["model"]}
+    assert set(model) == {"chest", "chest@pneumothorax", "p"}
+    assert model["chest@pneumothorax"] in children(model["chest"], ix)
+    assert model["chest@pneumothorax"] not in children(model["p"], ix)

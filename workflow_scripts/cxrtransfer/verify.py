@@ -43,7 +43,7 @@ from . import SPLITS, WorkflowError
 from . import paths as P
 from .attack_cache import DATASETS as _CACHE_DATASETS
 from .ingest import MANIFEST_COLUMNS
-from .plan import ENSEMBLE_SEP
+from .plan import ENSEMBLE_SEP, VIEW_SEP
 from .predictions import ADV_COLUMNS as ADV_PRED_COLUMNS
 from .predictions import CLEAN_COLUMNS as CLEAN_PRED_COLUMNS
 from .utils import file_sha256
@@ -624,6 +624,8 @@ def children(p: Product, ix: Index) -> set[Product]:
         out |= {e for e in sel("model") if m in e["model"].split(ENSEMBLE_SEP) and e != p}
         # a defended model is made from the model inside it
         out |= {d for d in sel("model") if ix.model_bases.get(d["model"]) == m}
+        # a finding view {model}@{task} is made from the multi-label model
+        out |= {v for v in sel("model") if v["model"].partition(VIEW_SEP)[0] == m and v != p}
         out |= sel("adv_prediction", target=m) | sel("adv_prediction", source=m)
         out |= sel("set", source=m)
         # targets of a set are all models of its data task (an ensemble is never a target);
