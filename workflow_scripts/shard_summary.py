@@ -11,16 +11,20 @@ def main(sm):
         with open_shard(path) as f:
             labels = f["labels"][...]
             a = dict(f.attrs)
-            rows.append(
-                {
-                    "split": a["split"],
-                    "shard": path,
-                    "images": len(labels),
-                    "positives": int((labels == 1).sum()),
-                    "negatives": int((labels == 0).sum()),
-                    "rejected": int(a["n_rejected"]),
-                }
-            )
+            row = {
+                "split": a["split"],
+                "shard": path,
+                "images": len(labels),
+                "positives": int((labels == 1).sum()),  # multi-label: any of its findings
+                "negatives": int((labels == 0).sum()),
+                "rejected": int(a["n_rejected"]),
+            }
+            if "targets" in f:  # a multi-label task: positives per finding
+                targets = f["targets"][...]
+                for k, name in enumerate(a["label_names"]):
+                    name = name.decode() if isinstance(name, bytes) else str(name)
+                    row[f"positives_{name}"] = int(targets[:, k].sum())
+            rows.append(row)
             names = f["rejected_image_index"][...].astype(str)
             reasons = f["rejected_reason"][...].astype(str)
         if len(names):
@@ -36,9 +40,9 @@ def main(sm):
                 )
             )
     df = pd.DataFrame(rows)
-    summary = df.groupby("split", sort=False)[
-        ["images", "positives", "negatives", "rejected"]
-    ].sum()
+    counts = ["images", "positives", "negatives", "rejected"]
+    counts += [c for c in df.columns if c.startswith("positives_")]
+    summary = df.groupby("split", sort=False)[counts].sum()
     summary["shards"] = df.groupby("split", sort=False).size()
     write_csv(sm.output.summary, summary.reset_index())
     rej = pd.concat(rejected, ignore_index=True)
