@@ -1,9 +1,10 @@
 """Ingest a Kaggle-layout ChestX-ray14 download (real or synthetic): check it, split it by
-patient, and write one manifest per binary task.
+patient, and write one manifest per task.
 
-A task is a positive finding versus ``No Finding``: negatives are ``No Finding`` images,
+A binary task is a positive finding versus ``No Finding``: negatives are ``No Finding`` images,
 positives carry the task's label (possibly with other findings). Images with other findings
-only are not part of the task.
+only are not part of the task. A multi-label task (a list of findings) holds every image; its
+shards carry one target column per finding (``shards.label_matrix``).
 """
 
 from __future__ import annotations
