@@ -7,7 +7,8 @@ patient structure, follow-ups, label co-occurrence and class imbalance are the r
 images stay drawn: numbers are still a demonstration, not clinical results).
 
 The table is on PyPI: the ``torchxrayvision`` 1.5.7 wheel ships the 2020 revision (112,120
-rows, 30,805 patients). Fetch it (no torch needed; only the one file is extracted)::
+rows, 30,805 patients). Fetch it (no torch needed; only this table, the expert labels and
+the boxes beside it are extracted)::
 
     python -m cxrtransfer.real_metadata DEST      (or: make real-metadata)
 
@@ -260,8 +261,8 @@ def sha256(path: str | Path) -> str:
 
 def fetch(dest: str | Path, python: str = sys.executable) -> Path:
     """Download the torchxrayvision wheel (pip, no dependencies, not installed), extract the
-    metadata table to ``dest`` and the Google expert labels beside it (atomically), and check
-    their SHA-256."""
+    metadata table to ``dest`` and the Google expert labels and the NIH boxes beside it
+    (atomically), and check their SHA-256."""
     dest = Path(dest)
     with tempfile.TemporaryDirectory(prefix="real_metadata_") as tmp:
         cmd = [python, "-m", "pip", "download", "--no-deps", "--quiet", WHEEL, "-d", tmp]
@@ -279,12 +280,15 @@ def fetch(dest: str | Path, python: str = sys.executable) -> Path:
         if len(wheels) != 1:
             raise WorkflowError(f"pip download of {WHEEL} gave {wheels}, expected one wheel.")
         dest.parent.mkdir(parents=True, exist_ok=True)
-        # the metadata table, and beside it the Google expert labels (data.expert_labels)
+        # the metadata table, and beside it the Google expert labels (data.expert_labels) and
+        # the NIH boxes (data.bboxes)
+        from . import boxes as B
         from . import expert_labels as E
 
         for member, out, want in (
             (MEMBER, dest, SHA256),
             (E.MEMBER, dest.parent / E.FILE_NAME, E.SHA256),
+            (B.MEMBER, dest.parent / B.GZ_NAME, B.SHA256),
         ):
             _extract(wheels[0], member, out, want)
     return dest
@@ -322,6 +326,12 @@ def main(argv=None) -> int:
 
     expert = read_expert_labels(out.parent / FILE_NAME)
     print(f"{out.parent / FILE_NAME}: expert labels of {len(expert)} images (SHA-256 ok)")
+    from .boxes import GZ_NAME, check_against_metadata, read_boxes
+
+    boxes = read_boxes(out.parent / GZ_NAME)
+    check_against_metadata(boxes, meta["image_index"], out)
+    n_img = boxes["image_index"].nunique()
+    print(f"{out.parent / GZ_NAME}: {len(boxes)} boxes of {n_img} images (SHA-256 ok)")
     return 0
 
 
