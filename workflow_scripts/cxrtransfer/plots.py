@@ -392,7 +392,8 @@ def plot_examples(
             s += f" → pred {int(prob >= threshold)}"
         return s
 
-    fig, axes = plt.subplots(n, 3, figsize=(8.4, 2.7 * n + 0.6), squeeze=False)
+    row_h = 2.9 if any(b is not None for b in boxes) else 2.7  # room for two-line titles
+    fig, axes = plt.subplots(n, 3, figsize=(8.4, row_h * n + 0.6), squeeze=False)
     im = None
     drawn: list = []
     for i in range(n):
@@ -422,7 +423,7 @@ def plot_examples(
     bottom = 0.0
     if box_finding is not None:
         n_box = sum(b is not None for b in boxes)
-        bottom = min(0.12, 0.5 / (2.7 * n + 0.6))
+        bottom = min(0.12, 0.5 / (row_h * n + 0.6))
         fig.text(
             0.45,
             0.0,
