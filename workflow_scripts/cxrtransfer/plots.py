@@ -439,7 +439,7 @@ def plot_examples(
             fig.legend(
                 handles=[Rectangle((0, 0), 1, 1, fill=False, ec="gold", ls="--")],
                 labels=[f"{box_finding} box"],
-                loc="upper right",
+                loc="upper left",  # the centred title leaves the corners free
                 fontsize=8,
             )
     fig.tight_layout(rect=(0, bottom, 0.9, 0.97))
