@@ -336,3 +336,14 @@ def test_example_plot_draws_the_box(tmp_path, monkeypatch):
     plots_mod.plot_examples(clean, adv, [1, 0], [0.9, 0.1], [0.2, 0.8], ["a", "b"], "t", out)
     assert not any(isinstance(p, Rectangle) for ax in figs[0].axes[:6] for p in ax.patches)
     assert not any("box" in t.get_text() for t in figs[0].texts)
+
+
+def test_an_edit_of_the_box_code_reruns_only_the_boxes_and_the_plots():
+    """plan.code_version covers every module a rule script imports: the box code must be in
+    the code of rule boxes and the plots, and of nothing upstream (the download, the ingest,
+    the evaluations)."""
+    from cxrtransfer.plan import library_modules
+
+    scripts = ROOT / "workflow_scripts"
+    uses = {s.stem for s in scripts.glob("*.py") if "boxes" in library_modules(s)}
+    assert uses == {"boxes", "plots"}

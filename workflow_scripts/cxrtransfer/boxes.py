@@ -25,10 +25,13 @@ import pandas as pd
 
 from . import LABELS, WorkflowError
 
+# the fetched file's name, wheel member and SHA-256 (real_metadata extracts it)
+from .real_metadata import BOXES_FILE_NAME as GZ_NAME
+from .real_metadata import BOXES_MEMBER as MEMBER  # noqa: F401 (re-exported)
+from .real_metadata import BOXES_SHA256 as SHA256  # noqa: F401 (re-exported)
+from .real_metadata import absent_names, read_text_table
+
 FILE_NAME = "BBox_List_2017.csv"
-GZ_NAME = f"{FILE_NAME}.gz"
-MEMBER = f"torchxrayvision/data/{GZ_NAME}"
-SHA256 = "cf9dc6029f65daa8b389415b0546af0eeeb91fbac7d63ec49d7f8de2fd8f40cd"
 DEFAULT_PATH = f"resources/nih-metadata/{GZ_NAME}"
 IMAGE, LABEL = "Image Index", "Finding Label"
 COORDS = {"Bbox [x": "x", "y": "y", "w": "w", "h]": "h"}
@@ -92,13 +95,7 @@ def read_boxes(path: str | Path, sizes: dict | None = None) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise _fail(path, "the file does not exist.")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, index_col=False)
-    except Exception as e:  # noqa: BLE001 (gzip, encoding and parser errors alike)
-        msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        raise _fail(path, f"cannot be read as a CSV table ({msg}).") from None
-    df.columns = [c.strip() for c in df.columns]
-    df = df.loc[:, [c for c in df.columns if not c.startswith("Unnamed")]]  # trailing commas
+    df = read_text_table(path, _fail)
     missing = [c for c in (IMAGE, LABEL, *COORDS) if c not in df.columns]
     if missing:
         raise _fail(
@@ -184,7 +181,7 @@ def check_inside(boxes: pd.DataFrame, sizes: dict, path) -> None:
 
 def check_against_metadata(boxes: pd.DataFrame, metadata_images, metadata_path) -> None:
     """Every boxed image must be an image of the download's metadata."""
-    absent = sorted(set(boxes["image_index"]) - set(map(str, metadata_images)))
+    absent = absent_names(boxes["image_index"], metadata_images)
     if absent:
         raise _fail(
             boxes.attrs.get("path", ""),
