@@ -195,6 +195,7 @@ rule plot_cell:
     resources:
         **cpu_resources(),
     params:
+        # only with boxes: the data task's finding, whose boxes the plot draws
         **(
             {"box_finding": lambda w: config["tasks"][w.data_task]["label"]}
             if BOX_FILE
@@ -202,7 +203,6 @@ rule plot_cell:
         ),
         kind="cell",
         per_class=config["evaluation"]["examples_per_class"],
-        # only with boxes: the data task's finding, whose boxes the plot draws
         code=code("plots"),
     script:
         script_path("plots")
