@@ -7,6 +7,7 @@ BIN := $(VENV)/bin
 CORES ?= 2
 REAL_METADATA := resources/nih-metadata/Data_Entry_2017_v2020.csv.gz
 EXPERT_LABELS := resources/nih-metadata/google2019_nih-chest-xray-labels.csv.gz
+BBOXES := resources/nih-metadata/BBox_List_2017.csv.gz
 export PATH := $(abspath $(BIN)):$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
@@ -39,7 +40,7 @@ report: venv
 # Two pytest workers, one test file each at a time (pytest-xdist): the SLURM test mostly waits
 # on the scheduler, so the other files run meanwhile. tests/test_real_metadata.py reads the
 # real NIH metadata table: fetched once (about 1 MB kept, from a 29 MB wheel), see below.
-test: venv $(REAL_METADATA) $(EXPERT_LABELS)
+test: venv $(REAL_METADATA) $(EXPERT_LABELS) $(BBOXES)
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 lint: venv
@@ -65,10 +66,11 @@ fetch-kaggle: venv
 # The real NIH ChestX-ray14 metadata (112,120 rows, no images) from the torchxrayvision 1.5.7
 # wheel on PyPI (pip download, no install, no torch): config/real_metadata.yaml draws it.
 # Needs network access to PyPI; offline it fails saying where to put the file instead.
-# Beside it, the same wheel's Google expert labels (data.expert_labels).
-real-metadata: $(REAL_METADATA) $(EXPERT_LABELS)
+# Beside it, the same wheel's Google expert labels (data.expert_labels) and NIH boxes
+# (data.bboxes).
+real-metadata: $(REAL_METADATA) $(EXPERT_LABELS) $(BBOXES)
 
-$(REAL_METADATA) $(EXPERT_LABELS) &: | venv
+$(REAL_METADATA) $(EXPERT_LABELS) $(BBOXES) &: | venv
 	$(BIN)/python -m cxrtransfer.real_metadata $(REAL_METADATA)
 
 clean-results:

@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow_scripts"))
 import cxrtransfer  # noqa: E402
 from cxrtransfer import paths as P  # noqa: E402
 from cxrtransfer import plan  # noqa: E402
+import cxrtransfer.boxes  # noqa: E402
 from cxrtransfer.ingest import download_files  # noqa: E402
 from cxrtransfer.train import model_settings  # noqa: E402
 
@@ -229,6 +230,31 @@ def expert_label_inputs(w):
     else:
         metadata = str(download_files(data_dir())["csv"])
     return {"expert": EXPERT_FILE, "metadata": metadata}
+
+
+try:  # data.bboxes: the box file (None: no boxes); a path that does not exist fails here
+    BOX_FILE = cxrtransfer.boxes.resolve(config["data"], data_dir())
+except cxrtransfer.WorkflowError as e:
+    raise SnakemakeWorkflowError(f"Invalid configuration: {e}")
+
+
+def box_inputs(w):
+    """The box file and the download's metadata it is checked against. The synthetic
+    download's own box file is inside its directory (the rule's output), so the directory is
+    the input then."""
+    if config["data"]["source"] == "synthetic":
+        inputs = {"metadata": data_dir()}
+    else:
+        inputs = {"metadata": str(download_files(data_dir())["csv"])}
+    in_download = Path(BOX_FILE or "").parent == Path(data_dir())
+    if not (in_download and config["data"]["source"] == "synthetic"):
+        inputs["boxes"] = BOX_FILE
+    return inputs
+
+
+def example_box_inputs(w):
+    """The checked boxes, for the example plots, when the study has boxes."""
+    return {"boxes": P.BOXES} if BOX_FILE else {}
 
 
 def evaluated_models(w):

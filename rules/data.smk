@@ -156,3 +156,26 @@ rule expert_labels:
         code=code("expert_labels"),
     script:
         script_path("expert_labels")
+
+
+# Boxes (data.bboxes): the box file checked once against the download's metadata and PNG sizes;
+# only the example plots read it, so switching boxes on or off reruns only those.
+rule boxes:
+    input:
+        unpack(box_inputs),
+    output:
+        P.BOXES,
+    log:
+        P.log("boxes"),
+    benchmark:
+        P.benchmark("boxes")
+    conda:
+        "../envs/data.yaml"
+    resources:
+        **cpu_resources(),
+    params:
+        bboxes=BOX_FILE,
+        download_dir=data_dir(),
+        code=code("boxes"),
+    script:
+        script_path("boxes")

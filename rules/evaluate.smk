@@ -163,6 +163,8 @@ rule plot_auroc:
 
 rule plot_cell:
     input:
+        # only with boxes (data.bboxes): the checked box table
+        unpack(example_box_inputs),
         clean=lambda w: clean_predictions(w.target, w.data_task),
         adv=lambda w: adv_predictions(w, w.target),
         target_metrics=P.MODEL_METRICS.format(model="{target}"),
@@ -179,6 +181,11 @@ rule plot_cell:
             caption="../report/examples.rst",
             category="Examples",
         ),
+        boxes=report(
+            P.EXAMPLES_BOXES,
+            caption="../report/boxes.rst",
+            category="Examples",
+        ),
     log:
         P.log("plots", f"cell/{P.ADV_SET}/{{target}}"),
     benchmark:
@@ -188,6 +195,12 @@ rule plot_cell:
     resources:
         **cpu_resources(),
     params:
+        # only with boxes: the data task's finding, whose boxes the plot draws
+        **(
+            {"box_finding": lambda w: config["tasks"][w.data_task]["label"]}
+            if BOX_FILE
+            else {}
+        ),
         kind="cell",
         per_class=config["evaluation"]["examples_per_class"],
         code=code("plots"),

@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 from cxrtransfer.attack_cache import read_attack, set_caches
+from cxrtransfer.boxes import energy_table, finding_boxes, read_prepared, scale_box
 from cxrtransfer.plots import (
     aligned_cell,
     plot_auroc_vs_eps,
@@ -14,7 +15,7 @@ from cxrtransfer.plots import (
 from cxrtransfer.predictions import ADV_COLUMNS, CLEAN_COLUMNS, read_predictions
 from cxrtransfer.shards import read_shard
 from cxrtransfer.train import json_threshold
-from cxrtransfer.utils import run_main
+from cxrtransfer.utils import LOG, run_main, write_csv
 
 
 def concat(parts):
@@ -45,16 +46,37 @@ def plot_cell(sm):
         sm.params.per_class,
         threshold=t,
     )
+    clean_u8, adv_u8 = cell["clean_u8"][pick], cell["adv_u8"][pick]
+    names = cell["image_index"][pick]
+    finding = sm.params.get("box_finding")  # only with boxes (data.bboxes)
+    boxes = finding_boxes(read_prepared(sm.input.boxes), finding) if finding else {}
+    size = clean_u8.shape[-1]
+    energy = energy_table(names, clean_u8, adv_u8, cell["label"][pick], finding, boxes, size)
+    write_csv(sm.output.boxes, energy)
+    if finding:
+        LOG.info(
+            "%d of %d example image(s) have a %s box; energy inside: %s",
+            len(energy),
+            len(names),
+            finding,
+            energy["energy_inside"].round(3).tolist(),
+        )
+    else:
+        LOG.info("no boxes configured (data.bboxes): %s has a header only", sm.output.boxes)
+    by_name = energy.set_index("image_index")["energy_inside"].to_dict()
     plot_examples(
-        cell["clean_u8"][pick],
-        cell["adv_u8"][pick],
+        clean_u8,
+        adv_u8,
         cell["label"][pick],
         cell["clean_prob"][pick],
         cell["adv_prob"][pick],
-        cell["image_index"][pick],
+        names,
         title,
         sm.output.examples,
         threshold=t,
+        boxes=[scale_box(boxes[n][:4], boxes[n][4:], size) if n in boxes else None for n in names],
+        box_finding=finding,
+        energy=[by_name.get(n) for n in names],
     )
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from . import WorkflowError
-from .real_metadata import duplicate_names
+from .real_metadata import absent_names, duplicate_names, read_text_table
 
 FINDINGS = ("Fracture", "Pneumothorax", "Airspace opacity", "Nodule or mass")
 IMAGE = "Image Index"
@@ -85,13 +85,7 @@ def read_expert_labels(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise _fail(path, "the file does not exist.")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, index_col=False)
-    except Exception as e:  # noqa: BLE001 (gzip, encoding and parser errors alike)
-        msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        raise _fail(path, f"cannot be read as a CSV table ({msg}).") from None
-    df.columns = [c.strip() for c in df.columns]
-    df = df.loc[:, [c for c in df.columns if not c.startswith("Unnamed")]]  # trailing commas
+    df = read_text_table(path, _fail)
     if IMAGE not in df.columns:
         raise _fail(path, f"no column '{IMAGE}' (found {list(df.columns)}).")
     known = {IMAGE, SET_ID, *FINDINGS, *METADATA_COLUMNS}
@@ -147,7 +141,7 @@ def read_expert_labels(path: str | Path) -> pd.DataFrame:
 
 def check_against_metadata(labels: pd.DataFrame, metadata_images, metadata_path) -> None:
     """Every image of the expert file must be an image of the download's metadata."""
-    absent = sorted(set(labels["image_index"]) - set(map(str, metadata_images)))
+    absent = absent_names(labels["image_index"], metadata_images)
     if absent:
         raise WorkflowError(
             f"data.expert_labels '{labels.attrs.get('path', '')}': column '{IMAGE}': "

@@ -11,6 +11,8 @@ SYNTHETIC_DOWNLOAD = f"{RESULTS}/synthetic/nih-chest-xrays"
 SYNTHETIC_EXPERT_LABELS = f"{RESULTS}/synthetic/google2019_nih-chest-xray-labels.csv.gz"
 # per task: data.expert_labels checked against the download's metadata, its finding as 0/1
 EXPERT_LABELS = f"{RESULTS}/expert_labels/{{task}}.csv"
+# data.bboxes checked against the download (metadata, PNG sizes): what the example plots read
+BOXES = f"{RESULTS}/boxes/boxes.csv"
 MANIFEST = f"{RESULTS}/manifests/{{task}}.csv"
 MANIFEST_REJECTED = f"{RESULTS}/manifests/{{task}}.rejected.csv"
 MANIFEST_SUMMARY = f"{RESULTS}/manifests/{{task}}.summary.csv"
@@ -43,6 +45,8 @@ HEATMAP = f"{RESULTS}/plots/heatmap/{{data_task}}_{{attack}}.png"
 AUROC_PLOT = f"{RESULTS}/plots/auroc_vs_eps/{{data_task}}_{{attack}}_{{target}}.png"
 ROC_PLOT = f"{RESULTS}/plots/roc/{ADV_SET}/{{target}}.png"
 EXAMPLES_PLOT = f"{RESULTS}/plots/examples/{ADV_SET}/{{target}}.png"
+# per example image with a box of the data task's finding: perturbation energy inside the box
+EXAMPLES_BOXES = f"{RESULTS}/plots/examples/{ADV_SET}/{{target}}_boxes.csv"
 STUDY_CONFIG = f"{RESULTS}/report/config.yaml"
 LOGS = f"{RESULTS}/logs"
 BENCHMARKS = f"{RESULTS}/benchmarks"

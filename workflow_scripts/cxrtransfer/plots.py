@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
 from . import WorkflowError  # noqa: E402
@@ -337,9 +338,18 @@ def plot_examples(
     out_png,
     amplify: float | None = None,
     threshold: float | None = None,
-) -> None:
+    boxes=None,
+    box_finding: str | None = None,
+    energy=None,
+):
     """Grid: one row per image; columns clean image, adversarial image, perturbation
     ``adv - clean`` (diverging colormap, symmetric about 0, shared across rows).
+
+    ``boxes``: per row a box (x, y, w, h in pixels of these images, pixel (i, j) spanning
+    [j, j+1) x [i, i+1); ``boxes.scale_box``) or None; a row's box is drawn on its three
+    panels (``box_finding`` names the finding in the legend) and ``energy`` (per row, the
+    share of the perturbation's energy inside the box, or None) goes into the perturbation
+    panel's title. Returns the figure's box Rectangles (empty without boxes).
 
     ``amplify`` = k shows the perturbation multiplied by k over the full colour range (colour
     limits +-255/k in 1/255 units); None picks k so the largest perturbation fills the range.
@@ -356,6 +366,12 @@ def plot_examples(
         )
     if n == 0:
         raise WorkflowError("plot_examples: no images to show.")
+    boxes = [None] * n if boxes is None else list(boxes)
+    energy = [None] * n if energy is None else list(energy)
+    if len(boxes) != n or len(energy) != n:
+        raise WorkflowError(
+            f"plot_examples: {len(boxes)} boxes and {len(energy)} energy values for {n} images."
+        )
     delta = a.astype(np.int16) - c.astype(np.int16)  # 1/255 units
     max_abs = max(int(np.abs(delta).max()), 1)
     if amplify is None:
@@ -376,8 +392,10 @@ def plot_examples(
             s += f" → pred {int(prob >= threshold)}"
         return s
 
-    fig, axes = plt.subplots(n, 3, figsize=(8.4, 2.7 * n + 0.6), squeeze=False)
+    row_h = 2.9 if any(b is not None for b in boxes) else 2.7  # room for two-line titles
+    fig, axes = plt.subplots(n, 3, figsize=(8.4, row_h * n + 0.6), squeeze=False)
     im = None
+    drawn: list = []
     for i in range(n):
         ax0, ax1, ax2 = axes[i]
         ax0.imshow(c[i], cmap="gray", vmin=0, vmax=255)
@@ -386,13 +404,46 @@ def plot_examples(
         ax1.set_title(f"adversarial: {ptxt(adv_prob[i])}", fontsize=9)
         im = ax2.imshow(delta[i], cmap="RdBu_r", vmin=-lim, vmax=lim)
         linf = int(np.abs(delta[i]).max())
-        ax2.set_title(f"perturbation ×{amplify:.0f} (L∞ {linf}/255)", fontsize=9)
+        ptitle = f"perturbation ×{amplify:.0f} (L∞ {linf}/255)"
+        if boxes[i] is not None:
+            x, y, w, h = boxes[i]
+            for ax, color in ((ax0, "gold"), (ax1, "gold"), (ax2, "lime")):
+                # imshow centres pixel j at j: the edge-based box starts half a pixel before
+                r = Rectangle((x - 0.5, y - 0.5), w, h, fill=False, ec=color, lw=1.4, ls="--")
+                ax.add_patch(r)
+                drawn.append(r)
+            if energy[i] is not None and np.isfinite(energy[i]):
+                ptitle += f"\nenergy in box {100 * energy[i]:.0f}%"
+        ax2.set_title(ptitle, fontsize=9)
         ax0.set_ylabel(f"{image_index[i]}\nlabel {int(labels[i])}", fontsize=9)
         for ax in (ax0, ax1, ax2):
             ax.set_xticks([])
             ax.set_yticks([])
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout(rect=(0, 0, 0.9, 0.97))
+    bottom = 0.0
+    if box_finding is not None:
+        n_box = sum(b is not None for b in boxes)
+        bottom = min(0.12, 0.5 / (row_h * n + 0.6))
+        fig.text(
+            0.45,
+            0.0,
+            f"Dashed box: the {box_finding} box of the image (data.bboxes; drawn findings' true "
+            f"region on synthetic data), scaled to these pixels. {n_box} of {n} example "
+            "image(s) have one.\n'energy in box' = share of the perturbation's squared "
+            "magnitude inside it (uniform noise: the box's share of the area).",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
+        if drawn:
+            fig.legend(
+                handles=[Rectangle((0, 0), 1, 1, fill=False, ec="gold", ls="--")],
+                labels=[f"{box_finding} box"],
+                loc="upper left",  # the centred title leaves the corners free
+                fontsize=8,
+            )
+    fig.tight_layout(rect=(0, bottom, 0.9, 0.97))
     cax = fig.add_axes((0.91, 0.15, 0.015, 0.7))
     fig.colorbar(im, cax=cax, label="adversarial − clean (1/255 pixel units)")
     _save(fig, out_png)
+    return drawn

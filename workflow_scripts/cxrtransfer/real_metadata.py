@@ -7,7 +7,8 @@ patient structure, follow-ups, label co-occurrence and class imbalance are the r
 images stay drawn: numbers are still a demonstration, not clinical results).
 
 The table is on PyPI: the ``torchxrayvision`` 1.5.7 wheel ships the 2020 revision (112,120
-rows, 30,805 patients). Fetch it (no torch needed; only the one file is extracted)::
+rows, 30,805 patients). Fetch it (no torch needed; only this table, the expert labels and
+the boxes beside it are extracted)::
 
     python -m cxrtransfer.real_metadata DEST      (or: make real-metadata)
 
@@ -40,6 +41,12 @@ FILE_NAME = "Data_Entry_2017_v2020.csv.gz"
 SHA256 = "9d4de640ee4f760215d8be98376b20387ca52f9c6b4d1b727cb588fb82f40b80"
 DEFAULT_PATH = f"resources/nih-metadata/{FILE_NAME}"
 REAL_COUNTS = {"images": 112_120, "patients": 30_805}
+# The NIH boxes (data.bboxes, read by cxrtransfer.boxes), extracted from the same wheel. Kept
+# here, not imported from boxes: a rule's code version covers every module its script imports
+# (plan.code_version), and the ingest must not rerun for an edit of the box code.
+BOXES_FILE_NAME = "BBox_List_2017.csv.gz"
+BOXES_MEMBER = f"torchxrayvision/data/{BOXES_FILE_NAME}"
+BOXES_SHA256 = "cf9dc6029f65daa8b389415b0546af0eeeb91fbac7d63ec49d7f8de2fd8f40cd"
 
 # Columns every revision has (pandas splits the bracketed names at their commas); the sex
 # column is "Patient Gender" (Kaggle 2017, NIH v2020) or "Patient Sex" (some copies).
@@ -76,6 +83,24 @@ def duplicate_names(column: str, names: pd.Series) -> str | None:
     )
 
 
+def read_text_table(path: Path, fail) -> pd.DataFrame:
+    """A CSV table (``.csv`` or ``.csv.gz``) as text columns with stripped names, without the
+    empty ``Unnamed`` columns of trailing commas; an unreadable file raises
+    ``fail(path, what)`` (the reader's own message, naming its config key)."""
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, index_col=False)
+    except Exception as e:  # noqa: BLE001 (gzip, encoding and parser errors alike)
+        msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise fail(path, f"cannot be read as a CSV table ({msg}).") from None
+    df.columns = [c.strip() for c in df.columns]
+    return df.loc[:, [c for c in df.columns if not c.startswith("Unnamed")]]
+
+
+def absent_names(names, metadata_images) -> list[str]:
+    """The image names of ``names`` that ``metadata_images`` lacks, sorted."""
+    return sorted(set(map(str, names)) - set(map(str, metadata_images)))
+
+
 def _fail(path, what: str) -> WorkflowError:
     return WorkflowError(f"data.synthetic.metadata '{path}': {what} {WHAT_TO_DO}")
 
@@ -96,13 +121,7 @@ def read_metadata(path: str | Path) -> pd.DataFrame:
             f"downloads the {WHEEL} wheel from PyPI and extracts {FILE_NAME} to "
             f"{DEFAULT_PATH}), or point the key at a Data_Entry_2017.csv you have."
         )
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, index_col=False)
-    except Exception as e:  # noqa: BLE001 (gzip, encoding and parser errors alike)
-        msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        raise _fail(path, f"cannot be read as a CSV table ({msg}).") from None
-    df.columns = [c.strip() for c in df.columns]
-    df = df.loc[:, [c for c in df.columns if not c.startswith("Unnamed")]]  # trailing comma
+    df = read_text_table(path, _fail)
     if "Finding Labels" not in df.columns:
         for key, what in OTHER_TABLES.items():
             if any(c.startswith(key) for c in df.columns):
@@ -260,8 +279,8 @@ def sha256(path: str | Path) -> str:
 
 def fetch(dest: str | Path, python: str = sys.executable) -> Path:
     """Download the torchxrayvision wheel (pip, no dependencies, not installed), extract the
-    metadata table to ``dest`` and the Google expert labels beside it (atomically), and check
-    their SHA-256."""
+    metadata table to ``dest`` and the Google expert labels and the NIH boxes beside it
+    (atomically), and check their SHA-256."""
     dest = Path(dest)
     with tempfile.TemporaryDirectory(prefix="real_metadata_") as tmp:
         cmd = [python, "-m", "pip", "download", "--no-deps", "--quiet", WHEEL, "-d", tmp]
@@ -279,12 +298,14 @@ def fetch(dest: str | Path, python: str = sys.executable) -> Path:
         if len(wheels) != 1:
             raise WorkflowError(f"pip download of {WHEEL} gave {wheels}, expected one wheel.")
         dest.parent.mkdir(parents=True, exist_ok=True)
-        # the metadata table, and beside it the Google expert labels (data.expert_labels)
+        # the metadata table, and beside it the Google expert labels (data.expert_labels) and
+        # the NIH boxes (data.bboxes)
         from . import expert_labels as E
 
         for member, out, want in (
             (MEMBER, dest, SHA256),
             (E.MEMBER, dest.parent / E.FILE_NAME, E.SHA256),
+            (BOXES_MEMBER, dest.parent / BOXES_FILE_NAME, BOXES_SHA256),
         ):
             _extract(wheels[0], member, out, want)
     return dest
@@ -322,6 +343,9 @@ def main(argv=None) -> int:
 
     expert = read_expert_labels(out.parent / FILE_NAME)
     print(f"{out.parent / FILE_NAME}: expert labels of {len(expert)} images (SHA-256 ok)")
+    boxes = pd.read_csv(out.parent / BOXES_FILE_NAME, usecols=["Image Index"], dtype=str)
+    n_img = boxes["Image Index"].nunique()
+    print(f"{out.parent / BOXES_FILE_NAME}: {len(boxes)} boxes of {n_img} images (SHA-256 ok)")
     return 0
 
 

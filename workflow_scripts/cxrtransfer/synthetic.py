@@ -3,7 +3,9 @@
 ``generate(out_dir, ...)`` writes, deterministically from a seed:
 
 - ``Data_Entry_2017.csv`` with the real header and the real file's trailing comma,
-- ``BBox_List_2017.csv``, ``train_val_list.txt`` and ``test_list.txt`` (patient-wise split),
+- ``BBox_List_2017.csv`` (the real layout: for a seeded ``box_fraction`` of the Cardiomegaly and
+  Pneumothorax findings, the true pixel box of the drawn finding), ``train_val_list.txt`` and
+  ``test_list.txt`` (patient-wise split),
 - ``images_001/images/*.png`` ... 8-bit grayscale PNGs (a few RGBA, as in the real set).
 
 Images are drawn chest-like: a thorax, two lungs with rib texture, a cardiac silhouette. Each
@@ -40,6 +42,8 @@ CSV_HEADER = (
     "View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
 )
 BBOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
+# findings whose drawn region the generator boxes in BBox_List_2017.csv (the true box)
+BOXED = ("Cardiomegaly", "Pneumothorax")
 # keys of data.synthetic that a metadata file replaces
 METADATA_DECIDES = ("n_patients", "max_followups", "no_finding_fraction", "prevalence")
 
@@ -61,6 +65,7 @@ class SyntheticSpec:
     signal: float
     metadata: str | None = None
     max_patients: int | None = None
+    box_fraction: float = 0.2
 
     @classmethod
     def from_config(cls, cfg: dict) -> SyntheticSpec:
@@ -111,12 +116,33 @@ def _soft_ellipse(yy, xx, cy, cx, ry, rx, edge=0.08):
     return np.clip((1.0 + edge - d) / (2 * edge), 0.0, 1.0)
 
 
+def _mask_box(mask: np.ndarray, pad: int = 0) -> tuple[int, int, int, int] | None:
+    """The pixel box (x, y, w, h; pixel (i, j) spans [j, j+1) x [i, i+1)) of ``mask``'s
+    nonzero pixels, grown by ``pad`` pixels and kept inside the image; None if empty."""
+    rows, cols = np.nonzero(mask)
+    if rows.size == 0:
+        return None
+    h, w = mask.shape
+    y0, y1 = max(0, int(rows.min()) - pad), min(h, int(rows.max()) + 1 + pad)
+    x0, x1 = max(0, int(cols.min()) - pad), min(w, int(cols.max()) + 1 + pad)
+    return x0, y0, x1 - x0, y1 - y0
+
+
 def render(
-    labels: set[str], anatomy: dict, rng: np.random.Generator, size: int, signal: float = 1.0
+    labels: set[str],
+    anatomy: dict,
+    rng: np.random.Generator,
+    size: int,
+    signal: float = 1.0,
+    boxes: dict | None = None,
 ) -> np.ndarray:
     """Draw one chest-like radiograph (uint8, size x size) showing ``labels``.
 
     ``signal`` scales how visible the findings are (1 = the default, subtle; 2 = obvious).
+    ``boxes``: a dict that receives, per finding in ``BOXED`` that is drawn, the pixel box
+    (x, y, w, h) of everything the finding changes (Cardiomegaly: the enlarged cardiac
+    silhouette; Pneumothorax: the collapsed region and its pleural line). It is computed from
+    the drawn masks and draws no random numbers: the image is the same with or without it.
     """
     s = size
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) / s
@@ -141,7 +167,10 @@ def render(
         1 + signal * rng.uniform(0.25, 0.6) if "Cardiomegaly" in labels else 1.0
     )
     heart_h = anatomy["heart_h"] * (rng.uniform(1.0, 1.2) if "Cardiomegaly" in labels else 1.0)
-    img += 0.42 * _soft_ellipse(yy, xx, 0.66, 0.53, heart_h, heart_w, 0.1)
+    heart = _soft_ellipse(yy, xx, 0.66, 0.53, heart_h, heart_w, 0.1)
+    img += 0.42 * heart
+    if boxes is not None and "Cardiomegaly" in labels:
+        boxes["Cardiomegaly"] = _mask_box(heart > 0)
     if "Pneumothorax" in labels:
         side, cx, m = lungs[int(rng.integers(0, 2))]
         depth = rng.uniform(0.2, 0.5)  # fraction of the lung height that collapsed
@@ -156,6 +185,8 @@ def render(
         edge = np.abs(np.gradient(region.astype(np.float32), axis=1))
         edge += np.abs(np.gradient(region.astype(np.float32), axis=0))
         img += signal * rng.uniform(0.1, 0.3) * np.clip(edge * 3, 0, 1)
+        if boxes is not None:  # np.gradient reaches one pixel beyond the region
+            boxes["Pneumothorax"] = _mask_box(region > 0, pad=1)
     if "Effusion" in labels:
         side, cx, m = lungs[int(rng.integers(0, 2))]
         level = cy + lung_ry * rng.uniform(0.45, 0.75)
@@ -229,17 +260,31 @@ def _plan_images(spec: SyntheticSpec, rng) -> tuple[list, set[int]]:
     return images, test_patients
 
 
-def _draw_png(out: Path, i: int, name: str, labels, anatomy, irng, spec: SyntheticSpec) -> None:
+def _draw_png(out: Path, i: int, name: str, labels, anatomy, irng, spec: SyntheticSpec) -> dict:
     """Draw image ``i`` (findings ``labels``) with ``irng`` and save it as ``name`` in its
-    images_XXX folder; a fraction ``spec.rgba_fraction`` is saved as RGBA, like real quirks."""
+    images_XXX folder; a fraction ``spec.rgba_fraction`` is saved as RGBA, like real quirks.
+    Returns the true boxes of its painted findings (``render``)."""
     folder = out / f"images_{i // spec.images_per_folder + 1:03d}" / "images"
     folder.mkdir(parents=True, exist_ok=True)
-    arr = render(set(labels), anatomy, irng, spec.image_size, spec.signal)
+    boxes: dict = {}
+    arr = render(set(labels), anatomy, irng, spec.image_size, spec.signal, boxes=boxes)
     if irng.random() < spec.rgba_fraction:
         rgba = np.stack([arr, arr, arr, np.full_like(arr, 255)], axis=-1)
         Image.fromarray(rgba, mode="RGBA").save(folder / name)
     else:
         Image.fromarray(arr, mode="L").save(folder / name)
+    return boxes
+
+
+def _box_rows(name: str, labels, boxes: dict, irng, fraction: float) -> list:
+    """BBox_List rows of one image: the true box of each boxed finding it shows, for a
+    ``fraction`` of them. One draw of ``irng`` per such finding, after everything else the
+    image draws, so the fraction changes which images get a box and nothing else."""
+    rows = []
+    for lab in labels:
+        if lab in BOXED and irng.random() < fraction and boxes.get(lab):
+            rows.append([name, lab, *(f"{v:.4f}" for v in boxes[lab])])
+    return rows
 
 
 def _write_image(out: Path, i: int, image: tuple, spec: SyntheticSpec) -> tuple[list, list]:
@@ -247,24 +292,12 @@ def _write_image(out: Path, i: int, image: tuple, spec: SyntheticSpec) -> tuple[
     pid, fu, age, sex, anatomy, labels, img_seed = image
     name = f"{pid:08d}_{fu:03d}.png"
     irng = np.random.default_rng(img_seed)
-    _draw_png(out, i, name, labels, anatomy, irng, spec)
+    true_boxes = _draw_png(out, i, name, labels, anatomy, irng, spec)
     view = "PA" if irng.random() < 0.6 else "AP"
     spacing = f"{0.143 * 1024 / spec.image_size:.3f}"
     size = spec.image_size
     row = [name, "|".join(labels), fu, pid, age + fu // 3, sex, view, size, size, spacing, spacing]
-    boxes = [
-        [
-            name,
-            lab,
-            f"{0.3 * size:.4f}",
-            f"{0.4 * size:.4f}",
-            f"{0.4 * size:.4f}",
-            f"{0.35 * size:.4f}",
-        ]
-        for lab in labels
-        if lab in ("Cardiomegaly", "Pneumothorax") and irng.random() < 0.2
-    ]
-    return row, boxes
+    return row, _box_rows(name, labels, true_boxes, irng, spec.box_fraction)
 
 
 def _write_metadata(out: Path, rows: list, bbox_rows: list, test_patients: set[int]) -> list:
@@ -304,7 +337,7 @@ def _metadata_row(out: Path, i: int, r, anatomy: dict, spec: SyntheticSpec) -> t
     name, pid = r.image_index, int(r.patient_id)
     labels = r.finding_labels.split("|")
     irng = np.random.default_rng([spec.seed, pid, int(name[9:12]), 1])
-    _draw_png(out, i, name, labels, anatomy, irng, spec)
+    true_boxes = _draw_png(out, i, name, labels, anatomy, irng, spec)
     size = spec.image_size
     spacing = f"{0.143 * 1024 / size:.3f}"
     row = [
@@ -320,12 +353,7 @@ def _metadata_row(out: Path, i: int, r, anatomy: dict, spec: SyntheticSpec) -> t
         r.spacing_x or spacing,
         r.spacing_y or spacing,
     ]
-    boxes = [
-        [name, lab, *(f"{f * size:.4f}" for f in (0.3, 0.4, 0.4, 0.35))]
-        for lab in labels
-        if lab in ("Cardiomegaly", "Pneumothorax") and irng.random() < 0.2
-    ]
-    return row, boxes
+    return row, _box_rows(name, labels, true_boxes, irng, spec.box_fraction)
 
 
 def _generate_from_metadata(out: Path, spec: SyntheticSpec, meta) -> tuple[list, list, set, int]:

@@ -1,0 +1,11 @@
+"""Rule boxes: the box file (data.bboxes), checked against the download's metadata and PNGs."""
+
+from cxrtransfer.boxes import prepare
+from cxrtransfer.utils import run_main
+
+
+def main(sm):
+    prepare(sm.params.bboxes, sm.input.metadata, sm.params.download_dir, sm.output[0])
+
+
+run_main(main, snakemake)  # noqa: F821
