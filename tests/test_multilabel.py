@@ -68,6 +68,25 @@ def test_views_are_targets_and_multilabel_sources_resolve_to_them(cfg):
     assert "results/models/chest14_small@cardiomegaly/model.keras" in outputs
 
 
+def test_own_task_of_a_multilabel_source_is_each_task_it_covers(cfg):
+    """``data_task: own`` (also through ``sources: all``): every model attacks its own task's
+    test set; a multi-label model's own tasks are the binary tasks it has an output for."""
+    cfg["grid"] = [{"sources": "all", "data_task": "own"}]
+    plan.check_config(cfg)
+    sets = {(s.source, s.data_task) for s in plan.adversarial_sets(cfg, controls=False)}
+    assert sets == {
+        ("pneumothorax_small", "pneumothorax"),
+        ("pneumothorax_small_s2", "pneumothorax"),
+        ("cardiomegaly_small", "cardiomegaly"),
+        ("chest14_small@pneumothorax", "pneumothorax"),
+        ("chest14_small@cardiomegaly", "cardiomegaly"),
+    }
+    cfg["tasks"]["chest14"] = {"labels": ["Effusion", "Cardiomegaly"]}
+    sets = {(s.source, s.data_task) for s in plan.adversarial_sets(cfg, controls=False)}
+    assert ("chest14_small@cardiomegaly", "cardiomegaly") in sets
+    assert not any(s.startswith("chest14_small@pneumothorax") for s, _ in sets)
+
+
 def test_a_list_of_labels_gives_views_of_its_findings_only(cfg):
     cfg["tasks"]["chest14"] = {"labels": ["Effusion", "Cardiomegaly"]}
     cfg["grid"] = cfg["grid"][:1]
@@ -97,12 +116,19 @@ def test_a_list_of_labels_gives_views_of_its_findings_only(cfg):
             r"grid\[2\]\.data_task: 'chest14' is a multi-label task.*binary task",
         ),
         (
-            lambda c: c["grid"].append({"sources": ["chest14_small"], "data_task": "own"}),
-            r"grid\[2\]: sources: the multi-label model 'chest14_small'.*name the data task",
+            lambda c: (
+                c["tasks"].update(chest14={"labels": ["Edema"]}),
+                c.update(grid=[*c["grid"][:1], {"sources": ["chest14_small"], "data_task": "own"}]),
+            ),
+            r"grid\[1\]: sources: the multi-label model 'chest14_small' with data_task: own.*"
+            r"no binary task's finding",
         ),
         (
-            lambda c: c["grid"].append({"sources": "all", "data_task": "own"}),
-            r"grid\[2\]: sources: all includes the multi-label model.*data_task",
+            lambda c: (
+                c["tasks"].update(chest14={"labels": ["Edema"]}),
+                c.update(grid=[*c["grid"][:1], {"sources": "all", "data_task": "own"}]),
+            ),
+            r"grid\[1\]: sources: all includes the multi-label model.*no binary task's finding",
         ),
         (
             lambda c: c["grid"].append(

@@ -167,15 +167,24 @@ def resolve_source(config: dict, source: str, data_task: str) -> str:
     return view_name(source, data_task) if is_multilabel(config, source) else source
 
 
+def model_views(config: dict, model: str) -> list[str]:
+    """The views ``M@T`` of multi-label model ``model``, one per binary task it covers."""
+    return [v for v in views(config) if view_parts(v)[0] == model]
+
+
 def grid_sources(config: dict, entry: dict) -> list[str]:
     """Source names of a grid entry: models by name, ensembles as their members joined, a
-    multi-label model as its view of the entry's data task (``M@T``)."""
+    multi-label model as its view of the entry's data task (``M@T``); with ``data_task: own``
+    as each of its views, on that view's task (its own tasks are the binary tasks it
+    covers)."""
     if entry["sources"] == "all":
         names = list(config["models"])
     else:
         names = [s if isinstance(s, str) else ensemble_name(s) for s in entry["sources"]]
     if entry["data_task"] == "own":
-        return names
+        return [
+            v for s in names for v in (model_views(config, s) if is_multilabel(config, s) else [s])
+        ]
     return [resolve_source(config, s, entry["data_task"]) for s in names]
 
 
@@ -552,13 +561,16 @@ def _check_multilabel_sources(config: dict, i: int, g: dict) -> None:
             )
         if not is_multilabel(config, s):
             continue
-        if task == "own":
-            what = "sources: all includes" if g["sources"] == "all" else "sources:"
-            raise WorkflowError(
-                f"grid[{i}]: {what} the multi-label model '{s}', which has no own binary task; "
-                f"name the data task (grid[{i}].data_task: one of {binary_tasks(config)})"
-                + (" or list the sources." if g["sources"] == "all" else ".")
-            )
+        if task == "own":  # attacked on each binary task it covers (its views)
+            if not model_views(config, s):
+                what = "sources: all includes" if g["sources"] == "all" else "sources:"
+                raise WorkflowError(
+                    f"grid[{i}]: {what} the multi-label model '{s}' with data_task: own, but "
+                    f"no binary task's finding is among its labels "
+                    f"{task_labels(config, config['models'][s]['task'])}; add such a task to "
+                    f"tasks: (binary tasks now: {binary_tasks(config)}) or list the sources."
+                )
+            continue
         label = task_labels(config, task)[0]
         if label not in task_labels(config, config["models"][s]["task"]):
             raise WorkflowError(
