@@ -120,6 +120,17 @@ def test_outputs_exist(run):
     # the synthetic download has RGBA images, which were converted, not rejected
     rej = pd.read_csv(r / "shards" / "pneumothorax" / "rejected.csv")
     assert len(rej) == 0
+    # the generated box file, checked; every example plot has its table of the perturbation
+    # energy inside the boxes of its images (header only when none of them has a box)
+    from cxrtransfer.boxes import ENERGY_COLUMNS
+
+    assert (r / "boxes" / "boxes.csv").is_file()
+    plots = list((r / "plots" / "examples").rglob("*.png"))
+    for png in plots:
+        energy = pd.read_csv(png.with_name(f"{png.stem}_boxes.csv"))
+        assert list(energy.columns) == ENERGY_COLUMNS
+        assert energy["energy_inside"].between(0, 1).all()
+        assert np.allclose(energy["ratio"], energy["energy_inside"] / energy["area_share"])
 
 
 def test_attack_caches_hold_the_eps_bound(run):
@@ -359,6 +370,8 @@ RERUN_TABLE = [
         {"plot_cell": 1, "study_config": 1, "all": 1},
     ),
     ("cluster resources", ["resources", "gpu_mem_mb"], 9000, {"study_config": 1, "all": 1}),
+    # the example plots without the radiologist boxes (the box rule's table is no input then)
+    ("boxes off", ["data", "bboxes"], "none", {"plot_cell": 1, "study_config": 1, "all": 1}),
 ]
 
 
@@ -545,53 +558,91 @@ def test_rejected_images_are_listed_when_the_manifest_fails(root, download, tmp_
     assert "rejected images listed in" in log and "Traceback" not in log
 
 
-def test_ensemble_and_universal_sets_add_only_their_own_jobs(root, run, tmp_path):
-    """On a copy of the finished run: an ensemble source and a Pneumothorax model's universal
-    perturbation applied to Cardiomegaly images add only their own jobs, run end to end, and
-    show up in the tables with what they are."""
-    wd = tmp_path / "copy"
-    shutil.copytree(run, wd, symlinks=True)
-    cfg = _config(wd)
-    ens = ["pneumothorax_small_s2", "pneumothorax_small"]
+# ----------------------------------------------------------------------------------------------
+# One extension of the finished run with every optional part at once (one Snakemake run instead
+# of one per part: each run starts TensorFlow for every job and rebuilds the tables and plots).
+# ----------------------------------------------------------------------------------------------
+
+ENSEMBLE = ["pneumothorax_small_s2", "pneumothorax_small"]
+MULTI = "chest_small"  # a multi-label model of the findings of both binary tasks
+
+
+def _extend(cfg: dict) -> dict:
+    """The run's config plus: an ensemble source and a Pneumothorax model's universal
+    perturbation applied to Cardiomegaly images; a JPEG-defended target with the adaptive
+    attack on it; synthetic expert labels; a multi-label model, a target of both tasks and,
+    through the run's `sources: all, data_task: own`, a source on both (its two views)."""
     cfg["attacks"]["uap"] = {"method": "uap", "split": "val", "epochs": 2, "step_fraction": 0.25}
     for g in cfg["grid"]:
         g["attacks"] = ["pgd"]  # the existing sets, unchanged
-    cfg["grid"] += [
-        {"sources": [ens], "data_task": "own", "attacks": ["pgd"]},
-        {"sources": ["pneumothorax_small"], "data_task": "cardiomegaly", "attacks": ["uap"]},
-    ]
-    name = _write(wd, cfg, "extended.yaml")
-    assert planned(root, wd, name) == {
-        "ensemble": 1,
-        "uap": 1,
-        "attack": 2,
-        "predict_adv": 3,  # the ensemble's set on 2 pneumothorax targets, the UAP's on 1
-        "evaluate": 2,
-        "tables": 1,
-        "plot_heatmap": 3,  # the 2 of the run (read the new table) + cardiomegaly/uap
-        "plot_auroc": 4,  # likewise 3 + cardiomegaly/uap for its 1 target
-        "study_config": 1,
-        "all": 1,
+    cfg["defences"] = {
+        "pneu_jpeg": {"model": "pneumothorax_small", "defence": {"jpeg_quality": 50}}
     }
+    cfg["data"]["expert_labels"] = "synthetic"
+    cfg["data"]["synthetic"]["expert_labels"] = {"fraction": 0.6, "disagreement": 0.1}
+    cfg["tasks"]["chest"] = {"labels": ["Pneumothorax", "Cardiomegaly"]}
+    cfg["models"][MULTI] = {
+        "task": "chest",
+        "arch": "MobileNetV3Small",
+        "seed": 3,
+        "train_subset": "half_b",
+    }
+    cfg["grid"] += [
+        {"sources": [ENSEMBLE], "data_task": "own", "attacks": ["pgd"]},
+        {"sources": ["pneumothorax_small"], "data_task": "cardiomegaly", "attacks": ["uap"]},
+        {"sources": ["pneu_jpeg"], "data_task": "own", "attacks": ["pgd"]},
+    ]
+    return cfg
+
+
+# Pneumothorax targets after the extension: the run's 2, pneu_jpeg, chest_small@pneumothorax;
+# Cardiomegaly targets: the run's 1, chest_small@cardiomegaly.
+EXTENSION_JOBS = {
+    "synthetic_expert_labels": 1,
+    "expert_labels": 1,  # pneumothorax only (Cardiomegaly has no expert column)
+    "shard": 4,  # the multi-label task's (2 train shards: it has every image)
+    "shard_summary": 1,
+    "train": 1,  # the multi-label model
+    "finding_view": 2,  # its views of both binary tasks
+    "ensemble": 1,
+    "defend": 1,
+    "uap": 1,
+    # the ensemble's, the defended model's and both views' sets; the UAP applied
+    "attack": 5,
+    "predict_clean": 3,  # the new targets: pneu_jpeg and both views
+    # Pneumothorax: the run's 2 sets on the 2 new targets + the 3 new sets on all 4 targets;
+    # Cardiomegaly: the run's 2 sets on the view + the 2 new sets on both targets
+    "predict_adv": 2 * 2 + 3 * 4 + 2 * 1 + 2 * 2,
+    "evaluate": 5 + 4,  # every set: each has a new target (and Pneumothorax expert labels)
+    "tables": 1,
+    "plot_heatmap": 3,  # the run's 2 (read the new table) + cardiomegaly/uap
+    "plot_auroc": 4 + 2 + 2,  # per (data task, attack, target)
+    "study_config": 1,
+    "all": 1,
+}
+
+
+def test_an_extended_study_adds_only_its_own_jobs(root, run, tmp_path):
+    """On a copy of the finished run, the optional parts add exactly their own jobs, run end to
+    end and show up in the tables with what they are: an ensemble source, a universal
+    perturbation, a defended target and the adaptive attack on it, expert labels, and a
+    multi-label model's views as targets and as a source."""
+    wd = tmp_path / "copy"
+    shutil.copytree(run, wd, symlinks=True)
+    name = _write(wd, _extend(_config(wd)), "extended.yaml")
+    # the new task's manifest first (a checkpoint: the jobs after it are planned once it ran)
+    snakemake(root, wd, "results/manifests/chest.csv", configfile=name)
+    assert planned(root, wd, name) == EXTENSION_JOBS
     snakemake(root, wd, configfile=name)
     r = wd / "results"
-    joined = "+".join(ens)
-    m = json.loads((r / "models" / joined / "metrics.json").read_text())
-    assert m["members"] == ens and 0 < m["threshold"] < 1 and m["val"]["auc"] > 0.6
-    uap = r / "uap" / "pneumothorax_small" / "uap" / "eps8.h5"
-    with h5py.File(uap) as f:
-        assert f.attrs["split"] == "val" and np.abs(f["delta"][()]).max() <= 8
     df = pd.read_csv(r / "tables" / "transfer.csv")
     real = df[~df["attack"].str.endswith("__shuffled")]
-    e = real[real["source"] == joined].set_index("target")
-    assert set(e.index) == set(ens) and (e["relation"] == "ensemble with the target").all()
-    assert "pneumothorax_small: white-box" in e.loc["pneumothorax_small", "member_relations"]
-    assert "pneumothorax_small_s2: surrogate" in e.loc["pneumothorax_small", "member_relations"]
-    u = real[real["attack"] == "uap"].iloc[0]
-    assert u["relation"] == "cross-task" and u["target"] == "cardiomegaly_small"
-    assert 0 <= u["flip_rate"] <= 1 and u["mean_linf"] <= 8 / 255 + 1e-6
-    assert "flip rate" in (r / "tables" / "summary.md").read_text()
-    # verify knows the new products, and a second plan has nothing to do
+    summary = (r / "tables" / "summary.md").read_text()
+    _check_ensemble_and_uap(r, real, summary)
+    _check_defended(r, real, summary)
+    _check_expert_labels(r, df, real, summary)
+    _check_multilabel(r, real)
+    # verify knows every new product, and a second plan has nothing to do
     env = {**os.environ, "PYTHONPATH": str(root / "workflow_scripts")}
     v = subprocess.run(
         [sys.executable, "-m", "cxrtransfer.verify", "--results", "results"],
@@ -604,36 +655,49 @@ def test_ensemble_and_universal_sets_add_only_their_own_jobs(root, run, tmp_path
     assert planned(root, wd, name) == {}
 
 
-def test_synthetic_expert_labels_add_only_their_own_jobs(root, run, tmp_path):
-    """On a copy of the finished run: expert labels from the generator (data.expert_labels:
-    synthetic) rerun only the Pneumothorax evaluations (Cardiomegaly has no expert column) and
-    what reads them; the cells gain the expert columns, the summary its section, and the
-    download itself is not regenerated."""
-    wd = tmp_path / "copy"
-    shutil.copytree(run, wd, symlinks=True)
-    cfg = _config(wd)
-    cfg["data"]["expert_labels"] = "synthetic"
-    cfg["data"]["synthetic"]["expert_labels"] = {"fraction": 0.6, "disagreement": 0.1}
-    name = _write(wd, cfg, "expert.yaml")
-    assert planned(root, wd, name) == {
-        "synthetic_expert_labels": 1,
-        "expert_labels": 1,  # pneumothorax only
-        "evaluate": 2,  # the 2 pneumothorax sets; cardiomegaly's evaluations stay
-        "tables": 1,
-        "plot_heatmap": 2,  # read the new table
-        "plot_auroc": 3,
-        "study_config": 1,
-        "all": 1,
-    }
-    snakemake(root, wd, configfile=name)
-    r = wd / "results"
-    labels = pd.read_csv(r / "expert_labels" / "pneumothorax.csv", dtype={"image_index": str})
-    df = pd.read_csv(r / "tables" / "transfer.csv")
-    real = df[~df["attack"].str.endswith("__shuffled")]
-    pneu, card = (
-        real[real["data_task"] == "pneumothorax"],
-        real[real["data_task"] == "cardiomegaly"],
+def _check_ensemble_and_uap(r, real, summary):
+    joined = "+".join(ENSEMBLE)
+    m = json.loads((r / "models" / joined / "metrics.json").read_text())
+    assert m["members"] == ENSEMBLE and 0 < m["threshold"] < 1 and m["val"]["auc"] > 0.6
+    uap = r / "uap" / "pneumothorax_small" / "uap" / "eps8.h5"
+    with h5py.File(uap) as f:
+        assert f.attrs["split"] == "val" and np.abs(f["delta"][()]).max() <= 8
+    e = real[real["source"] == joined].set_index("target")
+    # the ensemble's set is evaluated on every Pneumothorax target; its own members are the
+    # "ensemble with the target" cells
+    assert set(ENSEMBLE) <= set(e.index)
+    assert (e.loc[ENSEMBLE, "relation"] == "ensemble with the target").all()
+    assert "pneumothorax_small: white-box" in e.loc["pneumothorax_small", "member_relations"]
+    assert "pneumothorax_small_s2: surrogate" in e.loc["pneumothorax_small", "member_relations"]
+    u = real[(real["attack"] == "uap") & (real["target"] == "cardiomegaly_small")].iloc[0]
+    assert u["relation"] == "cross-task"
+    assert 0 <= u["flip_rate"] <= 1 and u["mean_linf"] <= 8 / 255 + 1e-6
+    assert "flip rate" in summary
+
+
+def _check_defended(r, real, summary):
+    m = json.loads((r / "models" / "pneu_jpeg" / "metrics.json").read_text())
+    base = json.loads((r / "models" / "pneumothorax_small" / "metrics.json").read_text())
+    assert m["base_model"] == "pneumothorax_small" and m["defence"] == {"jpeg_quality": 50}
+    assert m["network_weights_sha256"] == base["weights_sha256"]
+    assert m["base_checkpoint_sha256"] == base["checkpoint_sha256"]
+    assert 0 < m["threshold"] < 1
+    cells = real[real["attack"] == "pgd"].set_index(["source", "target"])
+    assert cells.loc[("pneumothorax_small", "pneu_jpeg"), "relation"] == (
+        "same network, other defence"
     )
+    assert cells.loc[("pneu_jpeg", "pneu_jpeg"), "relation"] == "white-box"
+    assert cells.loc[("pneu_jpeg", "pneumothorax_small"), "relation"] == (
+        "same network, other defence"
+    )
+    row = [ln for ln in summary.splitlines() if ln.startswith("| pneu_jpeg | jpeg_quality=50 |")]
+    assert len(row) == 1 and "n/a" not in row[0], summary
+
+
+def _check_expert_labels(r, df, real, summary):
+    labels = pd.read_csv(r / "expert_labels" / "pneumothorax.csv", dtype={"image_index": str})
+    pneu = real[real["data_task"] == "pneumothorax"]
+    card = real[real["data_task"] == "cardiomegaly"]
     for col in (
         "n_expert",
         "expert_adv_auroc",
@@ -649,76 +713,29 @@ def test_synthetic_expert_labels_add_only_their_own_jobs(root, run, tmp_path):
     assert 0 < n_test and (pneu["n_expert"] == n_test).all()
     assert (pneu["expert_n_images"] == n_test).all() and pneu["expert_adv_auroc"].notna().all()
     assert card["n_expert"].isna().all()  # not evaluated against expert labels
-    summary = (r / "tables" / "summary.md").read_text()
     assert "## Expert labels" in summary
     assert (
         f"{n_test} of {int(pneu['n_images'].iloc[0])} test images have an expert label" in summary
     )
     assert "Data task cardiomegaly: its finding has no expert-label column" in summary
-    env = {**os.environ, "PYTHONPATH": str(root / "workflow_scripts")}
-    v = subprocess.run(
-        [sys.executable, "-m", "cxrtransfer.verify", "--results", "results"],
-        cwd=wd,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert v.returncode == 0, v.stdout + v.stderr
-    assert planned(root, wd, name) == {}
 
 
-def test_defended_target_adds_only_its_own_jobs(root, run, tmp_path):
-    """On a copy of the finished run: a JPEG-defended target and the adaptive attack on it add
-    only their own jobs, and the report shows the defence against the non-adaptive attack
-    (the undefended model's examples) and the adaptive one (BPDA through the defence)."""
-    wd = tmp_path / "copy"
-    shutil.copytree(run, wd, symlinks=True)
-    cfg = _config(wd)
-    cfg["defences"] = {
-        "pneu_jpeg": {"model": "pneumothorax_small", "defence": {"jpeg_quality": 50}}
-    }
-    cfg["grid"].append({"sources": ["pneu_jpeg"], "data_task": "own"})
-    name = _write(wd, cfg, "defended.yaml")
-    assert planned(root, wd, name) == {
-        "defend": 1,
-        "predict_clean": 1,
-        "attack": 1,  # the adaptive set
-        # the new target on the 2 pneumothorax sets of the run, the new set on 3 targets
-        "predict_adv": 5,
-        "evaluate": 3,
-        "tables": 1,
-        "plot_heatmap": 2,  # read the new table
-        "plot_auroc": 4,  # likewise the run's 3 + pneumothorax/pgd for the new target
-        "study_config": 1,
-        "all": 1,
-    }
-    snakemake(root, wd, configfile=name)
-    r = wd / "results"
-    m = json.loads((r / "models" / "pneu_jpeg" / "metrics.json").read_text())
-    base = json.loads((r / "models" / "pneumothorax_small" / "metrics.json").read_text())
-    assert m["base_model"] == "pneumothorax_small" and m["defence"] == {"jpeg_quality": 50}
-    assert m["network_weights_sha256"] == base["weights_sha256"]
-    assert m["base_checkpoint_sha256"] == base["checkpoint_sha256"]
-    assert 0 < m["threshold"] < 1
-    df = pd.read_csv(r / "tables" / "transfer.csv")
-    real = df[~df["attack"].str.endswith("__shuffled")].set_index(["source", "target"])
-    assert real.loc[("pneumothorax_small", "pneu_jpeg"), "relation"] == (
-        "same network, other defence"
-    )
-    assert real.loc[("pneu_jpeg", "pneu_jpeg"), "relation"] == "white-box"
-    assert real.loc[("pneu_jpeg", "pneumothorax_small"), "relation"] == (
-        "same network, other defence"
-    )
-    summary = (r / "tables" / "summary.md").read_text()
-    row = [ln for ln in summary.splitlines() if ln.startswith("| pneu_jpeg | jpeg_quality=50 |")]
-    assert len(row) == 1 and "n/a" not in row[0], summary
-    env = {**os.environ, "PYTHONPATH": str(root / "workflow_scripts")}
-    v = subprocess.run(
-        [sys.executable, "-m", "cxrtransfer.verify", "--results", "results"],
-        cwd=wd,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert v.returncode == 0, v.stdout + v.stderr
-    assert planned(root, wd, name) == {}
+def _check_multilabel(r, real):
+    m = json.loads((r / "models" / MULTI / "metrics.json").read_text())
+    assert m["output"] == "sigmoid" and m["output_columns"] == ["Pneumothorax", "Cardiomegaly"]
+    assert set(m["val"]["auc_per_label"]) == set(m["output_columns"]) and m["threshold"] is None
+    binary = json.loads((r / "models" / "pneumothorax_small" / "metrics.json").read_text())
+    assert binary["output_columns"] == ["negative", "Pneumothorax"]
+    for task, column in (("pneumothorax", 0), ("cardiomegaly", 1)):
+        view = f"{MULTI}@{task}"
+        v = json.loads((r / "models" / view / "metrics.json").read_text())
+        assert v["multi_label_model"] == MULTI and v["output_column"] == column
+        assert 0 < v["threshold"] < 1
+        cells = real[(real["target"] == view) & (real["data_task"] == task)]
+        assert len(cells) and cells["adv_auroc"].notna().all()  # a target of its task's sets
+    # a source: white-box on its own view, a transfer source for the binary models; the
+    # multi-label model trained on half_b, so it shares no patient with the half_a target
+    own = real[real["source"] == f"{MULTI}@pneumothorax"].set_index("target")
+    assert own.loc[f"{MULTI}@pneumothorax", "relation"] == "white-box"
+    assert own.loc["pneumothorax_small", "patient_overlap"] == 0
+    assert own.loc["pneumothorax_small", "relation"] == "surrogate"
