@@ -396,14 +396,13 @@ def nih_planning(work: Path, args) -> dict:
     make_s = time.perf_counter() - t0
     print(f"  {what} written in {make_s:.0f}s: {counts}", flush=True)
     cfg = nih_config(d, (d / "download").resolve())
-    man_s, _ = snakemake(
-        d, cfg, "results/manifests/pneumothorax.csv", "results/manifests/cardiomegaly.csv"
-    )
-    print(f"  manifest checkpoints: {man_s:.0f}s", flush=True)
+    tasks = list(yaml.safe_load(cfg.read_text())["tasks"])  # the multi-label task's too
+    man_s, _ = snakemake(d, cfg, *[f"results/manifests/{t}.csv" for t in tasks])
+    print(f"  manifest checkpoints ({', '.join(tasks)}): {man_s:.0f}s", flush=True)
     import pandas as pd
 
-    splits = {}
-    for task in ("pneumothorax", "cardiomegaly"):
+    splits = {}  # a multi-label task's "positives": images with any of its findings
+    for task in tasks:
         m = pd.read_csv(d / "results" / "manifests" / f"{task}.csv", usecols=["split", "label"])
         splits[task] = {
             s: {
