@@ -29,7 +29,7 @@ from . import LABELS, WorkflowError
 from .real_metadata import BOXES_FILE_NAME as GZ_NAME
 from .real_metadata import BOXES_MEMBER as MEMBER  # noqa: F401 (re-exported)
 from .real_metadata import BOXES_SHA256 as SHA256  # noqa: F401 (re-exported)
-from .real_metadata import absent_names, read_text_table
+from .real_metadata import absent_names, metadata_images, read_text_table
 
 FILE_NAME = "BBox_List_2017.csv"
 DEFAULT_PATH = f"resources/nih-metadata/{GZ_NAME}"
@@ -214,14 +214,8 @@ def prepare(box_path, metadata_path, download_dir, out_csv) -> pd.DataFrame:
     from .utils import LOG, write_csv
 
     boxes = read_boxes(box_path)
-    metadata_path = Path(metadata_path)
-    if metadata_path.is_dir():
-        metadata_path = metadata_path / "Data_Entry_2017.csv"
-    try:
-        meta = pd.read_csv(metadata_path, usecols=[IMAGE], dtype=str)
-    except (OSError, ValueError) as e:
-        raise WorkflowError(f"Cannot read the metadata '{metadata_path}' ({e}).") from None
-    check_against_metadata(boxes, meta[IMAGE].str.strip(), metadata_path)
+    metadata_path, images = metadata_images(metadata_path)
+    check_against_metadata(boxes, images, metadata_path)
     sizes = png_sizes(download_dir, boxes["image_index"])
     no_png = sorted(set(boxes["image_index"]) - set(sizes))
     if no_png:

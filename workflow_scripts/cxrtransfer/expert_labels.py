@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from . import WorkflowError
-from .real_metadata import absent_names, duplicate_names, read_text_table
+from .real_metadata import absent_names, duplicate_names, metadata_images, read_text_table
 
 FINDINGS = ("Fracture", "Pneumothorax", "Airspace opacity", "Nodule or mass")
 IMAGE = "Image Index"
@@ -165,14 +165,8 @@ def prepare(expert_path, metadata_path, out_csv, column: str) -> pd.DataFrame:
             f"no column '{column}', the expert finding of this task (columns: "
             f"{list(labels.columns)}).",
         )
-    metadata_path = Path(metadata_path)
-    if metadata_path.is_dir():
-        metadata_path = metadata_path / "Data_Entry_2017.csv"
-    try:
-        meta = pd.read_csv(metadata_path, usecols=[IMAGE], dtype=str)
-    except (OSError, ValueError) as e:
-        raise WorkflowError(f"Cannot read the metadata '{metadata_path}' ({e}).") from None
-    check_against_metadata(labels, meta[IMAGE].str.strip(), metadata_path)
+    metadata_path, images = metadata_images(metadata_path)
+    check_against_metadata(labels, images, metadata_path)
     out = labels[["image_index", "set_id", column]].rename(columns={column: "expert_label"})
     out = out.sort_values("image_index", kind="stable").reset_index(drop=True)
     write_csv(out_csv, out)

@@ -101,6 +101,19 @@ def absent_names(names, metadata_images) -> list[str]:
     return sorted(set(map(str, names)) - set(map(str, metadata_images)))
 
 
+def metadata_images(path) -> tuple[Path, pd.Series]:
+    """(the metadata file, its image names) of a download's ``Data_Entry_2017.csv`` (``path``
+    the file or the download's folder): what expert labels and boxes are checked against."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "Data_Entry_2017.csv"
+    try:
+        meta = pd.read_csv(path, usecols=["Image Index"], dtype=str)
+    except (OSError, ValueError) as e:
+        raise WorkflowError(f"Cannot read the metadata '{path}' ({e}).") from None
+    return path, meta["Image Index"].str.strip()
+
+
 def _fail(path, what: str) -> WorkflowError:
     return WorkflowError(f"data.synthetic.metadata '{path}': {what} {WHAT_TO_DO}")
 
