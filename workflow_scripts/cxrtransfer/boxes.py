@@ -29,7 +29,7 @@ from . import LABELS, WorkflowError
 from .real_metadata import BOXES_FILE_NAME as GZ_NAME
 from .real_metadata import BOXES_MEMBER as MEMBER  # noqa: F401 (re-exported)
 from .real_metadata import BOXES_SHA256 as SHA256  # noqa: F401 (re-exported)
-from .real_metadata import absent_names, metadata_images, read_text_table
+from .real_metadata import absent_names, bad_image_names, metadata_images, read_text_table
 
 FILE_NAME = "BBox_List_2017.csv"
 DEFAULT_PATH = f"resources/nih-metadata/{GZ_NAME}"
@@ -104,13 +104,9 @@ def read_boxes(path: str | Path, sizes: dict | None = None) -> pd.DataFrame:
             "header was edited.",
         )
     names = df[IMAGE].str.strip()
-    bad = ~names.str.fullmatch(r"\d{8}_\d{3}\.png")
-    if bad.any():
-        raise _fail(
-            path,
-            f"column '{IMAGE}': {int(bad.sum())} value(s) are not image file names like "
-            f"00000013_005.png (e.g. {names[bad].head(3).tolist()}).",
-        )
+    problem = bad_image_names(IMAGE, names)
+    if problem:
+        raise _fail(path, problem)
     raw = df[LABEL].str.strip()
     labels = raw.replace(ALIASES)
     unknown = sorted(set(labels[~labels.isin(LABELS)]))

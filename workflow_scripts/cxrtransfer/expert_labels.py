@@ -29,7 +29,13 @@ import numpy as np
 import pandas as pd
 
 from . import WorkflowError
-from .real_metadata import absent_names, duplicate_names, metadata_images, read_text_table
+from .real_metadata import (
+    absent_names,
+    bad_image_names,
+    duplicate_names,
+    metadata_images,
+    read_text_table,
+)
 
 FINDINGS = ("Fracture", "Pneumothorax", "Airspace opacity", "Nodule or mass")
 IMAGE = "Image Index"
@@ -102,13 +108,9 @@ def read_expert_labels(path: str | Path) -> pd.DataFrame:
     if df.empty:
         raise _fail(path, "the table has a header but no rows.")
     names = df[IMAGE].str.strip()
-    bad = ~names.str.fullmatch(r"\d{8}_\d{3}\.png")
-    if bad.any():
-        raise _fail(
-            path,
-            f"column '{IMAGE}': {int(bad.sum())} value(s) are not image file names like "
-            f"00000013_005.png (e.g. {names[bad].head(3).tolist()}).",
-        )
+    problem = bad_image_names(IMAGE, names)
+    if problem:
+        raise _fail(path, problem)
     dup = duplicate_names(IMAGE, names)
     if dup:
         raise _fail(path, dup)

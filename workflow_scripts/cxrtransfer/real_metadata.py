@@ -83,6 +83,18 @@ def duplicate_names(column: str, names: pd.Series) -> str | None:
     )
 
 
+def bad_image_names(column: str, names: pd.Series) -> str | None:
+    """The complaint about values of ``column`` that are not image file names like
+    00000013_005.png (None if all are)."""
+    bad = ~names.str.fullmatch(r"\d{8}_\d{3}\.png")
+    if not bad.any():
+        return None
+    return (
+        f"column '{column}': {int(bad.sum())} value(s) are not image file names like "
+        f"00000013_005.png (e.g. {names[bad].head(3).tolist()})."
+    )
+
+
 def read_text_table(path: Path, fail) -> pd.DataFrame:
     """A CSV table (``.csv`` or ``.csv.gz``) as text columns with stripped names, without the
     empty ``Unnamed`` columns of trailing commas; an unreadable file raises
