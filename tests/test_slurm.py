@@ -35,6 +35,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import yaml
 
 pytestmark = pytest.mark.slurm
 
@@ -470,6 +471,24 @@ CLUSTER_OVERLAY = textwrap.dedent(
 )
 
 
+def cluster_config(path: Path) -> Path:
+    """config/test.yaml with CLUSTER_OVERLAY, cut to its Pneumothorax task (its target and
+    surrogate, their white-box and transfer sets): every kind of job the cluster runs (shards,
+    training, attacks, predictions, evaluations as job arrays and plain jobs, the local rules)
+    at half the work of the whole tiny study, which tests/test_workflow.py runs locally; the
+    cluster runs are two of the longest parts of the test suite."""
+    cfg = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
+    overlay = yaml.safe_load(CLUSTER_OVERLAY)
+    cfg["noise_control"] = overlay["noise_control"]
+    cfg["resources"] = {**cfg.get("resources", {}), **overlay["resources"]}
+    cfg["tasks"] = {"pneumothorax": cfg["tasks"]["pneumothorax"]}
+    cfg["models"] = {n: m for n, m in cfg["models"].items() if m["task"] == "pneumothorax"}
+    cfg["grid"] = [g for g in cfg["grid"] if g["data_task"] in ("own", "pneumothorax")]
+    assert len(cfg["models"]) == 2 and cfg["grid"], cfg
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
 # For the TIMEOUT run after the SLURM run, in the same directory (its shards are reused):
 # one more model whose 28 epochs take longer than its 1-minute limit (first epoch after
 # ~25-45 s, then ~2-5 s an epoch: 1.5-3 min in all), so SLURM kills its first job 60-90 s
@@ -494,16 +513,8 @@ TIMEOUT_OVERLAY = textwrap.dedent(
 )
 
 
-def workflow_args(workdir: Path, *overlays: Path) -> list:
-    return [
-        "--snakefile",
-        ROOT / "Snakefile",
-        "--directory",
-        workdir,
-        "--configfile",
-        ROOT / "config" / "test.yaml",
-        *overlays,
-    ]
+def workflow_args(workdir: Path, *configfiles: Path) -> list:
+    return ["--snakefile", ROOT / "Snakefile", "--directory", workdir, "--configfile", *configfiles]
 
 
 def array_rules() -> set[str]:
@@ -521,8 +532,7 @@ def epoch_lines(log: str) -> list[int]:
 def test_workflow_on_slurm_matches_local_run(slurm_env, tmp_path):
     if not (ROOT / "Snakefile").is_file() or not (ROOT / "config" / "test.yaml").is_file():
         pytest.fail("Snakefile or config/test.yaml missing")
-    overlay = tmp_path / "cluster-overlay.yaml"
-    overlay.write_text(CLUSTER_OVERLAY)
+    overlay = cluster_config(tmp_path / "cluster.yaml")
     slurm_dir, local_dir = tmp_path / "slurm", tmp_path / "local"
     slurm_dir.mkdir()
     local_dir.mkdir()
