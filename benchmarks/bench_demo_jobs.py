@@ -72,7 +72,7 @@ def start_demo(tree: Path, cores: int, configfile: str | None = None) -> subproc
     }
     snakemake = Path(sys.executable).with_name("snakemake")
     log = open(tree / "demo.log", "w")  # noqa: SIM115 - closed by the caller via the process
-    study = ["--configfile", configfile, "--replace-workflow-config"] if configfile else []
+    study = ["--configfile", configfile] if configfile else []
     return subprocess.Popen(
         [str(snakemake), "--cores", str(cores), *study],
         cwd=tree,

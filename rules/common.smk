@@ -13,14 +13,17 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow_scripts"))
 import cxrtransfer  # noqa: E402
 from cxrtransfer import paths as P  # noqa: E402
 from cxrtransfer import plan  # noqa: E402
+from cxrtransfer import runconfig  # noqa: E402
 import cxrtransfer.boxes  # noqa: E402
 from cxrtransfer.ingest import download_files  # noqa: E402
 from cxrtransfer.train import model_settings  # noqa: E402
 
-
-# config/config.yaml is the default run; run another study with
-# `--configfile FILE --replace-workflow-config` (README) or through a profile.
-configfile: "config/config.yaml"
+# config/config.yaml (in the working directory) is the default study, read only when the run
+# names no config file: `--configfile FILE` runs FILE's study alone, never merged with the
+# default. Jobs on a cluster get the run's --configfile again (not the flags that would replace
+# a `configfile:` directive), so they read exactly the files the run planned with.
+if not workflow.overwrite_configfiles:
+    workflow.configfile("config/config.yaml")
 
 
 validate(config, "../config/config.schema.yaml")
@@ -28,6 +31,16 @@ try:
     plan.check_config(config, workflow.basedir)
 except cxrtransfer.WorkflowError as e:
     raise SnakemakeWorkflowError(f"Invalid configuration: {e}")
+
+# The planning process publishes its config's hash; a job (on any executor) refuses to compute
+# with another config (cxrtransfer.runconfig; checked again in each job's script).
+if workflow.is_main_process:
+    runconfig.publish_plan(config)
+else:
+    try:
+        runconfig.check_job(config)
+    except cxrtransfer.WorkflowError as e:
+        raise SnakemakeWorkflowError(str(e))
 
 RES = config["resources"]
 ADV_SETS = plan.adversarial_sets(config)

@@ -1,6 +1,7 @@
 """Shared fixtures: a small synthetic Kaggle-layout download and its manifests."""
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -10,6 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflow_scripts"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from cxrtransfer import runconfig  # noqa: E402
 from cxrtransfer.synthetic import SyntheticSpec, generate  # noqa: E402
 
 # The longest test files, longest first (durations measured with `pytest --durations=0`): with
@@ -69,3 +71,27 @@ def pneumothorax_shards(small_download, tmp_path_factory) -> dict:
             )
             paths[split].append(p)
     return paths
+
+
+@pytest.fixture(autouse=True)
+def as_a_planned_job():
+    """Library calls in tests run as a job of a planned run would (cxrtransfer.runconfig): the
+    products they write record a config, which their readers check."""
+    runconfig.check_job({}, {runconfig.ENV: runconfig.config_hash({})})
+    yield
+    runconfig._JOB.clear()
+
+
+WORKFLOW_PARTS = ("Snakefile", "rules", "workflow_scripts", "config", "envs", "report", "profiles")
+
+
+def workflow_copy(root: Path, dest: Path) -> Path:
+    """A copy of the workflow's own files (no results, no .snakemake) at ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in WORKFLOW_PARTS:
+        src = root / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, dest / name)
+    return dest

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import workflow_copy
 from sklearn.metrics import roc_auc_score
 
 pytestmark = pytest.mark.e2e
@@ -398,17 +399,6 @@ def test_a_config_edit_reruns_exactly_what_it_changes(
     assert planned(root, wd, _write(wd, cfg, "edit.yaml")) == expected, what
 
 
-def _workflow_copy(root, dest):
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in ("Snakefile", "rules", "workflow_scripts", "config", "envs", "report", "profiles"):
-        src = root / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(src, dest / name)
-    return dest
-
-
 @pytest.mark.parametrize(
     ("module", "expected"),
     [
@@ -418,7 +408,7 @@ def _workflow_copy(root, dest):
 )
 def test_a_library_edit_reruns_what_it_can_change(root, run, tmp_path, module, expected):
     """A copy of the workflow with one library module edited, planned on the same results."""
-    wf = _workflow_copy(root, tmp_path / "wf")
+    wf = workflow_copy(root, tmp_path / "wf")
     lib = wf / "workflow_scripts" / "cxrtransfer" / module
     lib.write_text(lib.read_text() + "\n# an edit\n")
     assert planned(wf, run) == expected
@@ -520,7 +510,7 @@ def test_no_run_touches_the_users_download(root, download, tmp_path):
     target = "results/shards/pneumothorax/summary.csv"
     snakemake(root, wd, target, configfile=name)
     snakemake(root, wd, target, "--forceall", configfile=name)
-    wf = _workflow_copy(root, tmp_path / "wf")
+    wf = workflow_copy(root, tmp_path / "wf")
     ingest = wf / "workflow_scripts" / "cxrtransfer" / "ingest.py"
     ingest.write_text(ingest.read_text() + "\n# a code change\n")
     assert planned(wf, wd, name).get("manifest") == 2  # the code change reruns the ingest

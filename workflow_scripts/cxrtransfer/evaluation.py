@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import WorkflowError
+from . import WorkflowError, runconfig
 from .predictions import ADV_COLUMNS, CLEAN_COLUMNS, read_predictions
 from .relations import factors, read_patients, relation
 from .utils import FIX_DAMAGED
@@ -17,6 +17,11 @@ from .utils import FIX_DAMAGED
 def read_model_metrics(path) -> dict:
     try:
         m = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise WorkflowError(f"Cannot read '{path}' ({e}). {FIX_DAMAGED}") from None
+    if isinstance(m, dict):
+        runconfig.check_record(m, path)  # made under the config its run planned
+    try:
         return {
             "threshold": float(m["threshold"]),
             "sha256": m["checkpoint_sha256"],

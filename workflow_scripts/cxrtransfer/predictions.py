@@ -1,8 +1,9 @@
 """Per-example prediction files of a target model, and their checked reader.
 
 ``results/predictions/{target}/clean/{data_task}.csv``: image_index, patient_id, label, prob
-(the target's probability of the finding), checkpoint_sha256 (of the target checkpoint), one
-row per image of the data task's test shards, in shard order.
+(the target's probability of the finding), checkpoint_sha256 (of the target checkpoint),
+config_sha256 and planned_config_sha256 (the config the job ran with and the one its run
+planned: ``runconfig``), one row per image of the data task's test shards, in shard order.
 ``results/predictions/{target}/adv/{set}.csv``: the same plus source_clean_prob,
 source_adv_prob, l2, linf (copied from the attack caches) and source_checkpoint_sha256.
 
@@ -17,11 +18,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import WorkflowError
+from . import WorkflowError, runconfig
 from .provenance import model_record
 from .utils import FIX_DAMAGED, LOG, write_csv
 
-CLEAN_COLUMNS = ("image_index", "patient_id", "label", "prob", "checkpoint_sha256")
+CLEAN_COLUMNS = (
+    "image_index",
+    "patient_id",
+    "label",
+    "prob",
+    "checkpoint_sha256",
+    *runconfig.FIELDS,
+)
 ADV_COLUMNS = (
     *CLEAN_COLUMNS,
     "source_clean_prob",
@@ -78,6 +86,7 @@ def _predictor(model_path, metrics_path, image_size: int, batch_size: int):
     record = model_record(model_path, metrics_path)
     model = load_checkpoint(model_path, image_size)
     fn = make_predict_fn(model)
+    job = runconfig.job_record()  # empty outside a job: readers then refuse the file
 
     def predict(data: dict) -> pd.DataFrame:
         return pd.DataFrame(
@@ -87,6 +96,7 @@ def _predictor(model_path, metrics_path, image_size: int, batch_size: int):
                 "label": data["labels"].astype(int),
                 "prob": predict_probs(model, data["images"], batch_size, fn),
                 "checkpoint_sha256": record["sha256"],
+                **job,
             }
         )
 
@@ -124,7 +134,14 @@ def read_prediction_file(
     if not raw.endswith(b"\n"):
         raise WorkflowError(f"Predictions '{path}' are truncated (cut inside a line). {_FIX}")
     try:
-        frame = pd.read_csv(path, dtype={"image_index": str, "checkpoint_sha256": str})
+        frame = pd.read_csv(
+            path,
+            dtype={
+                "image_index": str,
+                "checkpoint_sha256": str,
+                **dict.fromkeys(runconfig.FIELDS, str),
+            },
+        )
     except (ValueError, pd.errors.ParserError) as e:
         raise WorkflowError(f"Cannot parse predictions '{path}' ({e}). {_FIX}") from None
     missing = [c for c in columns if c not in frame.columns]
@@ -133,6 +150,14 @@ def read_prediction_file(
             f"Predictions '{path}' lack column(s) {', '.join(missing)} (written by an older "
             f"version of the workflow?). {_FIX}"
         )
+    runconfig.check_record(
+        {
+            f: (frame[f].iloc[0] if len(frame) and frame[f].nunique() == 1 else None)
+            for f in runconfig.FIELDS
+            if f in frame.columns
+        },
+        path,
+    )
     for col in [c for c in ("prob", "source_clean_prob", "source_adv_prob") if c in columns]:
         x = pd.to_numeric(frame[col], errors="coerce").to_numpy(float)
         if not np.all(np.isfinite(x) & (x >= 0) & (x <= 1)):

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import WorkflowError
+from . import WorkflowError, runconfig
 from .schema import defaults as schema_defaults
 from .utils import LOG, atomic_path, file_sha256, params_hash, write_json
 
@@ -645,6 +645,7 @@ def _write_outputs(out: Path, model, metrics: dict, history: pd.DataFrame, patie
         model.save(tmp)  # loaded with compile=False: no optimizer variables are saved
         metrics["checkpoint_sha256"] = file_sha256(tmp)
     metrics["weights_sha256"] = weights_sha256(model)
+    metrics.update(runconfig.job_record())  # the config the job ran with and the planned one
     write_json(out / "metrics.json", metrics)
     return metrics
 

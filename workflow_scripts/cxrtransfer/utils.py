@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import WorkflowError
+from . import WorkflowError, runconfig
 
 LOG = logging.getLogger("cxrtransfer")
 
@@ -160,6 +160,11 @@ def run_main(func, snakemake) -> None:
         os.close(fd)
     setup_logging(None)
     try:
+        # the config this job got must be the one its run planned (runconfig), on any executor
+        record = runconfig.check_job(dict(snakemake.config))
+        LOG.info(
+            "rule %s: config sha256 %s (as planned)", snakemake.rule, record[runconfig.RAN_WITH]
+        )
         func(snakemake)
     except WorkflowError as e:
         LOG.error("%s", e)
