@@ -36,6 +36,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import workflow_copy
 
 pytestmark = pytest.mark.slurm
 
@@ -532,14 +533,28 @@ def epoch_lines(log: str) -> list[int]:
 def test_workflow_on_slurm_matches_local_run(slurm_env, tmp_path):
     if not (ROOT / "Snakefile").is_file() or not (ROOT / "config" / "test.yaml").is_file():
         pytest.fail("Snakefile or config/test.yaml missing")
-    overlay = cluster_config(tmp_path / "cluster.yaml")
+    # The SLURM run starts in a copy of the workflow (its config/config.yaml, the default
+    # study, included) exactly as profiles/slurm documents: `snakemake --workflow-profile none
+    # --profile profiles/slurm --configfile FILE`, no --snakefile, no --directory. Its jobs
+    # must compute with FILE alone (before, each job merged config/config.yaml into it).
     slurm_dir, local_dir = tmp_path / "slurm", tmp_path / "local"
-    slurm_dir.mkdir()
+    workflow_copy(ROOT, slurm_dir)
+    overlay = cluster_config(slurm_dir / "cluster.yaml")
     local_dir.mkdir()
+    slurm_env = {**slurm_env, "PYTHONPATH": str(slurm_dir / "workflow_scripts")}
+    documented = [
+        "--workflow-profile",
+        "none",
+        "--profile",
+        "profiles/slurm",
+        "--profile",
+        str(SLURM_TESTS / "profile"),
+        "--configfile",
+        "cluster.yaml",
+    ]
 
-    # Both runs start in the project root, as a user's would (the SLURM run with the
-    # documented --workflow-profile none); --directory puts each run's results/ elsewhere.
-    # They run at the same time, so the local run computes while the SLURM run waits for polls.
+    # The local run starts in the project root with --directory elsewhere. The two run at the
+    # same time, so the local run computes while the SLURM run waits for polls.
     local_env = {k: v for k, v in slurm_env.items() if k != "SLURM_CONF"}
     local = SnakemakeRun(
         ["--cores", "2", *workflow_args(local_dir, overlay)],
@@ -551,8 +566,8 @@ def test_workflow_on_slurm_matches_local_run(slurm_env, tmp_path):
     timeout_run = None
     try:
         slurm_text = run_snakemake(
-            [*PROFILE_ARGS, *workflow_args(slurm_dir, overlay)],
-            cwd=ROOT,
+            documented,
+            cwd=slurm_dir,
             env=slurm_env,
             log=tmp_path / "snakemake-slurm.out",
             limit=WORKFLOW_LIMIT,
@@ -566,14 +581,14 @@ def test_workflow_on_slurm_matches_local_run(slurm_env, tmp_path):
         timeout_run = SnakemakeRun(
             [
                 f"results/models/{TIMEOUT_MODEL}/model.keras",
-                *PROFILE_ARGS,
                 # one retry more than the profile's 2: on a heavily loaded machine even
                 # the 2-minute attempt can run out of time (it then resumes once more)
                 "--retries",
                 "3",
-                *workflow_args(slurm_dir, overlay, timeout_overlay),
+                *documented,
+                str(timeout_overlay),
             ],
-            cwd=ROOT,
+            cwd=slurm_dir,
             env=slurm_env,
             log=tmp_path / "snakemake-timeout.out",
             limit=TIMEOUT_LIMIT,
@@ -587,6 +602,12 @@ def test_workflow_on_slurm_matches_local_run(slurm_env, tmp_path):
             train_log.stop()
 
     local_files = result_files(local_dir)
+    # every job computed with the run's config alone and said so in its log
+    assert "is extended by additional config" not in slurm_text
+    job_logs = list((slurm_dir / "results" / "logs").rglob("*.log"))
+    assert job_logs and all("(as planned)" in p.read_text() for p in job_logs), [
+        str(p) for p in job_logs if "(as planned)" not in p.read_text()
+    ][:5]
     assert slurm_files, "the SLURM run produced no results/"
     assert slurm_files == local_files, (
         f"only in SLURM run: {sorted(slurm_files - local_files)[:20]}\n"

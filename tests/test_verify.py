@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+from cxrtransfer import runconfig
 from cxrtransfer import verify as V
 
 N, SIZE = 4, 8
@@ -107,6 +108,8 @@ def predictions(task, shard, target_sha, source_sha=None):
         df["l2"] = 0.1
         df["linf"] = 8 / 255
     df["checkpoint_sha256"] = target_sha
+    for field, value in runconfig.job_record().items():  # as a planned job records it
+        df[field] = value
     if source_sha is not None:
         df["source_checkpoint_sha256"] = source_sha
     return df
