@@ -66,7 +66,7 @@ rule evaluate:
     resources:
         **cpu_resources(),
     params:
-        targets=lambda w: plan.targets_for(config, w.data_task),
+        targets=lambda w: sorted(plan.targets_for(config, w.data_task)),
         models=lambda w: model_facts(evaluated_models(w)),
         n_bootstrap=config["evaluation"]["n_bootstrap"],
         confidence=config["evaluation"]["confidence"],

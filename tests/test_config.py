@@ -268,3 +268,34 @@ def test_robust_demo_overlay_extends_the_default_demo(root, schema):
     sources = {s.source for s in plan.adversarial_sets(base, controls=False)}
     assert {"pneumothorax_resnet50_at", "pneumothorax_resnet50_jpeg75"} <= sources
     assert "pneumothorax_resnet50_jpeg75" in plan.targets_for(base, "pneumothorax")
+
+
+def _reversed_mappings(obj):
+    """The same config with every mapping's entries in reverse order (lists kept)."""
+    if isinstance(obj, dict):
+        return {k: _reversed_mappings(obj[k]) for k in reversed(list(obj))}
+    if isinstance(obj, list):
+        return [_reversed_mappings(v) for v in obj]
+    return obj
+
+
+def test_the_plan_does_not_depend_on_mapping_order(config, schema):
+    """The deployed target (and so the plotted cells) and every set are the same when a YAML
+    tool writes the config's mappings in another order."""
+    other = _reversed_mappings(copy.deepcopy(config))
+    validate(other, schema)
+    assert plan.chosen_cells(other) == plan.chosen_cells(config)
+    assert sorted(plan.plot_files(other)) == sorted(plan.plot_files(config))
+    assert set(plan.adversarial_sets(other)) == set(plan.adversarial_sets(config))
+    for task in plan.binary_tasks(config):
+        assert plan.deployed_target(other, task) == plan.deployed_target(config, task)
+
+
+def test_a_deployed_model_must_be_a_target_of_its_task(root, schema):
+    cfg = yaml.safe_load((root / "config" / "config.yaml").read_text())
+    cfg["tasks"]["pneumothorax"]["deployed"] = "cardiomegaly_resnet50"
+    validate(cfg, schema)
+    with pytest.raises(
+        WorkflowError, match=r"tasks.pneumothorax.deployed: 'cardiomegaly_resnet50'"
+    ):
+        plan.check_config(cfg, root)

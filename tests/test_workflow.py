@@ -77,9 +77,23 @@ def test_second_dry_run_has_nothing_to_do(root, run):
     assert planned(root, run) == {}
 
 
+def _reversed_mappings(obj):
+    if isinstance(obj, dict):
+        return {k: _reversed_mappings(obj[k]) for k in reversed(list(obj))}
+    if isinstance(obj, list):
+        return [_reversed_mappings(v) for v in obj]
+    return obj
+
+
 def test_reordered_config_reruns_nothing(root, run):
-    """Params are compared as canonical (sorted) settings: key order in the YAML is irrelevant."""
+    """Params are canonical where order carries no meaning: the config with its keys sorted,
+    and with every mapping in reverse order (models, tasks, attacks: what a YAML tool that
+    sorts or reorders keys writes back), plans nothing."""
     assert planned(root, run, _write(run, _config(run), "sorted.yaml")) == {}
+    (run / "reversed.yaml").write_text(
+        yaml.safe_dump(_reversed_mappings(_config(run)), sort_keys=False)
+    )
+    assert planned(root, run, "reversed.yaml") == {}
 
 
 def test_console_shows_snakemake_not_tensorflow_noise(run):

@@ -263,6 +263,7 @@ def check_config(config: dict, basedir: str | Path = ".") -> None:
     _check_attacks(config)
     _check_grid(config)
     _check_expert_labels(config, basedir)
+    _check_deployed(config)
 
 
 def expert_labels_file(config: dict) -> str | None:
@@ -739,14 +740,39 @@ def closeness(config: dict, source: str, target: str, data_task: str) -> int:
     return 1 if src["arch"] == source_facts(config, target)["arch"] else 2
 
 
+def deployed_target(config: dict, task: str) -> str:
+    """The model a hospital would deploy for ``task`` (``tasks.<task>.deployed``); without it,
+    the first of the task's targets in name order (never config order: a config whose
+    mappings are written in another order plans the same study)."""
+    return config["tasks"][task].get("deployed") or sorted(targets_for(config, task))[0]
+
+
+def _check_deployed(config: dict) -> None:
+    for task, t in config["tasks"].items():
+        name = t.get("deployed")
+        if name is None:
+            continue
+        if "labels" in t:
+            raise WorkflowError(
+                f"tasks.{task}.deployed: a multi-label task is no target of adversarial sets; "
+                "name the deployed model in a binary task (a finding view M@T is one)."
+            )
+        targets = targets_for(config, task)
+        if name not in targets:
+            raise WorkflowError(
+                f"tasks.{task}.deployed: '{name}' is not a target of task '{task}'; its targets "
+                f"are {', '.join(sorted(targets))}."
+            )
+
+
 def chosen_cells(config: dict) -> list[tuple[AdvSet, str]]:
     """Cells with ROC and example plots: per data task and (real) attack at its largest eps,
-    the task's first model (the deployed target) attacked from each source, closest first."""
+    the task's deployed target attacked from each source, closest first."""
     n = config["evaluation"]["roc_cells"]
     sets = [s for s in adversarial_sets(config) if not s.is_control]
     out = []
     for task, attack in sorted({(s.data_task, s.attack) for s in sets}):
-        target = targets_for(config, task)[0]
+        target = deployed_target(config, task)
         group = [s for s in sets if s.data_task == task and s.attack == attack]
         top = max(float(s.eps) for s in group)
         group = [s for s in group if float(s.eps) == top]
