@@ -347,3 +347,172 @@ def test_an_edit_of_the_box_code_reruns_only_the_boxes_and_the_plots():
     scripts = ROOT / "workflow_scripts"
     uses = {s.stem for s in scripts.glob("*.py") if "boxes" in library_modules(s)}
     assert uses == {"boxes", "plots"}
+
+
+# ----------------------------------------------------------------------------------------------
+# The energy table of a cell covers every boxed image of its set (issue 24, item 6)
+# ----------------------------------------------------------------------------------------------
+
+
+class _Attrs(dict):
+    """What a rule script reads of ``snakemake.input`` / ``params`` / ...: attributes, ``get``."""
+
+    __getattr__ = dict.__getitem__
+
+
+# one test shard of 8 images at 16 px: class 0 = images 0-3, class 1 = images 4-7; image 4 is
+# the most confidently flipped positive, 6 and 7 are the positives with a Cardiomegaly box
+# (neither flipped, so the old selection by flip/perturbation never draws them)
+N_IMG, SIZE = 8, 16
+NAMES = [f"0000000{i}_000.png" for i in range(N_IMG)]
+LABELS = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+CLEAN_P = np.array([0.1, 0.2, 0.3, 0.4, 0.9, 0.8, 0.7, 0.6])
+ADV_P = np.array([0.9, 0.3, 0.35, 0.45, 0.1, 0.7, 0.65, 0.55])
+BOX_PNG = (0, 0, 16, 16, 32, 32)  # x, y, w, h, PNG width, height: the shard's top-left 8 x 8
+
+
+def _plant_cell(tmp_path, box_rows):
+    """The inputs of one plot_cell job as the workflow writes them (shard, attack cache,
+    prediction files with their config record, metrics.json, the checked box table)."""
+    import h5py
+    from cxrtransfer import runconfig
+    from cxrtransfer.attack_cache import perturbation_norms, write_cache
+    from cxrtransfer.boxes import PREPARED_COLUMNS
+
+    rng = np.random.default_rng(7)
+    clean = rng.integers(40, 200, (N_IMG, SIZE, SIZE)).astype(np.uint8)
+    delta = np.zeros(clean.shape, np.int16)
+    delta[:6] = rng.choice([-2, 2], (6, SIZE, SIZE))  # unboxed images: everywhere
+    delta[6, :8, :8] = 3  # boxed image 6: only inside its box (energy inside = 1)
+    delta[7, 8:, 8:] = 1  # boxed image 7: only outside (energy inside = 0), the smaller one
+    adv = (clean + delta).astype(np.uint8)
+    l2, linf = perturbation_norms(clean, adv)
+    pid = np.arange(N_IMG, dtype=np.int32)
+    shard = tmp_path / "shards" / "test" / "000.h5"
+    shard.parent.mkdir(parents=True)
+    with h5py.File(shard, "w") as f:
+        f["images"] = clean
+        f["labels"] = LABELS.astype(np.int8)
+        f["image_index"] = np.array(NAMES, dtype="S")
+        f["patient_id"] = pid
+    attacks = tmp_path / "attacks" / "set"
+    data = dict(
+        images=adv,
+        image_index=NAMES,
+        patient_id=pid,
+        labels=LABELS.astype(np.int8),
+        source_clean_prob=CLEAN_P.astype(np.float32),
+        source_adv_prob=ADV_P.astype(np.float32),
+        l2=l2,
+        linf=linf,
+    )
+    write_cache(attacks / "000.h5", data, {"source_checkpoint_sha256": "s"})
+    record = {runconfig.RAN_WITH: "c0ffee", runconfig.PLANNED: "c0ffee"}
+    common = dict(image_index=NAMES, patient_id=pid, label=LABELS, checkpoint_sha256="t")
+    pd.DataFrame({**common, "prob": CLEAN_P, **record}).to_csv(tmp_path / "clean.csv", index=False)
+    pd.DataFrame(
+        {
+            **common,
+            "prob": ADV_P,
+            **record,
+            "source_clean_prob": CLEAN_P,
+            "source_adv_prob": ADV_P,
+            "l2": l2,
+            "linf": linf,
+            "source_checkpoint_sha256": "s",
+        }
+    ).to_csv(tmp_path / "adv.csv", index=False)
+    (tmp_path / "metrics.json").write_text('{"threshold": 0.5}')
+    pd.DataFrame(box_rows, columns=PREPARED_COLUMNS).to_csv(tmp_path / "boxes.csv", index=False)
+    out = tmp_path / "plots"
+    return _Attrs(
+        input=_Attrs(
+            boxes=str(tmp_path / "boxes.csv"),
+            clean=str(tmp_path / "clean.csv"),
+            adv=str(tmp_path / "adv.csv"),
+            target_metrics=str(tmp_path / "metrics.json"),
+            shards=[str(shard)],
+            attacks=str(attacks),
+        ),
+        output=_Attrs(
+            roc=str(out / "roc.png"),
+            examples=str(out / "ex.png"),
+            boxes=str(out / "ex_boxes.csv"),
+        ),
+        params=_Attrs(box_finding="Cardiomegaly", kind="cell", per_class=1, code="x"),
+        wildcards=_Attrs(
+            target="t", attack="pgd", eps="8", source="s", data_task="cardiomegaly"
+        ),
+        log=[],
+        threads=1,
+    )
+
+
+def _run_plot_cell(sm, monkeypatch):
+    """Run the rule's script workflow_scripts/plots.py itself on ``sm`` (run_main, which only
+    adds the log redirection and the job's config check, calls its main directly); returns
+    the figures it saved."""
+    import runpy
+
+    from cxrtransfer import utils
+
+    figs = []
+    real_save = plots_mod._save
+    monkeypatch.setattr(
+        plots_mod, "_save", lambda fig, out: (figs.append(fig), real_save(fig, out))
+    )
+    monkeypatch.setattr(utils, "run_main", lambda main, snakemake: main(snakemake))
+    runpy.run_path(str(ROOT / "workflow_scripts" / "plots.py"), {"snakemake": sm}, "plot_cell")
+    return figs
+
+
+def test_the_energy_table_has_every_boxed_image_of_the_set(tmp_path, monkeypatch):
+    boxed = [(NAMES[i], "Cardiomegaly", *BOX_PNG) for i in (6, 7)]
+    other = [(NAMES[4], "Pneumothorax", *BOX_PNG)]  # another finding's box: not this task's
+    sm = _plant_cell(tmp_path, boxed + other)
+    figs = _run_plot_cell(sm, monkeypatch)
+    table = pd.read_csv(sm.output.boxes)
+    assert list(table.columns) == ENERGY_COLUMNS
+    # a row per boxed image of the set, drawn or not (today's code: only the drawn examples)
+    assert table["image_index"].tolist() == [NAMES[6], NAMES[7]]
+    assert (table["finding"] == "Cardiomegaly").all() and (table["label"] == 1).all()
+    assert table["energy_inside"].tolist() == pytest.approx([1.0, 0.0])
+    assert table["area_share"].tolist() == pytest.approx([0.25, 0.25])
+    assert (table[["box_x", "box_y", "box_w", "box_h"]].to_numpy() == [0, 0, 8, 8]).all()
+    # the plot prefers boxed images: of class 1 (one example per class) it draws the more
+    # perturbed boxed image, not the most flipped unboxed one; the other boxed one is only in
+    # the table
+    assert table["in_example_plot"].tolist() == [True, False]
+    fig = figs[-1]
+    rows = [ax.get_ylabel().split("\n")[0] for ax in fig.axes if ax.images][::3]
+    assert rows == [NAMES[0], NAMES[6]]
+    texts = " ".join(t.get_text() for t in fig.texts)
+    assert "1 of 2 example image(s) have one" in texts
+    assert "2 of the set's 8 images have one" in texts
+
+
+def test_a_set_without_boxed_images_keeps_a_header_only_table(tmp_path, monkeypatch):
+    sm = _plant_cell(tmp_path, [(NAMES[4], "Pneumothorax", *BOX_PNG)])
+    figs = _run_plot_cell(sm, monkeypatch)
+    table = pd.read_csv(sm.output.boxes)
+    assert list(table.columns) == ENERGY_COLUMNS and len(table) == 0
+    texts = " ".join(t.get_text() for t in figs[-1].texts)
+    assert "0 of 2 example image(s) have one." in texts and "of the set's" not in texts
+    # the examples are then the ones picked without preference: class 1's most flipped image
+    rows = [ax.get_ylabel().split("\n")[0] for ax in figs[-1].axes if ax.images][::3]
+    assert rows == [NAMES[0], NAMES[4]]
+
+
+def test_select_examples_prefers_the_given_images():
+    from cxrtransfer.plots import select_examples
+
+    args = (LABELS, CLEAN_P, ADV_P, [1, 1, 1, 1, 1, 1, 3, 2])
+    assert select_examples(*args, 1) == [0, 4]
+    prefer = np.zeros(N_IMG, bool)
+    prefer[[6, 7]] = True
+    # the preferred first (their own flip / perturbation rankings), the rest fill up
+    assert select_examples(*args, 1, prefer=prefer) == [0, 6]
+    assert select_examples(*args, 3, prefer=prefer) == [0, 1, 2, 6, 7, 4]
+    assert select_examples(*args, 1, prefer=np.zeros(N_IMG, bool)) == [0, 4]
+    with pytest.raises(WorkflowError, match="differ in length"):
+        select_examples(*args, 1, prefer=prefer[:3])

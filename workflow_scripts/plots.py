@@ -3,14 +3,14 @@
 import numpy as np
 import pandas as pd
 from cxrtransfer.attack_cache import read_attack, set_caches
-from cxrtransfer.boxes import energy_table, finding_boxes, read_prepared, scale_box
+from cxrtransfer.boxes import finding_boxes, read_prepared, scale_box
 from cxrtransfer.plots import (
     aligned_cell,
+    cell_examples,
     plot_auroc_vs_eps,
     plot_examples,
     plot_roc,
     plot_transfer_heatmap,
-    select_examples,
 )
 from cxrtransfer.predictions import ADV_COLUMNS, CLEAN_COLUMNS, read_predictions
 from cxrtransfer.shards import read_shard
@@ -38,28 +38,25 @@ def plot_cell(sm):
         concat([read_shard(p) for p in sm.input.shards]),
         concat([read_attack(p) for p in set_caches(sm.input.attacks)]),
     )
-    pick = select_examples(
-        cell["label"],
-        cell["clean_prob"],
-        cell["adv_prob"],
-        cell["l2"],
-        sm.params.per_class,
-        threshold=t,
-    )
-    clean_u8, adv_u8 = cell["clean_u8"][pick], cell["adv_u8"][pick]
-    names = cell["image_index"][pick]
     finding = sm.params.get("box_finding")  # only with boxes (data.bboxes)
     boxes = finding_boxes(read_prepared(sm.input.boxes), finding) if finding else {}
-    size = clean_u8.shape[-1]
-    energy = energy_table(names, clean_u8, adv_u8, cell["label"][pick], finding, boxes, size)
+    # the energy table covers every boxed image of the set; the plot draws boxed ones first
+    pick, energy = cell_examples(cell, sm.params.per_class, t, finding, boxes)
     write_csv(sm.output.boxes, energy)
+    clean_u8, adv_u8 = cell["clean_u8"][pick], cell["adv_u8"][pick]
+    names = cell["image_index"][pick]
+    size = clean_u8.shape[-1]
     if finding:
+        e = energy["energy_inside"]
         LOG.info(
-            "%d of %d example image(s) have a %s box; energy inside: %s",
+            "%d of %d image(s) of the set have a %s box, all in the table (energy inside: %s); "
+            "%d of them among the %d example image(s) drawn",
             len(energy),
-            len(names),
+            len(cell["image_index"]),
             finding,
-            energy["energy_inside"].round(3).tolist(),
+            f"median {e.median():.3f}, {e.min():.3f}-{e.max():.3f}" if len(e) else "none",
+            int(energy["in_example_plot"].sum()),
+            len(names),
         )
     else:
         LOG.info("no boxes configured (data.bboxes): %s has a header only", sm.output.boxes)
@@ -77,6 +74,7 @@ def plot_cell(sm):
         boxes=[scale_box(boxes[n][:4], boxes[n][4:], size) if n in boxes else None for n in names],
         box_finding=finding,
         energy=[by_name.get(n) for n in names],
+        set_boxed=(len(energy), len(cell["image_index"])) if finding else None,
     )
 
 

@@ -57,6 +57,7 @@ ENERGY_COLUMNS = [
     "area_share",
     "ratio",
     "l2",
+    "in_example_plot",
 ]
 
 
@@ -305,9 +306,13 @@ def energy_inside(clean_u8, adv_u8, box) -> dict:
     }
 
 
-def energy_table(image_index, clean_u8, adv_u8, label_of, finding: str, boxes: dict, size: int):
-    """One row per example image with a box of ``finding`` (ENERGY_COLUMNS; the box in shard
-    pixels); a header-only table when none has one."""
+def energy_table(
+    image_index, clean_u8, adv_u8, label_of, finding: str, boxes: dict, size: int, drawn=None
+):
+    """One row per image of ``image_index`` with a box of ``finding`` (ENERGY_COLUMNS; the box in
+    shard pixels; ``in_example_plot``: the name is in ``drawn``, the images the example plot
+    shows); a header-only table when none has one."""
+    drawn = set() if drawn is None else {str(n) for n in drawn}
     rows = []
     for i, name in enumerate(np.asarray(image_index).astype(str)):
         if name not in boxes:
@@ -325,6 +330,7 @@ def energy_table(image_index, clean_u8, adv_u8, label_of, finding: str, boxes: d
                 "box_w": b[2],
                 "box_h": b[3],
                 **e,
+                "in_example_plot": name in drawn,
             }
         )
     return pd.DataFrame(rows, columns=ENERGY_COLUMNS)

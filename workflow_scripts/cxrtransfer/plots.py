@@ -21,6 +21,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
 from . import WorkflowError  # noqa: E402
+from .boxes import energy_table  # noqa: E402
 from .metrics import auroc  # noqa: E402
 from .plan import eps_label  # noqa: E402
 from .relations import RELATIONS  # noqa: E402
@@ -246,7 +247,9 @@ def plot_roc(clean: pd.DataFrame, adv: pd.DataFrame, title: str, out_png) -> Non
 # ----------------------------------------------------------------------------------------------
 
 
-def select_examples(labels, clean_prob, adv_prob, l2, per_class: int, threshold: float = 0.5):
+def select_examples(
+    labels, clean_prob, adv_prob, l2, per_class: int, threshold: float = 0.5, prefer=None
+):
     """Positions of images to show, class 0 first, then class 1, without duplicates.
 
     For each class, up to ``per_class`` images, alternating between two rankings (starting with
@@ -254,15 +257,20 @@ def select_examples(labels, clean_prob, adv_prob, l2, per_class: int, threshold:
     and wrongly when adversarial (at ``threshold``), ranked by the change in probability towards
     the wrong class (``clean - adv`` for class 1, ``adv - clean`` for class 0); (2) the most
     perturbed images (largest ``l2``). A ranking that runs out is skipped; ties keep input order.
+
+    ``prefer`` (optional, one bool per image, e.g. "has a box of the finding"): the preferred
+    images of a class are picked first (alternating between their own two rankings), and only
+    the slots they leave are filled from the others the same way.
     """
     y = np.asarray(labels).astype(int)
     p = np.asarray(clean_prob, dtype=float)
     q = np.asarray(adv_prob, dtype=float)
     d = np.asarray(l2, dtype=float)
-    if not (len(y) == len(p) == len(q) == len(d)):
+    pref = np.zeros(len(y), bool) if prefer is None else np.asarray(prefer, dtype=bool)
+    if not (len(y) == len(p) == len(q) == len(d) == len(pref)):
         raise WorkflowError(
             f"select_examples: arrays differ in length (labels {len(y)}, clean_prob {len(p)}, "
-            f"adv_prob {len(q)}, l2 {len(d)})."
+            f"adv_prob {len(q)}, l2 {len(d)}, prefer {len(pref)})."
         )
     if per_class < 0:
         raise WorkflowError(f"per_class must be >= 0, got {per_class}.")
@@ -270,22 +278,60 @@ def select_examples(labels, clean_prob, adv_prob, l2, per_class: int, threshold:
     toward_wrong = np.where(y == 1, p - q, q - p)
     chosen: list[int] = []
     for cls in (0, 1):
-        idx = np.flatnonzero(y == cls)
-        fl = idx[flipped[idx]]
-        by_flip = list(fl[np.argsort(-toward_wrong[fl], kind="stable")])
-        by_l2 = list(idx[np.argsort(-d[idx], kind="stable")])
-        rankings = [by_flip, by_l2]
         picked: list[int] = []
-        turn = 0
-        while len(picked) < per_class and any(rankings):
-            r = rankings[turn % 2]
-            while r and (r[0] in picked):
-                r.pop(0)
-            if r:
-                picked.append(int(r.pop(0)))
-            turn += 1
+        for group in (pref, ~pref):
+            idx = np.flatnonzero((y == cls) & group)
+            fl = idx[flipped[idx]]
+            by_flip = list(fl[np.argsort(-toward_wrong[fl], kind="stable")])
+            by_l2 = list(idx[np.argsort(-d[idx], kind="stable")])
+            rankings = [by_flip, by_l2]
+            turn = 0
+            while len(picked) < per_class and any(rankings):
+                r = rankings[turn % 2]
+                while r and (r[0] in picked):
+                    r.pop(0)
+                if r:
+                    picked.append(int(r.pop(0)))
+                turn += 1
         chosen += picked
     return chosen
+
+
+def cell_examples(cell: dict, per_class: int, threshold: float, finding=None, boxes=None):
+    """The example images of a cell and its energy-in-box table.
+
+    ``cell``: ``aligned_cell``'s arrays of the whole adversarial set; ``boxes``: {image name:
+    (x, y, w, h, png_width, png_height)} of ``finding`` (``boxes.finding_boxes``), or None.
+    Returns ``(pick, energy)``: ``pick`` the positions of the images the example plot draws
+    (``select_examples``, images with a box of the finding first); ``energy`` one row per image
+    of the **whole set** that has a box (``boxes.energy_table``, in set order; column
+    ``in_example_plot`` says whether the plot draws it), header only when none has one.
+    """
+    boxes = boxes or {}
+    names = np.asarray(cell["image_index"]).astype(str)
+    boxed = np.array([n in boxes for n in names], dtype=bool)
+    pick = select_examples(
+        cell["label"],
+        cell["clean_prob"],
+        cell["adv_prob"],
+        cell["l2"],
+        per_class,
+        threshold=threshold,
+        prefer=boxed,
+    )
+    at = np.flatnonzero(boxed)
+    clean_u8, adv_u8 = np.asarray(cell["clean_u8"]), np.asarray(cell["adv_u8"])
+    energy = energy_table(
+        names[at],
+        clean_u8[at],
+        adv_u8[at],
+        np.asarray(cell["label"])[at],
+        finding,
+        boxes,
+        clean_u8.shape[-1],
+        drawn=set(names[pick]),
+    )
+    return pick, energy
 
 
 def _as_images(x, what: str) -> np.ndarray:
@@ -341,6 +387,7 @@ def plot_examples(
     boxes=None,
     box_finding: str | None = None,
     energy=None,
+    set_boxed: tuple[int, int] | None = None,
 ):
     """Grid: one row per image; columns clean image, adversarial image, perturbation
     ``adv - clean`` (diverging colormap, symmetric about 0, shared across rows).
@@ -349,7 +396,9 @@ def plot_examples(
     [j, j+1) x [i, i+1); ``boxes.scale_box``) or None; a row's box is drawn on its three
     panels (``box_finding`` names the finding in the legend) and ``energy`` (per row, the
     share of the perturbation's energy inside the box, or None) goes into the perturbation
-    panel's title. Returns the figure's box Rectangles (empty without boxes).
+    panel's title. ``set_boxed`` = (images of the whole set with a box, images of the set):
+    the footnote then says how many the energy table covers (unless none has a box). Returns
+    the figure's box Rectangles (empty without boxes).
 
     ``amplify`` = k shows the perturbation multiplied by k over the full colour range (colour
     limits +-255/k in 1/255 units); None picks k so the largest perturbation fills the range.
@@ -423,13 +472,19 @@ def plot_examples(
     bottom = 0.0
     if box_finding is not None:
         n_box = sum(b is not None for b in boxes)
-        bottom = min(0.12, 0.5 / (row_h * n + 0.6))
+        in_set = ""
+        if set_boxed is not None and set_boxed[0] > 0:
+            in_set = (
+                f"\n{set_boxed[0]} of the set's {set_boxed[1]} images have one; the _boxes.csv "
+                "table beside this plot has the energy in the box of every one of them."
+            )
+        bottom = min(0.12, (0.65 if in_set else 0.5) / (row_h * n + 0.6))
         fig.text(
             0.45,
             0.0,
             f"Dashed box: the {box_finding} box of the image (data.bboxes; drawn findings' true "
             f"region on synthetic data), scaled to these pixels. {n_box} of {n} example "
-            "image(s) have one.\n'energy in box' = share of the perturbation's squared "
+            f"image(s) have one.{in_set}\n'energy in box' = share of the perturbation's squared "
             "magnitude inside it (uniform noise: the box's share of the area).",
             ha="center",
             va="bottom",
