@@ -440,9 +440,7 @@ def _plant_cell(tmp_path, box_rows):
             boxes=str(out / "ex_boxes.csv"),
         ),
         params=_Attrs(box_finding="Cardiomegaly", kind="cell", per_class=1, code="x"),
-        wildcards=_Attrs(
-            target="t", attack="pgd", eps="8", source="s", data_task="cardiomegaly"
-        ),
+        wildcards=_Attrs(target="t", attack="pgd", eps="8", source="s", data_task="cardiomegaly"),
         log=[],
         threads=1,
     )
