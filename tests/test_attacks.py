@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import pytest
+import yaml
 
+ROOT = Path(__file__).resolve().parents[1]
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
@@ -97,13 +100,13 @@ SPECS = {
                      diversity_prob=1.0),
     "fgsm": dict(method="fgsm", eps=8),
     "ti": dict(method="pgd", eps=8, step=2, steps=5, ti_kernel=5),
-    "si_ni": dict(method="pgd", eps=8, step=2, steps=3, momentum=1.0, nesterov=True, scales=3),
-    "vmi": dict(method="pgd", eps=8, step=2, steps=3, momentum=1.0, variance_samples=4,
+    "si_ni": dict(method="pgd", eps=8, step=2, steps=4, momentum=1.0, nesterov=True, scales=3),
+    "vmi": dict(method="pgd", eps=8, step=2, steps=4, momentum=1.0, variance_samples=4,
                 variance_bound=1.5),
     "l2_vmi_si_ti_di": dict(method="pgd", norm="l2", eps=0.25, step=0.0625, steps=3,
-                            momentum=1.0, variance_samples=2, scales=2, ti_kernel=3,
+                            momentum=1.0, variance_samples=2, scales=2, ti_kernel=5,
                             diversity_prob=0.5, random_start=True, restarts=2),
-    "fgsm_ti_si": dict(method="fgsm", eps=8, ti_kernel=3, scales=2),
+    "fgsm_ti_si": dict(method="fgsm", eps=8, ti_kernel=5, scales=2),
 }  # fmt: skip
 
 
@@ -162,6 +165,30 @@ def test_diverse_input_is_resize_pad_resize():
     np.testing.assert_array_equal(same.numpy(), x.numpy())
 
 
+def test_cross_entropy_value_and_gradient_are_finite_from_certain_to_hopeless():
+    # logits from a confident right answer (p_y rounds to 1) to p_y ~ 1e-35 (NI-FGSM's
+    # look-ahead reached p_y ~ 3e-20, where the ratio's gradient overflowed into NaN)
+    z = tf.constant([[-30.0, 30.0], [0.0, 2.0], [0.0, 0.0], [3.0, 0.0], [45.0, 0.0], [80.0, 0.0]])
+    y = tf.constant([1, 1, 1, 1, 1, 1])
+    with tf.GradientTape() as tape:
+        tape.watch(z)
+        loss = cross_entropy(y, tf.nn.softmax(z))
+    grad = tape.gradient(loss, z).numpy()
+    assert np.isfinite(grad).all() and np.isfinite(loss.numpy()).all()
+    exact = -tf.nn.log_softmax(z)[:, 1].numpy()
+    np.testing.assert_allclose(loss.numpy()[1:5], exact[1:5], rtol=1e-5)
+    assert grad[0, 1] < 0  # the gradient survives p_y rounding to 1 (the value is 0 there)
+    assert loss.numpy()[5] >= 60  # p_y underflows: bounded by the 1e-30 floor, still large
+
+
+def test_quantise_refuses_non_finite_attack_output():
+    clean = np.full((3, 4, 4), 100, np.uint8)
+    adv = clean[..., None].astype(np.float32) / 255.0
+    adv[1, 0, 0, 0] = np.nan  # would otherwise round to an in-budget grey level
+    with pytest.raises(WorkflowError, match="non-finite pixels for 1 of 3 images"):
+        quantise(clean, adv, AttackSpec("pgd", "linf", 8, step=2, steps=4))
+
+
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 @pytest.mark.parametrize("eps", [8.0, 2.55, 1.0])  # grey levels (1/255 units)
 def test_quantise_integer_bound(norm, eps):
@@ -172,7 +199,8 @@ def test_quantise_integer_bound(norm, eps):
     clean[3] = 128
     c = clean.astype(np.float64) / 255
     # linf eps in 1/255 units; l2 eps in [0, 1] pixel units (the same ball radius here)
-    spec = AttackSpec("pgd", norm, eps if norm == "linf" else eps / 255, step=1e-3)
+    budget = eps if norm == "linf" else eps / 255
+    spec = AttackSpec("pgd", norm, budget, step=budget)
     if norm == "linf":
         d = rng.uniform(-1, 1, size=c.shape) * eps / 255
     else:
@@ -672,12 +700,12 @@ REFERENCE_SPECS = {
     "mi_ti": dict(momentum=1.0, ti_kernel=7),
     "si": dict(scales=5),
     "si_ni": dict(momentum=1.0, nesterov=True, scales=3),
-    "si_ni_ti_di": dict(momentum=1.0, nesterov=True, scales=2, ti_kernel=3, diversity_prob=0.7,
+    "si_ni_ti_di": dict(momentum=1.0, nesterov=True, scales=2, ti_kernel=5, diversity_prob=0.7,
                         diversity_scale=1.3),
     "vmi": dict(momentum=1.0, variance_samples=3, variance_bound=1.5),
     "vmi_l2": dict(norm="l2", eps=0.3, step=0.075, momentum=1.0, variance_samples=3),
     "vni_si_ti_di_targeted_rs": dict(momentum=1.0, nesterov=True, variance_samples=2, scales=2,
-                                     ti_kernel=3, diversity_prob=0.7, targeted=True,
+                                     ti_kernel=5, diversity_prob=0.7, targeted=True,
                                      random_start=True),
 }  # fmt: skip
 
@@ -685,7 +713,7 @@ REFERENCE_SPECS = {
 @pytest.mark.parametrize("name", sorted(REFERENCE_SPECS))
 def test_transfer_attacks_match_the_reference(trained, name):
     model, x_u8, y = trained
-    kw = dict(method="pgd", norm="linf", eps=8, step=2, steps=3)
+    kw = dict(method="pgd", norm="linf", eps=8, step=2, steps=4)
     kw.update(REFERENCE_SPECS[name])
     spec = AttackSpec(**kw)
     x, yy = as_float(x_u8[:16]), y[:16]
@@ -716,6 +744,26 @@ def test_ti_kernel_is_the_authors_gkern():
     for bad in (0, 4, -3):
         with pytest.raises(WorkflowError, match="ti_kernel"):
             ti_kernel_weights(bad)
+
+
+def test_a_ti_kernel_that_does_not_smooth_is_refused():
+    # size 3 (nsig 3) keeps 0.957 of the weight on the centre: TI-FGSM would be the plain attack
+    with pytest.raises(WorkflowError, match=r"ti_kernel 3 does not smooth.*0\.957"):
+        AttackSpec(method="pgd", eps=8, step=2, steps=5, ti_kernel=3)
+    for k in (5, 7, 15):  # accepted, and each smooths: many gradient signs change
+        AttackSpec(method="pgd", eps=8, step=2, steps=5, ti_kernel=k)
+        assert float(ti_kernel_weights(k).max()) <= 0.5
+    g = np.random.default_rng(1).normal(size=(2, 48, 48, 1)).astype(np.float32)
+    flipped = np.sign(smooth_gradient(tf.constant(g), ti_kernel_weights(5)).numpy()) != np.sign(g)
+    assert flipped.mean() > 0.1
+
+
+def test_the_demo_ti_kernel_smooths_at_the_demo_image_size():
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    kernels = {a["ti_kernel"] for a in cfg["attacks"].values() if a.get("ti_kernel", 0) > 1}
+    assert kernels, "the demo has a TI attack"
+    for k in kernels:
+        assert k <= cfg["data"]["image_size"] and float(ti_kernel_weights(k).max()) <= 0.5
 
 
 def test_smooth_gradient_is_a_zero_padded_convolution():
@@ -779,7 +827,7 @@ def test_streams_of_existing_attacks_are_unchanged(name):
 def test_new_settings_change_the_streams_only_when_on():
     base = AttackSpec("pgd", eps=8, step=2, momentum=1.0)
     on = [
-        dict(ti_kernel=3),
+        dict(ti_kernel=5),
         dict(scales=2),
         dict(nesterov=True),
         dict(variance_samples=5),

@@ -41,6 +41,9 @@ METHODS = ("fgsm", "pgd")
 NORMS = ("linf", "l2")
 EPS_UNITS = {"linf": "1/255", "l2": "L2, [0,1] pixels"}
 ALG = "philox"  # fixed stateless RNG: the same numbers with and without XLA
+# A TI kernel whose centre pixel carries more than this share of its weight does not smooth
+# (nsig 3: size 3 has 0.957, size 5 0.358): it is refused rather than run as a no-op.
+TI_MAX_CENTRE_WEIGHT = 0.5
 _CONFIG_KEYS = {
     "method",
     "norm",
@@ -152,6 +155,13 @@ class AttackSpec:
                     f"an iterative attack with {self.steps} steps; use step <= eps "
                     "(e.g. step_fraction: 0.25)."
                 )
+            if not self.random_start and self.steps * self.step < self.eps * (1 - 1e-9):
+                raise WorkflowError(
+                    f"Attack steps x step = {self.steps} x {self.step:g} = "
+                    f"{self.steps * self.step:g} is below eps {self.eps:g} ({unit} units): the "
+                    "attack cannot reach the budget its label says; give more steps or a larger "
+                    "step (or random_start: true)."
+                )
         if self.momentum < 0:
             raise WorkflowError(f"Attack momentum must be >= 0, got {self.momentum}.")
         if self.method == "fgsm" and (self.momentum or self.restarts > 1):
@@ -165,6 +175,15 @@ class AttackSpec:
                 f"ti_kernel must be 0 or 1 (off) or an odd kernel size >= 3 (TI-FGSM's Gaussian "
                 f"kernel is centred on a pixel), got {self.ti_kernel}."
             )
+        if self.ti_kernel > 1:
+            centre = float(ti_kernel_weights(self.ti_kernel).max())
+            if centre > TI_MAX_CENTRE_WEIGHT:
+                raise WorkflowError(
+                    f"ti_kernel {self.ti_kernel} does not smooth: its Gaussian (nsig 3) puts "
+                    f"{centre:.3f} of its weight on the centre pixel (more than "
+                    f"{TI_MAX_CENTRE_WEIGHT}), so the attack would be the plain one under another "
+                    "name; use 5 or more (5 at 48-64 px, 7 at 224 px, the paper's 15 at 299 px)."
+                )
         if not 1 <= self.scales <= 16:
             raise WorkflowError(
                 f"scales must be in 1..16 (SI-FGSM copies x / 2^i, i < scales; 1 = off, the "
@@ -361,8 +380,12 @@ def spec_from_config(attack_cfg: dict, eps: float) -> AttackSpec:
 def cross_entropy(y, probs):
     """Per-example cross-entropy -log p_y of softmax outputs ``probs`` (N, K), labels y (N,).
 
-    Computed as log1p(sum_{k!=y} p_k / p_y): the same value as Keras' sparse categorical
-    crossentropy on probabilities, but its gradient survives when p_y rounds to 1 in float32.
+    Computed as log1p(sum_{k!=y} p_k / p_y) where p_y >= 1/2: the same value as Keras' sparse
+    categorical crossentropy on probabilities, but its gradient survives when p_y rounds to 1
+    in float32. Where p_y < 1/2 it is log(p_y + p_other) - log(p_y): the ratio's gradient
+    p_other / p_y^2 would overflow float32 for p_y below about 1e-19 (a look-ahead point of
+    NI-FGSM far outside the image range reaches that) and turn the step into NaN. Each branch
+    is finite everywhere, so ``tf.where`` passes no NaN gradient from the other.
     """
     import tensorflow as tf
 
@@ -370,7 +393,9 @@ def cross_entropy(y, probs):
     p_y = tf.gather(probs, tf.cast(y, tf.int32), axis=1, batch_dims=1)
     p_other = tf.reduce_sum(probs, axis=1) - p_y
     p_other = tf.maximum(p_other, 0.0)
-    return tf.math.log1p(p_other / tf.maximum(p_y, 1e-30))
+    confident = tf.math.log1p(p_other / tf.maximum(p_y, 0.5))
+    wrong = tf.math.log(tf.maximum(p_y + p_other, 1e-30)) - tf.math.log(tf.maximum(p_y, 1e-30))
+    return tf.where(p_y >= 0.5, confident, wrong)
 
 
 def _l2(t):
@@ -768,6 +793,14 @@ def quantise(x_clean_u8: np.ndarray, x_adv: np.ndarray, spec: AttackSpec) -> np.
         adv = adv[..., 0]
     if clean.shape != adv.shape:
         raise WorkflowError(f"quantise: clean {clean.shape} and adversarial {adv.shape} differ.")
+    bad = ~np.isfinite(adv).reshape(len(adv), -1).all(axis=1)
+    if bad.any():  # NaN would round to an in-budget perturbation that the attack never found
+        raise WorkflowError(
+            f"The attack returned non-finite pixels for {int(bad.sum())} of {len(adv)} images "
+            "(a NaN or infinite loss gradient, e.g. the source's output overflowing at a "
+            "look-ahead point). Nothing was stored; try a smaller step or momentum for this "
+            "attack, and report it if it persists."
+        )
     c = clean.astype(np.int64)
     v = np.clip(adv, 0.0, 1.0) * 255.0 - c  # real perturbation in grey levels
     d = np.rint(v).astype(np.int64)
