@@ -147,6 +147,7 @@ def reference(clean, adv, t, ts):
         "n_source_caused": src_caused,
         "n_transfer_base": base,
         "n_transferred": transferred,
+        "achieved_linf": round(max(r[6] for r in rows) * 255),
     }
 
 

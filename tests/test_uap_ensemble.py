@@ -143,23 +143,77 @@ def test_uap_spec_validation_names_the_key(config):
     with pytest.raises(WorkflowError, match="momentum have no meaning for method uap"):
         uap_spec_from_config({"method": "uap", "momentum": 1.0}, 8)
     # the schema's defaults of the per-image attacks are filled in for every attack: ignored
-    assert uap_spec_from_config({"method": "uap", "steps": 10, "momentum": 0.0}, 8).epochs == 5
+    assert uap_spec_from_config({"method": "uap", "momentum": 0.0}, 8).steps == 40
+    assert uap_spec_from_config({"method": "uap", "steps": 12}, 8).steps == 12
     bad = copy.deepcopy(config)
     bad["attacks"]["uap"] = {"method": "uap", "split": "test"}
     with pytest.raises(WorkflowError, match=r"attacks\.uap \(at eps 8\): split"):
         PL.check_config(bad)
 
 
+def test_uap_counts_steps_and_reaches_its_eps_on_a_set_smaller_than_one_batch(members):
+    """The audit's case: 59 crafting images and batch 64 made an 'epoch' one step, so 5 epochs
+    of eps/10 reached 4/255 at eps 8. Steps are optimiser steps whatever the set's size."""
+    x, y = _data(12, 5)
+    spec = uap_spec_from_config({"method": "uap", "step_fraction": 0.1}, 8)
+    assert spec.steps == 40
+    delta, losses = craft_uap(members[0], x, y, spec, batch_size=64)
+    assert len(losses) == 40 and int(np.abs(delta).max()) == 8
+
+
+def test_uap_refuses_epochs_and_too_few_steps():
+    with pytest.raises(WorkflowError, match="replace epochs with steps"):
+        uap_spec_from_config({"method": "uap", "epochs": 5}, 8)
+    with pytest.raises(WorkflowError, match=r"5 signed steps of 0\.8/255 cannot reach eps 8/255"):
+        uap_spec_from_config({"method": "uap", "steps": 5, "step_fraction": 0.1}, 8)
+    uap_spec_from_config({"method": "uap", "steps": 10, "step_fraction": 0.1}, 8)
+
+
+def test_a_uap_short_of_its_label_fails_the_job_and_writes_nothing(members, tmp_path, monkeypatch):
+    import cxrtransfer.uap as U
+
+    d = tmp_path
+    members[0].save(d / "model.keras")
+    sha = file_sha256(d / "model.keras")
+    (d / "metrics.json").write_text(json.dumps({"threshold": 0.5, "checkpoint_sha256": sha}))
+    xv, yv = _data(16, 23)
+    _write_shard(d / "val.h5", xv, yv)
+    real = U.craft_uap
+
+    def halved(*args, **kwargs):  # what 5 "epochs" of one step did: half the budget
+        delta, losses = real(*args, **kwargs)
+        return (delta // 2).astype(np.int16), losses
+
+    monkeypatch.setattr(U, "craft_uap", halved)
+    with pytest.raises(WorkflowError, match=r"labelled eps 8/255 reaches only 4/255"):
+        U.craft_uap_job(
+            model_path=d / "model.keras",
+            metrics_path=d / "metrics.json",
+            image_size=SIZE,
+            shard_paths=[d / "val.h5"],
+            out_path=d / "uap.h5",
+            attack_name="uap",
+            attack_cfg={"method": "uap", "split": "val"},
+            eps=8,
+            batch_size=16,
+            source_model="m",
+        )
+    assert not (d / "uap.h5").exists()
+    U.check_reached(7, 8, "x")  # one grey level short is rounding, accepted
+    with pytest.raises(WorkflowError, match="more than one grey level short"):
+        U.check_reached(6, 8, "x")
+
+
 def test_uap_raises_the_loss_on_unseen_images_within_budget(members):
     model = members[0]
     x, y = _data(128, 7)
-    spec = UapSpec(eps=16, step=4, epochs=4, seed=3)
+    spec = UapSpec(eps=16, step=4, steps=4 * 4, seed=3)
     delta, losses = craft_uap(model, x, y, spec, batch_size=32)
     assert delta.dtype == np.int16 and delta.shape == (SIZE, SIZE)
     assert np.abs(delta).max() <= 16 and np.abs(delta).max() > 0
     again, _ = craft_uap(model, x, y, spec, batch_size=32)
     assert np.array_equal(delta, again)  # seeded
-    assert len(losses) == 4
+    assert len(losses) == 16  # one loss per optimiser step (4 passes of 4 minibatches)
     held, yh = _data(64, 11)
     adv = apply_uap(held, delta)
     assert adv.dtype == np.uint8
@@ -193,7 +247,7 @@ def test_uap_job_then_attack_job_apply_it_exactly(members, tmp_path):
     xt, yt = _data(40, 22)
     _write_shard(d / "val.h5", xv, yv)
     _write_shard(d / "000.h5", xt, yt)
-    cfg = {"method": "uap", "split": "val", "epochs": 2, "step_fraction": 0.25}
+    cfg = {"method": "uap", "split": "val", "steps": 8, "step_fraction": 0.25}
     common = dict(model_path=d / "model.keras", metrics_path=d / "metrics.json", image_size=SIZE)
     info = craft_uap_job(
         **common,
@@ -210,6 +264,7 @@ def test_uap_job_then_attack_job_apply_it_exactly(members, tmp_path):
         [file_sha256(d / "val.h5")]
     )
     assert 0 <= info["crafting_flip_rate"] <= 1
+    assert info["steps"] == 8 and len(info["step_losses"]) == 8 and info["max_linf_255"] >= 7
     with pytest.raises(WorkflowError, match="another checkpoint"):
         read_uap(d / "uap.h5", "0" * 64)
     attack_set(

@@ -39,9 +39,22 @@ def perturbation_norms(clean_u8: np.ndarray, adv_u8: np.ndarray) -> tuple[np.nda
     return l2.astype(np.float32), linf.astype(np.float32)
 
 
+def check_reached(max_linf_255: int, eps: float, where) -> None:
+    """Refuse a perturbation labelled eps (1/255) whose largest entry is more than one grey
+    level below it: its rows would compare a smaller attack with the label's budget."""
+    if max_linf_255 < math.floor(eps + 1e-9) - 1:
+        raise WorkflowError(
+            f"{where}: the perturbation labelled eps {eps:g}/255 reaches only "
+            f"{max_linf_255}/255 (more than one grey level short), so its rows would not be the "
+            "attack their label says. Give the attack more steps (or a larger step) in the "
+            "config's attacks: section, then rerun."
+        )
+
+
 def check_budget(clean_u8, adv_u8, norm: str, eps: float, where) -> tuple[int, float]:
-    """Raise unless every stored perturbation is within the budget; return (max L-inf in
-    1/255 units, max L2 in [0, 1] units). L-inf eps is in 1/255 units, L2 eps in [0, 1] units."""
+    """Raise unless every stored perturbation is within the budget and, for L-inf, the set
+    reaches it (``check_reached``); return (max L-inf in 1/255 units, max L2 in [0, 1] units).
+    L-inf eps is in 1/255 units, L2 eps in [0, 1] units."""
     d = adv_u8.astype(np.int16) - clean_u8.astype(np.int16)
     max_linf = int(np.abs(d).max(initial=0))
     l2 = np.sqrt((d.astype(np.float64) ** 2).reshape(len(d), -1).sum(1)) / 255.0
@@ -54,6 +67,8 @@ def check_budget(clean_u8, adv_u8, norm: str, eps: float, where) -> tuple[int, f
             f"{where}: stored perturbation exceeds the {norm} budget {eps} (max L-inf "
             f"{max_linf}/255, max L2 {max_l2:.4f}). This is a bug; please report it."
         )
+    if norm == "linf" and len(d):
+        check_reached(max_linf, eps, where)
     return max_linf, max_l2
 
 

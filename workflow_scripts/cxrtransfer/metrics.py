@@ -76,6 +76,9 @@ COUNTS = (
     "n_source_caused",
     "n_transfer_base",
     "n_transferred",
+    # the largest per-image L-inf perturbation of the set in grey levels (1/255 units): the
+    # budget the set reached, beside the eps its label says (the same for its noise control)
+    "achieved_linf",
 )
 # Settings echoed into the cell so a table row says how it was computed.
 SETTINGS = (
@@ -306,7 +309,8 @@ def quantities(
 
 
 def counts(a: dict, t_target: float, t_source: float, source_task_is_data_task: bool = True):
-    """The integer counts in ``COUNTS`` (denominators and numerators of the rates; unweighted)."""
+    """The integers in ``COUNTS`` (denominators and numerators of the rates, unweighted; the
+    reached L-inf budget)."""
     y = a["label"].astype(bool)
     clean_ok = predict(a["prob"], t_target) == y
     adv_wrong = predict(a["adv_prob"], t_target) != y
@@ -324,6 +328,7 @@ def counts(a: dict, t_target: float, t_source: float, source_task_is_data_task: 
         "n_source_caused": int(caused.sum()),
         "n_transfer_base": int(base.sum()),
         "n_transferred": int((base & adv_wrong).sum()),
+        "achieved_linf": int(round(float(np.max(a["linf"], initial=0.0)) * 255)),
     }
 
 

@@ -26,3 +26,16 @@ def defaults(*section: str) -> dict:
     for key in section:
         node = node["properties"][key]
     return {k: v["default"] for k, v in node["properties"].items() if "default" in v}
+
+
+def attack_defaults(method: str) -> dict:
+    """``{key: default}`` the schema fills into one entry of ``attacks:`` with this method:
+    the entry's properties and those of its conditional branch (``if`` method is ``const``,
+    ``then``, else ``else``; a uap's number of steps has no fixed default)."""
+    node = schema()["properties"]["attacks"]["additionalProperties"]
+    out = {k: v["default"] for k, v in node["properties"].items() if "default" in v}
+    if "if" in node:
+        branch = "then" if node["if"]["properties"]["method"]["const"] == method else "else"
+        extra = node.get(branch, {}).get("properties", {})
+        out.update({k: v["default"] for k, v in extra.items() if "default" in v})
+    return out

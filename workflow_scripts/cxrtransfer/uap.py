@@ -3,13 +3,18 @@
 Crafted by stochastic gradient ascent over minibatches of the source's *training or validation*
 images (Shafahi et al. 2020, "Universal adversarial training", Algorithm 1: the gradient of the
 mean clamped cross-entropy with respect to the one perturbation, a signed step, projection
-onto the eps ball), never on test images; stored as integer grey levels, so adding it to a
+onto the eps ball), never on test images. Crafting counts optimiser steps (one minibatch
+each), not passes over the images: on a small crafting set a pass is one step, and a few
+signed steps of eps/10 cannot reach eps. A perturbation whose largest entry stays more than
+one grey level below its label's eps fails the job (``attack_cache.check_reached``); stored as integer grey levels, so adding it to a
 uint8 image gives exactly the evaluated image; then applied to any data task's test set as an
 adversarial set (``attack_job``), evaluated on every target like the other sets.
 
 Config (one entry of ``attacks:``)::
 
-    uap: {method: uap, split: val, epochs: 5, step_fraction: 0.1}
+    uap: {method: uap, split: val, steps: 40, step_fraction: 0.1}
+
+``steps`` defaults to ``default_steps(eps, step)`` = 4 x ceil(eps / step).
 
 Units as for the other L-inf attacks: eps and step in 1/255 units.
 """
@@ -24,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from . import WorkflowError
+from .attack_cache import check_reached
 from .utils import FIX_DAMAGED, LOG, atomic_path
 
 METHOD = "uap"
@@ -33,7 +39,7 @@ _CONFIG_KEYS = {
     "norm",
     "step",
     "step_fraction",
-    "epochs",
+    "steps",
     "split",
     "max_images",
     "loss_clamp",
@@ -47,7 +53,7 @@ class UapSpec:
 
     eps: float
     step: float
-    epochs: int = 5
+    steps: int
     split: str = "val"
     max_images: int = 0  # 0: every image of the split
     loss_clamp: float = 10.0
@@ -69,8 +75,12 @@ class UapSpec:
             raise WorkflowError(f"eps must be > 0 (1/255 units), got {self.eps}.")
         if not (0 < self.step <= self.eps):
             raise WorkflowError(f"step must be in (0, eps] (1/255 units), got {self.step}.")
-        if self.epochs < 1:
-            raise WorkflowError(f"epochs must be >= 1, got {self.epochs}.")
+        if self.steps * self.step < self.eps * (1 - 1e-9):
+            raise WorkflowError(
+                f"steps: {self.steps} signed steps of {self.step:g}/255 cannot reach eps "
+                f"{self.eps:g}/255; give at least {math.ceil(self.eps / self.step - 1e-9)} (the "
+                f"default is {default_steps(self.eps, self.step)})."
+            )
         if self.max_images < 0:
             raise WorkflowError(f"max_images must be >= 0 (0 = all), got {self.max_images}.")
         if not self.loss_clamp > 0:
@@ -97,19 +107,30 @@ class UapSpec:
         return {**asdict(self), "eps_unit": self.eps_unit}
 
 
+def default_steps(eps: float, step: float) -> int:
+    """A uap's default number of optimiser steps: four times the steps a constant gradient
+    sign needs to reach eps, whatever the crafting set's size."""
+    return 4 * math.ceil(eps / step - 1e-9)
+
+
 def is_uap(attack_cfg: dict) -> bool:
     return attack_cfg.get("method") == METHOD
 
 
 def _per_image_defaults() -> dict:
-    from .schema import schema
+    from .schema import attack_defaults
 
-    props = schema()["properties"]["attacks"]["additionalProperties"]["properties"]
-    return {k: v["default"] for k, v in props.items() if "default" in v and k not in _CONFIG_KEYS}
+    return {k: v for k, v in attack_defaults(METHOD).items() if k not in _CONFIG_KEYS}
 
 
 def uap_spec_from_config(attack_cfg: dict, eps: float) -> UapSpec:
     cfg = dict(attack_cfg)
+    if "epochs" in cfg:
+        raise WorkflowError(
+            "epochs: a universal perturbation now counts optimiser steps, not passes over the "
+            "crafting images (on a small set a pass is one step and cannot reach eps); replace "
+            "epochs with steps (default 4 x ceil(eps / step))."
+        )
     # The schema fills in the per-image attacks' defaults for every attack: those mean nothing
     # here and are dropped; any other value of a per-image setting is refused.
     filled = _per_image_defaults()
@@ -127,7 +148,7 @@ def uap_spec_from_config(attack_cfg: dict, eps: float) -> UapSpec:
     return UapSpec(
         eps=eps,
         step=step,
-        epochs=int(cfg.get("epochs", 5)),
+        steps=int(cfg["steps"]) if "steps" in cfg else default_steps(eps, step),
         split=str(cfg.get("split", "val")),
         max_images=int(cfg.get("max_images", 0)),
         loss_clamp=float(cfg.get("loss_clamp", 10.0)),
@@ -169,8 +190,9 @@ def craft_uap(
     model, images_u8: np.ndarray, labels: np.ndarray, spec: UapSpec, batch_size: int, progress=None
 ) -> tuple[np.ndarray, list[float]]:
     """The universal perturbation of ``model`` on ``images_u8`` (N, H, W) with ``labels``:
-    int16 (H, W) grey levels within +-floor(eps), and the mean clamped loss of each epoch.
-    Minibatches are drawn in a fresh order every epoch (seeded by ``spec.seed``)."""
+    int16 (H, W) grey levels within +-floor(eps), and the mean clamped loss of each of its
+    ``spec.steps`` optimiser steps. Each step takes the next minibatch of a shuffled pass over
+    the images (a fresh order, seeded by ``spec.seed``, whenever a pass ends)."""
     images_u8, labels = np.asarray(images_u8), np.asarray(labels)
     if images_u8.ndim != 3 or images_u8.dtype != np.uint8 or len(images_u8) == 0:
         raise WorkflowError(
@@ -180,19 +202,17 @@ def craft_uap(
     step = make_uap_step(model, spec)
     delta = np.zeros((1, *images_u8.shape[1:], 1), np.float32)
     rng = np.random.default_rng(spec.seed)
-    losses = []
-    for _ in range(spec.epochs):
-        order = rng.permutation(len(images_u8))
-        total, n = 0.0, 0
-        for a in range(0, len(order), batch_size):
-            idx = np.sort(order[a : a + batch_size])
-            x = images_u8[idx][..., None].astype(np.float32) / 255.0
-            delta, loss = step(x, labels[idx].astype(np.int32), delta)
-            total += float(loss) * len(idx)
-            n += len(idx)
-            if progress is not None:
-                progress.update(len(idx))
-        losses.append(total / n)
+    losses, batches = [], []
+    for _ in range(spec.steps):
+        if not batches:
+            order = rng.permutation(len(images_u8))
+            batches = [order[a : a + batch_size] for a in range(0, len(order), batch_size)][::-1]
+        idx = np.sort(batches.pop())
+        x = images_u8[idx][..., None].astype(np.float32) / 255.0
+        delta, loss = step(x, labels[idx].astype(np.int32), delta)
+        losses.append(float(loss))
+        if progress is not None:
+            progress.update(1)
     levels = np.rint(np.asarray(delta)[0, ..., 0] * 255.0)
     return np.clip(levels, -spec.levels, spec.levels).astype(np.int16), losses
 
@@ -278,15 +298,17 @@ def craft_uap_job(
         images, labels = images[keep], labels[keep]
     model = load_checkpoint(model_path, image_size)
     LOG.info(
-        "UAP %s of %s: eps %g/255, %d epochs over %d %s images",
+        "UAP %s of %s: eps %g/255, %d steps of %g/255 (minibatches of %d) over %d %s images",
         attack_name,
         source_model,
         spec.eps,
-        spec.epochs,
+        spec.steps,
+        spec.step,
+        batch_size,
         len(images),
         spec.split,
     )
-    progress = Progress(spec.epochs * len(images), f"uap {attack_name}", every_seconds=30)
+    progress = Progress(spec.steps, f"uap {attack_name} steps", every_seconds=30)
     delta, losses = craft_uap(model, images, labels, spec, batch_size, progress)
     clean = predict_probs(model, images, batch_size)
     adv = predict_probs(model, apply_uap(images, delta), batch_size)
@@ -301,10 +323,11 @@ def craft_uap_job(
         "crafting_shards": [str(p) for p in shard_paths],
         "crafting_shards_sha256": [file_sha256(p) for p in shard_paths],
         "n_images": len(images),
-        "epoch_losses": losses,
+        "step_losses": losses,
         "crafting_flip_rate": fooling,
         "max_linf_255": int(np.abs(delta).max(initial=0)),
     }
+    check_reached(attrs["max_linf_255"], spec.eps, f"UAP {attack_name} of {source_model}")
     write_uap(out_path, delta, attrs)
     LOG.info(
         "%s: fooling rate (decision changed) %.3f on its %d crafting images; max |delta| %d/255",
