@@ -2,7 +2,15 @@
 
 import pytest
 from cxrtransfer import WorkflowError
-from cxrtransfer.relations import RELATIONS, factors, read_patients, relation
+from cxrtransfer.relations import (
+    ENSEMBLE_RELATIONS,
+    RELATIONS,
+    SINGLE_MODEL_RELATIONS,
+    ensemble_relation,
+    factors,
+    read_patients,
+    relation,
+)
 
 R50 = {"arch": "ResNet50", "task": "pneumothorax", "pretrained": "none", "seed": 1}
 R50_S2 = {**R50, "seed": 2}
@@ -72,3 +80,48 @@ def test_bad_inputs_are_explained(tmp_path):
     good = tmp_path / "ok.txt"
     good.write_text("3\n1\n2\n")
     assert read_patients(good) == {1, 2, 3}
+
+
+ENS = {**R50, "arch": "ResNet50+ResNet50V2", "seed": "2+3"}
+
+
+def test_an_ensemble_with_a_same_architecture_member_is_not_cross_architecture():
+    # the audit's case: members ResNet50 (a surrogate of the ResNet50 target) and ResNet50V2
+    joined = _label("r50_s2+r50v2", "tgt", ENS, R50, HALF_B, HALF_A)
+    assert joined == "cross-architecture"  # what comparing the joined strings says
+    members = [
+        _label("r50_s2", "tgt", R50_S2, R50, HALF_B, HALF_A),
+        _label("r50v2", "tgt", {**R50, "arch": "ResNet50V2"}, R50, HALF_B, HALF_A),
+    ]
+    assert members == ["surrogate", "cross-architecture"]
+    assert ensemble_relation(members) == "ensemble incl. a surrogate of the target"
+
+
+@pytest.mark.parametrize(
+    ("members", "expected"),
+    [
+        (["white-box", "surrogate"], "ensemble incl. the target"),
+        (["same network, other defence", "cross-architecture"], "ensemble incl. the target"),
+        (["same-data surrogate", "cross-architecture"], "ensemble incl. a surrogate of the target"),
+        (["cross-architecture", "overlapping-data cross-architecture"],
+         "ensemble of other architectures"),
+        (["cross-task", "cross-task"], "cross-task ensemble"),
+    ],
+)  # fmt: skip
+def test_ensemble_relation_from_member_relations(members, expected):
+    assert ensemble_relation(members) == expected
+    assert expected in ENSEMBLE_RELATIONS and expected not in SINGLE_MODEL_RELATIONS
+
+
+def test_ensemble_relation_needs_member_relations():
+    for bad in (["surrogate"], ["surrogate", "ensemble incl. the target"], ["surrogate", "x"]):
+        with pytest.raises(WorkflowError, match="single-model relations of its"):
+            ensemble_relation(bad)
+
+
+def test_every_relation_label_has_an_abbreviation_and_is_one_kind():
+    assert set(ENSEMBLE_RELATIONS) | set(SINGLE_MODEL_RELATIONS) == set(RELATIONS)
+    assert not set(ENSEMBLE_RELATIONS) & set(SINGLE_MODEL_RELATIONS)
+    assert len(set(RELATIONS.values())) == len(RELATIONS)
+    for rel in SINGLE_MODEL_RELATIONS:  # every single-model label relation() can give
+        assert "ensemble" not in rel

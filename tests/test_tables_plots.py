@@ -188,6 +188,37 @@ def test_summary_reports_transfer_inversion(table):
     assert "does not hold" in text and "cross-task (0.200) is stronger than surrogate" in text
 
 
+def test_an_ensemble_is_never_pooled_and_is_shown_beside_its_members(table):
+    df = table.copy()
+    members = ["pneu_r50_s2", "pneu_d121"]
+    ens = df[(df["source"] == "pneu_r50_s2") & (df["eps"] == 8)].copy()
+    ens["source"] = "+".join(members)
+    ens["relation"] = "ensemble incl. a surrogate of the target"
+    ens["member_relations"] = [
+        f"pneu_r50_s2: {_relation('pneu_r50_s2', t)}; pneu_d121: {_relation('pneu_d121', t)}"
+        for t in ens["target"]
+    ]
+    ens["fooling_rate"] = 0.123
+    df = pd.concat([df.assign(member_relations=""), ens], ignore_index=True)
+    text = tables.summary_markdown(df, MODELS, "synthetic")
+    eps8 = text.split("## Data task pneumothorax, attack pgd, eps 8\n", 1)[1].split("##", 1)[0]
+    xa = next(ln for ln in eps8.splitlines() if ln.startswith("| cross-architecture |"))
+    assert xa.split("|")[2].strip() == "4"  # the single-model cells only, no ensemble cell
+    assert "| ensemble incl. a surrogate of the target | 3 |" in eps8
+    block = text.split("## Ensembles beside their members", 1)[1].split("\n## ", 1)[0]
+    row = next(ln for ln in block.splitlines() if "| pneu_r50 | **pneu_r50_s2+pneu_d121**" in ln)
+    assert "| 0.123 [" in row
+    member = next(
+        ln
+        for ln in block.splitlines()
+        if "| pneu_r50 | member pneu_d121 (cross-architecture)" in ln
+    )
+    own = df[(df["source"] == "pneu_d121") & (df["target"] == "pneu_r50") & (df["eps"] == 8)]
+    assert f"| {own['fooling_rate'].iloc[0]:.3f} [" in member
+    # the single-model ordering sentence does not rank the ensemble
+    assert "ensemble incl." not in eps8.split("|\n\n", 1)[-1]
+
+
 # ----------------------------------------------------------------------------------------------
 # Plots
 # ----------------------------------------------------------------------------------------------

@@ -671,10 +671,12 @@ def _check_ensemble_and_uap(r, real, summary):
         assert f.attrs["split"] == "val" and 7 <= np.abs(f["delta"][()]).max() <= 8
         assert len(json.loads(f.attrs["step_losses"])) == f.attrs["steps"] == 16
     e = real[real["source"] == joined].set_index("target")
-    # the ensemble's set is evaluated on every Pneumothorax target; its own members are the
-    # "ensemble with the target" cells
+    # the ensemble's set is evaluated on every Pneumothorax target; its relation comes from its
+    # members' (on a member: "ensemble incl. the target"), never a single-model label
     assert set(ENSEMBLE) <= set(e.index)
-    assert (e.loc[ENSEMBLE, "relation"] == "ensemble with the target").all()
+    assert (e.loc[ENSEMBLE, "relation"] == "ensemble incl. the target").all()
+    assert e["relation"].str.startswith("ensemble").all(), e["relation"]
+    assert "## Ensembles beside their members" in summary
     assert "pneumothorax_small: white-box" in e.loc["pneumothorax_small", "member_relations"]
     assert "pneumothorax_small_s2: surrogate" in e.loc["pneumothorax_small", "member_relations"]
     u = real[(real["attack"] == "uap") & (real["target"] == "cardiomegaly_small")].iloc[0]

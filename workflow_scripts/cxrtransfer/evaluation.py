@@ -10,7 +10,7 @@ import numpy as np
 
 from . import WorkflowError, runconfig
 from .predictions import ADV_COLUMNS, CLEAN_COLUMNS, read_predictions
-from .relations import factors, read_patients, relation
+from .relations import ensemble_relation, factors, read_patients, relation
 from .utils import FIX_DAMAGED
 
 
@@ -109,9 +109,12 @@ def evaluate_adv_set(
             )
         f = _factors(source, target, models, patients, record)
         members = list(models[source].get("members", []))
-        rel = relation(f, models[source]["task"], data_task)
-        if target in members and rel != "cross-task":
-            rel = "ensemble with the target"
+        member_rels = [_relation(m, target, data_task, models, patients, record) for m in members]
+        rel = (
+            ensemble_relation(member_rels)
+            if members
+            else relation(f, models[source]["task"], data_task)
+        )
         cells.append(
             {
                 "source": source,
@@ -121,10 +124,7 @@ def evaluate_adv_set(
                 "eps": float(eps_label),
                 "relation": rel,
                 # an ensemble source: each member's own relation to the target
-                "member_relations": "; ".join(
-                    f"{m}: {_relation(m, target, data_task, models, patients, record)}"
-                    for m in members
-                ),
+                "member_relations": "; ".join(f"{m}: {r}" for m, r in zip(members, member_rels)),
                 "source_arch": models[source]["arch"],
                 "target_arch": models[target]["arch"],
                 **f,

@@ -29,18 +29,7 @@ from .tables import matrices  # noqa: E402
 from .utils import atomic_path  # noqa: E402
 
 DPI = 110
-REL_ABBREV = {
-    "white-box": "WB",
-    "same network, other defence": "ND",
-    "ensemble with the target": "E",
-    "same-data surrogate": "S=",
-    "overlapping-data surrogate": "S~",
-    "surrogate": "S",
-    "same-data cross-architecture": "XA=",
-    "overlapping-data cross-architecture": "XA~",
-    "cross-architecture": "XA",
-    "cross-task": "XT",
-}
+REL_ABBREV = RELATIONS  # label -> abbreviation (declared once, in relations)
 
 
 def _save(fig, out_png: str | os.PathLike) -> None:
@@ -134,11 +123,12 @@ def plot_transfer_heatmap(
             lab.set_horizontalalignment("right")
     fig.suptitle(
         f"{value.replace('_', ' ').capitalize()}: data task {data_task}, attack {attack}\n"
-        "(WB white-box, ND same network, other defence, E ensemble with the target,\n"
-        "S surrogate, XA cross-arch., XT cross-task; = all, ~ some training patients shared)",
+        "(WB white-box, ND same network, other defence, S surrogate, XA cross-arch.,\n"
+        "XT cross-task; = all, ~ some training patients shared; E ensemble: +T incl. the target,\n"
+        "+S incl. a surrogate of it, -XA of other architectures, -XT of other tasks)",
         fontsize=11,
     )
-    fig.subplots_adjust(left=0.08, right=0.9, top=0.76, bottom=0.25, wspace=0.08)
+    fig.subplots_adjust(left=0.08, right=0.9, top=0.72, bottom=0.25, wspace=0.08)
     _save(fig, out_png)
 
 

@@ -10,19 +10,26 @@ from __future__ import annotations
 
 from . import WorkflowError
 
-# Plot and summary order: strongest expected attack first.
-RELATIONS = (
-    "white-box",
-    "same network, other defence",
-    "ensemble with the target",
-    "same-data surrogate",
-    "overlapping-data surrogate",
-    "surrogate",
-    "same-data cross-architecture",
-    "overlapping-data cross-architecture",
-    "cross-architecture",
-    "cross-task",
-)
+# Every relation label with its plot abbreviation, in plot and summary order (strongest
+# expected attack first). An ensemble source has labels of its own, derived from its members'
+# relations (``ensemble_relation``), so its cells are never pooled with single-model cells.
+RELATIONS = {
+    "white-box": "WB",
+    "same network, other defence": "ND",
+    "ensemble incl. the target": "E+T",
+    "ensemble incl. a surrogate of the target": "E+S",
+    "same-data surrogate": "S=",
+    "overlapping-data surrogate": "S~",
+    "surrogate": "S",
+    "ensemble of other architectures": "E-XA",
+    "same-data cross-architecture": "XA=",
+    "overlapping-data cross-architecture": "XA~",
+    "cross-architecture": "XA",
+    "cross-task ensemble": "E-XT",
+    "cross-task": "XT",
+}
+ENSEMBLE_RELATIONS = tuple(r for r in RELATIONS if "ensemble" in r)
+SINGLE_MODEL_RELATIONS = tuple(r for r in RELATIONS if r not in ENSEMBLE_RELATIONS)
 FACTOR_COLUMNS = (
     "same_model",
     "same_arch",
@@ -106,3 +113,27 @@ def relation(f: dict, source_task: str, data_task: str) -> str:
     if overlap <= 0:
         return kind
     return f"{'same' if overlap >= 1 else 'overlapping'}-data {kind}"
+
+
+def ensemble_relation(member_relations: list[str]) -> str:
+    """The relation of an ensemble source to a target, from its members' own relations
+    (``relation`` of each member): it includes the target (or the target's network) if a member
+    is white-box or the same network; else a surrogate of the target if a member has the
+    target's architecture; else it is an ensemble of other architectures; cross-task if every
+    member was trained on another task. Never a single-model label: the string comparison of
+    the joined architectures ("ResNet50+ResNet50V2" vs "ResNet50") called an ensemble with a
+    same-architecture member "cross-architecture"."""
+    rels = list(member_relations)
+    unknown = sorted(set(rels) - set(SINGLE_MODEL_RELATIONS))
+    if len(rels) < 2 or unknown:
+        raise WorkflowError(
+            f"An ensemble's relation needs the single-model relations of its (two or more) "
+            f"members, got {rels}."
+        )
+    if any(r in ("white-box", "same network, other defence") for r in rels):
+        return "ensemble incl. the target"
+    if all(r == "cross-task" for r in rels):
+        return "cross-task ensemble"
+    if any(r.endswith("surrogate") for r in rels):
+        return "ensemble incl. a surrogate of the target"
+    return "ensemble of other architectures"

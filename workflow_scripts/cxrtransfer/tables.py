@@ -17,7 +17,7 @@ import pandas as pd
 from . import WorkflowError
 from .metrics import cell_columns
 from .paths import CONTROL_SUFFIX
-from .relations import RELATIONS
+from .relations import ENSEMBLE_RELATIONS, RELATIONS, SINGLE_MODEL_RELATIONS
 from .utils import atomic_path
 
 ID_COLUMNS = ("data_task", "attack", "eps", "source", "target", "relation")
@@ -289,6 +289,7 @@ def summary_markdown(
         lines.append("")
         lines.append(_ordering_sentence(stats))
         lines.append("")
+    lines += ensemble_lines(real)
     lines += best_attack_lines(real)
     lines += defence_lines(every, models)
     lines += robust_lines(every, models)
@@ -487,6 +488,58 @@ def robust_lines(real: pd.DataFrame, models: dict) -> list[str]:
     return out
 
 
+def _with_ci(row, key: str) -> str:
+    if row is None:
+        return "not run"
+    low, high = row.get(f"{key}_ci_low"), row.get(f"{key}_ci_high")
+    ci = f" [{_fmt(low)}, {_fmt(high)}]" if low is not None and high is not None else ""
+    return f"{_fmt(row[key])}{ci}"
+
+
+def ensemble_lines(real: pd.DataFrame) -> list[str]:
+    """Each ensemble cell beside its members' own cells (same data task, attack, eps and
+    target): the ensemble's fooling rate and adversarial AUROC with CIs and, per member, its
+    relation to the target and the same numbers ("not run" where the grid has no such cell)."""
+    if "member_relations" not in real.columns:
+        return []
+    ens = real[real["relation"].isin(ENSEMBLE_RELATIONS)]
+    if ens.empty:
+        return []
+    lines = [
+        "## Ensembles beside their members",
+        "",
+        "An ensemble's relation to a target is derived from its members' own relations, and its "
+        "cells are never averaged with single-model cells. Each ensemble cell is shown with "
+        "the cells of its members on the same target, attack and eps (fooling rate and "
+        "adversarial AUROC with their CIs).",
+        "",
+        "| data task | attack | eps | target | source (relation) | fooling rate | adv. AUROC |",
+        "| --- | --- | ---: | --- | --- | --- | --- |",
+    ]
+    keys = ["data_task", "attack", "eps", "source", "target"]
+    for _, row in ens.sort_values(keys).iterrows():
+        head = f"| {row['data_task']} | {row['attack']} | {float(row['eps']):g} | {row['target']} "
+        lines.append(
+            f"{head}| **{row['source']}** ({row['relation']}) | "
+            f"{_with_ci(row, 'fooling_rate')} | {_with_ci(row, 'adv_auroc')} |"
+        )
+        for part in str(row["member_relations"]).split("; "):
+            member, _, rel = part.partition(": ")
+            m = real[
+                (real["source"] == member)
+                & (real["target"] == row["target"])
+                & (real["data_task"] == row["data_task"])
+                & (real["attack"] == row["attack"])
+                & (real["eps"].astype(float) == float(row["eps"]))
+            ]
+            cell = m.iloc[0] if len(m) else None
+            lines.append(
+                f"{head}| member {member} ({rel}) | {_with_ci(cell, 'fooling_rate')} | "
+                f"{_with_ci(cell, 'adv_auroc')} |"
+            )
+    return lines + [""]
+
+
 def best_attack_lines(real: pd.DataFrame) -> list[str]:
     """Which attack transferred best to each target relation: per (data task, relation,
     eps) with more than one attack, the attack with the highest mean fooling rate over its
@@ -523,7 +576,13 @@ def best_attack_lines(real: pd.DataFrame) -> list[str]:
 def _ordering_sentence(stats: dict) -> str:
     """Plain words on whether attack strength follows white-box > surrogate > cross-architecture
     > cross-task, judged by mean adversarial AUROC (lower = stronger)."""
-    auc = {r: s["adv_auroc"] for r, s in stats.items() if not math.isnan(s["adv_auroc"])}
+    # the expected ordering is of single models; ensembles are compared with their members
+    # (ensemble_lines)
+    auc = {
+        r: s["adv_auroc"]
+        for r, s in stats.items()
+        if r in SINGLE_MODEL_RELATIONS and not math.isnan(s["adv_auroc"])
+    }
     present = [r for r in RELATIONS if r in auc]
     if len(present) < 2:
         return (
