@@ -15,6 +15,7 @@ from cxrtransfer.metrics import (
     QUANTITIES,
     align_inputs,
     auroc,
+    auroc_ci,
     cell_columns,
     cluster_codes,
     cluster_weights,
@@ -604,3 +605,30 @@ def test_expert_cell_one_class_and_empty_subsets(cell_data):
     out = expert_cell(clean, adv, {"99999999_000.png": 1}, T_TARGET, T_SOURCE, ev, True)
     assert out["n_expert"] == 0 and math.isnan(out["expert_fooling_rate"])
     assert "no test image of this set has an expert label" in out["expert_note"]
+
+
+def test_auroc_ci_resamples_patients_and_matches_a_direct_bootstrap():
+    """The gate's CI against a plain loop: draw patients with replacement, repeat their images,
+    sklearn's AUROC; the two percentile intervals agree to Monte-Carlo error."""
+    rng = np.random.default_rng(5)
+    pid = np.repeat(np.arange(40), 3)  # 3 images per patient, labels shared within a patient
+    y = np.repeat(rng.integers(0, 2, 40), 3)
+    # images of a patient look alike (follow-ups): a patient effect plus a little noise
+    p = np.repeat(rng.normal(size=40), 3) + 0.2 * rng.normal(size=pid.size) + 0.8 * y
+    low, high = auroc_ci(y, p, pid, n_boot=3000, seed=1)
+    direct = []
+    for _ in range(3000):
+        drawn = rng.integers(0, 40, 40)
+        idx = np.concatenate([np.flatnonzero(pid == k) for k in drawn])
+        if 0 < y[idx].sum() < idx.size:
+            direct.append(roc_auc_score(y[idx], p[idx]))
+    ref_low, ref_high = np.quantile(direct, [0.025, 0.975])
+    assert low == pytest.approx(ref_low, abs=0.03) and high == pytest.approx(ref_high, abs=0.03)
+    assert low < roc_auc_score(y, p) < high
+    # an image-level bootstrap of these clustered images is narrower: patients are the unit
+    w_img = auroc_ci(y, p, np.arange(pid.size), n_boot=3000, seed=1)
+    assert (w_img[1] - w_img[0]) < (high - low)
+    # multi-label: the mean over the labels' AUROCs; two copies of one label give its CI
+    two = auroc_ci(np.stack([y, y], 1), np.stack([p, p], 1), pid, n_boot=3000, seed=1)
+    assert two == pytest.approx((low, high))
+    assert all(math.isnan(v) for v in auroc_ci(y[:3], p[:3], pid[:3], n_boot=100))  # 1 patient

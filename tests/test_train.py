@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from cxrtransfer import WorkflowError
 from cxrtransfer import train as train_module
-from cxrtransfer.train import TRAINING_DEFAULTS, check_quality
+from cxrtransfer.train import TRAINING_DEFAULTS, check_quality, gate_ci
 
 
 def _settings(**kw):
@@ -62,6 +62,8 @@ def test_outputs_and_metrics_agree_with_recomputation(trained, pneumothorax_shar
     for split in ("val", "test"):
         for k in ("auc", "accuracy", "sensitivity", "specificity"):
             assert k in saved[split]
+    low, high = saved["val"]["auc_ci"]  # the gate's patient-bootstrap CI, recorded
+    assert 0.5 < low <= saved["val"]["auc"] <= high
     assert 0 <= saved["threshold"] <= 1 and saved["epochs_run"] >= 1 and saved["wall_time_s"] > 0
     assert len(pd.read_csv(out / "history.csv")) == saved["epochs_run"]
     model = keras.models.load_model(out / "model.keras", safe_mode=True, compile=False)
@@ -164,12 +166,49 @@ def test_changed_settings_do_not_resume_stale_state(root, tmp_path, pneumothorax
 
 def test_collapsed_model_fails_clearly():
     s = _settings(min_val_auc=0.6)
-    good = {"auc": 0.9, "predicted_positive_fraction": 0.3}
+    good = {"auc": 0.9, "predicted_positive_fraction": 0.3, "auc_ci": [0.8, 0.97]}
     with pytest.raises(WorkflowError, match="did not learn"):
         check_quality(s, {"auc": 0.5, "predicted_positive_fraction": 0.0}, np.full(10, 0.3))
     with pytest.raises(WorkflowError, match="predicts one class for every validation"):
         check_quality(s, {"auc": 0.8, "predicted_positive_fraction": 1.0}, np.zeros(3))
     check_quality(s, good, np.linspace(0, 1, 10))  # a healthy model passes
+
+
+def _scored(n_patients: int, auc_shift: float, seed: int) -> dict:
+    """Validation predictions of ``n_patients`` patients with 2 images each whose scores
+    separate the classes by ``auc_shift`` standard deviations (AUROC ~0.6 for 0.35)."""
+    rng = np.random.default_rng(seed)
+    pid = np.repeat(np.arange(n_patients), 2)
+    y = rng.integers(0, 2, pid.size)
+    return {"labels": y, "probs": rng.normal(size=pid.size) + auc_shift * y, "patient_id": pid}
+
+
+def test_the_gate_refuses_a_point_auroc_that_its_ci_does_not_support():
+    """The audit's case: a point validation AUROC of ~0.61 on 59 images passed min_val_auc
+    0.6 (its test AUROC was 0.415). Its patient-bootstrap CI reaches below 0.5: refused. The
+    same separation on many patients is shown to beat chance and passes."""
+    from cxrtransfer.metrics import auroc
+
+    s = _settings(min_val_auc=0.6)
+    found = None
+    for seed in range(500):  # a small set whose point AUROC is just above the old gate
+        small = _scored(30, 0.35, seed)
+        point = float(auroc(small["labels"], small["probs"]))
+        if 0.6 <= point <= 0.65:
+            found = small
+            break
+    assert found is not None
+    val = {"auc": point, "predicted_positive_fraction": 0.5, "n": 60, **gate_ci(small)}
+    low, high = val["auc_ci"]
+    assert low <= 0.5 < point <= high
+    with pytest.raises(WorkflowError, match=r"not shown to be better than chance.*CI \["):
+        check_quality(s, val, small["probs"])
+    big = _scored(1500, 0.5, 1)
+    point = float(auroc(big["labels"], big["probs"]))
+    val = {"auc": point, "predicted_positive_fraction": 0.5, "n": 3000, **gate_ci(big)}
+    assert 0.5 < val["auc_ci"][0] <= point <= val["auc_ci"][1]
+    check_quality(s, val, big["probs"])
+    assert "patient bootstrap" in val["auc_ci_rule"]
 
 
 def test_zero_positives_fail_clearly(pneumothorax_shards, tmp_path):

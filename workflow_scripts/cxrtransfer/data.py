@@ -63,6 +63,16 @@ def shard_arrays(paths, image_size: int, patients: set[int] | None = None, targe
         yield imgs, labels[idx], names[idx]
 
 
+def shard_patient_ids(paths) -> np.ndarray:
+    """The patient id of every image of ``paths``, in the order ``shard_arrays`` yields them
+    (no patient filter), read without decoding images."""
+    out = []
+    for p in paths:
+        with open_shard(p) as f:
+            out.append(f["patient_id"][...].astype(np.int64))
+    return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
 def label_summary(paths, image_size: int, patients: set[int] | None = None) -> dict:
     """Negatives ``n0``, positives ``n1`` and the sorted unique ``patient_ids`` of the images
     of ``paths`` (only ``patients`` if given), read without decoding images."""

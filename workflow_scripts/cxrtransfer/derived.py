@@ -34,6 +34,7 @@ def finish_derived_model(
         _test_metrics,
         _write_outputs,
         binary_metrics,
+        gate_ci,
         youden_threshold,
     )
 
@@ -44,7 +45,7 @@ def finish_derived_model(
     label = settings.get("label") or label or f"{settings['task']} finding"
     val = predict_shards(model, val_shards, image_size)
     threshold = youden_threshold(val["labels"], val["probs"])
-    val_metrics = binary_metrics(val["labels"], val["probs"], threshold)
+    val_metrics = {**binary_metrics(val["labels"], val["probs"], threshold), **gate_ci(val)}
     test_metrics = _test_metrics({**settings, "name": name}, model, test_shards, threshold)
     metrics = {
         "model": name,

@@ -124,7 +124,9 @@ def evaluate_adv_set(
                 "eps": float(eps_label),
                 "relation": rel,
                 # an ensemble source: each member's own relation to the target
-                "member_relations": "; ".join(f"{m}: {r}" for m, r in zip(members, member_rels)),
+                "member_relations": "; ".join(
+                    f"{m}: {r}" for m, r in zip(members, member_rels, strict=True)
+                ),
                 "source_arch": models[source]["arch"],
                 "target_arch": models[target]["arch"],
                 **f,

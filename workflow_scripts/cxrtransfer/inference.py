@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import WorkflowError
-from .data import shard_arrays
+from .data import shard_arrays, shard_patient_ids
 
 INPUT_DTYPES = ("uint8", "float32")
 
@@ -63,8 +63,9 @@ def predict_shards(
     predict_fn=None,
     multilabel: bool = False,
 ) -> dict:
-    """Stream shards through the model; returns labels, probs, image_index (one shard in memory).
-    ``multilabel``: labels are the shards' targets (N, K) and probs every output column (N, K)."""
+    """Stream shards through the model; returns labels, probs, image_index and patient_id (one
+    shard in memory). ``multilabel``: labels are the shards' targets (N, K) and probs every
+    output column (N, K)."""
     fn = predict_fn or make_predict_fn(model, all_columns=multilabel)
     labels, probs, names = [], [], []
     for imgs, y, n in shard_arrays(paths, image_size, targets=multilabel):
@@ -75,4 +76,5 @@ def predict_shards(
         "labels": np.concatenate(labels),
         "probs": np.concatenate(probs),
         "image_index": np.concatenate(names),
+        "patient_id": shard_patient_ids(paths),
     }

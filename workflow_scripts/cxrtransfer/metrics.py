@@ -559,10 +559,44 @@ def _bootstrap(statistic_of_weights, codes, n_clusters, n_boot, confidence, seed
             method="percentile",
             rng=np.random.default_rng(seed),
         )
-    dist = np.asarray(res.bootstrap_distribution, dtype=float).reshape(len(QUANTITIES), -1)
+    dist = np.asarray(res.bootstrap_distribution, dtype=float).reshape(-1, n_boot)
     low = np.array(res.confidence_interval.low, dtype=float).reshape(-1)
     high = np.array(res.confidence_interval.high, dtype=float).reshape(-1)
     return dist, low, high
+
+
+def auroc_ci(
+    label, prob, patient_id, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Patient-bootstrap percentile CI of a model's AUROC on one split (the quality gate's).
+
+    ``label`` and ``prob`` (n,) for a binary model, or (n, K) for a multi-label one, whose
+    AUROC is the mean over the labels with both classes (per resample, over the labels with
+    both classes in that resample). Patients are resampled with all their images, as in
+    ``compute_cell``. Resamples where the AUROC is undefined are left out; (nan, nan) when
+    fewer than 2 patients or every resample is undefined."""
+    label, prob = np.asarray(label), np.asarray(prob, dtype=float)
+    if label.ndim == 1:
+        label, prob = label[:, None], prob[:, None]
+    codes, n_clusters = cluster_codes(patient_id, "patient")
+    if len(codes) != len(label):
+        raise ValueError("auroc_ci: one patient id per image is needed")
+    if n_boot < 2 or n_clusters < 2:
+        return float("nan"), float("nan")
+
+    def statistic_of_weights(w):
+        per = np.stack([auroc(label[:, k], prob[:, k], w) for k in range(label.shape[1])])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN resamples
+            return np.nanmean(per, axis=0)[None]
+
+    dist = _bootstrap(statistic_of_weights, codes, n_clusters, int(n_boot), confidence, seed)[0]
+    d = dist[0][np.isfinite(dist[0])]
+    if d.size < 2:
+        return float("nan"), float("nan")
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(d, [alpha, 1.0 - alpha])
+    return float(low), float(high)
 
 
 def compute_cell(

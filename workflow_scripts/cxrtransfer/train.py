@@ -586,6 +586,7 @@ def _select(settings: dict, work: Path, val_shards):
     if is_multilabel(settings):
         val = predict_shards(best, val_shards, settings["image_size"], multilabel=True)
         val_metrics = multilabel_metrics(val["labels"], val["probs"], settings["labels"])
+        val_metrics.update(gate_ci(val, int(settings["seed"])))
         thresholds = {
             lab: youden_threshold(val["labels"][:, k], val["probs"][:, k])
             for k, lab in enumerate(settings["labels"])
@@ -596,6 +597,7 @@ def _select(settings: dict, work: Path, val_shards):
     val = predict_shards(best, val_shards, settings["image_size"])
     threshold = youden_threshold(val["labels"], val["probs"])
     val_metrics = binary_metrics(val["labels"], val["probs"], threshold)
+    val_metrics.update(gate_ci(val, int(settings["seed"])))
     check_quality(settings, val_metrics, val["probs"])
     return best, threshold, val_metrics
 
@@ -758,9 +760,50 @@ def train_model(
     return {**metrics, "train_patients_path": str(out / "train_patients.txt")}
 
 
+# The gate's bootstrap: resamples and level of the validation AUROC's patient-bootstrap CI.
+GATE_N_BOOT = 2000
+GATE_CONFIDENCE = 0.95
+# A model is refused when the CI's lower bound is at or below chance.
+GATE_CHANCE = 0.5
+
+
+def gate_ci(val: dict, seed: int = 0) -> dict:
+    """``auc_ci`` (the validation AUROC's patient-bootstrap CI of predictions ``val``: labels,
+    probs, patient_id) and ``auc_ci_rule``, recorded in metrics.json beside the point AUROC."""
+    from .metrics import auroc_ci
+
+    low, high = auroc_ci(
+        val["labels"], val["probs"], val["patient_id"], GATE_N_BOOT, GATE_CONFIDENCE, seed
+    )
+    return {
+        "auc_ci": [low, high],
+        "auc_ci_rule": (
+            f"{GATE_CONFIDENCE:.0%} percentile patient bootstrap ({GATE_N_BOOT} resamples, seed "
+            f"{seed}); the gate refuses a lower bound <= {GATE_CHANCE}"
+        ),
+    }
+
+
+def _gate_ci_message(settings: dict, val_metrics: dict, what: str) -> str | None:
+    low, high = val_metrics.get("auc_ci", (float("nan"), float("nan")))
+    if (np.isfinite(low) and low > GATE_CHANCE) or not settings["min_val_auc"] > 0:
+        return None  # min_val_auc 0: the quality gate is off
+    return (
+        f"Model '{settings['name']}' is not shown to be better than chance on its validation "
+        f"split: {what} {val_metrics['auc']:.3f} with {GATE_CONFIDENCE:.0%} patient-bootstrap CI "
+        f"[{low:.3f}, {high:.3f}] (n = {val_metrics.get('n', '?')} images), whose lower bound is "
+        f"not above {GATE_CHANCE}. On a small validation set a point AUROC above min_val_auc can "
+        "be luck (a model with validation AUROC 0.612 on 59 images had test AUROC 0.415). Train "
+        "longer or with other settings, use more validation patients (split fractions, "
+        "data.synthetic sizes), or pretrained weights."
+    )
+
+
 def check_quality(settings: dict, val_metrics: dict, val_probs: np.ndarray) -> None:
-    """Refuse models that learnt nothing (the seed study's clean AUC 0.50). Validation data
-    only: the test split is never an acceptance gate."""
+    """Refuse models that learnt nothing (the seed study's clean AUC 0.50): a validation AUROC
+    below ``min_val_auc``, a CI (``gate_ci``) whose lower bound is at or below chance, or one
+    predicted class for everything. Validation data only: the test split is never an
+    acceptance gate."""
     if not np.isfinite(val_metrics["auc"]) or val_metrics["auc"] < settings["min_val_auc"]:
         spread = float(np.std(val_probs))
         raise WorkflowError(
@@ -777,12 +820,16 @@ def check_quality(settings: dict, val_metrics: dict, val_probs: np.ndarray) -> N
             f"threshold (predicted positive fraction {fraction}). It has collapsed; see its "
             "history.csv and retrain with other settings."
         )
+    message = _gate_ci_message(settings, val_metrics, "validation AUROC")
+    if message:
+        raise WorkflowError(message)
 
 
 def check_multilabel_quality(settings: dict, val_metrics: dict, val_probs: np.ndarray) -> None:
     """The quality gate of a multi-label model (validation data only): the mean validation
     AUROC over the labels with both classes must reach ``min_val_auc`` (the message names the
-    labels below it), and the model must not have collapsed (every output constant)."""
+    labels below it) and its patient-bootstrap CI's lower bound must be above chance, and the
+    model must not have collapsed (every output constant)."""
     per = {k: v for k, v in val_metrics["auc_per_label"].items() if v is not None}
     below = sorted(k for k, v in per.items() if v < settings["min_val_auc"])
     mean = val_metrics["auc"]
@@ -794,6 +841,9 @@ def check_multilabel_quality(settings: dict, val_metrics: dict, val_probs: np.nd
             f"{detail or 'none'}. Train longer (epochs), lower the learning rate, add "
             "warmup_epochs, or use pretrained weights."
         )
+    message = _gate_ci_message(settings, val_metrics, "mean validation AUROC")
+    if message:
+        raise WorkflowError(message)
     spread = np.std(val_probs, axis=0)
     if len(spread) and float(np.max(spread)) < 1e-6:
         raise WorkflowError(
