@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 
 import matplotlib
 
@@ -76,8 +77,9 @@ def plot_transfer_heatmap(
     keys = sorted(mats, key=lambda k: float(k[2]))
     n = len(keys)
     first = mats[keys[0]]
-    w = max(3.2, 1.1 * first.shape[1] + 1.6)
-    h = max(2.8, 0.75 * first.shape[0] + 1.8)
+    same_rows = all(list(mats[k].index) == list(first.index) for k in keys)
+    w = max(3.2, 1.1 * first.shape[1] + 1.6) + (0 if same_rows else 2.5)
+    h = max(2.8, 0.75 * max(mats[k].shape[0] for k in keys) + 1.8) + 0.4
     fig, axes = plt.subplots(1, n, figsize=(w * n + 1.0, h), squeeze=False)
     cbar_ax = fig.add_axes((0.92 + 0.02 / n, 0.2, 0.015, 0.6))
     for j, key in enumerate(keys):
@@ -117,18 +119,34 @@ def plot_transfer_heatmap(
         ax.set_ylabel("source model (attack crafted on)" if j == 0 else "")
         ax.tick_params(axis="x", labelrotation=35)
         ax.tick_params(axis="y", labelrotation=0)
-        if j > 0:  # the rows are the same sources in every panel: label them once
+        if j > 0 and same_rows:  # the rows are the same sources in every panel: label them once
             ax.set_yticklabels([])
         for lab in ax.get_xticklabels():
             lab.set_horizontalalignment("right")
     fig.suptitle(
-        f"{value.replace('_', ' ').capitalize()}: data task {data_task}, attack {attack}\n"
-        "(WB white-box, ND same network, other defence, S surrogate, XA cross-arch.,\n"
-        "XT cross-task; = all, ~ some training patients shared; E ensemble: +T incl. the target,\n"
-        "+S incl. a surrogate of it, -XA of other architectures, -XT of other tasks)",
+        f"{value.replace('_', ' ').capitalize()}: data task {data_task}, attack {attack}",
         fontsize=11,
     )
-    fig.subplots_adjust(left=0.08, right=0.9, top=0.72, bottom=0.25, wspace=0.08)
+    fig.subplots_adjust(
+        left=0.08, right=0.9, top=0.84, bottom=0.3, wspace=0.08 if same_rows else 0.6
+    )
+    # the abbreviations below the lowest axis label (bbox_inches="tight" keeps text that lies
+    # outside the figure), where they cannot collide with panel titles or tick labels
+    renderer = fig.canvas.get_renderer()
+    lowest = min(ax.get_tightbbox(renderer).y0 for ax in axes[0]) / fig.bbox.height
+    legend = (
+        "WB white-box, ND same network, other defence, S surrogate, XA cross-arch., XT "
+        "cross-task; = all, ~ some training patients shared; E ensemble: +T incl. the target, "
+        "+S incl. a surrogate of it, -XA of other architectures, -XT of other tasks"
+    )
+    fig.text(
+        0.5,
+        lowest - 0.02,
+        textwrap.fill(legend, width=max(40, int(fig.get_figwidth() * 11))),
+        ha="center",
+        va="top",
+        fontsize=9,
+    )
     _save(fig, out_png)
 
 
