@@ -44,6 +44,14 @@ ALG = "philox"  # fixed stateless RNG: the same numbers with and without XLA
 # A TI kernel whose centre pixel carries more than this share of its weight does not smooth
 # (nsig 3: size 3 has 0.957, size 5 0.358): it is refused rather than run as a no-op.
 TI_MAX_CENTRE_WEIGHT = 0.5
+
+
+def steps_to_reach(eps: float, step: float) -> int:
+    """The fewest steps of size ``step`` whose sum reaches ``eps`` (same units): an iterative
+    attack (or a universal perturbation) with fewer cannot reach the budget its label says."""
+    return math.ceil(eps / step - 1e-9)
+
+
 _CONFIG_KEYS = {
     "method",
     "norm",
@@ -155,7 +163,7 @@ class AttackSpec:
                     f"an iterative attack with {self.steps} steps; use step <= eps "
                     "(e.g. step_fraction: 0.25)."
                 )
-            if not self.random_start and self.steps * self.step < self.eps * (1 - 1e-9):
+            if not self.random_start and self.steps < steps_to_reach(self.eps, self.step):
                 raise WorkflowError(
                     f"Attack steps x step = {self.steps} x {self.step:g} = "
                     f"{self.steps * self.step:g} is below eps {self.eps:g} ({unit} units): the "

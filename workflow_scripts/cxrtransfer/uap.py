@@ -6,8 +6,8 @@ mean clamped cross-entropy with respect to the one perturbation, a signed step, 
 onto the eps ball), never on test images. Crafting counts optimiser steps (one minibatch
 each), not passes over the images: on a small crafting set a pass is one step, and a few
 signed steps of eps/10 cannot reach eps. A perturbation whose largest entry stays more than
-one grey level below its label's eps fails the job (``attack_cache.check_reached``); stored as integer grey levels, so adding it to a
-uint8 image gives exactly the evaluated image; then applied to any data task's test set as an
+one grey level below its label's eps fails the job (``attack_cache.check_reached``). Stored
+as integer grey levels, so adding it to a uint8 image gives exactly the evaluated image; then applied to any data task's test set as an
 adversarial set (``attack_job``), evaluated on every target like the other sets.
 
 Config (one entry of ``attacks:``)::
@@ -30,6 +30,7 @@ import numpy as np
 
 from . import WorkflowError
 from .attack_cache import check_reached
+from .attacks import steps_to_reach
 from .utils import FIX_DAMAGED, LOG, atomic_path
 
 METHOD = "uap"
@@ -75,10 +76,10 @@ class UapSpec:
             raise WorkflowError(f"eps must be > 0 (1/255 units), got {self.eps}.")
         if not (0 < self.step <= self.eps):
             raise WorkflowError(f"step must be in (0, eps] (1/255 units), got {self.step}.")
-        if self.steps * self.step < self.eps * (1 - 1e-9):
+        if self.steps < steps_to_reach(self.eps, self.step):
             raise WorkflowError(
                 f"steps: {self.steps} signed steps of {self.step:g}/255 cannot reach eps "
-                f"{self.eps:g}/255; give at least {math.ceil(self.eps / self.step - 1e-9)} (the "
+                f"{self.eps:g}/255; give at least {steps_to_reach(self.eps, self.step)} (the "
                 f"default is {default_steps(self.eps, self.step)})."
             )
         if self.max_images < 0:
@@ -110,7 +111,7 @@ class UapSpec:
 def default_steps(eps: float, step: float) -> int:
     """A uap's default number of optimiser steps: four times the steps a constant gradient
     sign needs to reach eps, whatever the crafting set's size."""
-    return 4 * math.ceil(eps / step - 1e-9)
+    return 4 * steps_to_reach(eps, step)
 
 
 def is_uap(attack_cfg: dict) -> bool:
