@@ -369,13 +369,22 @@ def hardened_models(models: dict) -> set[str]:
     return {n for n, f in models.items() if f.get("defence") or f.get("adversarial")}
 
 
-def _cell(real: pd.DataFrame, source: str, target: str, attack: str, eps: float):
+def _cell(
+    real: pd.DataFrame,
+    source: str,
+    target: str,
+    attack: str,
+    eps: float,
+    data_task: str | None = None,
+):
     r = real[
         (real["source"] == source)
         & (real["target"] == target)
         & (real["attack"] == attack)
         & (real["eps"].astype(float) == float(eps))
     ]
+    if data_task is not None:
+        r = r[r["data_task"] == data_task]
     return r.iloc[0] if len(r) else None
 
 
@@ -525,14 +534,7 @@ def ensemble_lines(real: pd.DataFrame) -> list[str]:
         )
         for part in str(row["member_relations"]).split("; "):
             member, _, rel = part.partition(": ")
-            m = real[
-                (real["source"] == member)
-                & (real["target"] == row["target"])
-                & (real["data_task"] == row["data_task"])
-                & (real["attack"] == row["attack"])
-                & (real["eps"].astype(float) == float(row["eps"]))
-            ]
-            cell = m.iloc[0] if len(m) else None
+            cell = _cell(real, member, row["target"], row["attack"], row["eps"], row["data_task"])
             lines.append(
                 f"{head}| member {member} ({rel}) | {_with_ci(cell, 'fooling_rate')} | "
                 f"{_with_ci(cell, 'adv_auroc')} |"
