@@ -30,7 +30,6 @@ from .tables import matrices  # noqa: E402
 from .utils import atomic_path  # noqa: E402
 
 DPI = 110
-REL_ABBREV = RELATIONS  # label -> abbreviation (declared once, in relations)
 
 
 def _save(fig, out_png: str | os.PathLike) -> None:
@@ -73,7 +72,8 @@ def plot_transfer_heatmap(
     rel = {}
     if "relation" in sub.columns:
         for row in sub[["attack", "eps", "source", "target", "relation"]].itertuples(index=False):
-            rel[(float(row.eps), row.source, row.target)] = REL_ABBREV.get(row.relation, "?")
+            abbrev = RELATIONS.get(row.relation, "?")  # label -> its abbreviation
+            rel[(float(row.eps), row.source, row.target)] = abbrev
     keys = sorted(mats, key=lambda k: float(k[2]))
     n = len(keys)
     first = mats[keys[0]]
