@@ -55,8 +55,10 @@ fmt: venv
 	$(BIN)/snakefmt Snakefile rules/
 	$(BIN)/ruff format workflow_scripts tests benchmarks
 
+# Every benchmark in one run; the generated page is docs/BENCHMARKS.md (docs/PERFORMANCE.md is
+# written by hand and links to it; run_all.py refuses to overwrite it).
 bench: venv
-	$(BIN)/python benchmarks/run_all.py --out docs/PERFORMANCE.md
+	$(BIN)/python benchmarks/run_all.py --out docs/BENCHMARKS.md
 
 verify: venv
 	$(BIN)/python -m cxrtransfer.verify --results results $(if $(REMOVE),--remove,)

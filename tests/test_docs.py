@@ -1,9 +1,13 @@
-"""The documentation quotes no typed results of the demo, and says what the bootstrap resamples.
+"""The documentation quotes no typed results of the demo, says what the bootstrap resamples,
+and holds together: README.md is a front door of at most 200 lines, the manual is in docs/,
+every relative link resolves, each metric is defined once (docs/METRICS.md) and the benchmark
+figures are a generated page (docs/BENCHMARKS.md) apart from the hand-written
+docs/PERFORMANCE.md.
 
-Every number that README.md, docs/*.md, results/README.md or the report captions (report/*.rst)
-would quote from a run of the demo goes stale with the next change of the code or config (the
-README once quoted AUROCs 0.89 / 0.99 of an earlier run), so it must come from the run
-(results/tables/summary.md, transfer.csv, metrics.json, the report), not be typed.
+Every number that README.md, CHANGELOG.md, docs/*.md, results/README.md or the report captions
+(report/*.rst) would quote from a run of the demo goes stale with the next change of the code
+or config (the README once quoted AUROCs 0.89 / 0.99 of an earlier run), so it must come from
+the run (results/tables/summary.md, transfer.csv, metrics.json, the report), not be typed.
 ``demo_claims`` finds such claims: a metric (AUROC, fooling rate, transfer rate, ...) and a
 number of its kind (a decimal or a percentage) in one sentence, list item or table row, or a
 Markdown table whose header names a metric and whose rows hold such numbers. Not claims: a
@@ -13,17 +17,29 @@ measured it (a number after tests/....py, benchmarks/....py or `make bench` in i
 and the phrases in ``NOT_DEMO`` with the reason. Fast: no TensorFlow.
 """
 
+import importlib
 import re
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = sorted(
-    [ROOT / "README.md", ROOT / "results" / "README.md"]
-    + list((ROOT / "docs").glob("*.md"))
-    + list((ROOT / "report").glob("*.rst"))
+README = ROOT / "README.md"
+# The manual behind the front door (issue 26, item 5); docs/*.md may hold more pages.
+DOC_PAGES = (
+    "CONFIGURATION.md",
+    "MODELS.md",
+    "ATTACKS.md",
+    "METRICS.md",
+    "REAL_DATA.md",
+    "RUNNING.md",
+    "CLUSTER.md",
+    "PERFORMANCE.md",
+    "BENCHMARKS.md",
 )
+README_MAX_LINES = 200
+MARKDOWN = sorted([README, ROOT / "CHANGELOG.md"] + list((ROOT / "docs").glob("*.md")))
+DOCS = sorted(MARKDOWN + [ROOT / "results" / "README.md"] + list((ROOT / "report").glob("*.rst")))
 
 METRIC = re.compile(
     r"(?<![\w-])(?:AUROCs?|AUCs?|(?:fooling|transfer|flip|attack success|success) rates?|"
@@ -202,8 +218,8 @@ def _sentences_about(text: str, word: str) -> list[str]:
 
 
 def test_the_report_says_the_bootstrap_resamples_patients():
-    """cxrtransfer.metrics.compute_cell resamples patients (cluster="patient", the only unit
-    the evaluation uses): the report's pages must not say images."""
+    """compute_cell (cxrtransfer.metrics.measures) resamples patients (cluster="patient", the
+    only unit the evaluation uses): the report's pages and the docs must not say images."""
     page = _rendered_workflow_page()
     about = _sentences_about(page, "bootstrap")
     assert about, "report/workflow.rst no longer describes the bootstrap"
@@ -211,11 +227,24 @@ def test_the_report_says_the_bootstrap_resamples_patients():
     assert "patients" in text
     assert not re.search(r"\bover images\b|\bresampl\w* (?:the )?images\b|image-level", text)
     assert "95% confidence intervals" in " ".join(page.split())  # evaluation.confidence 0.95
-    for path in sorted((ROOT / "report").glob("*.rst")) + [ROOT / "README.md"]:
+    for path in sorted((ROOT / "report").glob("*.rst")) + MARKDOWN:
         for s in _sentences_about(path.read_text(), "bootstrap"):
-            if "image-level bootstrap" in s:  # the README's comparison with the wrong unit
+            if "image-level bootstrap" in s:  # docs/METRICS.md's comparison with the wrong unit
                 continue
             assert not re.search(r"\bover images\b|\bresampl\w* (?:the )?images\b", s), (path, s)
+
+
+def _first_module(names: tuple[str, ...], attr: str | None = None):
+    """The first of ``names`` that imports (and has ``attr``): the library is moving into
+    packages (issue 26), so the test names the new module first and the old one after it."""
+    for name in names:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if attr is None or hasattr(module, attr):
+            return module
+    raise AssertionError(f"none of {names} imports" + (f" with {attr}" if attr else ""))
 
 
 def test_the_evaluation_resamples_patients():
@@ -223,7 +252,215 @@ def test_the_evaluation_resamples_patients():
     patient (compute_cell's default, never overridden by the evaluation)."""
     import inspect
 
-    from cxrtransfer import evaluation, metrics
+    metrics = _first_module(
+        ("cxrtransfer.metrics.measures", "cxrtransfer.evaluate.cells", "cxrtransfer.metrics"),
+        "compute_cell",
+    )
+    evaluation = _first_module(("cxrtransfer.evaluate.sets", "cxrtransfer.evaluation"))
 
     assert inspect.signature(metrics.compute_cell).parameters["cluster"].default == "patient"
     assert "cluster=" not in inspect.getsource(evaluation)
+
+
+# ----------------------------------------------------------------------------------------------
+# The front door and the manual behind it
+# ----------------------------------------------------------------------------------------------
+
+
+def _strip_fences(text: str) -> str:
+    """Markdown without its fenced code blocks."""
+    return re.sub(r"^(```|~~~).*?^\1[^\n]*$", "", text, flags=re.S | re.M)
+
+
+def _without_code(text: str) -> str:
+    """Markdown without fenced code blocks and inline code spans (links there are not links)."""
+    return re.sub(r"`[^`\n]*`", "", _strip_fences(text))
+
+
+LINK = re.compile(
+    r"!?\[(?:[^\[\]]|\[[^\[\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+(?:\"[^\"]*\"|'[^']*'))?\s*\)"
+)
+REFERENCE = re.compile(r"^\s{0,3}\[[^\]]+\]:\s*<?(\S+?)>?(?:\s+.*)?$", re.M)
+
+
+def _links(text: str) -> list[str]:
+    """The targets of the inline, image and reference links of a Markdown text."""
+    text = _without_code(text)
+    return LINK.findall(text) + REFERENCE.findall(text)
+
+
+def _anchors(path: Path) -> set[str]:
+    """The heading anchors GitHub gives a Markdown file (lower case, punctuation dropped,
+    spaces to hyphens, -1, -2, ... for repeats)."""
+    anchors, seen = set(), {}
+    text = _strip_fences(path.read_text())
+    for m in re.finditer(r"^#{1,6}\s+(.+?)\s*#*\s*$", text, re.M):
+        title = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", m.group(1))  # a link's text
+        slug = re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
+        n = seen.get(slug, 0)
+        seen[slug] = n + 1
+        anchors.add(slug if n == 0 else f"{slug}-{n}")
+    return anchors
+
+
+def _generated_by_the_run(rel: str) -> bool:
+    """Whether ``rel`` (relative to the repository) is a file the default study's run writes:
+    it matches a path template of the results tree and names the default config's tasks,
+    attacks and models, with the attack in a grid entry of that task."""
+    import yaml
+
+    paths = _first_module(("cxrtransfer.core.paths", "cxrtransfer.paths"))
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    known = {
+        "task": set(config["tasks"]),
+        "data_task": set(config["tasks"]),
+        "attack": set(config["attacks"]),
+        "model": set(config["models"]),
+        "source": set(config["models"]),
+        "target": set(config["models"]),
+    }
+    for template in vars(paths).values():
+        if not (isinstance(template, str) and template.startswith(f"{paths.RESULTS}/")):
+            continue
+        pattern = re.sub(
+            r"\\\{(\w+)\\\}", lambda m: f"(?P<{m.group(1)}>[^/]+)", re.escape(template)
+        )
+        m = re.fullmatch(pattern, rel)
+        if not m:
+            continue
+        values = m.groupdict()
+        if any(v not in known[k] for k, v in values.items() if k in known):
+            continue
+        if "attack" in values and "data_task" in values:
+            tasks_of = {}
+            for entry in config["grid"]:
+                task = entry.get("data_task", "own")
+                for attack in entry["attacks"]:
+                    tasks_of.setdefault(attack, set()).add(task)
+            if not tasks_of.get(values["attack"], set()) & {values["data_task"], "own"}:
+                continue
+        return True
+    return False
+
+
+def test_the_manual_pages_exist_and_the_readme_links_them():
+    links = {t.split("#")[0] for t in _links(README.read_text())}
+    for page in DOC_PAGES:
+        assert (ROOT / "docs" / page).is_file(), f"docs/{page} is missing"
+        assert f"docs/{page}" in links, f"README.md does not link docs/{page}"
+    assert (ROOT / "CHANGELOG.md").is_file() and "CHANGELOG.md" in links
+
+
+def test_the_readme_is_a_front_door():
+    n = len(README.read_text().splitlines())
+    assert n <= README_MAX_LINES, (
+        f"README.md has {n} lines (at most {README_MAX_LINES}): move the manual's parts to docs/"
+    )
+
+
+@pytest.mark.parametrize("path", MARKDOWN, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_relative_link_resolves(path):
+    """Every relative link of README.md, CHANGELOG.md and docs/*.md points to a file of the
+    repository (and to a heading of it, for a Markdown file with an anchor), or to a file the
+    default run writes under results/ (the headline figure, git-ignored)."""
+    bad = []
+    for target in _links(path.read_text()):
+        if re.match(r"[a-z][a-z0-9+.-]*:", target, re.I):  # https:, mailto:, ...
+            continue
+        file, _, anchor = target.partition("#")
+        dest = (path.parent / file).resolve() if file else path
+        try:
+            rel = dest.relative_to(ROOT).as_posix()
+        except ValueError:
+            bad.append(f"{target}: outside the repository")
+            continue
+        if not dest.exists():
+            if not _generated_by_the_run(rel):
+                bad.append(f"{target}: no such file (nor one the default run writes)")
+            continue
+        if anchor and dest.suffix == ".md" and anchor not in _anchors(dest):
+            bad.append(f"{target}: {rel} has no heading #{anchor}")
+    assert not bad, f"{path.relative_to(ROOT)}:\n- " + "\n- ".join(bad)
+
+
+def test_the_link_checker_itself(tmp_path):
+    text = (
+        "[a](docs/METRICS.md) ![f](results/plots/heatmap/x.png 'title') `[no](link.md)`\n"
+        "```\n[no](fenced.md)\n```\n[ref]: CHANGELOG.md\n[b](#the-stages) [c](https://x.org/)"
+    )
+    assert _links(text) == [
+        "docs/METRICS.md",
+        "results/plots/heatmap/x.png",
+        "#the-stages",
+        "https://x.org/",
+        "CHANGELOG.md",
+    ]
+    page = tmp_path / "p.md"
+    page.write_text("# A `code` heading, (with) punctuation\n## Twice\n## Twice\n```\n# no\n```\n")
+    assert _anchors(page) == {"a-code-heading-with-punctuation", "twice", "twice-1"}
+    assert _generated_by_the_run("results/plots/heatmap/pneumothorax_pgd.png")
+    assert not _generated_by_the_run("results/plots/heatmap/pneumothorax_nope.png")
+    assert not _generated_by_the_run("results/plots/heatmap/cardiomegaly_ti_mi.png")  # no grid
+
+
+def _metric_rows(text: str) -> list[str]:
+    """The names a Markdown table defines: the backticked names opening its rows."""
+    names = []
+    for row in re.findall(r"^\|\s*(`[^|]*)\|", _strip_fences(text), re.M):
+        names += re.findall(r"`([^`]+)`", row.split("(")[0])
+    return names
+
+
+def test_each_metric_is_defined_once():
+    """docs/METRICS.md's table defines every metric; no other page has a table row that
+    defines one of them again (they link to docs/METRICS.md instead)."""
+    metrics_page = ROOT / "docs" / "METRICS.md"
+    defined = set(_metric_rows(metrics_page.read_text()))
+    for name in ("transfer_rate", "fooling_rate", "flip_rate", "clean_auroc", "adv_auroc"):
+        assert name in defined, f"docs/METRICS.md does not define {name}"
+    for path in MARKDOWN + [ROOT / "results" / "README.md"]:
+        if path == metrics_page:
+            continue
+        again = defined & set(_metric_rows(path.read_text()))
+        assert not again, f"{path.relative_to(ROOT)} defines {sorted(again)} again"
+
+
+def _run_all():
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        return importlib.import_module("run_all")
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def test_the_benchmark_figures_are_a_generated_page_apart_from_the_notes():
+    """`make bench` writes docs/BENCHMARKS.md (a header says it is generated and by which
+    command) and refuses the hand-written docs/PERFORMANCE.md, which links to it."""
+    run_all = _run_all()
+    assert re.search(
+        r"^bench:.*\n\t\$\(BIN\)/python benchmarks/run_all\.py --out docs/BENCHMARKS\.md$",
+        (ROOT / "Makefile").read_text(),
+        re.M,
+    )
+    assert run_all.MAKE_BENCH == ".venv/bin/python benchmarks/run_all.py --out docs/BENCHMARKS.md"
+    header = "\n".join(
+        run_all.generated_header(run_all.MAKE_BENCH, False, "DATE", "PERFORMANCE.md")
+    )
+    assert header.startswith("# Benchmarks (generated)")
+    assert "**Generated file**" in header and f"`make bench` (`{run_all.MAKE_BENCH}`)" in header
+    assert "[PERFORMANCE.md](PERFORMANCE.md)" in header
+    with pytest.raises(SystemExit, match="written by hand"):
+        run_all.output_path("docs/PERFORMANCE.md")
+    assert run_all.output_path("docs/BENCHMARKS.md") == ROOT / "docs" / "BENCHMARKS.md"
+
+    page = (ROOT / "docs" / "BENCHMARKS.md").read_text()
+    head = "\n".join(page.splitlines()[:4])
+    assert page.startswith("# Benchmarks (generated)")
+    assert "**Generated file**" in head and "benchmarks/run_all.py" in head
+    assert "`make bench`" in head and "(PERFORMANCE.md)" in head
+
+    notes = (ROOT / "docs" / "PERFORMANCE.md").read_text()
+    assert "(BENCHMARKS.md)" in notes
+    assert "Generated file" not in notes and not re.search(r"^Generated by", notes, re.M)
