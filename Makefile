@@ -11,7 +11,7 @@ BBOXES := resources/nih-metadata/BBox_List_2017.csv.gz
 export PATH := $(abspath $(BIN)):$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: demo demo-robust test venv report lint fmt bench clean-results verify fetch-kaggle real-metadata
+.PHONY: demo demo-robust test venv report lint fmt bench clean-results verify fetch-kaggle real-metadata code-versions
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,7 @@ lint: venv
 	$(BIN)/snakefmt --check Snakefile rules/
 	$(BIN)/ruff check workflow_scripts tests benchmarks
 	$(BIN)/ruff format --check workflow_scripts tests benchmarks
+	$(BIN)/lint-imports
 
 fmt: venv
 	$(BIN)/snakefmt Snakefile rules/
@@ -60,12 +61,16 @@ fmt: venv
 bench: venv
 	$(BIN)/python benchmarks/run_all.py --out docs/BENCHMARKS.md
 
+# The table rule script -> library modules in its code version (docs/CODE.md holds its output).
+code-versions: venv
+	$(BIN)/python -m cxrtransfer.plan.code
+
 verify: venv
 	$(BIN)/python -m cxrtransfer.verify --results results $(if $(REMOVE),--remove,)
 
 fetch-kaggle: venv
 	@test -n "$(DEST)" || { echo "usage: make fetch-kaggle DEST=resources/nih-chest-xrays/data"; exit 2; }
-	$(BIN)/python -m cxrtransfer.fetch $(DEST)
+	$(BIN)/python -m cxrtransfer.data.fetch $(DEST)
 
 # The real NIH ChestX-ray14 metadata (112,120 rows, no images) from the torchxrayvision 1.5.7
 # wheel on PyPI (pip download, no install, no torch): config/real_metadata.yaml draws it.
@@ -75,7 +80,7 @@ fetch-kaggle: venv
 real-metadata: $(REAL_METADATA) $(EXPERT_LABELS) $(BBOXES)
 
 $(REAL_METADATA) $(EXPERT_LABELS) $(BBOXES) &: | venv
-	$(BIN)/python -m cxrtransfer.real_metadata $(REAL_METADATA)
+	$(BIN)/python -m cxrtransfer.data.nih_wheel $(REAL_METADATA)
 
 clean-results:
 	rm -rf results/*/ results/report.html

@@ -1,6 +1,6 @@
 """Benchmark PGD implementations on one model, batch and setting (image-steps per second).
 
-Compares: our compiled PGD (cxrtransfer.attacks.make_attack), the same with XLA, an eager
+Compares: our compiled PGD (cxrtransfer.attacks.attack.make_attack), the same with XLA, an eager
 per-step GradientTape loop, ART's ProjectedGradientDescent, and the bound: one forward+backward
 pass w.r.t. the input in a tf.function, timed per step. Optionally the compiled PGD and the bound
 under a Keras mixed-precision policy.
@@ -76,8 +76,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import keras
     import tensorflow as tf
-    from cxrtransfer.attacks import AttackSpec, cross_entropy, make_attack
-    from cxrtransfer.models import build_model
+    from cxrtransfer.attacks.attack import AttackSpec, cross_entropy, make_attack
+    from cxrtransfer.models.build import build_model
 
     n, s, steps = args.batch, args.image_size, args.steps
     spec = AttackSpec("pgd", "linf", eps=args.eps, step=args.eps / 4, steps=steps)
@@ -279,7 +279,7 @@ def main(argv=None) -> int:
             )
 
     if args.json:
-        from cxrtransfer.utils import write_json
+        from cxrtransfer.core.files import write_json
 
         write_json(
             args.json,

@@ -214,7 +214,7 @@ def grid_scaling(work: Path, sizes) -> dict:
 
 
 def _n_sets(cfg: dict) -> int:
-    from cxrtransfer import plan
+    from cxrtransfer.plan import study as plan
 
     return len(plan.adversarial_sets(cfg))
 
@@ -322,7 +322,7 @@ def make_nih_standin(root: Path, seed: int = 0) -> dict:
 def make_real_metadata_download(root: Path, metadata: str) -> dict:
     """The synthetic download drawn for every row of a real metadata table, with the data
     settings of config/real_metadata.yaml; returns the generator's counts."""
-    from cxrtransfer.synthetic import SyntheticSpec, generate
+    from cxrtransfer.data.synthetic import SyntheticSpec, generate
 
     cfg = yaml.safe_load((ROOT / "config" / "real_metadata.yaml").read_text())
     synth = {**cfg["data"]["synthetic"], "metadata": str(Path(metadata).resolve())}
@@ -456,7 +456,7 @@ def nih_planning(work: Path, args) -> dict:
 
 def forward_flops(arch: str, size: int) -> float:
     import tensorflow as tf
-    from cxrtransfer.models import build_model
+    from cxrtransfer.models.build import build_model
     from tensorflow.python.framework.convert_to_constants import (
         convert_variables_to_constants_v2_as_graph,
     )
@@ -475,9 +475,9 @@ def forward_flops(arch: str, size: int) -> float:
 
 def gpu_estimate(cfg: dict, splits: dict, flops: dict) -> dict:
     """FLOPs of the study: training, attacks, predictions (see the formula in the output)."""
-    from cxrtransfer import plan
-    from cxrtransfer.attacks import spec_from_config
-    from cxrtransfer.train import model_settings
+    from cxrtransfer.attacks.attack import spec_from_config
+    from cxrtransfer.models.train import model_settings
+    from cxrtransfer.plan import study as plan
 
     train_f = 0.0
     per_model = {}

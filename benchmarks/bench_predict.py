@@ -1,6 +1,6 @@
 """Benchmark batched inference on uint8 images (images/s, interleaved, median of repeats).
 
-- ours:     cxrtransfer.inference.predict_probs with its compiled predict function traced once
+- ours:     cxrtransfer.models.inference.predict_probs with its compiled predict function traced once
             (as predict_shards and the predict rules use it), uint8 in, batch 128
 - baseline: model.predict with default arguments (batch 32; verbose=0 only to keep the log
             clean) on the same images converted to float32 [0, 1] (the conversion is timed)
@@ -34,8 +34,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import keras
     import tensorflow as tf
-    from cxrtransfer.inference import make_predict_fn, predict_probs
-    from cxrtransfer.models import build_model
+    from cxrtransfer.models.build import build_model
+    from cxrtransfer.models.inference import make_predict_fn, predict_probs
 
     s, n, bs = args.image_size, args.images, args.batch
     model = build_model(args.arch, s, "none", seed=0)

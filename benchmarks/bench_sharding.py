@@ -2,7 +2,7 @@
 
 Measures in one run, interleaved (images/s, median of repeats after a warm-up):
 
-- ours:   cxrtransfer.shards.write_shard(rows, out, 224, attrs, workers=2) (the shard rule);
+- ours:   cxrtransfer.data.shards.write_shard(rows, out, 224, attrs, workers=2) (the shard rule);
           also with workers=1 (per-core efficiency against the one-process naive way)
 - naive:  PIL open, convert("RGB"), resize to 224, float64 array, stack all (one process),
           as such datasets are commonly prepared
@@ -48,8 +48,8 @@ def parse_args(argv=None):
 def generate_pngs(out: Path, n: int, image_size: int):
     """n chest-like PNGs (one per patient) in the Kaggle layout; returns the manifest rows."""
     import pandas as pd
-    from cxrtransfer.ingest import read_data_entry
-    from cxrtransfer.synthetic import SyntheticSpec, generate
+    from cxrtransfer.data.ingest import read_data_entry
+    from cxrtransfer.data.synthetic import SyntheticSpec, generate
 
     spec = SyntheticSpec.from_config(
         dict(
@@ -101,7 +101,7 @@ def decode_bound(paths, workers: int) -> None:
 MEM_SNIPPET = r"""
 import json, resource, sys
 import pandas as pd
-from cxrtransfer.shards import write_shard
+from cxrtransfer.data.shards import write_shard
 rows = pd.read_csv(sys.argv[1], dtype={"image_index": str})
 write_shard(rows, sys.argv[2], 224, {"task": "bench"}, workers=int(sys.argv[3]))
 self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -133,7 +133,7 @@ def shard_job_memory(rows, work: Path, workers: int, n: int) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from cxrtransfer.shards import write_shard
+    from cxrtransfer.data.shards import write_shard
 
     tmp = tempfile.TemporaryDirectory(prefix="bench_sharding_") if not args.workdir else None
     work = Path(args.workdir or tmp.name)

@@ -1,8 +1,8 @@
 """Benchmark one training epoch through the real input pipeline against the model's own step.
 
-- ours:       cxrtransfer.data.make_dataset over HDF5 shards (shuffle, uint8 -> float, the
+- ours:       cxrtransfer.data.datasets.make_dataset over HDF5 shards (shuffle, uint8 -> float, the
               config's augmentation) + model.fit(epochs=1, class_weight=...) with the optimizer,
-              loss and metrics of cxrtransfer.train (no per-epoch callbacks: validation and
+              loss and metrics of cxrtransfer.models.train (no per-epoch callbacks: validation and
               checkpointing are not the input pipeline)
 - ours_noaug: the same without augmentation (how much of the gap augmentation costs)
 - bound:      the same model's forward + backward + optimizer update on one batch already in
@@ -42,9 +42,9 @@ def parse_args(argv=None):
 def make_shards(work: Path, n: int, image_size: int, shard_size: int) -> list[Path]:
     """Synthetic download (128 px PNGs) -> shards at ``image_size`` via the shard writer."""
     import pandas as pd
-    from cxrtransfer.ingest import read_data_entry
-    from cxrtransfer.shards import n_shards, shard_rows, write_shard
-    from cxrtransfer.synthetic import SyntheticSpec, generate
+    from cxrtransfer.data.ingest import read_data_entry
+    from cxrtransfer.data.shards import n_shards, shard_rows, write_shard
+    from cxrtransfer.data.synthetic import SyntheticSpec, generate
 
     spec = SyntheticSpec.from_config(
         dict(seed=64, n_patients=n, max_followups=1, image_size=128, signal=1.5)
@@ -74,9 +74,9 @@ def main(argv=None) -> int:
     import keras
     import tensorflow as tf
     import yaml
-    from cxrtransfer.data import count_labels, make_dataset
-    from cxrtransfer.train import _optimizer, model_settings
-    from cxrtransfer.train import compiled_model as train_compiled_model
+    from cxrtransfer.data.datasets import count_labels, make_dataset
+    from cxrtransfer.models.train import _optimizer, model_settings
+    from cxrtransfer.models.train import compiled_model as train_compiled_model
 
     cfg = yaml.safe_load((common.ROOT / "config" / "config.yaml").read_text())
     cfg["data"]["image_size"] = args.image_size

@@ -106,7 +106,7 @@ def machine_info() -> dict:
 
 
 def write_json(path, obj) -> None:
-    from cxrtransfer.utils import write_json as _w
+    from cxrtransfer.core.files import write_json as _w
 
     _w(path, obj)
 

@@ -1,6 +1,6 @@
 # One job per adversarial set: the source model is loaded once and attacks every test shard
 # (one cache per shard). Finished shards of a killed job are kept, stamped, and reused by its
-# rerun (cxrtransfer.attack_job.attack_set). With noise controls on, the same job also writes
+# rerun (cxrtransfer.attacks.job.attack_set). With noise controls on, the same job also writes
 # each shard's control (the perturbations shuffled per image), scored by the loaded model.
 rule attack:
     input:

@@ -11,12 +11,14 @@ min_version("9.0")
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow_scripts"))
 # Snakefiles share one namespace with Snakemake itself: import modules, not clashing names.
 import cxrtransfer  # noqa: E402
-from cxrtransfer import paths as P  # noqa: E402
-from cxrtransfer import plan  # noqa: E402
-from cxrtransfer import runconfig  # noqa: E402
-import cxrtransfer.boxes  # noqa: E402
-from cxrtransfer.ingest import download_files  # noqa: E402
-from cxrtransfer.train import model_settings  # noqa: E402
+from cxrtransfer.core import paths as P  # noqa: E402
+from cxrtransfer.plan import study as plan  # noqa: E402
+from cxrtransfer.plan import checks as plan_checks  # noqa: E402
+from cxrtransfer.plan import code as plan_code  # noqa: E402
+from cxrtransfer.config import runconfig  # noqa: E402
+import cxrtransfer.data.boxes  # noqa: E402
+from cxrtransfer.data.ingest import download_files  # noqa: E402
+from cxrtransfer.models.train import model_settings  # noqa: E402
 
 # config/config.yaml (in the working directory) is the default study, read only when the run
 # names no config file: `--configfile FILE` runs FILE's study alone, never merged with the
@@ -28,12 +30,12 @@ if not workflow.overwrite_configfiles:
 
 validate(config, "../config/config.schema.yaml")
 try:
-    plan.check_config(config, workflow.basedir)
+    plan_checks.check_config(config, workflow.basedir)
 except cxrtransfer.WorkflowError as e:
     raise SnakemakeWorkflowError(f"Invalid configuration: {e}")
 
 # The planning process publishes its config's hash; a job (on any executor) refuses to compute
-# with another config (cxrtransfer.runconfig; checked again in each job's script).
+# with another config (cxrtransfer.config.runconfig; checked again in each job's script).
 if workflow.is_main_process:
     runconfig.publish_plan(config)
 else:
@@ -77,7 +79,7 @@ def script_path(name):
 
 
 def code(name):
-    return plan.code_version(Path(workflow.basedir) / "workflow_scripts" / f"{name}.py")
+    return plan_code.code_version(Path(workflow.basedir) / "workflow_scripts" / f"{name}.py")
 
 
 def data_dir():
@@ -246,7 +248,7 @@ def expert_label_inputs(w):
 
 
 try:  # data.bboxes: the box file (None: no boxes); a path that does not exist fails here
-    BOX_FILE = cxrtransfer.boxes.resolve(config["data"], data_dir())
+    BOX_FILE = cxrtransfer.data.boxes.resolve(config["data"], data_dir())
 except cxrtransfer.WorkflowError as e:
     raise SnakemakeWorkflowError(f"Invalid configuration: {e}")
 
@@ -338,11 +340,11 @@ def init_inputs(w):
 
 def train_code(w):
     """The code version of a model's training: the train script's; an adversarially trained
-    model's also covers cxrtransfer.adversarial_training and the attack code it runs (imported
-    by name for such models only, so an edit of attacks.py retrains them and no other).
+    model's also covers cxrtransfer.attacks.adversarial_training and the attack code it runs
+    (the script imports it by name for such models only, so an edit of attack code retrains
+    them and no other model).
     """
-    from cxrtransfer import adversarial_training
-
     if not model_settings(config, w.model).get("adversarial"):
         return code("train")
-    return f"{code('train')}-{adversarial_training.code_version()}"
+    adversarial = plan_code.module_code_version("cxrtransfer.attacks.adversarial_training")
+    return f"{code('train')}-{adversarial}"

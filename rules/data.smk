@@ -1,12 +1,12 @@
 # Ingest: the built-in synthetic download (or the user's Kaggle download, read only), the
 # per-task manifests split by patient, and the HDF5 shards. No rule writes into the user's
-# download: fetching it is the explicit command `python -m cxrtransfer.fetch DEST`.
+# download: fetching it is the explicit command `python -m cxrtransfer.data.fetch DEST`.
 
 
-import cxrtransfer.synthetic  # noqa: E402
+import cxrtransfer.data.synthetic  # noqa: E402
 
 try:  # contradictory data.synthetic keys or a missing metadata table fail before any job runs
-    SYNTHETIC_INPUTS = cxrtransfer.synthetic.metadata_inputs(config["data"])
+    SYNTHETIC_INPUTS = cxrtransfer.data.synthetic.metadata_inputs(config["data"])
 except cxrtransfer.WorkflowError as e:
     raise SnakemakeWorkflowError(f"Invalid configuration: {e}")
 
@@ -131,7 +131,7 @@ rule synthetic_expert_labels:
         "../envs/data.yaml"
     params:
         settings=plan.canon(
-            cxrtransfer.synthetic.expert_label_settings(
+            cxrtransfer.data.synthetic.expert_label_settings(
                 config["data"]["synthetic"].get("expert_labels")
             )
         ),

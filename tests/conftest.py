@@ -11,8 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflow_scripts"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from cxrtransfer import runconfig  # noqa: E402
-from cxrtransfer.synthetic import SyntheticSpec, generate  # noqa: E402
+from cxrtransfer.config import runconfig  # noqa: E402
+from cxrtransfer.data.synthetic import SyntheticSpec, generate  # noqa: E402
 
 # The longest test files, longest first (durations measured with `pytest --durations=0`): with
 # `make test` (pytest-xdist, one file per worker at a time, --no-loadscope-reorder) they start
@@ -55,8 +55,8 @@ def small_download(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def pneumothorax_shards(small_download, tmp_path_factory) -> dict:
     """Shards of the Pneumothorax task at 64 px: {split: [paths]}."""
-    from cxrtransfer.ingest import build_manifest
-    from cxrtransfer.shards import n_shards, shard_rows, write_shard
+    from cxrtransfer.data.ingest import build_manifest
+    from cxrtransfer.data.shards import n_shards, shard_rows, write_shard
 
     manifest, _, _ = build_manifest(small_download, "Pneumothorax", 0.2, 1)
     out = tmp_path_factory.mktemp("shards")
@@ -75,7 +75,7 @@ def pneumothorax_shards(small_download, tmp_path_factory) -> dict:
 
 @pytest.fixture(autouse=True)
 def as_a_planned_job():
-    """Library calls in tests run as a job of a planned run would (cxrtransfer.runconfig): the
+    """Library calls in tests run as a job of a planned run would (cxrtransfer.config.runconfig): the
     products they write record a config, which their readers check."""
     runconfig.check_job({}, {runconfig.ENV: runconfig.config_hash({})})
     yield

@@ -10,9 +10,10 @@ import h5py
 import numpy as np
 import pytest
 import yaml
-from cxrtransfer import WorkflowError, plan
-from cxrtransfer import adversarial_training as AT
-from cxrtransfer.train import TRAINING_DEFAULTS, inputs_stamp, model_settings, train_model
+from cxrtransfer import WorkflowError
+from cxrtransfer.attacks import adversarial_training as AT
+from cxrtransfer.models.train import TRAINING_DEFAULTS, inputs_stamp, model_settings, train_model
+from cxrtransfer.plan import checks, code
 
 SIZE = 32
 EPS = 8.0  # training eps and white-box attack eps, 1/255 units
@@ -106,6 +107,7 @@ def trained_pair(blob_shards, tmp_path_factory):
         base / "robust",
         patients=set(range(64, 256)),
         init=_init(base / "clean"),
+        make_trainer=AT.make_trainer,
     )
     return {"clean": (base / "clean", clean), "robust": (base / "robust", robust)}
 
@@ -146,7 +148,7 @@ def test_adversarial_batch_is_in_budget_and_replaces_the_fraction(
     again, _ = AT.adversarial_batch(craft, x, y, adv["fraction"], seed)
     assert np.array_equal(np.asarray(again), x_mix)  # a pure function of (batch, seed)
     if method == "pgd":  # the adversarial half is the study's PGD with the same spec and seed
-        from cxrtransfer.attacks import make_attack
+        from cxrtransfer.attacks.attack import make_attack
 
         ref = make_attack(model, AT.spec_from_settings(adv))(x[:k], y[:k], np.asarray(seed))
         assert np.array_equal(np.asarray(ref), x_mix[:k])
@@ -184,10 +186,10 @@ def test_trades_loss_matches_the_formula():
 
 
 def _short_fit(settings, x, y):
-    from cxrtransfer.train import compiled_model, contract_model, deterministic_ops
+    from cxrtransfer.models.train import compiled_model, contract_model, deterministic_ops
 
     with deterministic_ops(settings["seed"]):
-        model = compiled_model(settings, 2)
+        model = compiled_model(settings, 2, make_trainer=AT.make_trainer)
         before = contract_model(model).get_weights()
         hist = model.fit(
             x, y, batch_size=32, epochs=1, shuffle=False, verbose=0, class_weight={0: 1.0, 1: 2.0}
@@ -211,7 +213,7 @@ def test_trades_training_step_runs_in_fit(blob_shards):
 def _accuracy_under_pgd(model, x, y, threshold: float) -> tuple[float, float]:
     """Clean and white-box PGD (10 steps of eps/4, random start, at the training eps)
     accuracy at the model's threshold."""
-    from cxrtransfer.attacks import make_attack, spec_from_config
+    from cxrtransfer.attacks.attack import make_attack, spec_from_config
 
     spec = spec_from_config(
         {"method": "pgd", "steps": 10, "step_fraction": 0.25, "random_start": True}, EPS
@@ -258,12 +260,14 @@ def test_fine_tuned_model_records_its_start_and_patients(trained_pair):
 
 @pytest.mark.parametrize("adversarial", [False, True])
 def test_init_from_starts_from_the_checkpoint(trained_pair, adversarial):
-    from cxrtransfer.train import compiled_model, contract_model, deterministic_ops
+    from cxrtransfer.models.train import compiled_model, contract_model, deterministic_ops
 
     clean_dir, _ = trained_pair["clean"]
     s = _settings(init_from="blob", **({"adversarial": ADV} if adversarial else {}))
     with deterministic_ops(1):
-        model = compiled_model(s, 8, init_checkpoint=clean_dir / "model.keras")
+        model = compiled_model(
+            s, 8, init_checkpoint=clean_dir / "model.keras", make_trainer=AT.make_trainer
+        )
     start = contract_model(model).get_weights()
     init = _load(clean_dir).get_weights()
     assert len(start) == len(init) and all(
@@ -317,22 +321,6 @@ def test_settings_fill_defaults_and_clean_models_are_unchanged(root):
     assert model_settings(cfg, "pneumothorax_small") == clean
     defaults = AT.ADVERSARIAL_DEFAULTS  # the schema's, written once
     assert (defaults["steps"], defaults["fraction"], defaults["method"]) == (3, 0.5, "pgd")
-
-
-def test_code_version_of_adversarial_training(root):
-    """Clean training's code version leaves the attack code out; CODE_MODULES lists every
-    package module adversarial training imports beyond it."""
-    scripts = root / "workflow_scripts"
-    train = set(plan.library_modules(scripts / "train.py"))
-    assert not train & {"attacks", "adversarial_training"}
-    lib = scripts / "cxrtransfer"
-    seen, todo = set(), {"adversarial_training"}
-    while todo:
-        m = todo.pop()
-        seen.add(m)
-        todo |= plan._imported_modules((lib / f"{m}.py").read_text(), m) - seen
-    assert seen - train == set(AT.CODE_MODULES)
-    assert len(AT.code_version()) == 16
 
 
 # --- (e) config refusals --------------------------------------------------------------------
@@ -395,7 +383,7 @@ def test_config_refusals_name_the_key(root, tiny_config, mutate, match):
     bad = copy.deepcopy(tiny_config)
     mutate(bad)
     with pytest.raises(WorkflowError, match=match):
-        plan.check_config(bad, root)
+        checks.check_config(bad, root)
 
 
 def test_schema_refuses_eps_beyond_the_data_range(root, tiny_config):
@@ -426,6 +414,6 @@ def test_valid_adversarial_config_passes(root, tiny_config):
         "training": {"adversarial": {"eps": 8, "method": "trades", "fraction": 1}},
     }
     validate(cfg, str(root / "config" / "config.schema.yaml"))
-    plan.check_config(cfg, root)
+    checks.check_config(cfg, root)
     s = model_settings(cfg, "pneumothorax_at")
     assert s["adversarial"]["trades_beta"] == 6.0 and s["adversarial"]["steps"] == 3

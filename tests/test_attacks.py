@@ -1,4 +1,4 @@
-"""Tests of cxrtransfer.attacks on small real Keras CNNs trained on a synthetic pattern."""
+"""Tests of cxrtransfer.attacks.attack on small real Keras CNNs trained on a synthetic pattern."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
 from cxrtransfer import WorkflowError  # noqa: E402
-from cxrtransfer.attacks import (  # noqa: E402
+from cxrtransfer.attacks.attack import (
     AttackSpec,
     attack_draws,
     clip_eta,
@@ -35,7 +35,7 @@ from cxrtransfer.attacks import (  # noqa: E402
     ti_kernel_weights,
     within_budget,
 )
-from cxrtransfer.inference import make_predict_fn  # noqa: E402
+from cxrtransfer.models.inference import make_predict_fn  # noqa: E402
 
 SIZE = 16
 

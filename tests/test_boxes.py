@@ -9,8 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from cxrtransfer import WorkflowError
-from cxrtransfer import plots as plots_mod
-from cxrtransfer.boxes import (
+from cxrtransfer.data.boxes import (
     DEFAULT_PATH,
     ENERGY_COLUMNS,
     HEADER,
@@ -26,10 +25,11 @@ from cxrtransfer.boxes import (
     resolve,
     scale_box,
 )
-from cxrtransfer.real_metadata import DEFAULT_PATH as METADATA_PATH
-from cxrtransfer.real_metadata import sha256
-from cxrtransfer.shards import decode
-from cxrtransfer.synthetic import BOXED, SyntheticSpec, _patient_anatomy, generate, render
+from cxrtransfer.data.nih_wheel import sha256
+from cxrtransfer.data.real_metadata import DEFAULT_PATH as METADATA_PATH
+from cxrtransfer.data.shards import decode
+from cxrtransfer.data.synthetic import BOXED, SyntheticSpec, _patient_anatomy, generate, render
+from cxrtransfer.evaluate import plots as plots_mod
 from matplotlib.patches import Rectangle
 from PIL import Image
 
@@ -338,17 +338,6 @@ def test_example_plot_draws_the_box(tmp_path, monkeypatch):
     assert not any("box" in t.get_text() for t in figs[0].texts)
 
 
-def test_an_edit_of_the_box_code_reruns_only_the_boxes_and_the_plots():
-    """plan.code_version covers every module a rule script imports: the box code must be in
-    the code of rule boxes and the plots, and of nothing upstream (the download, the ingest,
-    the evaluations)."""
-    from cxrtransfer.plan import library_modules
-
-    scripts = ROOT / "workflow_scripts"
-    uses = {s.stem for s in scripts.glob("*.py") if "boxes" in library_modules(s)}
-    assert uses == {"boxes", "plots"}
-
-
 # ----------------------------------------------------------------------------------------------
 # The energy table of a cell covers every boxed image of its set (issue 24, item 6)
 # ----------------------------------------------------------------------------------------------
@@ -375,9 +364,9 @@ def _plant_cell(tmp_path, box_rows):
     """The inputs of one plot_cell job as the workflow writes them (shard, attack cache,
     prediction files with their config record, metrics.json, the checked box table)."""
     import h5py
-    from cxrtransfer import runconfig
-    from cxrtransfer.attack_cache import perturbation_norms, write_cache
-    from cxrtransfer.boxes import PREPARED_COLUMNS
+    from cxrtransfer.config import runconfig
+    from cxrtransfer.data.adversarial_cache import perturbation_norms, write_cache
+    from cxrtransfer.data.boxes import PREPARED_COLUMNS
 
     rng = np.random.default_rng(7)
     clean = rng.integers(40, 200, (N_IMG, SIZE, SIZE)).astype(np.uint8)
@@ -452,14 +441,14 @@ def _run_plot_cell(sm, monkeypatch):
     the figures it saved."""
     import runpy
 
-    from cxrtransfer import utils
+    from cxrtransfer.config import job
 
     figs = []
     real_save = plots_mod._save
     monkeypatch.setattr(
         plots_mod, "_save", lambda fig, out: (figs.append(fig), real_save(fig, out))
     )
-    monkeypatch.setattr(utils, "run_main", lambda main, snakemake: main(snakemake))
+    monkeypatch.setattr(job, "run_main", lambda main, snakemake: main(snakemake))
     runpy.run_path(str(ROOT / "workflow_scripts" / "plots.py"), {"snakemake": sm}, "plot_cell")
     return figs
 
@@ -502,7 +491,7 @@ def test_a_set_without_boxed_images_keeps_a_header_only_table(tmp_path, monkeypa
 
 
 def test_select_examples_prefers_the_given_images():
-    from cxrtransfer.plots import select_examples
+    from cxrtransfer.evaluate.plots import select_examples
 
     args = (LABELS, CLEAN_P, ADV_P, [1, 1, 1, 1, 1, 1, 3, 2])
     assert select_examples(*args, 1) == [0, 4]

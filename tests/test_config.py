@@ -4,7 +4,9 @@ import copy
 
 import pytest
 import yaml
-from cxrtransfer import WorkflowError, plan
+from cxrtransfer import WorkflowError
+from cxrtransfer.plan import checks, code
+from cxrtransfer.plan import study as plan
 from snakemake.exceptions import WorkflowError as SnakemakeWorkflowError
 from snakemake.utils import validate
 
@@ -18,7 +20,7 @@ def schema(root):
 def config(request, root, schema):
     cfg = yaml.safe_load((root / "config" / request.param).read_text())
     validate(cfg, schema)
-    plan.check_config(cfg, root)
+    checks.check_config(cfg, root)
     return cfg
 
 
@@ -129,7 +131,7 @@ def test_cross_checks(root, schema, mutate, match):
     bad = copy.deepcopy(cfg)
     mutate(bad)
     with pytest.raises(WorkflowError, match=match):
-        plan.check_config(bad, root)
+        checks.check_config(bad, root)
 
 
 def test_grid_of_the_tiny_config(root, schema):
@@ -155,9 +157,9 @@ def test_l2_attacks_use_their_own_budgets(root, schema):
     cfg["attacks"]["pgd_l2"] = {"method": "pgd", "norm": "l2", "step_fraction": 0.25}
     validate(cfg, schema)
     with pytest.raises(WorkflowError, match="eps_l2"):
-        plan.check_config(cfg, root)
+        checks.check_config(cfg, root)
     cfg["eps_l2"] = [0.5, 2]
-    plan.check_config(cfg, root)
+    checks.check_config(cfg, root)
     l2 = {s.eps for s in plan.adversarial_sets(cfg, controls=False) if s.attack == "pgd_l2"}
     assert l2 == {"0.5", "2"}
     assert plan.eps_value(cfg, "pgd_l2__shuffled", "0.5") == 0.5
@@ -169,9 +171,9 @@ def test_targeted_and_untargeted_twins_are_refused(root, schema):
     cfg["attacks"]["pgd_t"] = {**cfg["attacks"]["pgd"], "targeted": True}
     validate(cfg, schema)
     with pytest.raises(WorkflowError, match="same attack"):
-        plan.check_config(cfg, root)
+        checks.check_config(cfg, root)
     cfg["attacks"]["pgd_t"]["steps"] = 7  # a different attack, not a twin
-    plan.check_config(cfg, root)
+    checks.check_config(cfg, root)
 
 
 def test_labels_are_written_once(root):
@@ -190,29 +192,12 @@ def test_architecture_list_matches_keras_applications():
     assert set(plan.KERAS_APPLICATIONS) == names
 
 
-def test_code_version_follows_the_imported_modules(root):
-    scripts = root / "workflow_scripts"
-    attack = plan.library_modules(scripts / "attack.py")
-    train = plan.library_modules(scripts / "train.py")
-    plots = plan.library_modules(scripts / "plots.py")
-    assert "attacks" in attack and "attacks" not in train
-    assert "plots" in plots and not any(
-        "plots" in plan.library_modules(p)
-        for p in (
-            scripts / "attack.py",
-            scripts / "train.py",
-            scripts / "evaluate.py",
-        )
-    )
-    assert plan.code_version(scripts / "attack.py") != plan.code_version(scripts / "predict.py")
-
-
 def test_fgsm_with_momentum_is_refused_by_the_attack_spec(root, schema):
     cfg = yaml.safe_load((root / "config" / "test.yaml").read_text())
     cfg["attacks"]["fgsm"] = {"method": "fgsm", "momentum": 1.0}
     validate(cfg, schema)
     with pytest.raises(WorkflowError, match="attacks.fgsm.*need method: pgd"):
-        plan.check_config(cfg, root)
+        checks.check_config(cfg, root)
 
 
 def test_transfer_attack_settings_pass_the_checks(root, schema):
@@ -223,24 +208,24 @@ def test_transfer_attack_settings_pass_the_checks(root, schema):
     cfg["attacks"]["si_ni"] = {"method": "pgd", "momentum": 1.0, "nesterov": True, "scales": 5}
     cfg["attacks"]["vmi"] = {"method": "pgd", "momentum": 1.0, "variance_samples": 20}
     validate(cfg, schema)
-    plan.check_config(cfg, root)
+    checks.check_config(cfg, root)
     assert cfg["attacks"]["vmi"]["variance_bound"] == 1.5  # the schema's default
     assert {s.attack for s in plan.adversarial_sets(cfg, controls=False)} >= {"ti", "si_ni", "vmi"}
     size = cfg["data"]["image_size"]
     largest = size if size % 2 else size - 1  # the largest odd kernel <= the image
     cfg["attacks"]["ti"]["ti_kernel"] = largest
-    plan.check_config(cfg, root)
+    checks.check_config(cfg, root)
     cfg["attacks"]["ti"]["ti_kernel"] = largest + 2
     with pytest.raises(WorkflowError, match=r"attacks\.ti\.ti_kernel"):
-        plan.check_config(cfg, root)
+        checks.check_config(cfg, root)
 
 
 def test_attack_schema_defaults_are_the_attack_spec_defaults(root):
     """The schema's default of every AttackSpec setting is the dataclass default (off)."""
     import dataclasses
 
-    from cxrtransfer.attacks import AttackSpec
-    from cxrtransfer.schema import attack_defaults
+    from cxrtransfer.attacks.attack import AttackSpec
+    from cxrtransfer.config.schema import attack_defaults
 
     fields = {f.name: f.default for f in dataclasses.fields(AttackSpec)}
     checked = 0
@@ -262,7 +247,7 @@ def test_robust_demo_overlay_extends_the_default_demo(root, schema):
     demo_models = set(base["models"])
     update_config(base, yaml.safe_load((root / "config" / "robust_demo.yaml").read_text()))
     validate(base, schema)
-    plan.check_config(base, root)
+    checks.check_config(base, root)
     assert set(base["models"]) - demo_models == {"pneumothorax_resnet50_at"}
     assert base["models"]["pneumothorax_resnet50_at"]["training"]["adversarial"]["eps"] == 2
     assert plan.defended(base) == ["pneumothorax_resnet50_jpeg75"]
@@ -299,4 +284,4 @@ def test_a_deployed_model_must_be_a_target_of_its_task(root, schema):
     with pytest.raises(
         WorkflowError, match=r"tasks.pneumothorax.deployed: 'cardiomegaly_resnet50'"
     ):
-        plan.check_config(cfg, root)
+        checks.check_config(cfg, root)

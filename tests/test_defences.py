@@ -9,10 +9,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from cxrtransfer import WorkflowError, plan
-from cxrtransfer import defences as D
-from cxrtransfer.relations import factors, relation
-from cxrtransfer.tables import defence_lines, hardened_models, robust_lines, summary_markdown
+from cxrtransfer import WorkflowError
+from cxrtransfer.evaluate.relations import factors, relation
+from cxrtransfer.evaluate.tables import (
+    defence_lines,
+    hardened_models,
+    robust_lines,
+    summary_markdown,
+)
+from cxrtransfer.models import layers as D
+from cxrtransfer.plan import checks
+from cxrtransfer.plan import study as plan
 from snakemake.exceptions import WorkflowError as SnakemakeWorkflowError
 from snakemake.utils import validate
 
@@ -82,7 +89,7 @@ def _tiny_model(seed=0, size=32):
 
 def _input_gradient(model, x, y):
     import tensorflow as tf
-    from cxrtransfer.attacks import loss_gradient
+    from cxrtransfer.attacks.attack import loss_gradient
 
     return loss_gradient(model, tf.constant(x), tf.constant(y)).numpy()
 
@@ -130,7 +137,7 @@ def test_median_filter_keeps_its_own_gradient(images):
 
 
 def test_defended_checkpoint_saves_and_loads_in_safe_mode(images, tmp_path):
-    from cxrtransfer.models import load_checkpoint
+    from cxrtransfer.models.build import load_checkpoint
 
     base = _tiny_model()
     defended = D.build_defended(base, {"jpeg_quality": 30})
@@ -148,8 +155,8 @@ def test_eot_averages_the_gradients_of_a_randomised_defence(images, tmp_path):
     gradients drawn in sequence (the same draws as E eager calls from the same noise state);
     E = 1 follows one draw only."""
     import keras
-    from cxrtransfer.attacks import AttackSpec, make_attack
-    from cxrtransfer.models import load_checkpoint
+    from cxrtransfer.attacks.attack import AttackSpec, make_attack
+    from cxrtransfer.models.build import load_checkpoint
 
     path = tmp_path / "noisy.keras"
     D.build_defended(_tiny_model(), {"gaussian_noise": 16.0}, seed=5).save(path)
@@ -172,7 +179,7 @@ def test_eot_averages_the_gradients_of_a_randomised_defence(images, tmp_path):
 
 
 def test_eot_is_part_of_the_attack_record_only_when_on():
-    from cxrtransfer.attacks import AttackSpec
+    from cxrtransfer.attacks.attack import AttackSpec
 
     off, on = AttackSpec(method="pgd"), AttackSpec(method="pgd", eot_samples=4)
     assert off.stream_seed() == AttackSpec(method="pgd", eot_samples=1).stream_seed()
@@ -195,7 +202,7 @@ def cfg(root):
 
 def test_defended_models_are_targets_and_sources(cfg, root):
     validate(cfg, str(root / "config" / "config.schema.yaml"))
-    plan.check_config(cfg, root)
+    checks.check_config(cfg, root)
     assert plan.targets_for(cfg, "pneumothorax")[-1] == "pneu_jpeg"
     assert "pneu_jpeg" not in plan.targets_for(cfg, "cardiomegaly")
     facts = plan.source_facts(cfg, "pneu_jpeg")
@@ -265,7 +272,7 @@ def test_cross_checks_of_defences(cfg, root, mutate, match):
     mutate(bad)
     validate(bad, str(root / "config" / "config.schema.yaml"))
     with pytest.raises(WorkflowError, match=match):
-        plan.check_config(bad, root)
+        checks.check_config(bad, root)
 
 
 # --- relations and the report ---------------------------------------------------------------

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from cxrtransfer import WorkflowError
-from cxrtransfer.expert_labels import (
+from cxrtransfer.data.expert_labels import (
     DEFAULT_PATH,
     FINDINGS,
     SHA256,
@@ -17,9 +17,9 @@ from cxrtransfer.expert_labels import (
     prepare,
     read_expert_labels,
 )
-from cxrtransfer.real_metadata import DEFAULT_PATH as METADATA_PATH
-from cxrtransfer.real_metadata import sha256
-from cxrtransfer.synthetic import write_expert_labels
+from cxrtransfer.data.nih_wheel import sha256
+from cxrtransfer.data.real_metadata import DEFAULT_PATH as METADATA_PATH
+from cxrtransfer.data.synthetic import write_expert_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT / DEFAULT_PATH
@@ -122,7 +122,7 @@ def test_generator_writes_the_combined_format_with_the_disagreement_rate(small_d
 
 
 def test_summary_section_and_unchanged_summary_without_expert_labels():
-    from cxrtransfer.tables import summary_markdown
+    from cxrtransfer.evaluate.tables import summary_markdown
 
     base = {
         "data_task": "pneumothorax",
@@ -165,7 +165,8 @@ def test_summary_section_and_unchanged_summary_without_expert_labels():
 def test_config_checks(root, tmp_path):
     """`synthetic` needs the generator's settings; a missing file is refused at parse time."""
     import yaml
-    from cxrtransfer import plan
+    from cxrtransfer.plan import checks
+    from cxrtransfer.plan import study as plan
     from snakemake.utils import validate
 
     cfg = yaml.safe_load((root / "config" / "test.yaml").read_text())
@@ -173,12 +174,12 @@ def test_config_checks(root, tmp_path):
     assert plan.expert_columns(cfg) == {}
     cfg["data"]["expert_labels"] = "synthetic"
     with pytest.raises(WorkflowError, match="data.synthetic.expert_labels"):
-        plan.check_config(cfg, root)
+        checks.check_config(cfg, root)
     cfg["data"]["synthetic"]["expert_labels"] = {"disagreement": 0.1}
     validate(cfg, str(root / "config" / "config.schema.yaml"))
     assert cfg["data"]["synthetic"]["expert_labels"]["fraction"] == 0.5  # schema default
-    plan.check_config(cfg, root)
+    checks.check_config(cfg, root)
     assert plan.expert_columns(cfg) == {"pneumothorax": "Pneumothorax", "cardiomegaly": None}
     cfg["data"]["expert_labels"] = str(tmp_path / "missing.csv.gz")
     with pytest.raises(WorkflowError, match="make real-metadata"):
-        plan.check_config(cfg, root)
+        checks.check_config(cfg, root)

@@ -9,17 +9,17 @@ import numpy as np
 import pandas as pd
 import pytest
 from cxrtransfer import WorkflowError
-from cxrtransfer.attack_cache import read_attack, shuffle_perturbations
-from cxrtransfer.attack_job import attack_set, attack_shard, control_shard
-from cxrtransfer.predictions import (
+from cxrtransfer.attacks.job import attack_set, attack_shard, control_shard
+from cxrtransfer.core.files import file_sha256
+from cxrtransfer.core.provenance import model_record
+from cxrtransfer.data.adversarial_cache import read_attack, shuffle_perturbations
+from cxrtransfer.evaluate.predictions import (
     ADV_COLUMNS,
     CLEAN_COLUMNS,
     predict_adv,
     predict_clean,
     read_predictions,
 )
-from cxrtransfer.provenance import model_record
-from cxrtransfer.utils import file_sha256
 
 SIZE = 24
 

@@ -1,4 +1,4 @@
-"""Tests of cxrtransfer.metrics: point estimates against an independent recomputation, the
+"""Tests of cxrtransfer.metrics.measures: point estimates against an independent recomputation, the
 transfer base, weighted statistics of the patient bootstrap, CIs, and the bad-input cases.
 (Coverage of the patient bootstrap on clustered data: tests/test_bootstrap_coverage.py.)"""
 
@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from cxrtransfer import WorkflowError
-from cxrtransfer.metrics import (
+from cxrtransfer.metrics.measures import (
     COUNTS,
     QUANTITIES,
     align_inputs,
@@ -563,7 +563,7 @@ def test_expert_cell_matches_recomputation_on_the_expert_subset(cell_data):
     """expert_* = every metric on the images with an expert label, the expert label as truth;
     expert_nlp_* = the same images with the NLP label; both against the independent
     recomputation (sklearn AUROC) on that subset."""
-    from cxrtransfer.evaluation import expert_cell
+    from cxrtransfer.evaluate.sets import expert_cell
 
     clean, adv = cell_data
     rng = np.random.default_rng(5)
@@ -594,7 +594,7 @@ def test_expert_cell_matches_recomputation_on_the_expert_subset(cell_data):
 
 
 def test_expert_cell_one_class_and_empty_subsets(cell_data):
-    from cxrtransfer.evaluation import expert_cell
+    from cxrtransfer.evaluate.sets import expert_cell
 
     clean, adv = cell_data
     ev = {"n_bootstrap": 20, "confidence": 0.95, "seed": 0}

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 from cxrtransfer import WorkflowError
-from cxrtransfer.models import build_model, load_checkpoint, preprocessing_mode
+from cxrtransfer.models.build import build_model, load_checkpoint, preprocessing_mode
 
 
 @pytest.mark.parametrize(
@@ -31,7 +31,7 @@ def test_contract_and_safe_mode_round_trip(tmp_path, arch, size):
 def test_preprocessing_matches_keras_applications():
     """The in-model normalisation equals each family's own preprocess_input on 0..255 RGB."""
     import keras
-    from cxrtransfer.models import pixel_preprocessing
+    from cxrtransfer.models.build import pixel_preprocessing
 
     gray = np.random.default_rng(1).random((2, 32, 32, 1)).astype("float32")
     rgb255 = np.repeat(gray, 3, axis=-1) * 255.0

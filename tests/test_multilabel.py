@@ -10,8 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from cxrtransfer import LABELS, WorkflowError, plan
-from cxrtransfer.train import TRAINING_DEFAULTS
+from cxrtransfer import LABELS, WorkflowError
+from cxrtransfer.models.train import TRAINING_DEFAULTS
+from cxrtransfer.plan import checks
+from cxrtransfer.plan import study as plan
 
 TWO = ["Pneumothorax", "Cardiomegaly"]
 
@@ -39,13 +41,13 @@ def cfg(root):
         {"sources": ["chest14_small"], "data_task": "pneumothorax"},
     ]
     validate(c, str(root / "config" / "config.schema.yaml"))
-    plan.check_config(c, root)
+    checks.check_config(c, root)
     return c
 
 
 def _refused(c, match):
     with pytest.raises(WorkflowError, match=match):
-        plan.check_config(c)
+        checks.check_config(c)
 
 
 def test_views_are_targets_and_multilabel_sources_resolve_to_them(cfg):
@@ -72,7 +74,7 @@ def test_own_task_of_a_multilabel_source_is_each_task_it_covers(cfg):
     """``data_task: own`` (also through ``sources: all``): every model attacks its own task's
     test set; a multi-label model's own tasks are the binary tasks it has an output for."""
     cfg["grid"] = [{"sources": "all", "data_task": "own"}]
-    plan.check_config(cfg)
+    checks.check_config(cfg)
     sets = {(s.source, s.data_task) for s in plan.adversarial_sets(cfg, controls=False)}
     assert sets == {
         ("pneumothorax_small", "pneumothorax"),
@@ -90,7 +92,7 @@ def test_own_task_of_a_multilabel_source_is_each_task_it_covers(cfg):
 def test_a_list_of_labels_gives_views_of_its_findings_only(cfg):
     cfg["tasks"]["chest14"] = {"labels": ["Effusion", "Cardiomegaly"]}
     cfg["grid"] = cfg["grid"][:1]
-    plan.check_config(cfg)
+    checks.check_config(cfg)
     assert plan.views(cfg) == ["chest14_small@cardiomegaly"]
     assert plan.view_column(cfg, "chest14_small@cardiomegaly") == 1
     assert plan.task_labels(cfg, "chest14") == ["Effusion", "Cardiomegaly"]
@@ -185,7 +187,7 @@ def test_shipped_configs_have_the_multilabel_target(root):
 
     nih = yaml.safe_load((root / "config" / "nih.yaml").read_text())
     validate(nih, str(root / "config" / "config.schema.yaml"))
-    plan.check_config(nih, root)
+    checks.check_config(nih, root)
     m = nih["models"]["chest14_densenet121"]
     assert (m["arch"], m["pretrained"]) == ("DenseNet121", "imagenet")
     assert plan.task_labels(nih, m["task"]) == list(LABELS)
@@ -203,7 +205,7 @@ def test_shipped_configs_have_the_multilabel_target(root):
 
 @pytest.fixture(scope="module")
 def multi_manifest(small_download):
-    from cxrtransfer.ingest import build_manifest
+    from cxrtransfer.data.ingest import build_manifest
 
     manifest, rejected, summary = build_manifest(small_download, TWO, 0.2, 1)
     return manifest, summary
@@ -212,7 +214,7 @@ def multi_manifest(small_download):
 def test_multilabel_manifest_holds_every_image_with_the_binary_split(
     small_download, multi_manifest
 ):
-    from cxrtransfer.ingest import CSV_NAME, build_manifest, read_data_entry
+    from cxrtransfer.data.ingest import CSV_NAME, build_manifest, read_data_entry
 
     manifest, summary = multi_manifest
     binary, _, _ = build_manifest(small_download, "Pneumothorax", 0.2, 1)
@@ -232,9 +234,9 @@ def test_multilabel_manifest_holds_every_image_with_the_binary_split(
 
 
 def test_multilabel_shard_targets_equal_finding_labels(multi_manifest, tmp_path):
-    from cxrtransfer.data import label_summary
-    from cxrtransfer.shards import shard_rows, write_shard
-    from cxrtransfer.verify import check_shard
+    from cxrtransfer.data.datasets import label_summary
+    from cxrtransfer.data.shards import shard_rows, write_shard
+    from cxrtransfer.verify.products import check_shard
 
     manifest, _ = multi_manifest
     rows = shard_rows(manifest, "val", 0, 10_000)
@@ -261,8 +263,8 @@ def test_multilabel_shard_targets_equal_finding_labels(multi_manifest, tmp_path)
 
 
 def test_halves_are_task_independent_and_disjoint(multi_manifest, pneumothorax_shards, tmp_path):
-    from cxrtransfer.data import patient_half, subset_patients
-    from cxrtransfer.shards import shard_rows, write_shard
+    from cxrtransfer.data.datasets import patient_half, subset_patients
+    from cxrtransfer.data.shards import shard_rows, write_shard
 
     manifest, _ = multi_manifest
     path = tmp_path / "train.h5"
@@ -290,7 +292,7 @@ SIZE = 32
 
 
 def _shards(manifest, out, attrs):
-    from cxrtransfer.shards import n_shards, shard_rows, write_shard
+    from cxrtransfer.data.shards import n_shards, shard_rows, write_shard
 
     paths = {}
     for split in ("train", "val", "test"):
@@ -307,7 +309,7 @@ def _shards(manifest, out, attrs):
 def shards32(small_download, multi_manifest, tmp_path_factory):
     """Shards at 32 px of the multi-label task (Pneumothorax, Cardiomegaly) and of the binary
     Pneumothorax task."""
-    from cxrtransfer.ingest import build_manifest
+    from cxrtransfer.data.ingest import build_manifest
 
     out = tmp_path_factory.mktemp("shards32")
     binary, _, _ = build_manifest(small_download, "Pneumothorax", 0.2, 1)
@@ -344,7 +346,7 @@ def _settings(**kw):
 
 @pytest.fixture(scope="module")
 def trained(shards32, tmp_path_factory):
-    from cxrtransfer.train import train_model
+    from cxrtransfer.models.train import train_model
 
     out = tmp_path_factory.mktemp("chest_tiny")
     s = shards32["multi"]
@@ -354,7 +356,7 @@ def trained(shards32, tmp_path_factory):
 
 def test_multilabel_training_records_columns_and_per_label_aurocs(trained, shards32):
     import keras
-    from cxrtransfer.inference import predict_shards
+    from cxrtransfer.models.inference import predict_shards
     from sklearn.metrics import roc_auc_score
 
     out, _ = trained
@@ -377,7 +379,7 @@ def test_multilabel_training_records_columns_and_per_label_aurocs(trained, shard
 
 
 def test_multilabel_quality_gate_is_on_the_mean_and_names_weak_labels():
-    from cxrtransfer.train import check_multilabel_quality, multilabel_metrics
+    from cxrtransfer.models.train import check_multilabel_quality, multilabel_metrics
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, (200, 3))
@@ -401,7 +403,7 @@ def test_multilabel_quality_gate_is_on_the_mean_and_names_weak_labels():
 def test_finding_view_equals_the_models_output_and_its_loss(trained):
     import keras
     import tensorflow as tf
-    from cxrtransfer.models import build_finding_view
+    from cxrtransfer.models.build import build_finding_view
 
     out, _ = trained
     model = keras.models.load_model(out / "model.keras", safe_mode=True, compile=False)
@@ -426,11 +428,11 @@ def test_finding_view_equals_the_models_output_and_its_loss(trained):
 
 
 def test_view_checkpoint_is_a_contract_model_with_its_own_record(trained, shards32, tmp_path):
-    from cxrtransfer.inference import predict_shards
-    from cxrtransfer.models import load_checkpoint
-    from cxrtransfer.provenance import model_record
-    from cxrtransfer.relations import read_patients
-    from cxrtransfer.views import build_view_checkpoint
+    from cxrtransfer.core.products import read_patients
+    from cxrtransfer.core.provenance import model_record
+    from cxrtransfer.models.build import load_checkpoint
+    from cxrtransfer.models.inference import predict_shards
+    from cxrtransfer.models.views import build_view_checkpoint
 
     out, _ = trained
     settings = {
@@ -508,7 +510,7 @@ def test_workflow_plans_views_as_targets_and_sources(root, cfg, tmp_path):
 
 
 def test_verify_counts_a_view_as_made_from_its_multilabel_model(tmp_path):
-    from cxrtransfer.verify import build_index, children, list_products
+    from cxrtransfer.verify.products import build_index, children, list_products
 
     for name, task in (
         ("chest", "chest14"),

@@ -14,9 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from cxrtransfer import WorkflowError
-from cxrtransfer.ingest import build_manifest, read_data_entry
-from cxrtransfer.real_metadata import DEFAULT_PATH, REAL_COUNTS, SHA256, read_metadata, sha256
-from cxrtransfer.synthetic import CSV_HEADER, SyntheticSpec, generate
+from cxrtransfer.data.ingest import build_manifest, read_data_entry
+from cxrtransfer.data.nih_wheel import sha256
+from cxrtransfer.data.real_metadata import DEFAULT_PATH, REAL_COUNTS, SHA256, read_metadata
+from cxrtransfer.data.synthetic import CSV_HEADER, SyntheticSpec, generate
 from PIL import Image
 
 HEADER_V2020 = CSV_HEADER  # the v2020 file: the same header, no trailing comma, integer ages
@@ -171,7 +172,7 @@ def test_contradictory_keys_are_refused(tmp_path):
     with pytest.raises(WorkflowError, match="set data.synthetic.metadata too"):
         SyntheticSpec.from_config(dict(max_patients=5))
     # a validated config holds every default: defaults are no contradiction
-    from cxrtransfer.schema import defaults
+    from cxrtransfer.config.schema import defaults
 
     SyntheticSpec.from_config({**defaults("data", "synthetic"), "metadata": str(meta)})
 
@@ -179,7 +180,7 @@ def test_contradictory_keys_are_refused(tmp_path):
 def test_rule_input_is_the_table_checked_at_parse_time(tmp_path):
     """rules/data.smk: the table is an input of synthetic_download (a changed table
     regenerates the download); a missing table or contradictory keys fail before any job."""
-    from cxrtransfer.synthetic import metadata_inputs
+    from cxrtransfer.data.synthetic import metadata_inputs
 
     meta = write_table(tmp_path / "meta.csv", _rows(5))
     data = {"source": "synthetic", "synthetic": {"metadata": str(meta), "max_patients": 3}}
@@ -301,7 +302,7 @@ def test_real_subset_ingests(real_table, tmp_path):
 @pytest.fixture(scope="module")
 def imbalanced_shards(real_table, tmp_path_factory):
     """Pneumothorax vs No Finding shards of a real-metadata subset at the real prevalence."""
-    from cxrtransfer.shards import n_shards, shard_rows, write_shard
+    from cxrtransfer.data.shards import n_shards, shard_rows, write_shard
 
     tmp = tmp_path_factory.mktemp("imbalance")
     t0 = time.perf_counter()
@@ -326,8 +327,13 @@ def test_tiny_model_at_the_real_imbalance_does_not_collapse(imbalanced_shards):
     weights the collapse gate does not fire, and metrics.json reports sensitivity and
     specificity at the validation (Youden) threshold."""
     import keras
-    from cxrtransfer.inference import predict_shards
-    from cxrtransfer.train import TRAINING_DEFAULTS, binary_metrics, check_quality, train_model
+    from cxrtransfer.models.inference import predict_shards
+    from cxrtransfer.models.train import (
+        TRAINING_DEFAULTS,
+        binary_metrics,
+        check_quality,
+        train_model,
+    )
 
     paths, manifest, summary, prep_s, tmp = imbalanced_shards
     prevalence = manifest["label"].mean()
@@ -383,12 +389,12 @@ def test_real_metadata_config_is_valid(root):
     """config/real_metadata.yaml passes the schema and the cross-checks, draws the table that
     `make real-metadata` writes, and every data.synthetic key it sets is usable with it."""
     import yaml
-    from cxrtransfer import plan
+    from cxrtransfer.plan import checks
     from snakemake.utils import validate
 
     cfg = yaml.safe_load((root / "config" / "real_metadata.yaml").read_text())
     validate(cfg, str(root / "config" / "config.schema.yaml"))
-    plan.check_config(cfg, root)
+    checks.check_config(cfg, root)
     synth = cfg["data"]["synthetic"]
     assert synth["metadata"] == DEFAULT_PATH and synth["max_patients"] is None
     s = SyntheticSpec.from_config(dict(synth))

@@ -2,13 +2,13 @@
 
 import pytest
 from cxrtransfer import WorkflowError
-from cxrtransfer.relations import (
+from cxrtransfer.core.products import read_patients
+from cxrtransfer.evaluate.relations import (
     ENSEMBLE_RELATIONS,
     RELATIONS,
     SINGLE_MODEL_RELATIONS,
     ensemble_relation,
     factors,
-    read_patients,
     relation,
 )
 

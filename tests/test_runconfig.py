@@ -1,4 +1,4 @@
-"""A job computes with exactly the config its run planned (cxrtransfer.runconfig).
+"""A job computes with exactly the config its run planned (cxrtransfer.config.runconfig).
 
 Unit tests of the check and the records, and real Snakemake job processes started the way a
 cluster executor starts them (``--mode remote --target-jobs ... --configfiles ...``) in a copy
@@ -15,9 +15,10 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import workflow_copy
-from cxrtransfer import WorkflowError, runconfig
-from cxrtransfer.evaluation import read_model_metrics
-from cxrtransfer.predictions import CLEAN_COLUMNS, read_prediction_file
+from cxrtransfer import WorkflowError
+from cxrtransfer.config import runconfig
+from cxrtransfer.evaluate.predictions import CLEAN_COLUMNS, read_prediction_file
+from cxrtransfer.evaluate.sets import read_model_metrics
 
 
 def test_the_hash_ignores_key_order_and_sees_every_value():

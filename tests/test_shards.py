@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from cxrtransfer import WorkflowError
-from cxrtransfer.shards import decode, read_shard, write_shard
+from cxrtransfer.data.shards import decode, read_shard, write_shard
 from PIL import Image
 
 

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from cxrtransfer import LABELS, NO_FINDING, WorkflowError
-from cxrtransfer.ingest import build_manifest, check_download, read_data_entry, split_patients
-from cxrtransfer.synthetic import CSV_HEADER, SyntheticSpec, generate
+from cxrtransfer.data.ingest import build_manifest, check_download, read_data_entry, split_patients
+from cxrtransfer.data.synthetic import CSV_HEADER, SyntheticSpec, generate
 from PIL import Image
 
 HEADER_2017 = CSV_HEADER + ","
@@ -58,7 +58,7 @@ def test_generation_is_deterministic(tmp_path):
 
 def test_findings_are_visible():
     """The class signal is real: enlarged hearts are brighter below the mediastinum."""
-    from cxrtransfer.synthetic import _patient_anatomy, render
+    from cxrtransfer.data.synthetic import _patient_anatomy, render
 
     rng = np.random.default_rng(0)
     normal, cardio = [], []
@@ -182,7 +182,7 @@ def test_manifest_changes_when_an_image_file_changes(small_download, tmp_path):
     import os
     import shutil
 
-    from cxrtransfer.ingest import build_manifest
+    from cxrtransfer.data.ingest import build_manifest
 
     d = tmp_path / "dl"
     shutil.copytree(small_download, d)

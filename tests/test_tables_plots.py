@@ -1,4 +1,4 @@
-"""Tests of cxrtransfer.tables and cxrtransfer.plots."""
+"""Tests of cxrtransfer.evaluate.tables and cxrtransfer.evaluate.plots."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from cxrtransfer import WorkflowError, plots, tables
-from cxrtransfer.metrics import cell_columns, compute_cell
+from cxrtransfer import WorkflowError
+from cxrtransfer.evaluate import plots, tables
+from cxrtransfer.metrics.measures import cell_columns, compute_cell
 from PIL import Image
 
 MODELS = {

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from cxrtransfer import WorkflowError
-from cxrtransfer import train as train_module
-from cxrtransfer.train import TRAINING_DEFAULTS, check_quality, gate_ci
+from cxrtransfer.models import train as train_module
+from cxrtransfer.models.train import TRAINING_DEFAULTS, check_quality, gate_ci
 
 
 def _settings(**kw):
@@ -43,7 +43,7 @@ def _settings(**kw):
 
 @pytest.fixture(scope="module")
 def trained(pneumothorax_shards, tmp_path_factory):
-    from cxrtransfer.train import train_model
+    from cxrtransfer.models.train import train_model
 
     out = tmp_path_factory.mktemp("model")
     s = pneumothorax_shards
@@ -53,7 +53,7 @@ def trained(pneumothorax_shards, tmp_path_factory):
 
 def test_outputs_and_metrics_agree_with_recomputation(trained, pneumothorax_shards):
     import keras
-    from cxrtransfer.inference import predict_shards
+    from cxrtransfer.models.inference import predict_shards
     from sklearn.metrics import roc_auc_score
 
     out, metrics = trained
@@ -79,8 +79,8 @@ def test_outputs_and_metrics_agree_with_recomputation(trained, pneumothorax_shar
 RESUME_SCRIPT = """
 import json, sys
 sys.path.insert(0, {src!r})
-from cxrtransfer.utils import setup_logging
-from cxrtransfer.train import train_model
+from cxrtransfer.core.logs import setup_logging
+from cxrtransfer.models.train import train_model
 setup_logging()
 s = json.loads({settings!r})
 sh = json.loads({shards!r})
@@ -147,7 +147,7 @@ def test_killed_training_resumes_from_last_epoch(root, tmp_path, pneumothorax_sh
 
 
 def test_changed_settings_do_not_resume_stale_state(root, tmp_path, pneumothorax_shards):
-    from cxrtransfer.train import train_model
+    from cxrtransfer.models.train import train_model
 
     out = tmp_path / "m"
     (out / "work").mkdir(parents=True)
@@ -187,7 +187,7 @@ def test_the_gate_refuses_a_point_auroc_that_its_ci_does_not_support():
     """The audit's case: a point validation AUROC of ~0.61 on 59 images passed min_val_auc
     0.6 (its test AUROC was 0.415). Its patient-bootstrap CI reaches below 0.5: refused. The
     same separation on many patients is shown to beat chance and passes."""
-    from cxrtransfer.metrics import auroc
+    from cxrtransfer.metrics.measures import auroc
 
     s = _settings(min_val_auc=0.6)
     found = None
@@ -212,7 +212,7 @@ def test_the_gate_refuses_a_point_auroc_that_its_ci_does_not_support():
 
 
 def test_zero_positives_fail_clearly(pneumothorax_shards, tmp_path):
-    from cxrtransfer.train import train_model
+    from cxrtransfer.models.train import train_model
 
     s = pneumothorax_shards
     with pytest.raises(WorkflowError, match="0 positives|positives and"):
@@ -224,8 +224,8 @@ def test_zero_positives_fail_clearly(pneumothorax_shards, tmp_path):
 
 def _write_split_shards(download, out, val_fraction: float, seed: int) -> dict:
     """One shard per split (fixed paths out/{split}/000.h5) of a manifest with this split."""
-    from cxrtransfer.ingest import build_manifest
-    from cxrtransfer.shards import shard_rows, write_shard
+    from cxrtransfer.data.ingest import build_manifest
+    from cxrtransfer.data.shards import shard_rows, write_shard
 
     manifest, _, _ = build_manifest(download, "Pneumothorax", val_fraction, seed)
     paths = {}
@@ -310,7 +310,7 @@ def test_changed_data_at_same_paths_trains_from_scratch(
 ):
     """A new download / another split rewrites the shards under the same names: the rerun
     must not resume or publish the state of the old data."""
-    from cxrtransfer.train import train_model
+    from cxrtransfer.models.train import train_model
 
     _no_quality_gate(monkeypatch)
     caplog.set_level(logging.INFO, logger="cxrtransfer")
@@ -333,7 +333,7 @@ def test_changed_data_at_same_paths_trains_from_scratch(
 def test_interrupted_run_resumes_only_with_the_same_data(
     two_datasets, tmp_path, caplog, monkeypatch
 ):
-    from cxrtransfer.train import train_model
+    from cxrtransfer.models.train import train_model
 
     _no_quality_gate(monkeypatch)
     caplog.set_level(logging.INFO, logger="cxrtransfer")
@@ -364,7 +364,7 @@ def test_interrupted_run_resumes_only_with_the_same_data(
 
 
 def test_work_stamp_covers_settings_data_content_and_patients(tmp_path, two_datasets):
-    from cxrtransfer.train import inputs_stamp, prepare_work
+    from cxrtransfer.models.train import inputs_stamp, prepare_work
 
     data = _install(two_datasets, "A", tmp_path / "shards")
     base = inputs_stamp(_settings(), data["train"], data["val"], [1, 2, 3])
@@ -406,7 +406,7 @@ def _poisoned_copy(paths, out) -> list:
 @pytest.fixture(scope="module")
 def repeated_runs(pneumothorax_shards, tmp_path_factory):
     """Two fresh runs of the same training and one whose test shards are poisoned."""
-    from cxrtransfer.train import train_model
+    from cxrtransfer.models.train import train_model
 
     shards = pneumothorax_shards
     base = tmp_path_factory.mktemp("repeat")
@@ -481,7 +481,7 @@ def test_train_patients_are_recorded(trained, pneumothorax_shards):
 
 
 def test_train_patients_of_a_subset(pneumothorax_shards):
-    from cxrtransfer.data import label_summary, subset_patients
+    from cxrtransfer.data.datasets import label_summary, subset_patients
 
     half = subset_patients(pneumothorax_shards["train"], "half_a", 1)
     used = label_summary(pneumothorax_shards["train"], 64, half)["patient_ids"]
@@ -489,7 +489,7 @@ def test_train_patients_of_a_subset(pneumothorax_shards):
 
 
 def test_truncated_shard_fails_clearly(pneumothorax_shards, tmp_path):
-    from cxrtransfer.train import train_model
+    from cxrtransfer.models.train import train_model
 
     shards = pneumothorax_shards
     broken = tmp_path / "broken.h5"

@@ -1,4 +1,4 @@
-"""Universal perturbations (cxrtransfer.uap), ensemble sources (models.build_ensemble, plan)
+"""Universal perturbations (cxrtransfer.attacks.uap), ensemble sources (models.build_ensemble, plan)
 and the summary's best-attack table, on small real Keras models."""
 
 from __future__ import annotations
@@ -18,14 +18,9 @@ import yaml
 keras = pytest.importorskip("keras")
 
 from cxrtransfer import WorkflowError  # noqa: E402
-from cxrtransfer import plan as PL  # noqa: E402
-from cxrtransfer.attack_cache import read_attack  # noqa: E402
-from cxrtransfer.attack_job import attack_set  # noqa: E402
-from cxrtransfer.attacks import cross_entropy  # noqa: E402
-from cxrtransfer.metrics import flip_rate  # noqa: E402
-from cxrtransfer.models import build_ensemble, load_checkpoint  # noqa: E402
-from cxrtransfer.tables import best_attack_lines  # noqa: E402
-from cxrtransfer.uap import (  # noqa: E402
+from cxrtransfer.attacks.attack import cross_entropy  # noqa: E402
+from cxrtransfer.attacks.job import attack_set  # noqa: E402
+from cxrtransfer.attacks.uap import (
     UapSpec,
     apply_uap,
     craft_uap,
@@ -33,7 +28,13 @@ from cxrtransfer.uap import (  # noqa: E402
     read_uap,
     uap_spec_from_config,
 )
-from cxrtransfer.utils import file_sha256  # noqa: E402
+from cxrtransfer.core.files import file_sha256  # noqa: E402
+from cxrtransfer.data.adversarial_cache import read_attack  # noqa: E402
+from cxrtransfer.evaluate.tables import best_attack_lines  # noqa: E402
+from cxrtransfer.metrics.measures import flip_rate  # noqa: E402
+from cxrtransfer.models.build import build_ensemble, load_checkpoint  # noqa: E402
+from cxrtransfer.plan import checks
+from cxrtransfer.plan import study as PL  # noqa: E402
 
 SIZE = 20
 
@@ -110,7 +111,7 @@ def test_plan_names_ensembles_and_checks_them(config):
     cfg["grid"].append(
         {"sources": [["pneumothorax_small_s2", "pneumothorax_small"]], "data_task": "own"}
     )
-    PL.check_config(cfg)
+    checks.check_config(cfg)
     name = "pneumothorax_small_s2+pneumothorax_small"
     assert PL.ensembles(cfg) == [name]
     sets = PL.adversarial_sets(cfg, controls=False)
@@ -128,7 +129,7 @@ def test_plan_names_ensembles_and_checks_them(config):
         bad = copy.deepcopy(config)
         bad["grid"].append({"sources": [members], "data_task": "own"})
         with pytest.raises(WorkflowError, match=r"grid\[2\]\.sources: .*" + msg):
-            PL.check_config(bad)
+            checks.check_config(bad)
 
 
 # --- universal perturbations ----------------------------------------------------------------
@@ -148,7 +149,7 @@ def test_uap_spec_validation_names_the_key(config):
     bad = copy.deepcopy(config)
     bad["attacks"]["uap"] = {"method": "uap", "split": "test"}
     with pytest.raises(WorkflowError, match=r"attacks\.uap \(at eps 8\): split"):
-        PL.check_config(bad)
+        checks.check_config(bad)
 
 
 def test_uap_counts_steps_and_reaches_its_eps_on_a_set_smaller_than_one_batch(members):
@@ -170,7 +171,7 @@ def test_uap_refuses_epochs_and_too_few_steps():
 
 
 def test_a_uap_short_of_its_label_fails_the_job_and_writes_nothing(members, tmp_path, monkeypatch):
-    import cxrtransfer.uap as U
+    import cxrtransfer.attacks.uap as U
 
     d = tmp_path
     members[0].save(d / "model.keras")
@@ -314,7 +315,7 @@ def test_a_grid_entry_can_run_some_of_the_budgets(config):
     cfg["grid"].append(
         {"sources": ["pneumothorax_small_s2"], "data_task": "cardiomegaly", "eps": [8]}
     )
-    PL.check_config(cfg)
+    checks.check_config(cfg)
     sets = PL.adversarial_sets(cfg, controls=False)
     cross = {
         s.eps for s in sets if s.source == "pneumothorax_small_s2" and s.data_task == "cardiomegaly"
@@ -323,4 +324,4 @@ def test_a_grid_entry_can_run_some_of_the_budgets(config):
     assert {s.eps for s in sets if s.source == "pneumothorax_small_s2"} == {"2", "8"}
     cfg["grid"][-1]["eps"] = [4]
     with pytest.raises(WorkflowError, match=r"grid\[2\]\.eps: \[4\] is not a budget"):
-        PL.check_config(cfg)
+        checks.check_config(cfg)

@@ -3,7 +3,8 @@
 import logging
 
 import pytest
-from cxrtransfer.utils import Progress, atomic_path, params_hash
+from cxrtransfer.core.files import atomic_path, params_hash
+from cxrtransfer.core.logs import Progress
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):

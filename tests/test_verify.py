@@ -1,4 +1,4 @@
-"""cxrtransfer.verify on small but complete results trees of real HDF5/CSV/JSON files."""
+"""cxrtransfer.verify.products on small but complete results trees of real HDF5/CSV/JSON files."""
 
 import hashlib
 import json
@@ -12,8 +12,8 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from cxrtransfer import runconfig
-from cxrtransfer import verify as V
+from cxrtransfer.config import runconfig
+from cxrtransfer.verify import products as V
 
 N, SIZE = 4, 8
 TASKS = {"ptx": ["ptx_a", "ptx_b"], "card": ["card_a"]}
@@ -252,7 +252,7 @@ def test_clean_tree_passes(tree, capsys):
 
 def test_library_imports_without_tensorflow(root):
     env = {**os.environ, "PYTHONPATH": str(root / "workflow_scripts")}
-    code = "import sys, cxrtransfer.verify; assert 'tensorflow' not in sys.modules"
+    code = "import sys, cxrtransfer.verify.products; assert 'tensorflow' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
 
@@ -260,7 +260,7 @@ def test_cli_module(tree, root):
     env = {**os.environ, "PYTHONPATH": str(root / "workflow_scripts")}
     (tree / "plots" / "heatmap" / "ptx_pgd.png").write_bytes(b"GIF89a")
     r = subprocess.run(
-        [sys.executable, "-m", "cxrtransfer.verify", "--results", "results"],
+        [sys.executable, "-m", "cxrtransfer.verify.products", "--results", "results"],
         cwd=tree.parent,
         env=env,
         capture_output=True,
@@ -683,7 +683,7 @@ def test_missing_results_dir(tmp_path, capsys):
 
 def test_universal_perturbation_is_checked(tmp_path):
     """A UAP file is readable, within its budget and made from the current checkpoint."""
-    from cxrtransfer.uap import write_uap
+    from cxrtransfer.attacks.uap import write_uap
 
     path = tmp_path / "eps8.h5"
     write_uap(

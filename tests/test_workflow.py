@@ -137,7 +137,7 @@ def test_outputs_exist(run):
     assert len(rej) == 0
     # the generated box file, checked; every example plot has its table of the perturbation
     # energy inside the boxes of its images (header only when none of them has a box)
-    from cxrtransfer.boxes import ENERGY_COLUMNS
+    from cxrtransfer.data.boxes import ENERGY_COLUMNS
 
     assert (r / "boxes" / "boxes.csv").is_file()
     plots, rows = list((r / "plots" / "examples").rglob("*.png")), 0
@@ -416,8 +416,8 @@ def test_a_config_edit_reruns_exactly_what_it_changes(
 @pytest.mark.parametrize(
     ("module", "expected"),
     [
-        ("attacks.py", {**ATTACKS_ON, **AFTER_TABLES, "plot_cell": 1, "all": 1}),
-        ("plots.py", {"plot_heatmap": 2, "plot_auroc": 3, "plot_cell": 1, "all": 1}),
+        ("attacks/attack.py", {**ATTACKS_ON, **AFTER_TABLES, "plot_cell": 1, "all": 1}),
+        ("evaluate/plots.py", {"plot_heatmap": 2, "plot_auroc": 3, "plot_cell": 1, "all": 1}),
     ],
 )
 def test_a_library_edit_reruns_what_it_can_change(root, run, tmp_path, module, expected):
@@ -437,7 +437,7 @@ def test_damaged_file_is_rebuilt_after_verify(root, run, tmp_path):
     try:
         cache = r / "attacks" / "pneumothorax_small" / "pneumothorax" / "pgd" / "eps8" / "000.h5"
         cache.write_bytes(cache.read_bytes()[:-100])
-        verify = [sys.executable, "-m", "cxrtransfer.verify", "--results", str(r)]
+        verify = [sys.executable, "-m", "cxrtransfer.verify.products", "--results", str(r)]
         env = {**os.environ, "PYTHONPATH": str(root / "workflow_scripts")}
         rep = subprocess.run(verify, capture_output=True, text=True, env=env)
         assert rep.returncode == 1 and "000.h5" in rep.stdout + rep.stderr
@@ -482,10 +482,10 @@ def test_wrong_kaggle_dir_and_missing_credentials_are_explained(root, tmp_path):
     (tmp_path / "k.yaml").write_text(yaml.safe_dump(cfg))
     r = snakemake(root, tmp_path, "-n", configfile="k.yaml", check=False)
     out = r.stdout + r.stderr
-    assert r.returncode != 0 and "is not a directory" in out and "cxrtransfer.fetch" in out
+    assert r.returncode != 0 and "is not a directory" in out and "cxrtransfer.data.fetch" in out
     env = {**os.environ, "PYTHONPATH": str(root / "workflow_scripts"), "HOME": str(tmp_path)}
     env.pop("KAGGLE_USERNAME", None)
-    fetch = [sys.executable, "-m", "cxrtransfer.fetch", str(tmp_path / "dl")]
+    fetch = [sys.executable, "-m", "cxrtransfer.data.fetch", str(tmp_path / "dl")]
     r = subprocess.run(fetch, capture_output=True, text=True, env=env)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "not installed" in r.stderr or "credentials" in r.stderr
@@ -525,7 +525,7 @@ def test_no_run_touches_the_users_download(root, download, tmp_path):
     snakemake(root, wd, target, configfile=name)
     snakemake(root, wd, target, "--forceall", configfile=name)
     wf = workflow_copy(root, tmp_path / "wf")
-    ingest = wf / "workflow_scripts" / "cxrtransfer" / "ingest.py"
+    ingest = wf / "workflow_scripts" / "cxrtransfer" / "data" / "ingest.py"
     ingest.write_text(ingest.read_text() + "\n# a code change\n")
     assert planned(wf, wd, name).get("manifest") == 2  # the code change reruns the ingest
     snakemake(wf, wd, target, configfile=name)
@@ -652,7 +652,7 @@ def test_an_extended_study_adds_only_its_own_jobs(root, run, tmp_path):
     # verify knows every new product, and a second plan has nothing to do
     env = {**os.environ, "PYTHONPATH": str(root / "workflow_scripts")}
     v = subprocess.run(
-        [sys.executable, "-m", "cxrtransfer.verify", "--results", "results"],
+        [sys.executable, "-m", "cxrtransfer.verify.products", "--results", "results"],
         cwd=wd,
         env=env,
         capture_output=True,

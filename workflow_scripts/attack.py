@@ -1,9 +1,9 @@
 """Rule attack: craft one adversarial set (every test shard, uint8 caches) on a source model
 and, when the study has noise controls, the set's control with the same loaded model."""
 
-from cxrtransfer import paths as P
-from cxrtransfer.attack_job import attack_set
-from cxrtransfer.utils import run_main
+from cxrtransfer.attacks.job import attack_set
+from cxrtransfer.config.job import run_main
+from cxrtransfer.core import paths as P
 
 
 def main(sm):

@@ -1,7 +1,7 @@
 """Rule boxes: the box file (data.bboxes), checked against the download's metadata and PNGs."""
 
-from cxrtransfer.boxes import prepare
-from cxrtransfer.utils import run_main
+from cxrtransfer.config.job import run_main
+from cxrtransfer.data.boxes import prepare
 
 
 def main(sm):

@@ -3,8 +3,8 @@ checkpoint with its own validation threshold."""
 
 from pathlib import Path
 
-from cxrtransfer.defences import build_defended_checkpoint
-from cxrtransfer.utils import run_main
+from cxrtransfer.config.job import run_main
+from cxrtransfer.models.defended import build_defended_checkpoint
 
 
 def main(sm):

@@ -3,8 +3,8 @@ own validation threshold and the union of its members' training patients."""
 
 from pathlib import Path
 
-from cxrtransfer.ensemble import build_ensemble_checkpoint
-from cxrtransfer.utils import run_main
+from cxrtransfer.config.job import run_main
+from cxrtransfer.models.ensemble import build_ensemble_checkpoint
 
 
 def main(sm):

@@ -3,9 +3,10 @@ set and, with noise controls, of its control."""
 
 import json
 
-from cxrtransfer.evaluation import evaluate_adv_set, nan_to_none
-from cxrtransfer.paths import CONTROL_SUFFIX
-from cxrtransfer.utils import atomic_path, run_main
+from cxrtransfer.config.job import run_main
+from cxrtransfer.core.files import atomic_path
+from cxrtransfer.core.paths import CONTROL_SUFFIX
+from cxrtransfer.evaluate.sets import evaluate_adv_set, nan_to_none
 
 
 def named(inputs, prefix):

@@ -1,7 +1,7 @@
 """Rule expert_labels: one task's expert labels, checked against the download's metadata."""
 
-from cxrtransfer.expert_labels import prepare
-from cxrtransfer.utils import run_main
+from cxrtransfer.config.job import run_main
+from cxrtransfer.data.expert_labels import prepare
 
 
 def main(sm):

@@ -3,8 +3,8 @@ with its own validation threshold on the binary task's images."""
 
 from pathlib import Path
 
-from cxrtransfer.utils import run_main
-from cxrtransfer.views import build_view_checkpoint
+from cxrtransfer.config.job import run_main
+from cxrtransfer.models.views import build_view_checkpoint
 
 
 def main(sm):

@@ -1,7 +1,9 @@
 """Checkpoint manifest: verify the download, split by patient, write the task's manifest."""
 
-from cxrtransfer.ingest import build_manifest, check_rejected_fraction
-from cxrtransfer.utils import LOG, run_main, write_csv
+from cxrtransfer.config.job import run_main
+from cxrtransfer.core.files import write_csv
+from cxrtransfer.core.logs import LOG
+from cxrtransfer.data.ingest import build_manifest, check_rejected_fraction
 
 
 def main(sm):

@@ -2,9 +2,14 @@
 
 import numpy as np
 import pandas as pd
-from cxrtransfer.attack_cache import read_attack, set_caches
-from cxrtransfer.boxes import finding_boxes, read_prepared, scale_box
-from cxrtransfer.plots import (
+from cxrtransfer.config.job import run_main
+from cxrtransfer.core.files import write_csv
+from cxrtransfer.core.logs import LOG
+from cxrtransfer.core.products import json_threshold
+from cxrtransfer.data.adversarial_cache import read_attack, set_caches
+from cxrtransfer.data.boxes import finding_boxes, read_prepared, scale_box
+from cxrtransfer.data.shards import read_shard
+from cxrtransfer.evaluate.plots import (
     aligned_cell,
     cell_examples,
     plot_auroc_vs_eps,
@@ -12,10 +17,7 @@ from cxrtransfer.plots import (
     plot_roc,
     plot_transfer_heatmap,
 )
-from cxrtransfer.predictions import ADV_COLUMNS, CLEAN_COLUMNS, read_predictions
-from cxrtransfer.shards import read_shard
-from cxrtransfer.train import json_threshold
-from cxrtransfer.utils import LOG, run_main, write_csv
+from cxrtransfer.evaluate.predictions import ADV_COLUMNS, CLEAN_COLUMNS, read_predictions
 
 
 def concat(parts):

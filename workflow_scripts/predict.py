@@ -1,9 +1,9 @@
 """Rules predict_clean / predict_adv: a target model's per-example predictions for a whole
 test set (all its shards) or a whole adversarial set and its noise control."""
 
-from cxrtransfer.attack_cache import set_caches
-from cxrtransfer.predictions import predict_adv, predict_clean
-from cxrtransfer.utils import run_main
+from cxrtransfer.config.job import run_main
+from cxrtransfer.data.adversarial_cache import set_caches
+from cxrtransfer.evaluate.predictions import predict_adv, predict_clean
 
 
 def main(sm):

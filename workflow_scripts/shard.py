@@ -1,8 +1,8 @@
 """Rule shard: decode one shard of a task's split into HDF5."""
 
 import pandas as pd
-from cxrtransfer.shards import shard_rows, write_shard
-from cxrtransfer.utils import run_main
+from cxrtransfer.config.job import run_main
+from cxrtransfer.data.shards import shard_rows, write_shard
 
 
 def main(sm):

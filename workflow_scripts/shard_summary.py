@@ -1,8 +1,9 @@
 """Rule shard_summary: class counts per split and every rejected image with its reason."""
 
 import pandas as pd
-from cxrtransfer.data import open_shard
-from cxrtransfer.utils import run_main, write_csv
+from cxrtransfer.config.job import run_main
+from cxrtransfer.core.files import write_csv
+from cxrtransfer.data.datasets import open_shard
 
 
 def main(sm):

@@ -1,7 +1,8 @@
 """Rule study_config: the effective (validated, defaults filled in) configuration of the run."""
 
 import yaml
-from cxrtransfer.utils import atomic_path, run_main
+from cxrtransfer.config.job import run_main
+from cxrtransfer.core.files import atomic_path
 
 
 def main(sm):

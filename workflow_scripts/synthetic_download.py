@@ -1,7 +1,7 @@
 """Rule synthetic_download: write the built-in Kaggle-layout dataset."""
 
-from cxrtransfer.synthetic import SyntheticSpec, generate
-from cxrtransfer.utils import run_main
+from cxrtransfer.config.job import run_main
+from cxrtransfer.data.synthetic import SyntheticSpec, generate
 
 
 def main(sm):

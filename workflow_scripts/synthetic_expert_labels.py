@@ -1,7 +1,7 @@
 """Rule synthetic_expert_labels: expert labels of the synthetic download (Google's format)."""
 
-from cxrtransfer.synthetic import write_expert_labels
-from cxrtransfer.utils import run_main
+from cxrtransfer.config.job import run_main
+from cxrtransfer.data.synthetic import write_expert_labels
 
 
 def main(sm):

@@ -1,20 +1,21 @@
 """Rule tables: transfer.csv (long form), source x target matrices, summary.md."""
 
-import json
 from pathlib import Path
 
-from cxrtransfer.tables import (
+from cxrtransfer.config.job import run_main
+from cxrtransfer.core.files import atomic_path, write_csv
+from cxrtransfer.core.products import read_cells
+from cxrtransfer.evaluate.tables import (
     add_noise_controls,
     long_table,
     matrices,
     summary_markdown,
     write_matrix,
 )
-from cxrtransfer.utils import atomic_path, run_main, write_csv
 
 
 def main(sm):
-    cells = [c for path in sm.input.sets for c in json.loads(Path(path).read_text())]
+    cells = [c for path in sm.input.sets for c in read_cells(path)]
     df = add_noise_controls(long_table(cells))
     write_csv(sm.output.transfer, df)
     out_dir = Path(sm.output.matrices)

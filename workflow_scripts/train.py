@@ -1,11 +1,24 @@
 """Rule train: fine-tune one model (resumes from its last epoch if interrupted with the same
 settings and data; writes model.keras, metrics.json, history.csv, train_patients.txt)."""
 
+import importlib
 from pathlib import Path
 
-from cxrtransfer.data import subset_patients
-from cxrtransfer.train import train_model
-from cxrtransfer.utils import run_main
+from cxrtransfer.config.job import run_main
+from cxrtransfer.data.datasets import subset_patients
+from cxrtransfer.models.train import train_model
+
+
+def adversarial_trainer(settings: dict):
+    """``cxrtransfer.attacks.adversarial_training.make_trainer`` for an adversarially trained
+    model, else None. Imported by name, for such models only: a rule's code version
+    (plan.code.code_version) covers the modules its script imports statically, so clean training
+    does not cover attack code and an edit of it retrains no clean model; the train rule adds
+    that module's code version for adversarially trained models (rules/common.smk, train_code).
+    """
+    if not settings.get("adversarial"):
+        return None
+    return importlib.import_module("cxrtransfer.attacks.adversarial_training").make_trainer
 
 
 def main(sm):
@@ -26,6 +39,7 @@ def main(sm):
         Path(sm.output.model).parent,
         patients,
         init,
+        make_trainer=adversarial_trainer(settings),
     )
 
 

@@ -1,8 +1,8 @@
 """Rule uap: craft one source model's universal adversarial perturbation on its training or
 validation images (never test) and store it as integer grey levels with its provenance."""
 
-from cxrtransfer.uap import craft_uap_job
-from cxrtransfer.utils import run_main
+from cxrtransfer.attacks.uap import craft_uap_job
+from cxrtransfer.config.job import run_main
 
 
 def main(sm):

@@ -1,0 +1,349 @@
+"""Universal adversarial perturbations (UAP): one L-inf perturbation per source model.
+
+Crafted by stochastic gradient ascent over minibatches of the source's *training or validation*
+images (Shafahi et al. 2020, "Universal adversarial training", Algorithm 1: the gradient of the
+mean clamped cross-entropy with respect to the one perturbation, a signed step, projection
+onto the eps ball), never on test images. Crafting counts optimiser steps (one minibatch
+each), not passes over the images: on a small crafting set a pass is one step, and a few
+signed steps of eps/10 cannot reach eps. A perturbation whose largest entry stays more than
+one grey level below its label's eps fails the job (``attack_cache.check_reached``). Stored
+as integer grey levels, so adding it to a uint8 image gives exactly the evaluated image; then applied to any data task's test set as an
+adversarial set (``attack_job``), evaluated on every target like the other sets.
+
+Config (one entry of ``attacks:``)::
+
+    uap: {method: uap, split: val, steps: 40, step_fraction: 0.1}
+
+``steps`` defaults to ``default_steps(eps, step)`` = 4 x ceil(eps / step).
+
+Units as for the other L-inf attacks: eps and step in 1/255 units.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cxrtransfer import WorkflowError
+from cxrtransfer.attacks.attack import steps_to_reach
+from cxrtransfer.core.files import FIX_DAMAGED, atomic_path
+from cxrtransfer.core.logs import LOG
+from cxrtransfer.data.adversarial_cache import check_reached
+
+METHOD = "uap"
+SPLITS = ("train", "val")
+_CONFIG_KEYS = {
+    "method",
+    "norm",
+    "step",
+    "step_fraction",
+    "steps",
+    "split",
+    "max_images",
+    "loss_clamp",
+    "seed",
+}
+
+
+@dataclass(frozen=True)
+class UapSpec:
+    """One UAP configuration: eps and step in 1/255 units (L-inf only)."""
+
+    eps: float
+    step: float
+    steps: int
+    split: str = "val"
+    max_images: int = 0  # 0: every image of the split
+    loss_clamp: float = 10.0
+    seed: int = 0
+    method: str = METHOD
+    norm: str = "linf"
+
+    def __post_init__(self):
+        if self.norm != "linf":
+            raise WorkflowError(
+                f"norm: a universal perturbation is crafted in L-inf here, got '{self.norm}'."
+            )
+        if self.split not in SPLITS:
+            raise WorkflowError(
+                f"split: a universal perturbation is crafted on the source's 'train' or 'val' "
+                f"images, never on '{self.split}' (the test images it is evaluated on)."
+            )
+        if not (self.eps > 0 and math.isfinite(self.eps)):
+            raise WorkflowError(f"eps must be > 0 (1/255 units), got {self.eps}.")
+        if not (0 < self.step <= self.eps):
+            raise WorkflowError(f"step must be in (0, eps] (1/255 units), got {self.step}.")
+        if self.steps < steps_to_reach(self.eps, self.step):
+            raise WorkflowError(
+                f"steps: {self.steps} signed steps of {self.step:g}/255 cannot reach eps "
+                f"{self.eps:g}/255; give at least {steps_to_reach(self.eps, self.step)} (the "
+                f"default is {default_steps(self.eps, self.step)})."
+            )
+        if self.max_images < 0:
+            raise WorkflowError(f"max_images must be >= 0 (0 = all), got {self.max_images}.")
+        if not self.loss_clamp > 0:
+            raise WorkflowError(f"loss_clamp must be > 0, got {self.loss_clamp}.")
+
+    @property
+    def eps_float(self) -> float:
+        return float(self.eps) / 255.0
+
+    @property
+    def step_float(self) -> float:
+        return float(self.step) / 255.0
+
+    @property
+    def eps_unit(self) -> str:
+        return "1/255"
+
+    @property
+    def levels(self) -> int:
+        """Largest stored perturbation in grey levels."""
+        return math.floor(self.eps + 1e-9)
+
+    def attrs(self) -> dict:
+        return {**asdict(self), "eps_unit": self.eps_unit}
+
+
+def default_steps(eps: float, step: float) -> int:
+    """A uap's default number of optimiser steps: four times the steps a constant gradient
+    sign needs to reach eps, whatever the crafting set's size."""
+    return 4 * steps_to_reach(eps, step)
+
+
+def is_uap(attack_cfg: dict) -> bool:
+    return attack_cfg.get("method") == METHOD
+
+
+def _per_image_defaults() -> dict:
+    from cxrtransfer.config.schema import attack_defaults
+
+    return {k: v for k, v in attack_defaults(METHOD).items() if k not in _CONFIG_KEYS}
+
+
+def uap_spec_from_config(attack_cfg: dict, eps: float) -> UapSpec:
+    cfg = dict(attack_cfg)
+    if "epochs" in cfg:
+        raise WorkflowError(
+            "epochs: a universal perturbation now counts optimiser steps, not passes over the "
+            "crafting images (on a small set a pass is one step and cannot reach eps); replace "
+            "epochs with steps (default 4 x ceil(eps / step))."
+        )
+    # The schema fills in the per-image attacks' defaults for every attack: those mean nothing
+    # here and are dropped; any other value of a per-image setting is refused.
+    filled = _per_image_defaults()
+    cfg = {k: v for k, v in cfg.items() if k in _CONFIG_KEYS or filled.get(k, object()) != v}
+    unknown = sorted(set(cfg) - _CONFIG_KEYS)
+    if unknown:
+        raise WorkflowError(
+            f"setting(s) {', '.join(unknown)} have no meaning for method uap; allowed: "
+            f"{', '.join(sorted(_CONFIG_KEYS))}."
+        )
+    if "step" in cfg and "step_fraction" in cfg:
+        raise WorkflowError("Give either 'step' or 'step_fraction' for an attack, not both.")
+    eps = float(eps)
+    step = float(cfg["step"]) if "step" in cfg else float(cfg.get("step_fraction", 0.1)) * eps
+    return UapSpec(
+        eps=eps,
+        step=step,
+        steps=int(cfg["steps"]) if "steps" in cfg else default_steps(eps, step),
+        split=str(cfg.get("split", "val")),
+        max_images=int(cfg.get("max_images", 0)),
+        loss_clamp=float(cfg.get("loss_clamp", 10.0)),
+        seed=int(cfg.get("seed", 0)),
+        norm=str(cfg.get("norm", "linf")),
+    )
+
+
+def make_uap_step(model, spec: UapSpec):
+    """Compiled ``step(x, y, delta) -> (delta, mean loss)``: one signed ascent step of the
+    universal perturbation ``delta`` (1, H, W, 1) on a batch, projected onto the eps ball."""
+    import tensorflow as tf
+
+    from cxrtransfer.attacks.attack import cross_entropy
+
+    shape = tuple(model.input_shape[1:])
+    eps, step, clamp = spec.eps_float, spec.step_float, float(spec.loss_clamp)
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec((None, *shape), tf.float32),
+            tf.TensorSpec((None,), tf.int32),
+            tf.TensorSpec((1, *shape), tf.float32),
+        ]
+    )
+    def uap_step(x, y, delta):
+        with tf.GradientTape() as tape:
+            tape.watch(delta)
+            probs = model(tf.clip_by_value(x + delta, 0.0, 1.0), training=False)
+            # clamped loss (Shafahi et al. 2020): images already fooled stop dominating
+            loss = tf.reduce_mean(tf.minimum(cross_entropy(y, probs), clamp))
+        grad = tape.gradient(loss, delta)
+        return tf.clip_by_value(delta + step * tf.sign(grad), -eps, eps), loss
+
+    return uap_step
+
+
+def craft_uap(
+    model, images_u8: np.ndarray, labels: np.ndarray, spec: UapSpec, batch_size: int, progress=None
+) -> tuple[np.ndarray, list[float]]:
+    """The universal perturbation of ``model`` on ``images_u8`` (N, H, W) with ``labels``:
+    int16 (H, W) grey levels within +-floor(eps), and the mean clamped loss of each of its
+    ``spec.steps`` optimiser steps. Each step takes the next minibatch of a shuffled pass over
+    the images (a fresh order, seeded by ``spec.seed``, whenever a pass ends)."""
+    images_u8, labels = np.asarray(images_u8), np.asarray(labels)
+    if images_u8.ndim != 3 or images_u8.dtype != np.uint8 or len(images_u8) == 0:
+        raise WorkflowError(
+            f"UAP crafting needs uint8 images (N, H, W) with N > 0, got {images_u8.dtype} "
+            f"{images_u8.shape}."
+        )
+    step = make_uap_step(model, spec)
+    delta = np.zeros((1, *images_u8.shape[1:], 1), np.float32)
+    rng = np.random.default_rng(spec.seed)
+    losses, batches = [], []
+    for _ in range(spec.steps):
+        if not batches:
+            order = rng.permutation(len(images_u8))
+            batches = [order[a : a + batch_size] for a in range(0, len(order), batch_size)][::-1]
+        idx = np.sort(batches.pop())
+        x = images_u8[idx][..., None].astype(np.float32) / 255.0
+        delta, loss = step(x, labels[idx].astype(np.int32), delta)
+        losses.append(float(loss))
+        if progress is not None:
+            progress.update(1)
+    levels = np.rint(np.asarray(delta)[0, ..., 0] * 255.0)
+    return np.clip(levels, -spec.levels, spec.levels).astype(np.int16), losses
+
+
+def apply_uap(images_u8: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """The images with the perturbation added in grey levels, clipped to 0..255 (exact)."""
+    images_u8 = np.asarray(images_u8)
+    if images_u8.shape[1:] != delta.shape:
+        raise WorkflowError(
+            f"The universal perturbation is {delta.shape} but the images are "
+            f"{images_u8.shape[1:]}: it was crafted at another data.image_size. {FIX_DAMAGED}"
+        )
+    return np.clip(images_u8.astype(np.int16) + delta[None], 0, 255).astype(np.uint8)
+
+
+def write_uap(path, delta: np.ndarray, attrs: dict) -> None:
+    import h5py
+
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("delta", data=delta.astype(np.int16))
+            for k, v in attrs.items():
+                f.attrs[k] = json.dumps(v) if isinstance(v, list | dict) else v
+
+
+def read_uap(path, expected_source_sha256: str | None = None) -> tuple[np.ndarray, dict]:
+    """The stored perturbation (int16 grey levels) and its attributes, checked."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            delta = f["delta"][()]
+            attrs = dict(f.attrs)
+    except (OSError, KeyError) as e:
+        raise WorkflowError(
+            f"Cannot read the universal perturbation '{path}' ({e}). {FIX_DAMAGED}"
+        ) from None
+    levels = math.floor(float(attrs.get("eps", 0)) + 1e-9)
+    if delta.ndim != 2 or int(np.abs(delta).max(initial=0)) > levels:
+        raise WorkflowError(
+            f"'{path}' holds a perturbation of shape {delta.shape} and max |delta| "
+            f"{int(np.abs(delta).max(initial=0))} grey levels for eps {attrs.get('eps')}: damaged. "
+            f"{FIX_DAMAGED}"
+        )
+    got = attrs.get("source_checkpoint_sha256")
+    if expected_source_sha256 is not None and got != expected_source_sha256:
+        raise WorkflowError(
+            f"'{path}' was crafted on another checkpoint of its source than the current one "
+            f"(stale). {FIX_DAMAGED}"
+        )
+    return delta, attrs
+
+
+def craft_uap_job(
+    *,
+    model_path,
+    metrics_path,
+    shard_paths: list,
+    out_path,
+    attack_name: str,
+    attack_cfg: dict,
+    eps: float,
+    image_size: int,
+    batch_size: int,
+    source_model: str,
+) -> dict:
+    """Rule uap: craft the source's universal perturbation on its crafting split and write it
+    (with its fooling rate on those images) to ``out_path``."""
+    from cxrtransfer.core.files import file_sha256
+    from cxrtransfer.core.logs import Progress
+    from cxrtransfer.core.provenance import model_record
+    from cxrtransfer.data.shards import read_shard
+    from cxrtransfer.metrics.measures import flip_rate
+    from cxrtransfer.models.build import load_checkpoint
+    from cxrtransfer.models.inference import predict_probs
+
+    spec = uap_spec_from_config(attack_cfg, eps)
+    record = model_record(model_path, metrics_path)
+    shards = [read_shard(p, image_size) for p in shard_paths]
+    images = np.concatenate([s["images"] for s in shards])
+    labels = np.concatenate([s["labels"] for s in shards]).astype(np.int32)
+    if spec.max_images and len(images) > spec.max_images:
+        keep = np.sort(np.random.default_rng(spec.seed).permutation(len(images))[: spec.max_images])
+        images, labels = images[keep], labels[keep]
+    model = load_checkpoint(model_path, image_size)
+    LOG.info(
+        "UAP %s of %s: eps %g/255, %d steps of %g/255 (minibatches of %d) over %d %s images",
+        attack_name,
+        source_model,
+        spec.eps,
+        spec.steps,
+        spec.step,
+        batch_size,
+        len(images),
+        spec.split,
+    )
+    progress = Progress(spec.steps, f"uap {attack_name} steps", every_seconds=30)
+    delta, losses = craft_uap(model, images, labels, spec, batch_size, progress)
+    clean = predict_probs(model, images, batch_size)
+    adv = predict_probs(model, apply_uap(images, delta), batch_size)
+    t = record["threshold"]
+    fooling = flip_rate(clean >= t, adv >= t)
+    attrs = {
+        **spec.attrs(),
+        "attack": attack_name,
+        "source_model": source_model,
+        "source_checkpoint_sha256": record["sha256"],
+        "source_threshold": record["threshold"],
+        "crafting_shards": [str(p) for p in shard_paths],
+        "crafting_shards_sha256": [file_sha256(p) for p in shard_paths],
+        "n_images": len(images),
+        "step_losses": losses,
+        "crafting_flip_rate": fooling,
+        "max_linf_255": int(np.abs(delta).max(initial=0)),
+    }
+    check_reached(attrs["max_linf_255"], spec.eps, f"UAP {attack_name} of {source_model}")
+    write_uap(out_path, delta, attrs)
+    LOG.info(
+        "%s: fooling rate (decision changed) %.3f on its %d crafting images; max |delta| %d/255",
+        out_path,
+        fooling,
+        len(images),
+        attrs["max_linf_255"],
+    )
+    return attrs
+
+
+def uap_record(path) -> dict:
+    """What an attack job records of the UAP it applies (its file and hash)."""
+    from cxrtransfer.core.files import file_sha256
+
+    return {"uap_file": str(Path(path)), "uap_sha256": file_sha256(path)}

@@ -1,0 +1,101 @@
+"""Every path template of the results tree, written once.
+
+The rules use these as their outputs (Snakemake wildcards in braces) and the plan and the
+verify command format them. Paths are relative to the working directory of the run.
+"""
+
+RESULTS = "results"
+
+SYNTHETIC_DOWNLOAD = f"{RESULTS}/synthetic/nih-chest-xrays"
+# the generator's expert labels (data.expert_labels: synthetic), beside its download
+SYNTHETIC_EXPERT_LABELS = f"{RESULTS}/synthetic/google2019_nih-chest-xray-labels.csv.gz"
+# per task: data.expert_labels checked against the download's metadata, its finding as 0/1
+EXPERT_LABELS = f"{RESULTS}/expert_labels/{{task}}.csv"
+# data.bboxes checked against the download (metadata, PNG sizes): what the example plots read
+BOXES = f"{RESULTS}/boxes/boxes.csv"
+MANIFEST = f"{RESULTS}/manifests/{{task}}.csv"
+MANIFEST_REJECTED = f"{RESULTS}/manifests/{{task}}.rejected.csv"
+MANIFEST_SUMMARY = f"{RESULTS}/manifests/{{task}}.summary.csv"
+SHARD = f"{RESULTS}/shards/{{task}}/{{split}}/{{shard}}.h5"
+SHARD_SUMMARY = f"{RESULTS}/shards/{{task}}/summary.csv"
+SHARD_REJECTED = f"{RESULTS}/shards/{{task}}/rejected.csv"
+MODEL_DIR = f"{RESULTS}/models/{{model}}"
+MODEL = f"{MODEL_DIR}/model.keras"
+MODEL_METRICS = f"{MODEL_DIR}/metrics.json"
+MODEL_HISTORY = f"{MODEL_DIR}/history.csv"
+MODEL_PATIENTS = f"{MODEL_DIR}/train_patients.txt"
+ADV_SET = "{source}/{data_task}/{attack}/eps{eps}"
+# One directory per adversarial set (one attack job writes all of it), one cache per test shard;
+# finished shards of an unfinished job wait in ATTACK_WORK (see attack_job.attack_set).
+ATTACK_DIR = f"{RESULTS}/attacks/{ADV_SET}"
+ATTACK = f"{ATTACK_DIR}/{{shard}}.h5"
+ATTACK_WORK = f"{RESULTS}/attacks/.work/{ADV_SET}"
+# A universal perturbation (attack method uap): one per (source, attack, eps), crafted on the
+# source's training or validation images, applied to any data task's test set by rule attack.
+UAP = f"{RESULTS}/uap/{{source}}/{{attack}}/eps{{eps}}.h5"
+# One prediction file per (target, clean test set) and per (target, adversarial set): the rows
+# of all test shards in shard order (one job predicts a whole set, see rules/evaluate.smk).
+PRED_CLEAN = f"{RESULTS}/predictions/{{target}}/clean/{{data_task}}.csv"
+PRED_ADV = f"{RESULTS}/predictions/{{target}}/adv/{ADV_SET}.csv"
+SET_METRICS = f"{RESULTS}/metrics/sets/{ADV_SET}.json"
+TRANSFER_TABLE = f"{RESULTS}/tables/transfer.csv"
+SUMMARY = f"{RESULTS}/tables/summary.md"
+MATRICES = f"{RESULTS}/tables/matrices"
+HEATMAP = f"{RESULTS}/plots/heatmap/{{data_task}}_{{attack}}.png"
+AUROC_PLOT = f"{RESULTS}/plots/auroc_vs_eps/{{data_task}}_{{attack}}_{{target}}.png"
+ROC_PLOT = f"{RESULTS}/plots/roc/{ADV_SET}/{{target}}.png"
+EXAMPLES_PLOT = f"{RESULTS}/plots/examples/{ADV_SET}/{{target}}.png"
+# per example image with a box of the data task's finding: perturbation energy inside the box
+EXAMPLES_BOXES = f"{RESULTS}/plots/examples/{ADV_SET}/{{target}}_boxes.csv"
+STUDY_CONFIG = f"{RESULTS}/report/config.yaml"
+LOGS = f"{RESULTS}/logs"
+BENCHMARKS = f"{RESULTS}/benchmarks"
+
+# Noise controls: an attack's perturbations, spatially shuffled per image, stored, predicted and
+# evaluated as the adversarial set of a pseudo-attack named f"{attack}{CONTROL_SUFFIX}".
+CONTROL_SUFFIX = "__shuffled"
+
+
+def control(template: str) -> str:
+    """The noise control's version of a template of an attack's products."""
+    return template.replace("{attack}", "{attack}" + CONTROL_SUFFIX)
+
+
+ATTACK_CONTROL = control(ATTACK)
+ATTACK_CONTROL_DIR = control(ATTACK_DIR)
+PRED_ADV_CONTROL = control(PRED_ADV)
+SET_METRICS_CONTROL = control(SET_METRICS)
+
+
+def log(rule: str, pattern: str = "") -> str:
+    """Log file of a rule (``pattern``: the job's wildcards as a path, e.g. ``{model}``)."""
+    return f"{LOGS}/{rule}/{pattern}.log" if pattern else f"{LOGS}/{rule}.log"
+
+
+def benchmark(rule: str, pattern: str = "") -> str:
+    return f"{BENCHMARKS}/{rule}/{pattern}.tsv" if pattern else f"{BENCHMARKS}/{rule}.tsv"
+
+
+_WILDCARD_RE = {"eps": r"[0-9.]+", "shard": r"\d{3,}", "attack": r"[^/.]+"}
+
+
+def pattern(template: str):
+    """A regex matching paths of ``template`` relative to the results directory; its groups
+    are the wildcards (names: no ``/`` or ``.``; eps: a number; shard: 3+ digits)."""
+    import re
+
+    rel = template.removeprefix(RESULTS + "/")
+    out, pos, seen = "", 0, set()
+    for m in re.finditer(r"\{(\w+)\}", rel):
+        out += re.escape(rel[pos : m.start()])
+        name = m.group(1)
+        body = _WILDCARD_RE.get(name, r"[^/.]+")
+        out += f"(?P={name})" if name in seen else f"(?P<{name}>{body})"
+        seen.add(name)
+        pos = m.end()
+    return re.compile(out + re.escape(rel[pos:]) + "$")
+
+
+def eps_label(eps: float) -> str:
+    """Path label of an eps value: 8 -> '8', 2.55 -> '2.55', 0.5 -> '0.5'."""
+    return f"{float(eps):g}"

@@ -1,0 +1,1 @@
+"""Stage 4, evaluate: predictions, metrics per cell, transfer relations, tables, the summary and plots."""

@@ -1,0 +1,1 @@
+"""Stage 2, models: building models that follow the model contract (pixels in [0, 1] in, 2-class softmax out), training and its quality gate, checkpoints, inference and derived models (defended, ensembles, finding views)."""

@@ -1,0 +1,436 @@
+"""Checks across the config's settings that the JSON schema cannot express (run before the
+DAG is built: a bad config fails with one clear message)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cxrtransfer import WorkflowError
+from cxrtransfer.attacks.attack import spec_from_config
+from cxrtransfer.attacks.uap import is_uap, uap_spec_from_config
+from cxrtransfer.core import paths as P
+from cxrtransfer.core.paths import eps_label
+from cxrtransfer.plan.study import (
+    KERAS_APPLICATIONS,
+    adversarial_sets,
+    base_model,
+    binary_tasks,
+    canon,
+    defended,
+    ensemble_name,
+    eps_grid,
+    is_defended,
+    is_multilabel,
+    is_multilabel_task,
+    is_view,
+    model_views,
+    targets_for,
+    task_labels,
+    view_parts,
+)
+
+
+def check_config(config: dict, basedir: str | Path = ".") -> None:
+    """Cross-checks the JSON schema cannot express; raise WorkflowError naming the key."""
+    _check_tasks(config)
+    _check_models(config, basedir)
+    _check_adversarial_training(config)
+    _check_defences(config)
+    _check_attacks(config)
+    _check_grid(config)
+    _check_expert_labels(config, basedir)
+    _check_deployed(config)
+
+
+def _check_expert_labels(config: dict, basedir) -> None:
+    data = config["data"]
+    value = data.get("expert_labels")
+    synthetic = (data.get("synthetic") or {}).get("expert_labels")
+    if synthetic is not None:
+        from cxrtransfer.data.synthetic import expert_label_settings
+
+        expert_label_settings(synthetic)
+    if not value:
+        return
+    if value == "synthetic":
+        if data["source"] != "synthetic" or synthetic is None:
+            raise WorkflowError(
+                "data.expert_labels: 'synthetic' means the file the synthetic generator writes: "
+                "it needs data.source: synthetic and data.synthetic.expert_labels (fraction, "
+                "disagreement). With real data, point it at the Google expert-label file."
+            )
+        return
+    if not (Path(basedir) / value).is_file() and not Path(value).is_file():
+        from cxrtransfer.data.expert_labels import DEFAULT_PATH
+
+        raise WorkflowError(
+            f"data.expert_labels: '{value}' does not exist. `make real-metadata` writes the "
+            f"combined Google file to {DEFAULT_PATH} (from the torchxrayvision 1.5.7 wheel); "
+            "with synthetic data, `data.expert_labels: synthetic` uses the generator's file."
+        )
+
+
+def _check_tasks(config: dict) -> None:
+    """A task has exactly one of ``label`` (binary) and ``labels`` (multi-label: ``all`` or a
+    list of known findings without duplicates)."""
+    from cxrtransfer import LABELS
+
+    for name, cfg in config["tasks"].items():
+        key = f"tasks.{name}"
+        if ("label" in cfg) == ("labels" in cfg):
+            raise WorkflowError(
+                f"{key}: give exactly one of 'label' (a binary task: the finding vs No Finding) "
+                "and 'labels' (a multi-label task: 'all' or a list of findings)."
+            )
+        if "label" in cfg:
+            continue
+        labels = cfg["labels"]
+        if labels == "all":
+            continue
+        if not isinstance(labels, list) or not labels:
+            raise WorkflowError(
+                f"{key}.labels: {labels!r} is neither 'all' nor a non-empty list of findings."
+            )
+        bad = [x for x in labels if x not in LABELS]
+        if bad:
+            raise WorkflowError(
+                f"{key}.labels: unknown finding(s) {bad}; known: {', '.join(LABELS)} "
+                "(ChestX-ray14 spelling, e.g. Pleural_Thickening)."
+            )
+        dup = sorted({x for x in labels if labels.count(x) > 1})
+        if dup:
+            raise WorkflowError(f"{key}.labels: {dup} listed more than once.")
+
+
+def _check_models(config: dict, basedir) -> None:
+    tasks, models = config["tasks"], config["models"]
+    for name, m in models.items():
+        if m["task"] not in tasks:
+            raise WorkflowError(
+                f"models.{name}.task: '{m['task']}' is not a configured task ({sorted(tasks)})."
+            )
+        if m["arch"] not in KERAS_APPLICATIONS:
+            raise WorkflowError(
+                f"models.{name}.arch: '{m['arch']}' is not a keras.applications model. "
+                f"Known: {', '.join(KERAS_APPLICATIONS)}."
+            )
+        pre = m.get("pretrained", "none")
+        if (
+            pre not in ("none", "imagenet")
+            and not (Path(basedir) / pre).is_file()
+            and not Path(pre).is_file()
+        ):
+            raise WorkflowError(
+                f"models.{name}.pretrained: '{pre}' is neither 'imagenet', 'none' nor an "
+                "existing weights file."
+            )
+    for t in tasks:
+        if not any(m["task"] == t for m in models.values()):
+            raise WorkflowError(f"tasks.{t}: no model is trained on this task; add one to models.")
+
+
+def _check_defences(config: dict) -> None:
+    """A defended model is a trained model behind one input transform (the schema checks the
+    transform's value)."""
+    models = config["models"]
+    for name, d in (config.get("defences") or {}).items():
+        key = f"defences.{name}"
+        if name in models:
+            raise WorkflowError(
+                f"{key}: the name is also a model's; give the defended model its own."
+            )
+        if is_multilabel(config, d["model"]) or is_view(d["model"]):
+            raise WorkflowError(
+                f"{key}.model: '{d['model']}' is a multi-label model or its view; defended "
+                "multi-label models are not implemented (a defence wraps one binary model)."
+            )
+        if d["model"] not in models:
+            what = "another defended model" if is_defended(config, d["model"]) else "not a model"
+            raise WorkflowError(
+                f"{key}.model: '{d['model']}' is {what}; a defence wraps one trained model of "
+                f"models: ({sorted(models)})."
+            )
+
+
+def _check_adversarial_training(config: dict) -> None:
+    """training.adversarial (defaults and each model's own) and models.<name>.init_from."""
+    models = config["models"]
+    blocks = [("training.adversarial", config.get("training", {}).get("adversarial"))]
+    blocks += [
+        (f"models.{n}.training.adversarial", m.get("training", {}).get("adversarial"))
+        for n, m in models.items()
+    ]
+    for key, adv in blocks:
+        if adv is None:
+            continue
+        eps = adv.get("eps")
+        if not isinstance(eps, int | float) or not 0 < eps <= 255:
+            raise WorkflowError(
+                f"{key}.eps: {eps!r} is outside the data range; adversarial training eps is "
+                "in 1/255 units like the study's eps (0 < eps <= 255; 255 already allows any "
+                "image, typical values are 2-8)."
+            )
+        cfg = {"method": "pgd", "norm": "linf"}
+        cfg.update(
+            {k: adv[k] for k in ("steps", "step_fraction", "random_start", "seed") if k in adv}
+        )
+        try:
+            spec_from_config(cfg, eps)
+        except WorkflowError as err:
+            raise WorkflowError(f"{key}: {err}") from None
+        if not 0 <= adv.get("fraction", 0.5) <= 1:
+            raise WorkflowError(f"{key}.fraction: {adv['fraction']} is not in [0, 1].")
+    for name, m in models.items():
+        adv = {**config.get("training", {}), **m.get("training", {})}.get("adversarial")
+        if adv and is_multilabel(config, name):
+            own = "adversarial" in m.get("training", {})
+            where = f"models.{name}.training.adversarial" if own else "training.adversarial"
+            raise WorkflowError(
+                f"{where}: '{name}' is a multi-label model; "
+                "adversarial training of multi-label models is not implemented (it trains the "
+                "2-class contract). Give it its own training: block without adversarial."
+            )
+    for name, m in models.items():
+        init = m.get("init_from")
+        if init is None:
+            continue
+        key = f"models.{name}.init_from"
+        if init == name:
+            raise WorkflowError(f"{key}: a model cannot be fine-tuned from itself.")
+        if init not in models:
+            raise WorkflowError(
+                f"{key}: '{init}' is not a configured model; configured: {sorted(models)}."
+            )
+        for fact in ("task", "arch"):
+            if models[init][fact] != m[fact]:
+                raise WorkflowError(
+                    f"{key}: '{init}' has {fact} '{models[init][fact]}', this model "
+                    f"'{m[fact]}'; a model is fine-tuned from a checkpoint of its own task and "
+                    "architecture."
+                )
+        chain = [name]
+        while init is not None:
+            if init in chain:
+                cycle = " -> ".join([*chain[chain.index(init) :], init])
+                raise WorkflowError(f"{key}: the init_from chain has a cycle ({cycle}).")
+            chain.append(init)
+            init = models[init].get("init_from") if init in models else None
+
+
+def _check_attacks(config: dict) -> None:
+    for key in ("eps", "eps_l2"):
+        labels = [eps_label(e) for e in config.get(key, [])]
+        if len(set(labels)) != len(labels):
+            raise WorkflowError(f"{key}: values collide when written as path labels {labels}.")
+    for name, a in config["attacks"].items():
+        if name.endswith(P.CONTROL_SUFFIX):
+            raise WorkflowError(
+                f"attacks.{name}: names ending in '{P.CONTROL_SUFFIX}' are reserved for the "
+                "noise controls; rename the attack."
+            )
+        grid = eps_grid(config, name)
+        if not grid:
+            raise WorkflowError(
+                f"attacks.{name} is an L2 attack but eps_l2 is empty: give its budgets as "
+                "eps_l2 (L2 norm of the perturbation in [0, 1] pixel units, e.g. [0.5, 1, 2])."
+            )
+        # the one validation of an attack's settings: the spec every attack job builds
+        build = uap_spec_from_config if is_uap(a) else spec_from_config
+        for e in grid:
+            try:
+                build(a, e)
+            except WorkflowError as err:
+                raise WorkflowError(f"attacks.{name} (at eps {e:g}): {err}") from None
+        # every model takes data.image_size pixels (models.build_model / check_contract)
+        size = config.get("data", {}).get("image_size")
+        kernel = a.get("ti_kernel", 0)
+        if size is not None and kernel > size:
+            raise WorkflowError(
+                f"attacks.{name}.ti_kernel: the TI kernel ({kernel} px) is larger than the images "
+                f"(data.image_size {size} px); use an odd size <= {size} (the TI paper used 15 "
+                "at 299 px; 7 is common at 224 px, 3 at 64 px)."
+            )
+
+
+def _check_grid(config: dict) -> None:
+    tasks, models, attacks = config["tasks"], config["models"], config["attacks"]
+    for i, g in enumerate(config["grid"]):
+        srcs = g["sources"]
+        if srcs != "all":
+            bad = [
+                s
+                for s in srcs
+                if isinstance(s, str)
+                and s not in models
+                and not is_defended(config, s)
+                and not is_view(s)  # refused with its own message below
+            ]
+            if bad:
+                raise WorkflowError(
+                    f"grid[{i}].sources: unknown model(s) {bad}; configured: {sorted(models)} "
+                    f"and the defended models {defended(config)}."
+                )
+            for members in (s for s in srcs if not isinstance(s, str)):
+                _check_ensemble(config, f"grid[{i}].sources", members)
+            _check_defended_sources(config, i, g)
+        if g["data_task"] != "own" and g["data_task"] not in tasks:
+            raise WorkflowError(
+                f"grid[{i}].data_task: '{g['data_task']}' is neither 'own' nor a task "
+                f"({sorted(tasks)})."
+            )
+        _check_multilabel_sources(config, i, g)
+        atk = g.get("attacks", "all")
+        if atk != "all":
+            bad = [a for a in atk if a not in attacks]
+            if bad:
+                raise WorkflowError(
+                    f"grid[{i}].attacks: unknown attack(s) {bad}; configured: {sorted(attacks)}."
+                )
+        if "eps" in g:
+            names = list(attacks) if atk == "all" else atk
+            known = {eps_label(e) for a in names for e in eps_grid(config, a)}
+            bad = [e for e in g["eps"] if eps_label(e) not in known]
+            if bad:
+                raise WorkflowError(
+                    f"grid[{i}].eps: {bad} is not a budget of its attacks ({sorted(known)}); "
+                    "a grid entry's eps picks budgets from eps (or eps_l2)."
+                )
+    _refuse_targeted_twins(config)
+
+
+def _check_multilabel_sources(config: dict, i: int, g: dict) -> None:
+    """Adversarial sets are per binary task: a multi-label task is no data task, and a
+    multi-label source M is attacked on a named binary task T through its view M@T."""
+    task = g["data_task"]
+    if task != "own" and is_multilabel_task(config, task):
+        raise WorkflowError(
+            f"grid[{i}].data_task: '{task}' is a multi-label task; adversarial sets are per "
+            f"binary task (a finding vs No Finding). Name a binary task ({binary_tasks(config)}); "
+            "a multi-label model is attacked and evaluated on it through its view of the finding."
+        )
+    srcs = list(config["models"]) if g["sources"] == "all" else g["sources"]
+    for s in srcs:
+        if not isinstance(s, str):
+            continue
+        if is_view(s):
+            model, _ = view_parts(s)
+            raise WorkflowError(
+                f"grid[{i}].sources: '{s}' names a view; list the multi-label model '{model}' "
+                "itself: it is attacked through its view of the entry's data_task."
+            )
+        if not is_multilabel(config, s):
+            continue
+        if task == "own":  # attacked on each binary task it covers (its views)
+            if not model_views(config, s):
+                what = "sources: all includes" if g["sources"] == "all" else "sources:"
+                raise WorkflowError(
+                    f"grid[{i}]: {what} the multi-label model '{s}' with data_task: own, but "
+                    f"no binary task's finding is among its labels "
+                    f"{task_labels(config, config['models'][s]['task'])}; add such a task to "
+                    f"tasks: (binary tasks now: {binary_tasks(config)}) or list the sources."
+                )
+            continue
+        label = task_labels(config, task)[0]
+        if label not in task_labels(config, config["models"][s]["task"]):
+            raise WorkflowError(
+                f"grid[{i}].sources: the multi-label model '{s}' has no output for {label} "
+                f"(the finding of data_task '{task}'); its labels: "
+                f"{task_labels(config, config['models'][s]['task'])}."
+            )
+
+
+def _check_defended_sources(config: dict, i: int, g: dict) -> None:
+    """A defended model as a source is attacked through its transform (the adaptive attack):
+    per image. A universal perturbation crafted through a defence is not implemented."""
+    atk = list(config["attacks"]) if g.get("attacks", "all") == "all" else g["attacks"]
+    universal = [a for a in atk if is_uap(config["attacks"][a])]
+    for s in g["sources"]:
+        if isinstance(s, str) and is_defended(config, s) and universal:
+            raise WorkflowError(
+                f"grid[{i}].sources: '{s}' is a defended model and grid[{i}].attacks has the "
+                f"universal attack(s) {universal}: universal perturbations are crafted on "
+                "undefended models only (crafting one through a defence is not implemented). "
+                f"Use the model '{base_model(config, s)}' as the source (its perturbation is "
+                "evaluated on the defended target too), or list the per-image attacks only."
+            )
+
+
+def _check_ensemble(config: dict, key: str, members: list) -> None:
+    models = config["models"]
+    name = ensemble_name(members)
+    multi = [m for m in members if is_multilabel(config, m) or is_view(m)]
+    if multi:
+        raise WorkflowError(
+            f"{key}: ensemble {name}: {multi} are multi-label models or views; ensembles of "
+            "multi-label models are not implemented. Use binary models as members."
+        )
+    defended_members = [m for m in members if is_defended(config, m)]
+    if defended_members:
+        raise WorkflowError(
+            f"{key}: ensemble {name}: {defended_members} are defended models; an ensemble "
+            "averages its members' logits, which an input defence does not have. Use the "
+            "models themselves as members."
+        )
+    if len(members) < 2:
+        raise WorkflowError(
+            f"{key}: the ensemble {members} has {len(members)} member; an ensemble needs at "
+            "least two models (give a single model by its name, not as a list)."
+        )
+    if len(set(members)) != len(members):
+        raise WorkflowError(f"{key}: the ensemble {members} names a model twice.")
+    bad = [m for m in members if m not in models]
+    if bad:
+        raise WorkflowError(
+            f"{key}: ensemble {name}: unknown model(s) {bad}; configured: {sorted(models)}."
+        )
+    tasks = sorted({models[m]["task"] for m in members})
+    if len(tasks) > 1:
+        raise WorkflowError(
+            f"{key}: ensemble {name} mixes models of the tasks {tasks}; its members must "
+            "detect the same finding (their averaged logits are one classifier)."
+        )
+    # Every model sees data.image_size pixels, so members cannot differ in input size here;
+    # the ensemble job checks the loaded checkpoints' input shapes (models.build_ensemble).
+
+
+def _refuse_targeted_twins(config: dict) -> None:
+    """On a 2-class softmax, minimising the loss of the opposite class and maximising the loss
+    of the true class have gradients that are positive multiples of each other: sign-gradient
+    and normalised-gradient steps are identical, so the two attacks make the same images."""
+    by_pair: dict[tuple, set[str]] = {}
+    for s in adversarial_sets(config, controls=False):
+        by_pair.setdefault((s.source, s.data_task), set()).add(s.attack)
+    for (source, task), names in by_pair.items():
+        seen: dict[str, str] = {}
+        for name in sorted(names):
+            a = {k: v for k, v in config["attacks"][name].items() if k != "targeted"}
+            key = repr(canon(a))
+            if key in seen and bool(config["attacks"][name].get("targeted")) != bool(
+                config["attacks"][seen[key]].get("targeted")
+            ):
+                raise WorkflowError(
+                    f"attacks '{seen[key]}' and '{name}' differ only in 'targeted' and both "
+                    f"run for source {source} on {task}: on a 2-class softmax the targeted and "
+                    "the untargeted attack are the same attack (their gradients are positive "
+                    "multiples of each other), so one of them only doubles the cost. Drop one "
+                    "from the grid."
+                )
+            seen[key] = name
+
+
+def _check_deployed(config: dict) -> None:
+    for task, t in config["tasks"].items():
+        name = t.get("deployed")
+        if name is None:
+            continue
+        if "labels" in t:
+            raise WorkflowError(
+                f"tasks.{task}.deployed: a multi-label task is no target of adversarial sets; "
+                "name the deployed model in a binary task (a finding view M@T is one)."
+            )
+        targets = targets_for(config, task)
+        if name not in targets:
+            raise WorkflowError(
+                f"tasks.{task}.deployed: '{name}' is not a target of task '{task}'; its targets "
+                f"are {', '.join(sorted(targets))}."
+            )

@@ -1,0 +1,1 @@
+"""Checking the products on disk against their formats and provenance (python -m cxrtransfer.verify)."""
