@@ -13,7 +13,7 @@ import yaml
 from cxrtransfer import WorkflowError
 from cxrtransfer.attacks import adversarial_training as AT
 from cxrtransfer.models.train import TRAINING_DEFAULTS, inputs_stamp, model_settings, train_model
-from cxrtransfer.plan import checks, code
+from cxrtransfer.plan import checks
 
 SIZE = 32
 EPS = 8.0  # training eps and white-box attack eps, 1/255 units

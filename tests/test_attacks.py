@@ -16,7 +16,7 @@ tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
 from cxrtransfer import WorkflowError  # noqa: E402
-from cxrtransfer.attacks.attack import (
+from cxrtransfer.attacks.attack import (  # noqa: E402
     AttackSpec,
     attack_draws,
     clip_eta,

@@ -4,7 +4,6 @@ what an edit of library code reruns (the end-to-end dry runs are in test_workflo
 import shutil
 
 import pytest
-
 from cxrtransfer.plan import code
 
 

@@ -5,7 +5,7 @@ import copy
 import pytest
 import yaml
 from cxrtransfer import WorkflowError
-from cxrtransfer.plan import checks, code
+from cxrtransfer.plan import checks
 from cxrtransfer.plan import study as plan
 from snakemake.exceptions import WorkflowError as SnakemakeWorkflowError
 from snakemake.utils import validate

@@ -20,7 +20,7 @@ keras = pytest.importorskip("keras")
 from cxrtransfer import WorkflowError  # noqa: E402
 from cxrtransfer.attacks.attack import cross_entropy  # noqa: E402
 from cxrtransfer.attacks.job import attack_set  # noqa: E402
-from cxrtransfer.attacks.uap import (
+from cxrtransfer.attacks.uap import (  # noqa: E402
     UapSpec,
     apply_uap,
     craft_uap,
@@ -33,7 +33,7 @@ from cxrtransfer.data.adversarial_cache import read_attack  # noqa: E402
 from cxrtransfer.evaluate.tables import best_attack_lines  # noqa: E402
 from cxrtransfer.metrics.measures import flip_rate  # noqa: E402
 from cxrtransfer.models.build import build_ensemble, load_checkpoint  # noqa: E402
-from cxrtransfer.plan import checks
+from cxrtransfer.plan import checks  # noqa: E402
 from cxrtransfer.plan import study as PL  # noqa: E402
 
 SIZE = 20
