@@ -1,0 +1,126 @@
+"""The tree is the pipeline: layers without cycles (import-linter), small modules and functions,
+imports at the top, a front-door README and the rule -> modules table in the docs."""
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cxrtransfer.plan import code
+
+ROOT = Path(__file__).resolve().parents[1]
+LIBRARY = ROOT / "workflow_scripts" / "cxrtransfer"
+MAX_MODULE_LINES = 500
+MAX_FUNCTION_LINES = 80
+# Imports that may stay inside a function (with a `# heavy:` comment saying why): packages whose
+# import costs seconds, kept out of the Snakefile's parse and of jobs that do not use them.
+HEAVY = ("tensorflow", "keras", "matplotlib", "scipy", "sklearn", "h5py", "PIL", "skimage")
+
+
+def _modules():
+    return sorted(LIBRARY.rglob("*.py"))
+
+
+def _functions(tree):
+    return [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
+
+
+def test_the_layers_hold_and_there_are_no_cycles():
+    """import-linter's contracts of pyproject.toml (layers by stage, acyclic siblings, plots
+    away from attack, training and planning code)."""
+    lint = Path(sys.executable).with_name("lint-imports")
+    r = subprocess.run([str(lint)], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    assert "0 broken" in r.stdout
+
+
+def test_no_module_over_500_lines():
+    long = {
+        str(p.relative_to(LIBRARY)): n
+        for p in _modules()
+        if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert not long, long
+
+
+def test_no_function_over_80_lines():
+    long = {}
+    for p in [*_modules(), *(ROOT / "workflow_scripts").glob("*.py")]:
+        for f in _functions(ast.parse(p.read_text())):
+            n = f.end_lineno - f.lineno + 1
+            if n > MAX_FUNCTION_LINES:
+                long[f"{p.relative_to(ROOT)}:{f.name}"] = n
+    assert not long, long
+
+
+def _heavy_at_top(module: str) -> bool:
+    """Whether a package module imports a heavy package at its top level."""
+    tree = ast.parse(code.module_file(module).read_text())
+    for node in tree.body:
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names = [node.module or ""]
+        if any(n.split(".")[0] in HEAVY for n in names):
+            return True
+    return False
+
+
+def test_imports_inside_functions_are_heavy_and_say_why():
+    bad = []
+    for p in _modules():
+        lines = p.read_text().splitlines()
+        for f in _functions(ast.parse(p.read_text())):
+            for node in ast.walk(f):
+                if not isinstance(node, ast.Import | ast.ImportFrom):
+                    continue
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module or ""]
+                )
+                heavy = all(
+                    n.split(".")[0] in HEAVY
+                    or (code.module_file(n) is not None and _heavy_at_top(n))
+                    for n in names
+                )
+                above = lines[node.lineno - 2].strip() if node.lineno > 1 else ""
+                said = "# heavy:" in lines[node.lineno - 1] or above.startswith("# heavy:")
+                # consecutive imports share the comment of the first one
+                k = node.lineno - 2
+                while not said and k >= 0 and re.match(r"\s*(from|import) ", lines[k]):
+                    said = lines[k - 1].strip().startswith("# heavy:") if k else False
+                    k -= 1
+                if not (heavy and said):
+                    bad.append(f"{p.relative_to(LIBRARY)}:{node.lineno} {', '.join(names)}")
+    assert not bad, bad
+
+
+@pytest.mark.parametrize(
+    "module", ["cxrtransfer.plan.study", "cxrtransfer.plan.checks", "cxrtransfer.models.settings"]
+)
+def test_what_the_snakefile_imports_loads_no_heavy_package(module):
+    """The Snakefile imports the plan (and the model settings) at parse time, in every job too."""
+    probe = (
+        f"import sys; sys.path.insert(0, {str(ROOT / 'workflow_scripts')!r}); import {module}; "
+        f"print([m for m in {HEAVY!r} if m in sys.modules])"
+    )
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "[]", (module, r.stdout)
+
+
+def test_the_readme_is_a_front_door():
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 200
+
+
+def test_the_docs_hold_the_current_rule_to_modules_table():
+    """docs/CODE.md shows the output of `python -m cxrtransfer.plan.code` (make code-versions)."""
+    text = (ROOT / "docs" / "CODE.md").read_text()
+    block = re.search(r"<!-- code-versions:start -->\n(.*?)<!-- code-versions:end -->", text, re.S)
+    assert block, "docs/CODE.md has no code-versions block"
+    assert block.group(1) == code.table_markdown(), (
+        "docs/CODE.md is stale: paste the output of `make code-versions` between its markers"
+    )
