@@ -1,6 +1,6 @@
 """Benchmark PGD implementations on one model, batch and setting (image-steps per second).
 
-Compares: our compiled PGD (cxrtransfer.attacks.attack.make_attack), the same with XLA, an eager
+Compares: our compiled PGD (cxrtransfer.attacks.iterative.make_attack), the same with XLA, an eager
 per-step GradientTape loop, ART's ProjectedGradientDescent, and the bound: one forward+backward
 pass w.r.t. the input in a tf.function, timed per step. Optionally the compiled PGD and the bound
 under a Keras mixed-precision policy.
@@ -76,7 +76,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import keras
     import tensorflow as tf
-    from cxrtransfer.attacks.attack import AttackSpec, cross_entropy, make_attack
+    from cxrtransfer.attacks.iterative import make_attack
+    from cxrtransfer.attacks.spec import AttackSpec
+    from cxrtransfer.attacks.steps import cross_entropy
     from cxrtransfer.models.build import build_model
 
     n, s, steps = args.batch, args.image_size, args.steps

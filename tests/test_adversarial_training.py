@@ -148,7 +148,7 @@ def test_adversarial_batch_is_in_budget_and_replaces_the_fraction(
     again, _ = AT.adversarial_batch(craft, x, y, adv["fraction"], seed)
     assert np.array_equal(np.asarray(again), x_mix)  # a pure function of (batch, seed)
     if method == "pgd":  # the adversarial half is the study's PGD with the same spec and seed
-        from cxrtransfer.attacks.attack import make_attack
+        from cxrtransfer.attacks.iterative import make_attack
 
         ref = make_attack(model, AT.spec_from_settings(adv))(x[:k], y[:k], np.asarray(seed))
         assert np.array_equal(np.asarray(ref), x_mix[:k])
@@ -213,7 +213,8 @@ def test_trades_training_step_runs_in_fit(blob_shards):
 def _accuracy_under_pgd(model, x, y, threshold: float) -> tuple[float, float]:
     """Clean and white-box PGD (10 steps of eps/4, random start, at the training eps)
     accuracy at the model's threshold."""
-    from cxrtransfer.attacks.attack import make_attack, spec_from_config
+    from cxrtransfer.attacks.iterative import make_attack
+    from cxrtransfer.attacks.spec import spec_from_config
 
     spec = spec_from_config(
         {"method": "pgd", "steps": 10, "step_fraction": 0.25, "random_start": True}, EPS

@@ -1,4 +1,5 @@
-"""Tests of cxrtransfer.attacks.attack on small real Keras CNNs trained on a synthetic pattern."""
+"""Tests of cxrtransfer.attacks (spec, steps, iterative, budget, batches) on small real Keras
+CNNs trained on a synthetic pattern."""
 
 from __future__ import annotations
 
@@ -16,24 +17,24 @@ tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
 from cxrtransfer import WorkflowError  # noqa: E402
-from cxrtransfer.attacks.attack import (  # noqa: E402
+from cxrtransfer.attacks.batches import run_attack_batches  # noqa: E402
+from cxrtransfer.attacks.budget import l2_budget_sq, quantise, within_budget  # noqa: E402
+from cxrtransfer.attacks.iterative import make_attack  # noqa: E402
+from cxrtransfer.attacks.spec import (  # noqa: E402
     AttackSpec,
+    spec_from_config,
+    stream_seed,
+    ti_kernel_weights,
+)
+from cxrtransfer.attacks.steps import (  # noqa: E402
     attack_draws,
     clip_eta,
     cross_entropy,
     diverse_input,
-    l2_budget_sq,
-    make_attack,
     momentum_update,
     optimize_linear,
-    quantise,
     random_lp_vector,
-    run_attack_batches,
     smooth_gradient,
-    spec_from_config,
-    stream_seed,
-    ti_kernel_weights,
-    within_budget,
 )
 from cxrtransfer.models.inference import make_predict_fn  # noqa: E402
 

@@ -224,7 +224,7 @@ def test_attack_schema_defaults_are_the_attack_spec_defaults(root):
     """The schema's default of every AttackSpec setting is the dataclass default (off)."""
     import dataclasses
 
-    from cxrtransfer.attacks.attack import AttackSpec
+    from cxrtransfer.attacks.spec import AttackSpec
     from cxrtransfer.config.schema import attack_defaults
 
     fields = {f.name: f.default for f in dataclasses.fields(AttackSpec)}

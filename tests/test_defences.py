@@ -89,7 +89,7 @@ def _tiny_model(seed=0, size=32):
 
 def _input_gradient(model, x, y):
     import tensorflow as tf
-    from cxrtransfer.attacks.attack import loss_gradient
+    from cxrtransfer.attacks.steps import loss_gradient
 
     return loss_gradient(model, tf.constant(x), tf.constant(y)).numpy()
 
@@ -155,7 +155,8 @@ def test_eot_averages_the_gradients_of_a_randomised_defence(images, tmp_path):
     gradients drawn in sequence (the same draws as E eager calls from the same noise state);
     E = 1 follows one draw only."""
     import keras
-    from cxrtransfer.attacks.attack import AttackSpec, make_attack
+    from cxrtransfer.attacks.iterative import make_attack
+    from cxrtransfer.attacks.spec import AttackSpec
     from cxrtransfer.models.build import load_checkpoint
 
     path = tmp_path / "noisy.keras"
@@ -179,7 +180,7 @@ def test_eot_averages_the_gradients_of_a_randomised_defence(images, tmp_path):
 
 
 def test_eot_is_part_of_the_attack_record_only_when_on():
-    from cxrtransfer.attacks.attack import AttackSpec
+    from cxrtransfer.attacks.spec import AttackSpec
 
     off, on = AttackSpec(method="pgd"), AttackSpec(method="pgd", eot_samples=4)
     assert off.stream_seed() == AttackSpec(method="pgd", eot_samples=1).stream_seed()

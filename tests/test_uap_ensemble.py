@@ -18,8 +18,8 @@ import yaml
 keras = pytest.importorskip("keras")
 
 from cxrtransfer import WorkflowError  # noqa: E402
-from cxrtransfer.attacks.attack import cross_entropy  # noqa: E402
 from cxrtransfer.attacks.job import attack_set  # noqa: E402
+from cxrtransfer.attacks.steps import cross_entropy  # noqa: E402
 from cxrtransfer.attacks.uap import (  # noqa: E402
     UapSpec,
     apply_uap,

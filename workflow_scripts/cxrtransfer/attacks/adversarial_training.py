@@ -32,14 +32,10 @@ through ``code_version()`` (the train rule's code param, rules/common.smk train_
 from __future__ import annotations
 
 from cxrtransfer import WorkflowError
-from cxrtransfer.attacks.attack import (
-    AttackSpec,
-    clip_eta,
-    cross_entropy,
-    make_attack,
-    optimize_linear,
-)
-from cxrtransfer.attacks.attack import spec_from_config as attack_spec_from_config
+from cxrtransfer.attacks.iterative import make_attack
+from cxrtransfer.attacks.spec import AttackSpec
+from cxrtransfer.attacks.spec import spec_from_config as attack_spec_from_config
+from cxrtransfer.attacks.steps import clip_eta, cross_entropy, optimize_linear
 from cxrtransfer.config.schema import defaults as schema_defaults
 
 # The schema's defaults (one place) of the keys of training.adversarial.

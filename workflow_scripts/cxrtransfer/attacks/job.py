@@ -117,7 +117,7 @@ def attack_set(
 
 def _spec(attack_cfg: dict, eps: float):
     """The attack's validated settings: a universal perturbation's or a per-image attack's."""
-    from cxrtransfer.attacks.attack import spec_from_config
+    from cxrtransfer.attacks.spec import spec_from_config
     from cxrtransfer.attacks.uap import is_uap, uap_spec_from_config
 
     return (
@@ -155,7 +155,7 @@ def attack_shard(
 ) -> dict:
     """Attack one shard with the source model and write the uint8 cache atomically; with
     ``control_path``, then write its noise control there (see ``control_shard``)."""
-    from cxrtransfer.attacks.attack import spec_from_config
+    from cxrtransfer.attacks.spec import spec_from_config
     from cxrtransfer.models.build import load_checkpoint
 
     spec = spec_from_config(attack_cfg, eps)  # validates before any model is loaded
@@ -233,7 +233,8 @@ def _attack_loaded(
     extra_attrs: dict | None = None,
     uap=None,
 ) -> dict:
-    from cxrtransfer.attacks.attack import make_attack, run_attack_batches
+    from cxrtransfer.attacks.batches import run_attack_batches
+    from cxrtransfer.attacks.iterative import make_attack
     from cxrtransfer.data.shards import read_shard
 
     shard = read_shard(shard_path, image_size)
@@ -365,7 +366,7 @@ def _write_control(
             f"'{attrs['clean_shard']}' (image_index differs): it is stale. "
             f"{FIX_DAMAGED}"
         )
-    from cxrtransfer.attacks.attack import stream_seed
+    from cxrtransfer.attacks.spec import stream_seed
 
     keys = ("noise_control", attrs["source_model"], attrs["data_task"], attrs["attack"])
     seed = stream_seed(int(attrs["seed"]), *keys, float(attrs["eps"]), Path(attack_path).stem)

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from cxrtransfer import WorkflowError
-from cxrtransfer.attacks.attack import steps_to_reach
+from cxrtransfer.attacks.spec import steps_to_reach
 from cxrtransfer.core.files import FIX_DAMAGED, atomic_path
 from cxrtransfer.core.logs import LOG
 from cxrtransfer.data.adversarial_cache import check_reached
@@ -164,7 +164,7 @@ def make_uap_step(model, spec: UapSpec):
     universal perturbation ``delta`` (1, H, W, 1) on a batch, projected onto the eps ball."""
     import tensorflow as tf
 
-    from cxrtransfer.attacks.attack import cross_entropy
+    from cxrtransfer.attacks.steps import cross_entropy
 
     shape = tuple(model.input_shape[1:])
     eps, step, clamp = spec.eps_float, spec.step_float, float(spec.loss_clamp)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cxrtransfer import WorkflowError
-from cxrtransfer.attacks.attack import spec_from_config
+from cxrtransfer.attacks.spec import spec_from_config
 from cxrtransfer.attacks.uap import is_uap, uap_spec_from_config
 from cxrtransfer.core import paths as P
 from cxrtransfer.core.paths import eps_label
