@@ -63,6 +63,20 @@ def make_attack(model, spec: AttackSpec, jit_compile: bool = False) -> Callable:
 
     With every transfer setting off this is PGD (FGSM with one step of size eps).
     """
+    shape = _input_shape(model, spec)
+    gradient = _gradient_fn(model, spec)
+    # XLA would draw other neighbours (its Philox differs): compile the gradients, not the loop
+    compile_gradients = jit_compile and spec.variance_samples > 0
+    if compile_gradients:
+        gradient = tf.function(gradient, jit_compile=True)
+    loop = _restarts_fn(model, spec, _run_fn(spec, gradient))
+    if jit_compile and not compile_gradients:
+        loop = tf.function(loop, jit_compile=True)
+    return _callable(spec, _graph(spec, shape, loop))
+
+
+def _input_shape(model, spec: AttackSpec) -> tuple:
+    """The model's input shape (H, W, C), checked against the settings that need sizes."""
     shape = tuple(model.input_shape[1:])
     if spec.diversity_prob > 0 and (shape[0] is None or shape[1] is None):
         raise WorkflowError("Input diversity needs a model with a fixed input size.")
@@ -70,48 +84,77 @@ def make_attack(model, spec: AttackSpec, jit_compile: bool = False) -> Callable:
         raise WorkflowError(
             f"ti_kernel {spec.ti_kernel} is larger than the model's input {shape[0]}x{shape[1]}."
         )
-    norm, eps, step, steps = spec.norm, spec.eps_float, spec.step_float, spec.iterations
-    restarts = spec.runs
-    ascent = -step if spec.targeted else step
-    mu, dp, ds = float(spec.momentum), float(spec.diversity_prob), float(spec.diversity_scale)
-    m, nv, nes = int(spec.scales), int(spec.variance_samples), bool(spec.nesterov)
-    kernel = ti_kernel_weights(spec.ti_kernel) if spec.ti_kernel > 1 else None
-    radius = float(spec.variance_bound) * eps
-    eot = int(spec.eot_samples)
+    return shape
+
+
+def _input_transform(u_j, factor, spec: AttackSpec):
+    """The transform of one loss gradient: DI with uniforms ``u_j`` (when DI is on) after the
+    SI scaling by ``factor`` (None: no scaling); None when both are off."""
+    dp, ds = float(spec.diversity_prob), float(spec.diversity_scale)
+    di = partial(diverse_input, u=u_j, prob=dp, scale=ds) if dp > 0 else None
+    if factor is None:
+        return di
+    if di is None:
+        return lambda z: z * factor
+    return lambda z: di(z * factor)
+
+
+def _eot_gradient(model, p, target, transform, eot: int):
+    """The loss gradient at ``p``; with EOT the mean of ``eot`` evaluations (a randomised model
+    draws anew at every call)."""
+    if eot == 1:
+        return loss_gradient(model, p, target, transform)
+    total = tf.zeros_like(p)
+    for _ in tf.range(eot):
+        total += loss_gradient(model, p, target, transform)
+    return total / eot
+
+
+def _gradient_fn(model, spec: AttackSpec) -> Callable:
+    """``gradient(p, target, u_i, j0)`` = G(p): the mean over the SI scales of the loss gradient
+    at p; DI uniforms u_i[j0 + s] for scale s."""
+    m, eot = int(spec.scales), int(spec.eot_samples)
 
     def gradient(p, target, u_i, j0):
-        """G(p): the mean over the SI scales of the loss gradient at p; DI uniforms
-        u_i[j0 + s] for scale s."""
-
-        def one(j, factor):
-            di = partial(diverse_input, u=u_i[j], prob=dp, scale=ds) if dp > 0 else None
-            if factor is None:
-                transform = di
-            elif di is None:
-                transform = lambda z: z * factor  # noqa: E731
-            else:
-                transform = lambda z: di(z * factor)  # noqa: E731
-            if eot == 1:
-                return loss_gradient(model, p, target, transform)
-            # EOT: a randomised model draws anew at every call; the mean of the draws
-            total = tf.zeros_like(p)
-            for _ in tf.range(eot):
-                total += loss_gradient(model, p, target, transform)
-            return total / eot
-
         if m == 1:
-            return one(j0, None)
+            return _eot_gradient(model, p, target, _input_transform(u_i[j0], None, spec), eot)
         total = tf.zeros_like(p)
         for s in tf.range(m):
             # 1 / 2^s, exact in float32
             factor = 1.0 / tf.cast(tf.bitwise.left_shift(1, s), tf.float32)
-            total += one(j0 + s, factor)
+            transform = _input_transform(u_i[j0 + s], factor, spec)
+            total += _eot_gradient(model, p, target, transform, eot)
         return total / m
 
-    # XLA would draw other neighbours (its Philox differs): compile the gradients, not the loop
-    compile_gradients = jit_compile and nv > 0
-    if compile_gradients:
-        gradient = tf.function(gradient, jit_compile=True)
+    return gradient
+
+
+def _variance_gradient(gradient, p, x, target, u_i, vs_i, spec: AttackSpec):
+    """VMI-FGSM: the mean of G(p + r_j) over the step's ``variance_samples`` neighbours r_j,
+    uniform in the ``norm`` ball of radius ``variance_bound * eps``."""
+    m, nv = int(spec.scales), int(spec.variance_samples)
+    radius = float(spec.variance_bound) * spec.eps_float
+    around = tf.zeros_like(x)
+    for j in tf.range(nv):
+        r = random_lp_vector(tf.shape(x), spec.norm, radius, vs_i[j])
+        around += gradient(p + r, target, u_i, m * (1 + j))
+    return around / nv
+
+
+def _project(x, x_adv, grad, ascent: float, spec: AttackSpec):
+    """One signed (linf) or normalised (l2) step along ``grad``, projected onto the eps ball
+    around ``x`` and clipped to [0, 1]."""
+    norm, eps = spec.norm, spec.eps_float
+    eta = clip_eta(x_adv + ascent * optimize_linear(grad, norm) - x, norm, eps)
+    return tf.clip_by_value(x + eta, 0.0, 1.0)
+
+
+def _run_fn(spec: AttackSpec, gradient) -> Callable:
+    """``run(x, target, d0, u, vs) -> x_adv``: one restart, the steps of ``make_attack``."""
+    norm, eps, steps = spec.norm, spec.eps_float, spec.iterations
+    ascent = -spec.step_float if spec.targeted else spec.step_float
+    mu, nv, nes = float(spec.momentum), int(spec.variance_samples), bool(spec.nesterov)
+    kernel = ti_kernel_weights(spec.ti_kernel) if spec.ti_kernel > 1 else None
 
     def run(x, target, d0, u, vs):
         x_adv = tf.clip_by_value(x + clip_eta(d0, norm, eps), 0.0, 1.0) if spec.random_start else x
@@ -121,19 +164,23 @@ def make_attack(model, spec: AttackSpec, jit_compile: bool = False) -> Callable:
             p = x_adv + (ascent * mu) * g if nes else x_adv
             grad = gradient(p, target, u[i], tf.constant(0))
             if nv > 0:
-                around = tf.zeros_like(x)
-                for j in tf.range(nv):
-                    r = random_lp_vector(tf.shape(x), norm, radius, vs[i, j])
-                    around += gradient(p + r, target, u[i], m * (1 + j))
-                grad, v = grad + v, around / nv - grad
+                around = _variance_gradient(gradient, p, x, target, u[i], vs[i], spec)
+                grad, v = grad + v, around - grad
             if kernel is not None:
                 grad = smooth_gradient(grad, kernel)
             if mu > 0:
                 g = momentum_update(g, grad, mu)
                 grad = g
-            eta = clip_eta(x_adv + ascent * optimize_linear(grad, norm) - x, norm, eps)
-            x_adv = tf.clip_by_value(x + eta, 0.0, 1.0)
+            x_adv = _project(x, x_adv, grad, ascent, spec)
         return x_adv
+
+    return run
+
+
+def _restarts_fn(model, spec: AttackSpec, run) -> Callable:
+    """``loop(x, y, d0, u, vs)``: the restarts, keeping per image the example of the highest
+    loss (targeted: the lowest loss of the target label)."""
+    restarts = spec.runs
 
     def loop(x, y, d0, u, vs):
         target = 1 - y if spec.targeted else y
@@ -150,8 +197,11 @@ def make_attack(model, spec: AttackSpec, jit_compile: bool = False) -> Callable:
             best_loss = tf.where(better, loss, best_loss)
         return best
 
-    if jit_compile and not compile_gradients:
-        loop = tf.function(loop, jit_compile=True)
+    return loop
+
+
+def _graph(spec: AttackSpec, shape: tuple, loop):
+    """The ``tf.function`` of a call: the draws, then the loop; traced once for any batch."""
 
     @tf.function(
         input_signature=[
@@ -164,6 +214,11 @@ def make_attack(model, spec: AttackSpec, jit_compile: bool = False) -> Callable:
         d0, u, vs = attack_draws(spec, seed, tf.shape(x))
         return loop(x, y, d0, u, vs)
 
+    return attack_graph
+
+
+def _callable(spec: AttackSpec, attack_graph) -> Callable:
+    """``attack(x, y, seed=None)`` over numpy or tensors (seed None: ``spec.stream_seed()``)."""
     default_seed = spec.stream_seed()
 
     def attack(x, y, seed=None):
