@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from cxrtransfer import WorkflowError
 from cxrtransfer.evaluate import plots, tables
-from cxrtransfer.metrics.measures import cell_columns, compute_cell
+from cxrtransfer.evaluate.cells import cell_columns, compute_cell
 from PIL import Image
 
 MODELS = {

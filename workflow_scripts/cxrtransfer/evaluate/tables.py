@@ -17,8 +17,8 @@ import pandas as pd
 from cxrtransfer import WorkflowError
 from cxrtransfer.core.files import atomic_path
 from cxrtransfer.core.paths import CONTROL_SUFFIX
+from cxrtransfer.evaluate.cells import cell_columns
 from cxrtransfer.evaluate.relations import ENSEMBLE_RELATIONS, RELATIONS, SINGLE_MODEL_RELATIONS
-from cxrtransfer.metrics.measures import cell_columns
 
 ID_COLUMNS = ("data_task", "attack", "eps", "source", "target", "relation")
 NA = "n/a"
