@@ -779,7 +779,7 @@ GATE_CHANCE = 0.5
 def gate_ci(val: dict, seed: int = 0) -> dict:
     """``auc_ci`` (the validation AUROC's patient-bootstrap CI of predictions ``val``: labels,
     probs, patient_id) and ``auc_ci_rule``, recorded in metrics.json beside the point AUROC."""
-    from cxrtransfer.metrics.measures import auroc_ci
+    from cxrtransfer.metrics.bootstrap import auroc_ci
 
     low, high = auroc_ci(
         val["labels"], val["probs"], val["patient_id"], GATE_N_BOOT, GATE_CONFIDENCE, seed
