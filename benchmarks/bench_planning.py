@@ -476,7 +476,7 @@ def forward_flops(arch: str, size: int) -> float:
 def gpu_estimate(cfg: dict, splits: dict, flops: dict) -> dict:
     """FLOPs of the study: training, attacks, predictions (see the formula in the output)."""
     from cxrtransfer.attacks.spec import spec_from_config
-    from cxrtransfer.models.train import model_settings
+    from cxrtransfer.models.settings import model_settings
     from cxrtransfer.plan import study as plan
 
     train_f = 0.0

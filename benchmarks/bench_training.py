@@ -75,8 +75,9 @@ def main(argv=None) -> int:
     import tensorflow as tf
     import yaml
     from cxrtransfer.data.datasets import count_labels, make_dataset
-    from cxrtransfer.models.train import _optimizer, model_settings
-    from cxrtransfer.models.train import compiled_model as train_compiled_model
+    from cxrtransfer.models.settings import model_settings
+    from cxrtransfer.models.trainable import compiled_model as train_compiled_model
+    from cxrtransfer.models.trainable import make_optimizer
 
     cfg = yaml.safe_load((common.ROOT / "config" / "config.yaml").read_text())
     cfg["data"]["image_size"] = args.image_size
@@ -119,7 +120,7 @@ def main(argv=None) -> int:
 
     # bound: the same architecture, loss and optimizer, one batch already in memory
     bmodel = compiled_model()
-    opt = _optimizer(s, steps)
+    opt = make_optimizer(s, steps)
     opt.build(bmodel.trainable_variables)
     loss_fn = keras.losses.SparseCategoricalCrossentropy()
     rng = np.random.default_rng(0)

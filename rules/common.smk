@@ -18,7 +18,7 @@ from cxrtransfer.plan import code as plan_code  # noqa: E402
 from cxrtransfer.config import runconfig  # noqa: E402
 import cxrtransfer.data.boxes  # noqa: E402
 from cxrtransfer.data.ingest import download_files  # noqa: E402
-from cxrtransfer.models.train import model_settings  # noqa: E402
+from cxrtransfer.models.settings import model_settings  # noqa: E402
 
 # config/config.yaml (in the working directory) is the default study, read only when the run
 # names no config file: `--configfile FILE` runs FILE's study alone, never merged with the

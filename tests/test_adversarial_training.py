@@ -12,7 +12,8 @@ import pytest
 import yaml
 from cxrtransfer import WorkflowError
 from cxrtransfer.attacks import adversarial_training as AT
-from cxrtransfer.models.train import TRAINING_DEFAULTS, inputs_stamp, model_settings, train_model
+from cxrtransfer.models.settings import TRAINING_DEFAULTS, model_settings
+from cxrtransfer.models.train import inputs_stamp, train_model
 from cxrtransfer.plan import checks
 
 SIZE = 32
@@ -186,7 +187,7 @@ def test_trades_loss_matches_the_formula():
 
 
 def _short_fit(settings, x, y):
-    from cxrtransfer.models.train import compiled_model, contract_model, deterministic_ops
+    from cxrtransfer.models.trainable import compiled_model, contract_model, deterministic_ops
 
     with deterministic_ops(settings["seed"]):
         model = compiled_model(settings, 2, make_trainer=AT.make_trainer)
@@ -261,7 +262,7 @@ def test_fine_tuned_model_records_its_start_and_patients(trained_pair):
 
 @pytest.mark.parametrize("adversarial", [False, True])
 def test_init_from_starts_from_the_checkpoint(trained_pair, adversarial):
-    from cxrtransfer.models.train import compiled_model, contract_model, deterministic_ops
+    from cxrtransfer.models.trainable import compiled_model, contract_model, deterministic_ops
 
     clean_dir, _ = trained_pair["clean"]
     s = _settings(init_from="blob", **({"adversarial": ADV} if adversarial else {}))

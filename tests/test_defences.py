@@ -11,8 +11,12 @@ import pytest
 import yaml
 from cxrtransfer import WorkflowError
 from cxrtransfer.evaluate.relations import factors, relation
-from cxrtransfer.evaluate.summary import summary_markdown
-from cxrtransfer.evaluate.summary_sections import defence_lines, hardened_models, robust_lines
+from cxrtransfer.evaluate.tables import (
+    defence_lines,
+    hardened_models,
+    robust_lines,
+    summary_markdown,
+)
 from cxrtransfer.models import layers as D
 from cxrtransfer.plan import checks
 from cxrtransfer.plan import study as plan
@@ -133,7 +137,7 @@ def test_median_filter_keeps_its_own_gradient(images):
 
 
 def test_defended_checkpoint_saves_and_loads_in_safe_mode(images, tmp_path):
-    from cxrtransfer.models.build import load_checkpoint
+    from cxrtransfer.models.checkpoints import load_checkpoint
 
     base = _tiny_model()
     defended = D.build_defended(base, {"jpeg_quality": 30})
@@ -153,7 +157,7 @@ def test_eot_averages_the_gradients_of_a_randomised_defence(images, tmp_path):
     import keras
     from cxrtransfer.attacks.iterative import make_attack
     from cxrtransfer.attacks.spec import AttackSpec
-    from cxrtransfer.models.build import load_checkpoint
+    from cxrtransfer.models.checkpoints import load_checkpoint
 
     path = tmp_path / "noisy.keras"
     D.build_defended(_tiny_model(), {"gaussian_noise": 16.0}, seed=5).save(path)

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 from cxrtransfer import WorkflowError
-from cxrtransfer.models.build import build_model, load_checkpoint, preprocessing_mode
+from cxrtransfer.models.build import build_model, preprocessing_mode
+from cxrtransfer.models.checkpoints import load_checkpoint
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 from cxrtransfer import LABELS, WorkflowError
-from cxrtransfer.models.train import TRAINING_DEFAULTS
+from cxrtransfer.models.settings import TRAINING_DEFAULTS
 from cxrtransfer.plan import checks
 from cxrtransfer.plan import study as plan
 
@@ -236,7 +236,7 @@ def test_multilabel_manifest_holds_every_image_with_the_binary_split(
 def test_multilabel_shard_targets_equal_finding_labels(multi_manifest, tmp_path):
     from cxrtransfer.data.datasets import label_summary
     from cxrtransfer.data.shards import shard_rows, write_shard
-    from cxrtransfer.verify.formats import check_shard
+    from cxrtransfer.verify.products import check_shard
 
     manifest, _ = multi_manifest
     rows = shard_rows(manifest, "val", 0, 10_000)
@@ -379,7 +379,8 @@ def test_multilabel_training_records_columns_and_per_label_aurocs(trained, shard
 
 
 def test_multilabel_quality_gate_is_on_the_mean_and_names_weak_labels():
-    from cxrtransfer.models.train import check_multilabel_quality, multilabel_metrics
+    from cxrtransfer.models.gate import check_multilabel_quality
+    from cxrtransfer.models.outputs import multilabel_metrics
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, (200, 3))
@@ -430,7 +431,7 @@ def test_finding_view_equals_the_models_output_and_its_loss(trained):
 def test_view_checkpoint_is_a_contract_model_with_its_own_record(trained, shards32, tmp_path):
     from cxrtransfer.core.products import read_patients
     from cxrtransfer.core.provenance import model_record
-    from cxrtransfer.models.build import load_checkpoint
+    from cxrtransfer.models.checkpoints import load_checkpoint
     from cxrtransfer.models.inference import predict_shards
     from cxrtransfer.models.views import build_view_checkpoint
 
@@ -510,8 +511,7 @@ def test_workflow_plans_views_as_targets_and_sources(root, cfg, tmp_path):
 
 
 def test_verify_counts_a_view_as_made_from_its_multilabel_model(tmp_path):
-    from cxrtransfer.verify.index import build_index, children
-    from cxrtransfer.verify.products import list_products
+    from cxrtransfer.verify.products import build_index, children, list_products
 
     for name, task in (
         ("chest", "chest14"),

@@ -327,13 +327,11 @@ def test_tiny_model_at_the_real_imbalance_does_not_collapse(imbalanced_shards):
     weights the collapse gate does not fire, and metrics.json reports sensitivity and
     specificity at the validation (Youden) threshold."""
     import keras
+    from cxrtransfer.models.gate import check_quality
     from cxrtransfer.models.inference import predict_shards
-    from cxrtransfer.models.train import (
-        TRAINING_DEFAULTS,
-        binary_metrics,
-        check_quality,
-        train_model,
-    )
+    from cxrtransfer.models.outputs import binary_metrics
+    from cxrtransfer.models.settings import TRAINING_DEFAULTS
+    from cxrtransfer.models.train import train_model
 
     paths, manifest, summary, prep_s, tmp = imbalanced_shards
     prevalence = manifest["label"].mean()

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from cxrtransfer import WorkflowError
-from cxrtransfer.evaluate import plots, summary, tables
-from cxrtransfer.evaluate.cells import cell_columns, compute_cell
+from cxrtransfer.evaluate import plots, tables
+from cxrtransfer.metrics.measures import cell_columns, compute_cell
 from PIL import Image
 
 MODELS = {
@@ -163,7 +163,7 @@ def test_write_matrix_round_trip(table, tmp_path):
 
 
 def test_summary_expected_ordering_synthetic(table):
-    text = summary.summary_markdown(table, MODELS, "synthetic")
+    text = tables.summary_markdown(table, MODELS, "synthetic")
     assert "NOT clinical results" in text and "demonstration" in text
     assert "## Data task pneumothorax, attack pgd, eps 8\n" in text
     assert "As expected, the white-box attack is strongest" in text
@@ -175,7 +175,7 @@ def test_summary_expected_ordering_synthetic(table):
 
 def test_summary_reports_violated_ordering():
     df = tables.long_table(fake_cells(swap_wb=True))
-    text = summary.summary_markdown(df, MODELS, "kaggle")
+    text = tables.summary_markdown(df, MODELS, "kaggle")
     assert "NOT clinical" not in text and "Kaggle" in text
     assert "the white-box attack is NOT the strongest" in text
     assert "Overall the expected ordering holds." not in text
@@ -185,7 +185,7 @@ def test_summary_reports_transfer_inversion(table):
     df = table.copy()
     xt = df["relation"] == "cross-task"
     df.loc[xt, "adv_auroc"] = 0.2  # cross-task suddenly stronger than the surrogates
-    text = summary.summary_markdown(df, MODELS, "synthetic")
+    text = tables.summary_markdown(df, MODELS, "synthetic")
     assert "does not hold" in text and "cross-task (0.200) is stronger than surrogate" in text
 
 
@@ -201,7 +201,7 @@ def test_an_ensemble_is_never_pooled_and_is_shown_beside_its_members(table):
     ]
     ens["fooling_rate"] = 0.123
     df = pd.concat([df.assign(member_relations=""), ens], ignore_index=True)
-    text = summary.summary_markdown(df, MODELS, "synthetic")
+    text = tables.summary_markdown(df, MODELS, "synthetic")
     eps8 = text.split("## Data task pneumothorax, attack pgd, eps 8\n", 1)[1].split("##", 1)[0]
     xa = next(ln for ln in eps8.splitlines() if ln.startswith("| cross-architecture |"))
     assert xa.split("|")[2].strip() == "4"  # the single-model cells only, no ensemble cell

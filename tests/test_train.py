@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 from cxrtransfer import WorkflowError
 from cxrtransfer.models import train as train_module
-from cxrtransfer.models.train import TRAINING_DEFAULTS, check_quality, gate_ci
+from cxrtransfer.models.gate import check_quality, gate_ci
+from cxrtransfer.models.settings import TRAINING_DEFAULTS
 
 
 def _settings(**kw):
@@ -280,14 +281,14 @@ def _interrupt_after(monkeypatch, epochs: int) -> None:
     (after the BackupAndRestore state of that epoch was saved)."""
     import keras
 
-    original = train_module._callbacks
+    original = train_module.training_callbacks
 
     class Stop(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             if epoch + 1 >= epochs:
                 raise Interrupted
 
-    monkeypatch.setattr(train_module, "_callbacks", lambda *a: [*original(*a), Stop()])
+    monkeypatch.setattr(train_module, "training_callbacks", lambda *a: [*original(*a), Stop()])
 
 
 def _logged_epochs(caplog) -> list[int]:

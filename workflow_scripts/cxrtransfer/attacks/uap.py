@@ -288,7 +288,7 @@ def craft_uap_job(
     from cxrtransfer.core.provenance import model_record
     from cxrtransfer.data.shards import read_shard
     from cxrtransfer.metrics.measures import flip_rate
-    from cxrtransfer.models.build import load_checkpoint
+    from cxrtransfer.models.checkpoints import load_checkpoint
     from cxrtransfer.models.inference import predict_probs
 
     spec = uap_spec_from_config(attack_cfg, eps)

@@ -82,7 +82,7 @@ def predict_adv(*, model_path, metrics_path, sets: list, image_size: int, batch_
 def _predictor(model_path, metrics_path, image_size: int, batch_size: int):
     """``predict(data) -> DataFrame`` of the CLEAN_COLUMNS for a shard or attack cache (dict
     of images, image_index, patient_id, labels), with the checkpoint loaded once."""
-    from cxrtransfer.models.build import load_checkpoint
+    from cxrtransfer.models.checkpoints import load_checkpoint
     from cxrtransfer.models.inference import make_predict_fn, predict_probs
 
     record = model_record(model_path, metrics_path)

@@ -10,8 +10,6 @@ from cxrtransfer import WorkflowError
 from cxrtransfer.config import runconfig
 from cxrtransfer.core import products
 from cxrtransfer.core.files import FIX_DAMAGED
-from cxrtransfer.data.expert_labels import read_prepared
-from cxrtransfer.evaluate.cells import COUNTS, compute_cell, quantity_columns
 from cxrtransfer.evaluate.predictions import ADV_COLUMNS, CLEAN_COLUMNS, read_predictions
 from cxrtransfer.evaluate.relations import ensemble_relation, factors, relation
 
@@ -55,11 +53,15 @@ def evaluate_adv_set(
     ``expert_file``: the data task's expert labels (``expert_labels.prepare``), or None: then
     every cell also gets the ``expert_cell`` columns.
     """
+    from cxrtransfer.metrics.measures import compute_cell
+
     record = {m: read_model_metrics(p) for m, p in metrics_files.items()}
     patients = {m: products.read_patients(p) for m, p in patients_files.items()}
     source_same_task = models[source]["task"] == data_task
     expert = None
     if expert_file is not None:
+        from cxrtransfer.data.expert_labels import read_prepared
+
         expert = read_prepared(expert_file)
     cells = []
     for target in sorted(clean_files):
@@ -143,10 +145,12 @@ def expert_cell(
     the same images (the comparison on one image set), each every ``compute_cell`` quantity
     with its CI, the counts and notes; ``n_expert`` (images of the subset) and
     ``expert_note``. Thresholds stay the models' validation thresholds (NLP labels)."""
+    from cxrtransfer.metrics.measures import COUNTS, QUANTITIES, compute_cell
+
     keep = clean["image_index"].astype(str).isin(expert).to_numpy()
     n = int(keep.sum())
     out: dict = {"n_expert": n}
-    keys = quantity_columns() + list(COUNTS)
+    keys = [k for q in QUANTITIES for k in (q, f"{q}_ci_low", f"{q}_ci_high")] + list(COUNTS)
     if n == 0:
         for prefix in (EXPERT_PREFIX, EXPERT_NLP_PREFIX):
             out.update({f"{prefix}{k}": float("nan") for k in keys})

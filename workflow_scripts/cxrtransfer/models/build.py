@@ -4,16 +4,16 @@ The pixel -> backbone path (grayscale-to-RGB tiling, resizing where the backbone
 input, the architecture's own normalisation) is built from standard Keras layers inside the
 model, so ``keras.models.load_model(path)`` works in safe mode with no custom objects, and an
 epsilon of k/255 means the same thing for every architecture. (A defended model adds one
-registered layer, ``defences.InputDefence``, that ``load_checkpoint`` registers.)
+registered layer, ``layers.InputDefence``, that ``checkpoints.load_checkpoint`` registers.)
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+import numpy as np
+
 from cxrtransfer import WorkflowError
-from cxrtransfer.core.files import FIX_DAMAGED
 
 # How each keras.applications family expects its input (see each module's preprocess_input).
 #   caffe: RGB->BGR, 0..255 minus ImageNet channel means (channels are identical here, so the
@@ -61,6 +61,7 @@ def preprocessing_mode(arch: str) -> str:
 
 
 def backbone_constructor(arch: str):
+    # heavy: Keras loads in the jobs that build or load a model only
     import keras
 
     ctor = getattr(keras.applications, arch, None)
@@ -75,6 +76,7 @@ def backbone_constructor(arch: str):
 
 def pixel_preprocessing(arch: str, image_size: int):
     """Keras layers that map a (H, W, 1) float image in [0, 1] to the backbone's input."""
+    # heavy: Keras loads in the jobs that build or load a model only
     import keras
 
     layers = []
@@ -112,6 +114,7 @@ def build_model(
     ``n_labels``: a multi-label model instead: the last layer is Dense(n_labels, sigmoid),
     one independent probability per finding (column k = the task's k-th label).
     """
+    # heavy: Keras loads in the jobs that build or load a model only
     import keras
 
     if seed is not None:
@@ -185,54 +188,6 @@ def _weights_error(e: Exception, arch: str, pretrained: str) -> WorkflowError:
     )
 
 
-def load_checkpoint(
-    path: str | os.PathLike, image_size: int | None = None, n_outputs: int | None = 2
-):
-    """Load a model checkpoint in safe mode and check it honours the model contract
-    (``n_outputs`` columns: 2 for the 2-class contract, K for a multi-label model)."""
-    import keras
-
-    from cxrtransfer.models.layers import defence_layer_class
-
-    defence_layer_class()  # a defended model's input transform (registered Keras layer)
-    path = Path(path)
-    if not path.is_file():
-        raise WorkflowError(f"Model checkpoint '{path}' does not exist. Run its training rule.")
-    if path.stat().st_size == 0:
-        raise WorkflowError(f"Model checkpoint '{path}' is empty (truncated). {FIX_DAMAGED}")
-    try:
-        model = keras.models.load_model(path, compile=False, safe_mode=True)
-    except Exception as e:  # noqa: BLE001
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise WorkflowError(
-            f"Cannot load model checkpoint '{path}': {first}. It is truncated, corrupt or not "
-            f"a Keras .keras file written by this workflow. {FIX_DAMAGED}"
-        ) from None
-    check_contract(model, path, image_size, n_outputs)
-    return model
-
-
-def check_contract(model, path, image_size: int | None = None, n_outputs: int = 2) -> None:
-    shape = tuple(model.input_shape)
-    out = tuple(model.output_shape)
-    if len(shape) != 4 or shape[-1] != 1 or out[-1] != n_outputs:
-        what = (
-            "a 2-class softmax output"
-            if n_outputs == 2
-            else f"a {n_outputs}-column sigmoid output (a multi-label model of the config's labels)"
-        )
-        raise WorkflowError(
-            f"Model '{path}' does not follow the model contract: input {shape}, output {out}; "
-            f"expected input (None, H, W, 1) pixels in [0, 1] and {what}. "
-            "Foreign checkpoints must be wrapped with cxrtransfer.models.build.build_model."
-        )
-    if image_size is not None and (shape[1] != image_size or shape[2] != image_size):
-        raise WorkflowError(
-            f"Model '{path}' expects {shape[1]}x{shape[2]} images but data.image_size is "
-            f"{image_size}: retrain it (changing data.image_size reruns training) or fix the config."
-        )
-
-
 def build_ensemble(members: list, names: list[str], image_size: int | None = None):
     """One model from several checkpoints: the softmax of their averaged logits (Liu et al.
     2017), built from standard Keras layers so it saves and loads like any checkpoint and
@@ -241,6 +196,7 @@ def build_ensemble(members: list, names: list[str], image_size: int | None = Non
     Each member's final layer must be the 2-unit softmax Dense of ``build_model``; its logits
     are that layer's input through a linear copy of it. Members must see the same input size.
     """
+    # heavy: Keras loads in the jobs that build or load a model only
     import keras
 
     shapes = {n: tuple(m.input_shape) for n, m in zip(names, members, strict=True)}
@@ -287,8 +243,8 @@ def build_finding_view(model, column: int, name: str = "finding_view"):
     column 1 is the model's column k, and the cross-entropy of label 1/0 on it is the binary
     cross-entropy of output k (an attack on the view is an attack on that finding's output).
     Standard Keras layers only: it saves and loads like any checkpoint."""
+    # heavy: Keras loads in the jobs that build or load a model only
     import keras
-    import numpy as np
 
     last = model.layers[-1]
     if not (isinstance(last, keras.layers.Dense) and last.activation is keras.activations.sigmoid):

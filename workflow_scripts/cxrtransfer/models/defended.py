@@ -1,7 +1,15 @@
+"""The defend job: a trained model behind an input defence (``models.layers``) as one
+checkpoint of the model contract, with the same record as a trained model (its own Youden
+threshold on the defended validation predictions, test metrics at that threshold)."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
+from cxrtransfer.core.products import read_model_metrics, read_patients
+from cxrtransfer.core.provenance import model_record
+from cxrtransfer.models.checkpoints import load_checkpoint
+from cxrtransfer.models.derived import finish_derived_model
 from cxrtransfer.models.layers import build_defended, defence_label
 
 
@@ -19,11 +27,6 @@ def build_defended_checkpoint(
     """Write ``out_dir``/model.keras, metrics.json (own Youden threshold on the defended
     validation predictions), history.csv (empty) and train_patients.txt (the model's) of the
     defended model ``name``."""
-    from cxrtransfer.core.products import read_model_metrics, read_patients
-    from cxrtransfer.core.provenance import model_record
-    from cxrtransfer.models.build import load_checkpoint
-    from cxrtransfer.models.derived import finish_derived_model
-
     record = model_record(model_path, metrics_path)
     base = load_checkpoint(model_path, settings["image_size"])
     model = build_defended(base, settings["defence"], seed=settings.get("seed", 0))

@@ -9,6 +9,18 @@ from pathlib import Path
 import pandas as pd
 
 from cxrtransfer.core.logs import LOG
+from cxrtransfer.data.datasets import open_shard
+from cxrtransfer.models.gate import gate_ci
+from cxrtransfer.models.inference import predict_shards
+from cxrtransfer.models.outputs import (
+    NEGATIVE_COLUMN,
+    SOFTMAX2,
+    THRESHOLD_RULE,
+    binary_metrics,
+    measure_test_split,
+    write_outputs,
+    youden_threshold,
+)
 
 
 def finish_derived_model(
@@ -26,18 +38,6 @@ def finish_derived_model(
     """Choose ``model``'s own Youden threshold on the validation split, measure it there and
     on test at that threshold, and write ``out_dir``/model.keras, metrics.json, history.csv
     (empty: nothing is trained) and train_patients.txt (``patients``)."""
-    from cxrtransfer.data.datasets import open_shard
-    from cxrtransfer.models.inference import predict_shards
-    from cxrtransfer.models.train import (
-        NEGATIVE_COLUMN,
-        SOFTMAX2,
-        _test_metrics,
-        _write_outputs,
-        binary_metrics,
-        gate_ci,
-        youden_threshold,
-    )
-
     image_size = settings["image_size"]
     with open_shard(val_shards[0]) as f:  # the task's finding: column 1 of the model
         label = f.attrs.get("label")
@@ -46,7 +46,7 @@ def finish_derived_model(
     val = predict_shards(model, val_shards, image_size)
     threshold = youden_threshold(val["labels"], val["probs"])
     val_metrics = {**binary_metrics(val["labels"], val["probs"], threshold), **gate_ci(val)}
-    test_metrics = _test_metrics({**settings, "name": name}, model, test_shards, threshold)
+    test_metrics = measure_test_split({**settings, "name": name}, model, test_shards, threshold)
     metrics = {
         "model": name,
         "task": settings["task"],
@@ -55,13 +55,13 @@ def finish_derived_model(
         "output_columns": [NEGATIVE_COLUMN, str(label)],
         **extra,
         "threshold": threshold,
-        "threshold_rule": "Youden J (max sensitivity + specificity - 1) on the validation split",
+        "threshold_rule": THRESHOLD_RULE,
         "val": val_metrics,
         "test": test_metrics,
         "settings": settings,
     }
     history = pd.DataFrame(columns=["epoch", "val_auc"])
-    metrics = _write_outputs(Path(out_dir), model, metrics, history, sorted(patients))
+    metrics = write_outputs(Path(out_dir), model, metrics, history, sorted(patients))
     LOG.info(
         "%s %s: val AUC %.3f, test AUC %.3f (threshold %.3f)",
         what,

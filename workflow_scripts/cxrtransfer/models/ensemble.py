@@ -11,6 +11,9 @@ from pathlib import Path
 from cxrtransfer.core.logs import LOG
 from cxrtransfer.core.products import read_patients
 from cxrtransfer.core.provenance import model_record
+from cxrtransfer.models.build import build_ensemble
+from cxrtransfer.models.checkpoints import load_checkpoint
+from cxrtransfer.models.derived import finish_derived_model
 
 
 def build_ensemble_checkpoint(
@@ -27,9 +30,6 @@ def build_ensemble_checkpoint(
 ) -> dict:
     """Write ``out_dir``/model.keras, metrics.json, history.csv (empty: nothing is trained)
     and train_patients.txt of the ensemble ``name`` of ``members``."""
-    from cxrtransfer.models.build import build_ensemble, load_checkpoint
-    from cxrtransfer.models.derived import finish_derived_model
-
     records = [model_record(m, r) for m, r in zip(model_paths, metrics_paths, strict=True)]
     image_size = settings["image_size"]
     loaded = [load_checkpoint(p, image_size) for p in model_paths]

@@ -17,6 +17,7 @@ def make_predict_fn(model, input_dtype: str = "uint8", all_columns: bool = False
     "float32": x float32 (N, H, W, 1) in [0, 1] (the model contract). Traced once for any N.
     ``all_columns``: every output column, float32 (N, K) (a multi-label model's K findings).
     """
+    # heavy: TensorFlow loads in the jobs that predict only
     import tensorflow as tf
 
     if input_dtype not in INPUT_DTYPES:

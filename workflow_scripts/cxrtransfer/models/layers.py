@@ -57,6 +57,7 @@ def defence_label(defence: dict) -> str:
 
 def to_grey_levels(x):
     """[0, 1] pixels -> uint8 grey levels (rounded), as the caches store them."""
+    # heavy: TensorFlow loads in the jobs that run a defended model only
     import tensorflow as tf
 
     return tf.cast(tf.round(tf.clip_by_value(x, 0.0, 1.0) * 255.0), tf.uint8)
@@ -64,6 +65,7 @@ def to_grey_levels(x):
 
 def jpeg(x, quality: int):
     """JPEG-compress and decode every image at ``quality`` (8-bit grey levels)."""
+    # heavy: TensorFlow loads in the jobs that run a defended model only
     import tensorflow as tf
 
     u8 = to_grey_levels(x)
@@ -78,6 +80,7 @@ def jpeg(x, quality: int):
 
 def bit_depth(x, bits: int):
     """Grey levels reduced to 2^bits levels: round(x * (2^bits - 1)) / (2^bits - 1)."""
+    # heavy: TensorFlow loads in the jobs that run a defended model only
     import tensorflow as tf
 
     levels = float(2 ** int(bits) - 1)
@@ -87,6 +90,7 @@ def bit_depth(x, bits: int):
 def median_filter(x, size: int):
     """k x k median of every pixel's window, the image mirrored at its edges (SciPy
     ``median_filter(mode="reflect")``, which repeats the edge pixel)."""
+    # heavy: TensorFlow loads in the jobs that run a defended model only
     import tensorflow as tf
 
     p = int(size) // 2
@@ -102,6 +106,7 @@ def median_filter(x, size: int):
 
 def straight_through(fn):
     """``fn`` forward, the identity's gradient backward (BPDA, Athalye et al. 2018)."""
+    # heavy: TensorFlow loads in the jobs that run a defended model only
     import tensorflow as tf
 
     @tf.custom_gradient
@@ -115,6 +120,7 @@ def straight_through(fn):
 
 
 def _layer_class():
+    # heavy: Keras loads in the jobs that run a defended model only
     import keras
 
     @keras.saving.register_keras_serializable(package="cxrtransfer")
@@ -130,6 +136,7 @@ def _layer_class():
             self.noise_seed = keras.random.SeedGenerator(self.seed) if kind in RANDOMISED else None
 
         def call(self, x):
+            # heavy: TensorFlow loads in the jobs that run a defended model only
             import tensorflow as tf
 
             if self.kind == "gaussian_noise":
@@ -160,7 +167,7 @@ _LAYER = None
 
 def defence_layer_class():
     """The Keras layer of the input defences (registered once per process, so checkpoints
-    holding it load in safe mode after ``cxrtransfer.models.build`` is imported)."""
+    holding it load in safe mode after ``cxrtransfer.models.checkpoints.load_checkpoint`` registered it)."""
     global _LAYER
     if _LAYER is None:
         _LAYER = _layer_class()
@@ -170,6 +177,7 @@ def defence_layer_class():
 def build_defended(base, defence: dict, seed: int = 0):
     """``base`` (a model of the contract) behind the input transform ``defence``: one model
     of the contract (pixels in, 2-class softmax out)."""
+    # heavy: Keras loads in the jobs that run a defended model only
     import keras
 
     kind, value = defence_kind(defence)

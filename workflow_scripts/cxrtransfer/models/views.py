@@ -11,6 +11,9 @@ from pathlib import Path
 from cxrtransfer import WorkflowError
 from cxrtransfer.core.products import read_model_metrics, read_patients
 from cxrtransfer.core.provenance import model_record
+from cxrtransfer.models.build import build_finding_view
+from cxrtransfer.models.checkpoints import load_checkpoint
+from cxrtransfer.models.derived import finish_derived_model
 
 
 def build_view_checkpoint(
@@ -26,9 +29,6 @@ def build_view_checkpoint(
 ) -> dict:
     """Write ``out_dir``/model.keras, metrics.json, history.csv (empty) and train_patients.txt
     of the view ``name`` of column ``settings["column"]`` of the multi-label model."""
-    from cxrtransfer.models.build import build_finding_view, load_checkpoint
-    from cxrtransfer.models.derived import finish_derived_model
-
     record = model_record(model_path, metrics_path)
     meta = read_model_metrics(metrics_path)
     columns = list(settings["output_columns"])

@@ -1,5 +1,5 @@
-"""python -m cxrtransfer.verify: check the products on disk (see cxrtransfer.verify.command)."""
+"""python -m cxrtransfer.verify: check the products on disk (see cxrtransfer.verify.products)."""
 
-from cxrtransfer.verify.command import main
+from cxrtransfer.verify.products import main
 
 raise SystemExit(main())

@@ -1,0 +1,136 @@
+"""The callbacks of a training run (validation AUROC each epoch, the best checkpoint, early
+stopping and Keras' backup that survive a resume, the CSV log, TensorBoard) and the readers of
+their log: which epoch's checkpoint was kept."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxrtransfer.core.files import atomic_path
+from cxrtransfer.core.logs import LOG
+from cxrtransfer.models.outputs import binary_metrics, multilabel_metrics
+from cxrtransfer.models.settings import is_multilabel
+from cxrtransfer.models.trainable import contract_model
+
+
+def _val_auc(keras, s: dict, val_ds_fn):
+    """The callback that writes the validation AUROC into the epoch logs."""
+
+    class ValAUC(keras.callbacks.Callback):
+        """Validation AUROC (scikit-learn) into the epoch logs as ``val_auc``."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            y, p = val_ds_fn(contract_model(self.model), self)
+            if is_multilabel(s):  # mean AUROC over the labels with both classes in val
+                logs["val_auc"] = multilabel_metrics(y, p, s["labels"])["auc"]
+            else:
+                logs["val_auc"] = binary_metrics(y, p, 0.5)["auc"]
+            p_true = np.clip(np.where(y == 1, p, 1 - p), 1e-7, 1.0)
+            logs["val_loss"] = float(-np.log(p_true).mean())
+            LOG.info(
+                "epoch %d/%d: loss %.4f val_loss %.4f val_auc %.4f",
+                epoch + 1,
+                s["epochs"],
+                logs.get("loss", float("nan")),
+                logs.get("val_loss", float("nan")),
+                logs["val_auc"],
+            )
+
+    return ValAUC()
+
+
+def _early_stopping(keras, prev: pd.DataFrame, best, patience: int):
+    """Early stopping on ``val_auc`` that resumes from the log ``prev`` of the epochs so far."""
+
+    class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+        """EarlyStopping whose state (best, wait) survives a resume from BackupAndRestore."""
+
+        def on_train_begin(self, logs=None):
+            super().on_train_begin(logs)
+            if best is not None:
+                self.best = best
+                since = len(prev) - 1 - int(prev["val_auc"].to_numpy().argmax())
+                self.wait = since
+
+    return ResumableEarlyStopping(monitor="val_auc", mode="max", patience=patience)
+
+
+def _best_checkpoint(keras, path: Path, best, keep_later: bool):
+    """The callback that keeps the best model so far in ``path``."""
+
+    class BestCheckpoint(keras.callbacks.Callback):
+        """The model of the highest val_auc so far (strictly higher than the best before; for
+        adversarial training also an equal one, see ``later_ties``), written atomically: a
+        kill mid-write (e.g. SLURM's time limit) leaves the previous best, never a truncated
+        file that a resumed run could not load."""
+
+        def __init__(self, path: Path, threshold):
+            super().__init__()
+            self.path, self.best = path, threshold
+
+        def on_epoch_end(self, epoch, logs=None):
+            value = (logs or {}).get("val_auc")
+            if value is not None and (
+                self.best is None or value > self.best or (keep_later and value == self.best)
+            ):
+                self.best = value
+                with atomic_path(self.path) as tmp:
+                    contract_model(self.model).save(tmp)  # standard layers only
+
+    return BestCheckpoint(path, best)
+
+
+def training_callbacks(model_dir: Path, work: Path, s: dict, val_ds_fn):
+    """The callbacks of a run of settings ``s`` in ``model_dir`` (state in ``work``), in the
+    order they must run; ``val_ds_fn(model, holder)`` gives the validation labels and probs."""
+    # heavy: Keras loads in training jobs only
+    import keras
+
+    prev = previous_history(work / "log.csv")
+    best = float(prev["val_auc"].max()) if len(prev) else None
+    # Order matters: ValAUC fills logs["val_auc"] for the others; BackupAndRestore saves last,
+    # so a kill between two callbacks at worst repeats one epoch, never skips its log row.
+    return [
+        _val_auc(keras, s, val_ds_fn),
+        _best_checkpoint(keras, work / "best.keras", best, later_ties(s)),
+        _early_stopping(keras, prev, best, s["patience"]),
+        keras.callbacks.CSVLogger(str(work / "log.csv"), append=True),
+        keras.callbacks.TensorBoard(str(model_dir / "tensorboard"), write_graph=False),
+        # Kept after fit (the whole work directory goes after a successful run): a finished
+        # state is never mistaken for a fresh start that appends to the old log.
+        # double_checkpoint: the state before the last save is kept as *.bkp, and Keras falls
+        # back to it when the latest cannot be read (a kill in the middle of writing it).
+        keras.callbacks.BackupAndRestore(
+            str(work / "backup"),
+            save_freq="epoch",
+            delete_checkpoint=False,
+            double_checkpoint=True,
+        ),
+    ]
+
+
+def later_ties(s: dict) -> bool:
+    """Whether an epoch as good as the best (clean validation AUROC) replaces it: for
+    adversarial training, whose later epochs are the more robust ones (ties are common when a
+    fine-tuned model starts at its best clean AUROC); clean training keeps the earliest."""
+    return bool(s.get("adversarial"))
+
+
+def best_row(history: pd.DataFrame, s: dict) -> int:
+    """The row of ``history`` whose checkpoint ``BestCheckpoint`` kept."""
+    auc = history["val_auc"].to_numpy()
+    if later_ties(s):
+        return int(len(auc) - 1 - auc[::-1].argmax())
+    return int(auc.argmax())
+
+
+def previous_history(path: Path) -> pd.DataFrame:
+    """The epochs of the CSV log ``path`` so far (the last row of a repeated epoch)."""
+    if path.is_file() and path.stat().st_size > 0:
+        df = pd.read_csv(path)
+        if "val_auc" in df:
+            return df.drop_duplicates("epoch", keep="last").reset_index(drop=True)
+    return pd.DataFrame(columns=["epoch", "val_auc"])
