@@ -29,7 +29,7 @@ from cxrtransfer.data.nih_wheel import sha256
 from cxrtransfer.data.real_metadata import DEFAULT_PATH as METADATA_PATH
 from cxrtransfer.data.shards import decode
 from cxrtransfer.data.synthetic import BOXED, SyntheticSpec, _patient_anatomy, generate, render
-from cxrtransfer.evaluate import plots as plots_mod
+from cxrtransfer.evaluate import examples as plots_mod
 from matplotlib.patches import Rectangle
 from PIL import Image
 
@@ -491,7 +491,7 @@ def test_a_set_without_boxed_images_keeps_a_header_only_table(tmp_path, monkeypa
 
 
 def test_select_examples_prefers_the_given_images():
-    from cxrtransfer.evaluate.plots import select_examples
+    from cxrtransfer.evaluate.examples import select_examples
 
     args = (LABELS, CLEAN_P, ADV_P, [1, 1, 1, 1, 1, 1, 3, 2])
     assert select_examples(*args, 1) == [0, 4]

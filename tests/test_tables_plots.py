@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from cxrtransfer import WorkflowError
-from cxrtransfer.evaluate import plots, tables
-from cxrtransfer.metrics.measures import cell_columns, compute_cell
+from cxrtransfer.evaluate import examples, plots, summary, tables
+from cxrtransfer.evaluate.cells import cell_columns, compute_cell
 from PIL import Image
 
 MODELS = {
@@ -163,7 +163,7 @@ def test_write_matrix_round_trip(table, tmp_path):
 
 
 def test_summary_expected_ordering_synthetic(table):
-    text = tables.summary_markdown(table, MODELS, "synthetic")
+    text = summary.summary_markdown(table, MODELS, "synthetic")
     assert "NOT clinical results" in text and "demonstration" in text
     assert "## Data task pneumothorax, attack pgd, eps 8\n" in text
     assert "As expected, the white-box attack is strongest" in text
@@ -175,7 +175,7 @@ def test_summary_expected_ordering_synthetic(table):
 
 def test_summary_reports_violated_ordering():
     df = tables.long_table(fake_cells(swap_wb=True))
-    text = tables.summary_markdown(df, MODELS, "kaggle")
+    text = summary.summary_markdown(df, MODELS, "kaggle")
     assert "NOT clinical" not in text and "Kaggle" in text
     assert "the white-box attack is NOT the strongest" in text
     assert "Overall the expected ordering holds." not in text
@@ -185,7 +185,7 @@ def test_summary_reports_transfer_inversion(table):
     df = table.copy()
     xt = df["relation"] == "cross-task"
     df.loc[xt, "adv_auroc"] = 0.2  # cross-task suddenly stronger than the surrogates
-    text = tables.summary_markdown(df, MODELS, "synthetic")
+    text = summary.summary_markdown(df, MODELS, "synthetic")
     assert "does not hold" in text and "cross-task (0.200) is stronger than surrogate" in text
 
 
@@ -201,7 +201,7 @@ def test_an_ensemble_is_never_pooled_and_is_shown_beside_its_members(table):
     ]
     ens["fooling_rate"] = 0.123
     df = pd.concat([df.assign(member_relations=""), ens], ignore_index=True)
-    text = tables.summary_markdown(df, MODELS, "synthetic")
+    text = summary.summary_markdown(df, MODELS, "synthetic")
     eps8 = text.split("## Data task pneumothorax, attack pgd, eps 8\n", 1)[1].split("##", 1)[0]
     xa = next(ln for ln in eps8.splitlines() if ln.startswith("| cross-architecture |"))
     assert xa.split("|")[2].strip() == "4"  # the single-model cells only, no ensemble cell
@@ -273,17 +273,17 @@ def test_select_examples_picks_flipped_and_most_perturbed():
     l2 = np.array([1.0, 5.0, 9.0, 2.0, 1.0, 3.0, 8.0, 9.5])
     # class 0: flipped = 0 (+0.8), 1 (+0.35); 3 was wrong when clean. largest l2 = 2.
     # class 1: flipped = 4 (-0.8), 5 (-0.35); 7 was wrong when clean. largest l2 = 7, then 6.
-    assert plots.select_examples(labels, clean, adv, l2, 2) == [0, 2, 4, 7]
-    assert plots.select_examples(labels, clean, adv, l2, 3) == [0, 2, 1, 4, 7, 5]
-    assert plots.select_examples(labels, clean, adv, l2, 1) == [0, 4]
+    assert examples.select_examples(labels, clean, adv, l2, 2) == [0, 2, 4, 7]
+    assert examples.select_examples(labels, clean, adv, l2, 3) == [0, 2, 1, 4, 7, 5]
+    assert examples.select_examples(labels, clean, adv, l2, 1) == [0, 4]
     # No duplicates: the most flipped image is also the most perturbed one.
     l2b = np.array([9.0, 1.0, 1.0, 1.0, 9.0, 1.0, 1.0, 1.0])
-    sel = plots.select_examples(labels, clean, adv, l2b, 2)
+    sel = examples.select_examples(labels, clean, adv, l2b, 2)
     assert sel == [0, 1, 4, 5] and len(set(sel)) == len(sel)
     # More requested than available: every image of each class, once.
-    assert sorted(plots.select_examples(labels, clean, adv, l2, 10)) == list(range(8))
+    assert sorted(examples.select_examples(labels, clean, adv, l2, 10)) == list(range(8))
     with pytest.raises(WorkflowError, match="differ in length"):
-        plots.select_examples(labels, clean, adv[:3], l2, 1)
+        examples.select_examples(labels, clean, adv[:3], l2, 1)
 
 
 def test_plot_examples(tmp_path):
@@ -291,12 +291,12 @@ def test_plot_examples(tmp_path):
     clean = (rng.random((3, 48, 48, 1)) * 255).astype(np.uint8)
     adv = np.clip(clean.astype(int) + rng.integers(-4, 5, clean.shape), 0, 255).astype(np.uint8)
     args = (clean, adv, [0, 1, 1], [0.2, 0.8, 0.6], [0.7, 0.3, 0.5], ["a.png", "b.png", "c.png"])
-    plots.plot_examples(*args, "Examples", tmp_path / "ex.png")
-    plots.plot_examples(*args, "Examples", tmp_path / "ex2.png", amplify=10, threshold=0.5)
+    examples.plot_examples(*args, "Examples", tmp_path / "ex.png")
+    examples.plot_examples(*args, "Examples", tmp_path / "ex2.png", amplify=10, threshold=0.5)
     w, h = _png(tmp_path / "ex.png")
     assert h > 600 and w > 500  # three rows, three columns
     with pytest.raises(WorkflowError, match="disagree"):
-        plots.plot_examples(clean, adv[:2], *args[2:], "x", tmp_path / "bad.png")
+        examples.plot_examples(clean, adv[:2], *args[2:], "x", tmp_path / "bad.png")
 
 
 def test_aligned_cell_matches_by_image_index_not_position():
@@ -321,10 +321,10 @@ def test_aligned_cell_matches_by_image_index_not_position():
             "l2": [1.0, 2.0, 3.0],
         }
     )
-    cell = plots.aligned_cell(clean, adv, clean_imgs, adv_imgs)
+    cell = examples.aligned_cell(clean, adv, clean_imgs, adv_imgs)
     assert list(cell["image_index"]) == ["c.png", "a.png", "b.png"]
     assert list(cell["clean_prob"]) == [0.3, 0.1, 0.2] and list(cell["adv_prob"]) == [0.7, 0.9, 0.8]
     assert [int(x[0, 0]) for x in cell["clean_u8"]] == [3, 1, 2]
     assert [int(x[0, 0]) for x in cell["adv_u8"]] == [30, 10, 20]
     with pytest.raises(WorkflowError, match="lack a clean image or a prediction"):
-        plots.aligned_cell(clean.iloc[:2], adv, clean_imgs, adv_imgs)
+        examples.aligned_cell(clean.iloc[:2], adv, clean_imgs, adv_imgs)

@@ -9,14 +9,8 @@ from cxrtransfer.core.products import json_threshold
 from cxrtransfer.data.adversarial_cache import read_attack, set_caches
 from cxrtransfer.data.boxes import finding_boxes, read_prepared, scale_box
 from cxrtransfer.data.shards import read_shard
-from cxrtransfer.evaluate.plots import (
-    aligned_cell,
-    cell_examples,
-    plot_auroc_vs_eps,
-    plot_examples,
-    plot_roc,
-    plot_transfer_heatmap,
-)
+from cxrtransfer.evaluate.examples import aligned_cell, cell_examples, plot_examples
+from cxrtransfer.evaluate.plots import plot_auroc_vs_eps, plot_roc, plot_transfer_heatmap
 from cxrtransfer.evaluate.predictions import ADV_COLUMNS, CLEAN_COLUMNS, read_predictions
 
 
