@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from cxrtransfer.metrics.measures import compute_cell
+from cxrtransfer.evaluate.cells import compute_cell
 from scipy.special import expit
 from sklearn.metrics import roc_auc_score
 

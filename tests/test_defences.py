@@ -11,12 +11,8 @@ import pytest
 import yaml
 from cxrtransfer import WorkflowError
 from cxrtransfer.evaluate.relations import factors, relation
-from cxrtransfer.evaluate.tables import (
-    defence_lines,
-    hardened_models,
-    robust_lines,
-    summary_markdown,
-)
+from cxrtransfer.evaluate.summary import summary_markdown
+from cxrtransfer.evaluate.summary_sections import defence_lines, hardened_models, robust_lines
 from cxrtransfer.models import layers as D
 from cxrtransfer.plan import checks
 from cxrtransfer.plan import study as plan

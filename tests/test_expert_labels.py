@@ -122,7 +122,7 @@ def test_generator_writes_the_combined_format_with_the_disagreement_rate(small_d
 
 
 def test_summary_section_and_unchanged_summary_without_expert_labels():
-    from cxrtransfer.evaluate.tables import summary_markdown
+    from cxrtransfer.evaluate.summary import summary_markdown
 
     base = {
         "data_task": "pneumothorax",

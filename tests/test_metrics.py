@@ -1,5 +1,6 @@
-"""Tests of cxrtransfer.metrics.measures: point estimates against an independent recomputation, the
-transfer base, weighted statistics of the patient bootstrap, CIs, and the bad-input cases.
+"""Tests of cxrtransfer.metrics (measures, bootstrap) and cxrtransfer.evaluate.cells: point
+estimates against an independent recomputation, the transfer base, weighted statistics of the
+patient bootstrap, CIs, and the bad-input cases.
 (Coverage of the patient bootstrap on clustered data: tests/test_bootstrap_coverage.py.)"""
 
 from __future__ import annotations
@@ -10,18 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from cxrtransfer import WorkflowError
-from cxrtransfer.metrics.measures import (
-    COUNTS,
-    QUANTITIES,
-    align_inputs,
-    auroc,
-    auroc_ci,
-    cell_columns,
-    cluster_codes,
-    cluster_weights,
-    compute_cell,
-    quantities,
-)
+from cxrtransfer.evaluate.cell_inputs import align_inputs
+from cxrtransfer.evaluate.cells import COUNTS, QUANTITIES, cell_columns, compute_cell, quantities
+from cxrtransfer.metrics.bootstrap import auroc_ci, cluster_codes, cluster_weights
+from cxrtransfer.metrics.measures import auroc
 from sklearn.metrics import roc_auc_score
 
 T_TARGET = 0.45

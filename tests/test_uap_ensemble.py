@@ -30,7 +30,7 @@ from cxrtransfer.attacks.uap import (  # noqa: E402
 )
 from cxrtransfer.core.files import file_sha256  # noqa: E402
 from cxrtransfer.data.adversarial_cache import read_attack  # noqa: E402
-from cxrtransfer.evaluate.tables import best_attack_lines  # noqa: E402
+from cxrtransfer.evaluate.summary_sections import best_attack_lines  # noqa: E402
 from cxrtransfer.metrics.measures import flip_rate  # noqa: E402
 from cxrtransfer.models.build import build_ensemble  # noqa: E402
 from cxrtransfer.models.checkpoints import load_checkpoint  # noqa: E402

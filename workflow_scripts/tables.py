@@ -5,13 +5,8 @@ from pathlib import Path
 from cxrtransfer.config.job import run_main
 from cxrtransfer.core.files import atomic_path, write_csv
 from cxrtransfer.core.products import read_cells
-from cxrtransfer.evaluate.tables import (
-    add_noise_controls,
-    long_table,
-    matrices,
-    summary_markdown,
-    write_matrix,
-)
+from cxrtransfer.evaluate.summary import summary_markdown
+from cxrtransfer.evaluate.tables import add_noise_controls, long_table, matrices, write_matrix
 
 
 def main(sm):

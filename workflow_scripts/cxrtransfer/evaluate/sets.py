@@ -10,6 +10,8 @@ from cxrtransfer import WorkflowError
 from cxrtransfer.config import runconfig
 from cxrtransfer.core import products
 from cxrtransfer.core.files import FIX_DAMAGED
+from cxrtransfer.data.expert_labels import read_prepared
+from cxrtransfer.evaluate.cells import COUNTS, compute_cell, quantity_columns
 from cxrtransfer.evaluate.predictions import ADV_COLUMNS, CLEAN_COLUMNS, read_predictions
 from cxrtransfer.evaluate.relations import ensemble_relation, factors, relation
 
@@ -53,31 +55,16 @@ def evaluate_adv_set(
     ``expert_file``: the data task's expert labels (``expert_labels.prepare``), or None: then
     every cell also gets the ``expert_cell`` columns.
     """
-    from cxrtransfer.metrics.measures import compute_cell
-
     record = {m: read_model_metrics(p) for m, p in metrics_files.items()}
     patients = {m: products.read_patients(p) for m, p in patients_files.items()}
     source_same_task = models[source]["task"] == data_task
     expert = None
     if expert_file is not None:
-        from cxrtransfer.data.expert_labels import read_prepared
-
         expert = read_prepared(expert_file)
     cells = []
     for target in sorted(clean_files):
-        clean = read_predictions(
-            clean_files[target],
-            CLEAN_COLUMNS,
-            test_shards,
-            checkpoint_sha256=record[target]["sha256"],
-        )
-        adv = read_predictions(
-            adv_files[target],
-            ADV_COLUMNS,
-            test_shards,
-            checkpoint_sha256=record[target]["sha256"],
-            source_checkpoint_sha256=record[source]["sha256"],
-        )
+        files = (clean_files[target], adv_files[target])
+        clean, adv = _read_pair(files, test_shards, record[target], record[source])
         try:
             cell = compute_cell(
                 clean,
@@ -90,8 +77,7 @@ def evaluate_adv_set(
                 source_task_is_data_task=source_same_task,
             )
         except WorkflowError as e:
-            files = f"{clean_files[target]}, {adv_files[target]}"
-            raise WorkflowError(f"{e} (in the predictions {files})") from None
+            raise WorkflowError(f"{e} (in the predictions {files[0]}, {files[1]})") from None
         if expert is not None:
             cell.update(
                 expert_cell(
@@ -104,14 +90,7 @@ def evaluate_adv_set(
                     source_same_task,
                 )
             )
-        f = _factors(source, target, models, patients, record)
-        members = list(models[source].get("members", []))
-        member_rels = [_relation(m, target, data_task, models, patients, record) for m in members]
-        rel = (
-            ensemble_relation(member_rels)
-            if members
-            else relation(f, models[source]["task"], data_task)
-        )
+        ids = _cell_ids(source, target, data_task, models, patients, record)
         cells.append(
             {
                 "source": source,
@@ -119,18 +98,49 @@ def evaluate_adv_set(
                 "data_task": data_task,
                 "attack": attack,
                 "eps": float(eps_label),
-                "relation": rel,
-                # an ensemble source: each member's own relation to the target
-                "member_relations": "; ".join(
-                    f"{m}: {r}" for m, r in zip(members, member_rels, strict=True)
-                ),
-                "source_arch": models[source]["arch"],
-                "target_arch": models[target]["arch"],
-                **f,
+                **ids,
                 **cell,
             }
         )
     return cells
+
+
+def _read_pair(files, test_shards, target_record: dict, source_record: dict):
+    """A target's clean and adversarial predictions, checked against the set's shards and
+    the current checkpoints."""
+    clean = read_predictions(
+        files[0], CLEAN_COLUMNS, test_shards, checkpoint_sha256=target_record["sha256"]
+    )
+    adv = read_predictions(
+        files[1],
+        ADV_COLUMNS,
+        test_shards,
+        checkpoint_sha256=target_record["sha256"],
+        source_checkpoint_sha256=source_record["sha256"],
+    )
+    return clean, adv
+
+
+def _cell_ids(source, target, data_task, models, patients, record) -> dict:
+    """A cell's relation columns: ``relation``, ``member_relations`` (an ensemble source: each
+    member's own relation to the target), the architectures and the measured factors."""
+    f = _factors(source, target, models, patients, record)
+    members = list(models[source].get("members", []))
+    member_rels = [_relation(m, target, data_task, models, patients, record) for m in members]
+    rel = (
+        ensemble_relation(member_rels)
+        if members
+        else relation(f, models[source]["task"], data_task)
+    )
+    return {
+        "relation": rel,
+        "member_relations": "; ".join(
+            f"{m}: {r}" for m, r in zip(members, member_rels, strict=True)
+        ),
+        "source_arch": models[source]["arch"],
+        "target_arch": models[target]["arch"],
+        **f,
+    }
 
 
 EXPERT_PREFIX = "expert_"
@@ -145,12 +155,10 @@ def expert_cell(
     the same images (the comparison on one image set), each every ``compute_cell`` quantity
     with its CI, the counts and notes; ``n_expert`` (images of the subset) and
     ``expert_note``. Thresholds stay the models' validation thresholds (NLP labels)."""
-    from cxrtransfer.metrics.measures import COUNTS, QUANTITIES, compute_cell
-
     keep = clean["image_index"].astype(str).isin(expert).to_numpy()
     n = int(keep.sum())
     out: dict = {"n_expert": n}
-    keys = [k for q in QUANTITIES for k in (q, f"{q}_ci_low", f"{q}_ci_high")] + list(COUNTS)
+    keys = quantity_columns() + list(COUNTS)
     if n == 0:
         for prefix in (EXPERT_PREFIX, EXPERT_NLP_PREFIX):
             out.update({f"{prefix}{k}": float("nan") for k in keys})

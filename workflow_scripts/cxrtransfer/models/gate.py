@@ -8,7 +8,7 @@ import numpy as np
 
 from cxrtransfer import WorkflowError
 from cxrtransfer.core.logs import LOG
-from cxrtransfer.metrics.measures import auroc_ci
+from cxrtransfer.metrics.bootstrap import auroc_ci
 
 # The gate's bootstrap: resamples and level of the validation AUROC's patient-bootstrap CI.
 GATE_N_BOOT = 2000
