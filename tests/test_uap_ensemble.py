@@ -265,7 +265,17 @@ def test_uap_job_then_attack_job_apply_it_exactly(members, tmp_path):
     assert attrs["split"] == "val" and attrs["crafting_shards_sha256"] == json.dumps(
         [file_sha256(d / "val.h5")]
     )
-    assert 0 <= info["crafting_flip_rate"] <= 1
+    # the recorded flip rate is the model's: recomputed from its predictions on the crafting
+    # images, clean and with the stored perturbation (decision at the threshold, 0.5)
+    from cxrtransfer.data.shards import read_shard
+    from cxrtransfer.models.inference import predict_probs
+
+    crafting = read_shard(d / "val.h5", SIZE)["images"]
+    model = load_checkpoint(d / "model.keras", SIZE)
+    before = predict_probs(model, crafting, 16) >= 0.5
+    after = predict_probs(model, apply_uap(crafting, delta), 16) >= 0.5
+    assert info["crafting_flip_rate"] == pytest.approx(float(np.mean(before != after)))
+    assert attrs["crafting_flip_rate"] == pytest.approx(info["crafting_flip_rate"])
     assert info["steps"] == 8 and len(info["step_losses"]) == 8 and info["max_linf_255"] >= 7
     with pytest.raises(WorkflowError, match="another checkpoint"):
         read_uap(d / "uap.h5", "0" * 64)
