@@ -11,6 +11,7 @@ from cxrtransfer import WorkflowError
 from cxrtransfer.evaluate import examples, plots, summary, tables
 from cxrtransfer.evaluate.cells import cell_columns, compute_cell
 from PIL import Image
+from sklearn.metrics import roc_auc_score
 
 MODELS = {
     "pneu_r50": {"task": "pneumothorax", "arch": "ResNet50"},
@@ -232,7 +233,23 @@ def _png(path):
         return im.size
 
 
-def test_plot_transfer_heatmap(tmp_path):
+@pytest.fixture
+def saved(monkeypatch):
+    """The figures the plot functions save (in order), captured before they are written."""
+    figs = []
+    for module in (plots, examples):
+        real = module._save
+        monkeypatch.setattr(
+            module, "_save", lambda fig, out, real=real: (figs.append(fig), real(fig, out))
+        )
+    return figs
+
+
+def _texts(ax) -> list[str]:
+    return [t.get_text() for t in ax.texts]
+
+
+def test_plot_transfer_heatmap(tmp_path, saved):
     df = tables.long_table(fake_cells(eps_list=(1, 2, 4, 8)))
     df.loc[(df["source"] == "card_r50") & (df["target"] == "pneu_r50"), "transfer_rate"] = np.nan
     one = tables.long_table(fake_cells(eps_list=(4,)))
@@ -241,18 +258,61 @@ def test_plot_transfer_heatmap(tmp_path):
     w4, h4 = _png(tmp_path / "h4.png")
     w1, h1 = _png(tmp_path / "h1.png")
     assert w4 > 2.5 * w1 and h4 > 250 and w1 > 300
+    fig = saved[0]
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == ["ε = 1", "ε = 2", "ε = 4", "ε = 8"]
+    assert fig._suptitle.get_text() == "Transfer rate: data task pneumothorax, attack pgd"
+    sources, targets = sorted(MODELS), sorted(TARGETS)
+    for j, ax in enumerate(panels):
+        assert ax.get_xlabel() == "target model (evaluated on)"
+        assert [lab.get_text() for lab in ax.get_xticklabels()] == targets
+        if j == 0:
+            assert ax.get_ylabel() == "source model (attack crafted on)"
+            assert [lab.get_text() for lab in ax.get_yticklabels()] == sources
+    # the eps 8 panel: every cell shows its table value and its relation's abbreviation
+    texts = _texts(panels[3])
+    abbrev = {"white-box": "WB", "surrogate": "S", "cross-architecture": "XA", "cross-task": "XT"}
+    for s in sources:
+        for t in targets:
+            v = STRENGTH[_relation(s, t)]
+            txt = "n/a" if (s, t) == ("card_r50", "pneu_r50") else f"{v:.2f}"
+            assert f"{txt}\n{abbrev[_relation(s, t)]}" in texts, (s, t)
+    # one colour bar, labelled with the value
+    assert sum(ax.get_ylabel() == "transfer rate" for ax in fig.axes) == 1
+    assert len([ax for ax in saved[1].axes if ax.get_title()]) == 1
     with pytest.raises(WorkflowError, match="no rows"):
         plots.plot_transfer_heatmap(df, "pneumothorax", "fgsm", tmp_path / "x.png")
 
 
-def test_plot_auroc_vs_eps(tmp_path, table):
+def test_plot_auroc_vs_eps(tmp_path, table, saved):
     out = tmp_path / "auroc.png"
     plots.plot_auroc_vs_eps(table, "pneumothorax", "pgd", "pneu_r50", out)
     w, h = _png(out)
     assert 500 < w < 2000 and 300 < h < 1200
+    (ax,) = saved[0].axes
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    # sources ordered by relation: white-box, surrogate, cross-architecture, cross-task
+    assert legend == [
+        "pneu_r50 (white-box)",
+        "pneu_r50_s2 (surrogate)",
+        "pneu_d121 (cross-architecture)",
+        "card_r50 (cross-task)",
+        "clean AUROC (0.900)",
+        "chance (0.5)",
+    ]
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    for src in ("pneu_r50", "pneu_d121", "card_r50"):
+        rows = table[(table["source"] == src) & (table["target"] == "pneu_r50")].sort_values("eps")
+        line = lines[f"{src} ({_relation(src, 'pneu_r50')})"]
+        assert list(line.get_xdata()) == [2.0, 8.0]
+        np.testing.assert_allclose(line.get_ydata(), rows["adv_auroc"].to_numpy(float))
+    assert [lab.get_text() for lab in ax.get_xticklabels()] == ["2", "8"]
+    assert ax.get_ylabel() == "adversarial AUROC of target"
+    assert "bands = 50% bootstrap CI" in ax.get_title()  # the table's ci_level (0.5 here)
+    assert len(ax.collections) == 4  # one CI band per source
 
 
-def test_plot_roc(tmp_path):
+def test_plot_roc(tmp_path, saved):
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 200)
     clean = pd.DataFrame({"label": y, "prob": np.clip(0.3 * y + rng.random(200) * 0.7, 0, 1)})
@@ -260,9 +320,24 @@ def test_plot_roc(tmp_path):
     plots.plot_roc(clean, adv, "ROC of target", tmp_path / "roc.png")
     w, h = _png(tmp_path / "roc.png")
     assert 300 < w < 1500 and 300 < h < 1500
+    (ax,) = saved[0].axes
+    auc_clean = roc_auc_score(clean["label"], clean["prob"])
+    auc_adv = roc_auc_score(adv["label"], adv["prob"])
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        f"clean (AUC = {auc_clean:.3f})",
+        f"adversarial (AUC = {auc_adv:.3f})",
+        "chance",
+    ]
+    assert ax.get_title() == "ROC of target" and not ax.texts
     # A single class must not crash: the figure says why there is no curve.
     plots.plot_roc(clean.assign(label=0), adv.assign(label=0), "one class", tmp_path / "r1.png")
     _png(tmp_path / "r1.png")
+    (ax,) = saved[1].axes
+    assert _texts(ax) == [
+        "clean: ROC undefined (only class 0)",
+        "adversarial: ROC undefined (only class 0)",
+    ]
+    assert [ln.get_label() for ln in ax.get_lines()] == ["chance"]
 
 
 def test_select_examples_picks_flipped_and_most_perturbed():
@@ -286,7 +361,7 @@ def test_select_examples_picks_flipped_and_most_perturbed():
         examples.select_examples(labels, clean, adv[:3], l2, 1)
 
 
-def test_plot_examples(tmp_path):
+def test_plot_examples(tmp_path, saved):
     rng = np.random.default_rng(1)
     clean = (rng.random((3, 48, 48, 1)) * 255).astype(np.uint8)
     adv = np.clip(clean.astype(int) + rng.integers(-4, 5, clean.shape), 0, 255).astype(np.uint8)
@@ -295,8 +370,27 @@ def test_plot_examples(tmp_path):
     examples.plot_examples(*args, "Examples", tmp_path / "ex2.png", amplify=10, threshold=0.5)
     w, h = _png(tmp_path / "ex.png")
     assert h > 600 and w > 500  # three rows, three columns
-    with pytest.raises(WorkflowError, match="disagree"):
-        examples.plot_examples(clean, adv[:2], *args[2:], "x", tmp_path / "bad.png")
+    fig = saved[1]  # amplify 10, threshold 0.5
+    panels = [ax for ax in fig.axes if ax.images]
+    assert len(panels) == 9 and fig._suptitle.get_text() == "Examples"
+    titles = [ax.get_title() for ax in panels]
+    assert titles[0:2] == ["clean: p = 0.200 → pred 0", "adversarial: p = 0.700 → pred 1"]
+    assert titles[3:5] == ["clean: p = 0.800 → pred 1", "adversarial: p = 0.300 → pred 0"]
+    delta = adv[..., 0].astype(int) - clean[..., 0].astype(int)
+    for i in range(3):
+        linf = int(np.abs(delta[i]).max())
+        assert titles[3 * i + 2] == f"perturbation ×10 (L∞ {linf}/255)"
+        np.testing.assert_array_equal(panels[3 * i + 1].images[0].get_array(), adv[i, ..., 0])
+        np.testing.assert_array_equal(panels[3 * i + 2].images[0].get_array(), delta[i])
+        assert panels[3 * i + 2].images[0].get_clim() == (-25.5, 25.5)
+    assert [ax.get_ylabel() for ax in panels[::3]] == [
+        "a.png\nlabel 0",
+        "b.png\nlabel 1",
+        "c.png\nlabel 1",
+    ]
+    # without amplify the largest perturbation fills the colour range
+    top = float(np.abs(delta).max())
+    assert saved[0].axes[2].images[0].get_clim() == (-top, top)
 
 
 def test_aligned_cell_matches_by_image_index_not_position():
