@@ -236,7 +236,7 @@ def test_multilabel_manifest_holds_every_image_with_the_binary_split(
 def test_multilabel_shard_targets_equal_finding_labels(multi_manifest, tmp_path):
     from cxrtransfer.data.datasets import label_summary
     from cxrtransfer.data.shards import shard_rows, write_shard
-    from cxrtransfer.verify.products import check_shard
+    from cxrtransfer.verify.formats import check_shard
 
     manifest, _ = multi_manifest
     rows = shard_rows(manifest, "val", 0, 10_000)
@@ -511,7 +511,8 @@ def test_workflow_plans_views_as_targets_and_sources(root, cfg, tmp_path):
 
 
 def test_verify_counts_a_view_as_made_from_its_multilabel_model(tmp_path):
-    from cxrtransfer.verify.products import build_index, children, list_products
+    from cxrtransfer.verify.index import build_index, children
+    from cxrtransfer.verify.products import list_products
 
     for name, task in (
         ("chest", "chest14"),

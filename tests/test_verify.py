@@ -1,4 +1,4 @@
-"""cxrtransfer.verify.products on small but complete results trees of real HDF5/CSV/JSON files."""
+"""cxrtransfer.verify on small but complete results trees of real HDF5/CSV/JSON files."""
 
 import hashlib
 import json
@@ -13,7 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from cxrtransfer.config import runconfig
-from cxrtransfer.verify import products as V
+from cxrtransfer.data.ingest import PNG_SIGNATURE
+from cxrtransfer.verify import command, formats
+from cxrtransfer.verify.index import build_index, downstream
+from cxrtransfer.verify.products import FINAL_KINDS, list_products
 
 N, SIZE = 4, 8
 TASKS = {"ptx": ["ptx_a", "ptx_b"], "card": ["card_a"]}
@@ -127,7 +130,7 @@ def make_tree(base: Path) -> Path:
     results = base / "results"
     data = base / "data"
     data.mkdir(parents=True)
-    (data / "image.png").write_bytes(V.PNG_SIGNATURE + b"user data")
+    (data / "image.png").write_bytes(PNG_SIGNATURE + b"user data")
     (data / ".tmp-999999-user.h5").write_bytes(b"not ours")
     for task in TASKS:
         man = pd.DataFrame(
@@ -196,7 +199,7 @@ def make_tree(base: Path) -> Path:
     (results / "tables" / "matrices" / "ptx_pgd.md").write_text("| a |\n")
     for rel in ("heatmap/ptx_pgd.png", "roc/ptx_a/ptx/pgd/eps8/ptx_a.png"):
         (results / "plots" / rel).parent.mkdir(parents=True, exist_ok=True)
-        (results / "plots" / rel).write_bytes(V.PNG_SIGNATURE + b"image")
+        (results / "plots" / rel).write_bytes(PNG_SIGNATURE + b"image")
     (results / "report").mkdir()
     (results / "report" / "config.yaml").write_text("eps: [8]\n")
     for rel in ("logs/x.log", "benchmarks/x.tsv", "synthetic/nih/x.png"):
@@ -230,7 +233,7 @@ def model_files(model):
 
 
 def run(results, *args, capsys=None):
-    code = V.main(["--results", str(results), *args])
+    code = command.main(["--results", str(results), *args])
     out = capsys.readouterr().out if capsys else ""
     return code, out
 
@@ -252,7 +255,7 @@ def test_clean_tree_passes(tree, capsys):
 
 def test_library_imports_without_tensorflow(root):
     env = {**os.environ, "PYTHONPATH": str(root / "workflow_scripts")}
-    code = "import sys, cxrtransfer.verify.products; assert 'tensorflow' not in sys.modules"
+    code = "import sys, cxrtransfer.verify.command; assert 'tensorflow' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
 
@@ -260,7 +263,7 @@ def test_cli_module(tree, root):
     env = {**os.environ, "PYTHONPATH": str(root / "workflow_scripts")}
     (tree / "plots" / "heatmap" / "ptx_pgd.png").write_bytes(b"GIF89a")
     r = subprocess.run(
-        [sys.executable, "-m", "cxrtransfer.verify.products", "--results", "results"],
+        [sys.executable, "-m", "cxrtransfer.verify", "--results", "results"],
         cwd=tree.parent,
         env=env,
         capture_output=True,
@@ -380,10 +383,10 @@ def test_damage_is_detected(tree, capsys, kind):
 def removed_by(tree, rel, damage):
     damage(tree / rel)
     before = files(tree.parent)
-    assert V.main(["--results", str(tree), "--remove"]) == 1
+    assert command.main(["--results", str(tree), "--remove"]) == 1
     after = files(tree.parent)
     assert after <= before
-    assert V.main(["--results", str(tree)]) == 0  # what is left is consistent
+    assert command.main(["--results", str(tree)]) == 0  # what is left is consistent
     return before - after
 
 
@@ -538,7 +541,7 @@ def test_missing_input_makes_its_consumers_bad(tree, capsys):
 
 
 def test_dead_temporary_files(tree, capsys):
-    if V.pid_running(999999):
+    if command.pid_running(999999):
         pytest.skip("pid 999999 is running")
     dead = tree / "attacks/ptx_a/ptx/pgd/eps8/.tmp-999999-x.h5"
     dead.write_bytes(b"partial")
@@ -566,14 +569,14 @@ def test_dead_temporary_files(tree, capsys):
 def test_nothing_outside_results_is_touched(tree, tmp_path):
     data = tmp_path / "data"
     outside = tmp_path / "outside.png"
-    outside.write_bytes(V.PNG_SIGNATURE)
+    outside.write_bytes(PNG_SIGNATURE)
     # a plot that is a symlink to a file outside: the link goes, the file stays
     link = tree / "plots" / "linked.png"
     link.symlink_to(outside)
     before_data = files(data)
     gone = removed_by(tree, *DAMAGES["stale attack cache"][:2])
     assert not link.exists() and not link.is_symlink()
-    assert outside.read_bytes() == V.PNG_SIGNATURE
+    assert outside.read_bytes() == PNG_SIGNATURE
     assert files(data) == before_data
     assert all(g.startswith("results/") for g in gone)
     assert not any(
@@ -588,22 +591,23 @@ def test_remove_path_refuses_outside(tmp_path):
     victim.write_text("x")
     for p in (victim, results / ".." / "victim.txt", results):
         with pytest.raises(ValueError):
-            V.remove_path(p, results)
+            command.remove_path(p, results)
     assert victim.exists() and results.exists()
 
 
 def test_units(tree):
     assert (
-        V.resolve_clean_shard("results/shards/t/test/000.h5", tree) == tree / "shards/t/test/000.h5"
+        formats.resolve_clean_shard("results/shards/t/test/000.h5", tree)
+        == tree / "shards/t/test/000.h5"
     )
-    assert V.resolve_clean_shard("other/x.h5", tree) == tree.parent / "other/x.h5"
+    assert formats.resolve_clean_shard("other/x.h5", tree) == tree.parent / "other/x.h5"
     clean = np.zeros((1, 2, 2), np.uint8)
-    assert V.eps_violation(clean + 2, clean, "linf", 2.0) is None
-    assert "exceeds" in V.eps_violation(clean + 3, clean, "linf", 2.999)
+    assert formats.eps_violation(clean + 2, clean, "linf", 2.0) is None
+    assert "exceeds" in formats.eps_violation(clean + 3, clean, "linf", 2.999)
     # L2 in [0, 1] pixel units: four pixels of 255 -> norm 2
-    assert V.eps_violation(clean + 255, clean, "l2", 2.0) is None
-    assert "exceeds" in V.eps_violation(clean + 255, clean, "l2", 1.99)
-    products = V.list_products(tree)
+    assert formats.eps_violation(clean + 255, clean, "l2", 2.0) is None
+    assert "exceeds" in formats.eps_violation(clean + 255, clean, "l2", 1.99)
+    products = list_products(tree)
     assert {k: len(v) for k, v in products.items()} == {
         "manifest": 6,
         "shard": 8,
@@ -618,10 +622,10 @@ def test_units(tree):
         "plot": 2,
         "report": 1,
     }
-    ix = V.build_index(tree, products)
+    ix = build_index(tree, products)
     assert ix.model_tasks == MODEL_TASK
     (set_,) = ix.select("set", source="card_a")
-    assert V.downstream(set_, ix) == {set_} | {p for k in V.FINAL_KINDS for p in products[k]}
+    assert downstream(set_, ix) == {set_} | {p for k in FINAL_KINDS for p in products[k]}
 
 
 def test_deleted_prediction_makes_its_sets_stale(tree, capsys):
@@ -677,7 +681,7 @@ def test_interrupted_training_is_not_a_product(tree, capsys):
 
 
 def test_missing_results_dir(tmp_path, capsys):
-    assert V.main(["--results", str(tmp_path / "nope")]) == 2
+    assert command.main(["--results", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 
@@ -689,11 +693,11 @@ def test_universal_perturbation_is_checked(tmp_path):
     write_uap(
         path, np.full((4, 4), 8, np.int16), {"eps": 8.0, "source_checkpoint_sha256": "a" * 64}
     )
-    assert V.check_uap(path, "a" * 64) is None
-    assert "another checkpoint" in V.check_uap(path, "b" * 64)
+    assert formats.check_uap(path, "a" * 64) is None
+    assert "another checkpoint" in formats.check_uap(path, "b" * 64)
     write_uap(
         path, np.full((4, 4), 9, np.int16), {"eps": 8.0, "source_checkpoint_sha256": "a" * 64}
     )
-    assert "damaged" in V.check_uap(path, "a" * 64)
+    assert "damaged" in formats.check_uap(path, "a" * 64)
     path.write_bytes(b"not hdf5")
-    assert "Cannot read" in V.check_uap(path, "a" * 64)
+    assert "Cannot read" in formats.check_uap(path, "a" * 64)

@@ -446,7 +446,7 @@ def test_damaged_file_is_rebuilt_after_verify(root, run, tmp_path):
     try:
         cache = r / "attacks" / "pneumothorax_small" / "pneumothorax" / "pgd" / "eps8" / "000.h5"
         cache.write_bytes(cache.read_bytes()[:-100])
-        verify = [sys.executable, "-m", "cxrtransfer.verify.products", "--results", str(r)]
+        verify = [sys.executable, "-m", "cxrtransfer.verify", "--results", str(r)]
         env = {**os.environ, "PYTHONPATH": str(root / "workflow_scripts")}
         rep = subprocess.run(verify, capture_output=True, text=True, env=env)
         assert rep.returncode == 1 and "000.h5" in rep.stdout + rep.stderr
@@ -675,7 +675,7 @@ def test_an_extended_study_adds_only_its_own_jobs(root, run, tmp_path):
     # verify knows every new product, and a second plan has nothing to do
     env = {**os.environ, "PYTHONPATH": str(root / "workflow_scripts")}
     v = subprocess.run(
-        [sys.executable, "-m", "cxrtransfer.verify.products", "--results", "results"],
+        [sys.executable, "-m", "cxrtransfer.verify", "--results", "results"],
         cwd=wd,
         env=env,
         capture_output=True,

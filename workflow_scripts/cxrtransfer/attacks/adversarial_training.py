@@ -31,6 +31,9 @@ through ``code_version()`` (the train rule's code param, rules/common.smk train_
 
 from __future__ import annotations
 
+import keras
+import tensorflow as tf
+
 from cxrtransfer import WorkflowError
 from cxrtransfer.attacks.iterative import make_attack
 from cxrtransfer.attacks.spec import AttackSpec
@@ -80,8 +83,6 @@ def spec_from_settings(adv: dict) -> AttackSpec:
 def n_adversarial(batch, fraction: float):
     """How many examples of a batch of ``batch`` get adversarial counterparts: round(fraction *
     batch), halves up (int32 tensor)."""
-    import tensorflow as tf
-
     n = tf.cast(batch, tf.float32)
     return tf.cast(tf.floor(float(fraction) * n + 0.5), tf.int32)
 
@@ -89,8 +90,6 @@ def n_adversarial(batch, fraction: float):
 def kl_divergence(p, q):
     """Per-example KL(p || q) of softmax outputs (N, K), sum_c p_c (log p_c - log q_c), with the
     logs of ``attacks.cross_entropy`` (whose gradients survive probabilities that round to 1)."""
-    import tensorflow as tf
-
     p = tf.cast(p, tf.float32)
     q = tf.cast(q, tf.float32)
     total = tf.zeros(tf.shape(p)[:1])
@@ -102,8 +101,6 @@ def kl_divergence(p, q):
 
 def _weighted_mean(values, weights):
     """sum_i w_i v_i / N (Keras' "sum over batch size"; 0 for no rows)."""
-    import tensorflow as tf
-
     if weights is not None:
         values = values * tf.cast(weights, values.dtype)
     return tf.math.divide_no_nan(tf.reduce_sum(values), tf.cast(tf.size(values), values.dtype))
@@ -114,8 +111,6 @@ def trades_loss(y, p_clean, p_adv, beta: float, sample_weight=None):
     p_adv_i), with k = len(p_adv) (the adversarial examples belong to the first k rows; the
     paper: k = N). Means over the rows (Keras' "sum over batch size"); w the sample weights
     (class weights), all 1 without them."""
-    import tensorflow as tf
-
     k = tf.shape(p_adv)[0]
     ce = cross_entropy(y, p_clean)
     kl = kl_divergence(p_clean[:k], p_adv)
@@ -128,8 +123,6 @@ def make_crafter(model, adv: dict):
     ``model`` (x float32 (N, H, W, 1) in [0, 1], y int labels (N,), seed stateless (2,) int64).
     pgd: the study's compiled PGD (``attacks.make_attack``); trades: the KL-maximising sign
     steps of the TRADES paper, projected with ``attacks.clip_eta``."""
-    import tensorflow as tf
-
     s = adversarial_settings(adv)
     spec = spec_from_settings(s)
     if s["method"] == "pgd":
@@ -163,8 +156,6 @@ def make_crafter(model, adv: dict):
 
 def step_seed(base_seed, step):
     """The stateless seed (2,) int64 of training step ``step`` from the model's base seed."""
-    import tensorflow as tf
-
     return tf.random.experimental.stateless_fold_in(
         tf.convert_to_tensor(base_seed, tf.int64), tf.cast(step, tf.int64)
     )
@@ -173,8 +164,6 @@ def step_seed(base_seed, step):
 def adversarial_batch(craft, x, y, fraction: float, seed):
     """(x_mix, k): the batch whose first k = round(fraction * N) images are replaced by
     ``craft``'s adversarial examples (the rest unchanged)."""
-    import tensorflow as tf
-
     x = tf.convert_to_tensor(x, tf.float32)
     y = tf.cast(tf.reshape(y, [-1]), tf.int32)
     k = n_adversarial(tf.shape(x)[0], fraction)
@@ -191,9 +180,6 @@ def base_seed(adv: dict, model_seed: int) -> tuple[int, int]:
 def make_trainer(model, adv: dict, model_seed: int):
     """A ``keras.Model`` that trains ``model`` (the contract model) adversarially with
     ``model.fit``: call it like ``model``; ``contract_model`` is ``model`` (save that)."""
-    import keras
-    import tensorflow as tf
-
     s = adversarial_settings(adv)
     method, fraction, beta = s["method"], float(s["fraction"]), float(s["trades_beta"])
     seed0 = base_seed(s, model_seed)

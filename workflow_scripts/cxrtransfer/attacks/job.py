@@ -13,6 +13,16 @@ import h5py
 import numpy as np
 
 from cxrtransfer import WorkflowError
+from cxrtransfer.attacks.batches import run_attack_batches
+from cxrtransfer.attacks.iterative import make_attack
+from cxrtransfer.attacks.spec import spec_from_config, stream_seed
+from cxrtransfer.attacks.uap import (
+    apply_uap,
+    is_uap,
+    read_uap,
+    uap_record,
+    uap_spec_from_config,
+)
 from cxrtransfer.core.files import FIX_DAMAGED, file_sha256
 from cxrtransfer.core.logs import LOG, Progress
 from cxrtransfer.core.provenance import model_record
@@ -24,6 +34,9 @@ from cxrtransfer.data.adversarial_cache import (
     shuffle_perturbations,
     write_cache,
 )
+from cxrtransfer.data.shards import read_shard
+from cxrtransfer.models.checkpoints import load_checkpoint
+from cxrtransfer.models.inference import predict_probs
 
 
 def attack_set(
@@ -55,16 +68,9 @@ def attack_set(
     (tests use it to kill the job). ``uap_path``: for a universal attack (method uap), the
     source's stored perturbation, added to every image instead of attacking each. Returns the
     cache names."""
-    from cxrtransfer.models.checkpoints import load_checkpoint
-
     spec = _spec(attack_cfg, eps)  # validates before any model is loaded
     record = model_record(model_path, metrics_path)
-    uap = None
-    if uap_path is not None:
-        from cxrtransfer.attacks.uap import read_uap, uap_record
-
-        uap = (read_uap(uap_path, record["sha256"])[0], uap_record(uap_path))
-        stamp = {**stamp, "uap_sha256": uap[1]["uap_sha256"]}
+    uap, stamp = _universal(uap_path, record, stamp)
     settings = dict(
         attack_name=attack_name,
         eps=eps,
@@ -78,10 +84,7 @@ def attack_set(
     done = []
     for i, shard_path in enumerate(shard_paths):
         name = Path(shard_path).name
-        job_stamp = json.dumps(
-            {**stamp, "source_sha256": record["sha256"], "shard_sha256": file_sha256(shard_path)},
-            sort_keys=True,
-        )
+        job_stamp = _job_stamp(stamp, record, shard_path)
         cache, control = work_dir / "sets" / name, work_dir / "controls" / name
         wanted = [cache] + ([control] if control_dir is not None else [])
         if all(_finished(p, job_stamp) for p in wanted):
@@ -104,7 +107,29 @@ def attack_set(
         done.append(name)
         if after_shard is not None:
             after_shard(i)
-    # the whole set is done: publish it (the work files become the outputs)
+    _publish(work_dir, done, out_dir, control_dir)
+    return done
+
+
+def _universal(uap_path, record: dict, stamp: dict):
+    """For a universal attack: ``((perturbation, its record), stamp with its hash)``; else
+    ``(None, stamp)``."""
+    if uap_path is None:
+        return None, stamp
+    uap = (read_uap(uap_path, record["sha256"])[0], uap_record(uap_path))
+    return uap, {**stamp, "uap_sha256": uap[1]["uap_sha256"]}
+
+
+def _job_stamp(stamp: dict, record: dict, shard_path) -> str:
+    """What one shard's result depends on: the job's settings, the checkpoint and the shard."""
+    return json.dumps(
+        {**stamp, "source_sha256": record["sha256"], "shard_sha256": file_sha256(shard_path)},
+        sort_keys=True,
+    )
+
+
+def _publish(work_dir: Path, done: list, out_dir, control_dir) -> None:
+    """The whole set is done: publish it (the work files become the outputs)."""
     for sub, dest in (("sets", out_dir), ("controls", control_dir)):
         if dest is None:
             continue
@@ -112,14 +137,10 @@ def attack_set(
         for name in done:
             os.replace(work_dir / sub / name, Path(dest) / name)
     shutil.rmtree(work_dir, ignore_errors=True)
-    return done
 
 
 def _spec(attack_cfg: dict, eps: float):
     """The attack's validated settings: a universal perturbation's or a per-image attack's."""
-    from cxrtransfer.attacks.spec import spec_from_config
-    from cxrtransfer.attacks.uap import is_uap, uap_spec_from_config
-
     return (
         uap_spec_from_config(attack_cfg, eps)
         if is_uap(attack_cfg)
@@ -155,9 +176,6 @@ def attack_shard(
 ) -> dict:
     """Attack one shard with the source model and write the uint8 cache atomically; with
     ``control_path``, then write its noise control there (see ``control_shard``)."""
-    from cxrtransfer.attacks.spec import spec_from_config
-    from cxrtransfer.models.checkpoints import load_checkpoint
-
     spec = spec_from_config(attack_cfg, eps)  # validates before any model is loaded
     record = model_record(model_path, metrics_path)
     model = load_checkpoint(model_path, image_size)
@@ -233,10 +251,8 @@ def _attack_loaded(
     extra_attrs: dict | None = None,
     uap=None,
 ) -> dict:
-    from cxrtransfer.attacks.batches import run_attack_batches
-    from cxrtransfer.attacks.iterative import make_attack
-    from cxrtransfer.data.shards import read_shard
-
+    """Attack one shard with a loaded model (or add ``uap``), check the stored budget and
+    write the cache."""
     shard = read_shard(shard_path, image_size)
     n = len(shard["labels"])
     LOG.info(
@@ -250,19 +266,8 @@ def _attack_loaded(
         source_model,
     )
     progress = Progress(n, f"attack {attack_name} eps {eps:g}", every_seconds=30)
-    if uap is not None:
-        result = _apply_universal(model, shard["images"], uap, batch_size, progress)
-    else:
-        result = run_attack_batches(
-            model,
-            make_attack(model, spec),
-            shard["images"],
-            shard["labels"],
-            spec,
-            batch_size,
-            progress,
-            stream=(source_model, data_task, Path(shard_path).stem),
-        )
+    stream = (source_model, data_task, Path(shard_path).stem)
+    result = _craft(model, spec, shard, uap, batch_size, progress, stream)
     adv = result["adv_u8"]
     max_linf, max_l2 = check_budget(shard["images"], adv, spec.norm, spec.eps, out_path)
     y = shard["labels"]
@@ -270,36 +275,22 @@ def _attack_loaded(
     pred_float = result["adv_prob_float"] >= threshold
     pred_q = result["adv_prob"] >= threshold
     unfooled = int(((pred_float != y) & (pred_q == y)).sum())
-    l2, linf = perturbation_norms(shard["images"], adv)
-    write_cache(
-        out_path,
-        {
-            "images": adv,
-            "image_index": shard["image_index"],
-            "patient_id": shard["patient_id"].astype(np.int32),
-            "labels": y.astype(np.int8),
-            "source_clean_prob": result["clean_prob"],
-            "source_adv_prob": result["adv_prob"],
-            "source_adv_prob_float": result["adv_prob_float"],
-            "l2": l2,
-            "linf": linf,
-        },
-        {
-            "attack": attack_name,
-            "control": "",
-            **spec.attrs(),
-            "source_model": source_model,
-            "source_checkpoint_sha256": record["sha256"],
-            "source_threshold": threshold,
-            "data_task": data_task,
-            "clean_shard": str(shard_path),
-            "n_images": n,
-            "n_quantisation_unfooled": unfooled,
-            "max_linf_255": max_linf,
-            "max_l2": max_l2,
-            **(extra_attrs or {}),
-        },
-    )
+    attrs = {
+        "attack": attack_name,
+        "control": "",
+        **spec.attrs(),
+        "source_model": source_model,
+        "source_checkpoint_sha256": record["sha256"],
+        "source_threshold": threshold,
+        "data_task": data_task,
+        "clean_shard": str(shard_path),
+        "n_images": n,
+        "n_quantisation_unfooled": unfooled,
+        "max_linf_255": max_linf,
+        "max_l2": max_l2,
+        **(extra_attrs or {}),
+    }
+    write_cache(out_path, _cache_datasets(shard, result), attrs)
     fooled = int((pred_q != y).sum())
     LOG.info(
         "%s: source wrong on %d/%d images after quantisation (%d turned back to correct by it); "
@@ -314,12 +305,44 @@ def _attack_loaded(
     return {"n": n, "fooled": fooled, "unfooled_by_quantisation": unfooled}
 
 
+def _craft(model, spec, shard: dict, uap, batch_size: int, progress, stream: tuple) -> dict:
+    """The shard's adversarial images: the universal perturbation ``uap`` added, or the
+    per-image attack run in batches on the random ``stream`` (``run_attack_batches``)."""
+    if uap is not None:
+        return _apply_universal(model, shard["images"], uap, batch_size, progress)
+    return run_attack_batches(
+        model,
+        make_attack(model, spec),
+        shard["images"],
+        shard["labels"],
+        spec,
+        batch_size,
+        progress,
+        stream=stream,
+    )
+
+
+def _cache_datasets(shard: dict, result: dict) -> dict:
+    """The datasets of an attack cache: the stored images, the shard's identifiers and labels,
+    the source's probabilities and the stored perturbation's norms."""
+    adv = result["adv_u8"]
+    l2, linf = perturbation_norms(shard["images"], adv)
+    return {
+        "images": adv,
+        "image_index": shard["image_index"],
+        "patient_id": shard["patient_id"].astype(np.int32),
+        "labels": shard["labels"].astype(np.int8),
+        "source_clean_prob": result["clean_prob"],
+        "source_adv_prob": result["adv_prob"],
+        "source_adv_prob_float": result["adv_prob_float"],
+        "l2": l2,
+        "linf": linf,
+    }
+
+
 def _apply_universal(model, images_u8, delta, batch_size: int, progress) -> dict:
     """The images with the universal perturbation added (exact in uint8) and the source's
     probabilities on both (the stored images are the attack's output: nothing to quantise)."""
-    from cxrtransfer.attacks.uap import apply_uap
-    from cxrtransfer.models.inference import predict_probs
-
     adv = apply_uap(images_u8, delta)
     clean_prob = predict_probs(model, images_u8, batch_size)
     adv_prob = predict_probs(model, adv, batch_size)
@@ -337,8 +360,6 @@ def control_shard(
 ) -> dict:
     """Write the noise control of one attack cache: shuffled perturbations, with the source
     model's probabilities on them, in the same format."""
-    from cxrtransfer.models.checkpoints import load_checkpoint
-
     record = model_record(model_path, metrics_path)
     model = load_checkpoint(model_path, image_size)
     return _write_control(model, record, attack_path, out_path, image_size, batch_size)
@@ -354,9 +375,6 @@ def _write_control(
     extra_attrs=None,
     control_of=None,
 ):
-    from cxrtransfer.data.shards import read_shard
-    from cxrtransfer.models.inference import predict_probs
-
     adv = read_attack(attack_path, expected_sha256=record["sha256"])
     attrs = adv["attrs"]
     clean = read_shard(attrs["clean_shard"], image_size)
@@ -366,8 +384,6 @@ def _write_control(
             f"'{attrs['clean_shard']}' (image_index differs): it is stale. "
             f"{FIX_DAMAGED}"
         )
-    from cxrtransfer.attacks.spec import stream_seed
-
     keys = ("noise_control", attrs["source_model"], attrs["data_task"], attrs["attack"])
     seed = stream_seed(int(attrs["seed"]), *keys, float(attrs["eps"]), Path(attack_path).stem)
     images = shuffle_perturbations(clean["images"], adv["images"], seed)

@@ -137,6 +137,13 @@ class AttackSpec:
     eot_samples: int = 1
 
     def __post_init__(self):
+        self._check_method_and_budget()
+        self._check_momentum_and_diversity()
+        self._check_smoothing_and_scales()
+        self._check_variance_and_eot()
+
+    def _check_method_and_budget(self):
+        """Method, norm, eps, steps and restarts; PGD's step reaches eps."""
         if self.method not in METHODS:
             raise WorkflowError(
                 f"Unknown attack method '{self.method}'; use one of {', '.join(METHODS)}."
@@ -169,6 +176,9 @@ class AttackSpec:
                     "attack cannot reach the budget its label says; give more steps or a larger "
                     "step (or random_start: true)."
                 )
+
+    def _check_momentum_and_diversity(self):
+        """MI-FGSM's momentum and DI-FGSM's probability and scale."""
         if self.momentum < 0:
             raise WorkflowError(f"Attack momentum must be >= 0, got {self.momentum}.")
         if self.method == "fgsm" and (self.momentum or self.restarts > 1):
@@ -177,6 +187,9 @@ class AttackSpec:
             raise WorkflowError(f"diversity_prob must be in [0, 1], got {self.diversity_prob}.")
         if self.diversity_scale < 1:
             raise WorkflowError(f"diversity_scale must be >= 1, got {self.diversity_scale}.")
+
+    def _check_smoothing_and_scales(self):
+        """TI-FGSM's kernel smooths; SI-FGSM's scales; NI-FGSM's look-ahead."""
         if self.ti_kernel < 0 or (self.ti_kernel > 1 and self.ti_kernel % 2 == 0):
             raise WorkflowError(
                 f"ti_kernel must be 0 or 1 (off) or an odd kernel size >= 3 (TI-FGSM's Gaussian "
@@ -206,6 +219,9 @@ class AttackSpec:
                 "nesterov: true is implemented for norm: linf only (the look-ahead "
                 "x + step * momentum * g of Lin et al. is defined for sign steps)."
             )
+
+    def _check_variance_and_eot(self):
+        """VMI-FGSM's samples and bound; EOT's samples."""
         if self.variance_samples < 0:
             raise WorkflowError(
                 f"variance_samples must be >= 0 (0 = off), got {self.variance_samples}."

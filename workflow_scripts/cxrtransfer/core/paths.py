@@ -4,11 +4,21 @@ The rules use these as their outputs (Snakemake wildcards in braces) and the pla
 verify command format them. Paths are relative to the working directory of the run.
 """
 
-RESULTS = "results"
+import re
+from pathlib import Path
 
-SYNTHETIC_DOWNLOAD = f"{RESULTS}/synthetic/nih-chest-xrays"
+RESULTS = "results"
+# the top directories of the tree (verify lists products under them)
+SYNTHETIC = f"{RESULTS}/synthetic"
+MODELS = f"{RESULTS}/models"
+ATTACKS = f"{RESULTS}/attacks"
+TABLES = f"{RESULTS}/tables"
+PLOTS = f"{RESULTS}/plots"
+REPORT = f"{RESULTS}/report"
+
+SYNTHETIC_DOWNLOAD = f"{SYNTHETIC}/nih-chest-xrays"
 # the generator's expert labels (data.expert_labels: synthetic), beside its download
-SYNTHETIC_EXPERT_LABELS = f"{RESULTS}/synthetic/google2019_nih-chest-xray-labels.csv.gz"
+SYNTHETIC_EXPERT_LABELS = f"{SYNTHETIC}/google2019_nih-chest-xray-labels.csv.gz"
 # per task: data.expert_labels checked against the download's metadata, its finding as 0/1
 EXPERT_LABELS = f"{RESULTS}/expert_labels/{{task}}.csv"
 # data.bboxes checked against the download (metadata, PNG sizes): what the example plots read
@@ -19,7 +29,7 @@ MANIFEST_SUMMARY = f"{RESULTS}/manifests/{{task}}.summary.csv"
 SHARD = f"{RESULTS}/shards/{{task}}/{{split}}/{{shard}}.h5"
 SHARD_SUMMARY = f"{RESULTS}/shards/{{task}}/summary.csv"
 SHARD_REJECTED = f"{RESULTS}/shards/{{task}}/rejected.csv"
-MODEL_DIR = f"{RESULTS}/models/{{model}}"
+MODEL_DIR = f"{MODELS}/{{model}}"
 MODEL = f"{MODEL_DIR}/model.keras"
 MODEL_METRICS = f"{MODEL_DIR}/metrics.json"
 MODEL_HISTORY = f"{MODEL_DIR}/history.csv"
@@ -27,9 +37,9 @@ MODEL_PATIENTS = f"{MODEL_DIR}/train_patients.txt"
 ADV_SET = "{source}/{data_task}/{attack}/eps{eps}"
 # One directory per adversarial set (one attack job writes all of it), one cache per test shard;
 # finished shards of an unfinished job wait in ATTACK_WORK (see attack_job.attack_set).
-ATTACK_DIR = f"{RESULTS}/attacks/{ADV_SET}"
+ATTACK_DIR = f"{ATTACKS}/{ADV_SET}"
 ATTACK = f"{ATTACK_DIR}/{{shard}}.h5"
-ATTACK_WORK = f"{RESULTS}/attacks/.work/{ADV_SET}"
+ATTACK_WORK = f"{ATTACKS}/.work/{ADV_SET}"
 # A universal perturbation (attack method uap): one per (source, attack, eps), crafted on the
 # source's training or validation images, applied to any data task's test set by rule attack.
 UAP = f"{RESULTS}/uap/{{source}}/{{attack}}/eps{{eps}}.h5"
@@ -38,16 +48,16 @@ UAP = f"{RESULTS}/uap/{{source}}/{{attack}}/eps{{eps}}.h5"
 PRED_CLEAN = f"{RESULTS}/predictions/{{target}}/clean/{{data_task}}.csv"
 PRED_ADV = f"{RESULTS}/predictions/{{target}}/adv/{ADV_SET}.csv"
 SET_METRICS = f"{RESULTS}/metrics/sets/{ADV_SET}.json"
-TRANSFER_TABLE = f"{RESULTS}/tables/transfer.csv"
-SUMMARY = f"{RESULTS}/tables/summary.md"
-MATRICES = f"{RESULTS}/tables/matrices"
-HEATMAP = f"{RESULTS}/plots/heatmap/{{data_task}}_{{attack}}.png"
-AUROC_PLOT = f"{RESULTS}/plots/auroc_vs_eps/{{data_task}}_{{attack}}_{{target}}.png"
-ROC_PLOT = f"{RESULTS}/plots/roc/{ADV_SET}/{{target}}.png"
-EXAMPLES_PLOT = f"{RESULTS}/plots/examples/{ADV_SET}/{{target}}.png"
+TRANSFER_TABLE = f"{TABLES}/transfer.csv"
+SUMMARY = f"{TABLES}/summary.md"
+MATRICES = f"{TABLES}/matrices"
+HEATMAP = f"{PLOTS}/heatmap/{{data_task}}_{{attack}}.png"
+AUROC_PLOT = f"{PLOTS}/auroc_vs_eps/{{data_task}}_{{attack}}_{{target}}.png"
+ROC_PLOT = f"{PLOTS}/roc/{ADV_SET}/{{target}}.png"
+EXAMPLES_PLOT = f"{PLOTS}/examples/{ADV_SET}/{{target}}.png"
 # per example image with a box of the data task's finding: perturbation energy inside the box
-EXAMPLES_BOXES = f"{RESULTS}/plots/examples/{ADV_SET}/{{target}}_boxes.csv"
-STUDY_CONFIG = f"{RESULTS}/report/config.yaml"
+EXAMPLES_BOXES = f"{PLOTS}/examples/{ADV_SET}/{{target}}_boxes.csv"
+STUDY_CONFIG = f"{REPORT}/config.yaml"
 LOGS = f"{RESULTS}/logs"
 BENCHMARKS = f"{RESULTS}/benchmarks"
 
@@ -79,12 +89,25 @@ def benchmark(rule: str, pattern: str = "") -> str:
 _WILDCARD_RE = {"eps": r"[0-9.]+", "shard": r"\d{3,}", "attack": r"[^/.]+"}
 
 
+def relative(template: str) -> str:
+    """A template relative to the results directory (``results/x/{y}`` -> ``x/{y}``)."""
+    return template.removeprefix(RESULTS + "/")
+
+
+def under(results: str | Path, template: str, **fields: str) -> Path:
+    """A template's path under ``results`` (which may be another tree than ./results)."""
+    return Path(results) / relative(template).format(**fields)
+
+
+def fields(template: str) -> tuple[str, ...]:
+    """The wildcards of a template, in order of first appearance."""
+    return tuple(dict.fromkeys(re.findall(r"\{(\w+)\}", template)))
+
+
 def pattern(template: str):
     """A regex matching paths of ``template`` relative to the results directory; its groups
     are the wildcards (names: no ``/`` or ``.``; eps: a number; shard: 3+ digits)."""
-    import re
-
-    rel = template.removeprefix(RESULTS + "/")
+    rel = relative(template)
     out, pos, seen = "", 0, set()
     for m in re.finditer(r"\{(\w+)\}", rel):
         out += re.escape(rel[pos : m.start()])

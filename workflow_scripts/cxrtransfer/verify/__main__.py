@@ -1,5 +1,5 @@
-"""python -m cxrtransfer.verify: check the products on disk (see cxrtransfer.verify.products)."""
+"""python -m cxrtransfer.verify: check the products on disk (see cxrtransfer.verify.command)."""
 
-from cxrtransfer.verify.products import main
+from cxrtransfer.verify.command import main
 
 raise SystemExit(main())
