@@ -30,9 +30,12 @@ import numpy as np
 
 from cxrtransfer import WorkflowError
 from cxrtransfer.attacks.spec import steps_to_reach
-from cxrtransfer.core.files import FIX_DAMAGED, atomic_path
-from cxrtransfer.core.logs import LOG
-from cxrtransfer.data.adversarial_cache import check_reached
+from cxrtransfer.config.schema import attack_defaults
+from cxrtransfer.core.files import FIX_DAMAGED, atomic_path, file_sha256
+from cxrtransfer.core.logs import LOG, Progress
+from cxrtransfer.core.provenance import model_record
+from cxrtransfer.metrics.measures import flip_rate
+from cxrtransfer.models.checkpoints import load_checkpoint
 
 METHOD = "uap"
 SPLITS = ("train", "val")
@@ -120,8 +123,6 @@ def is_uap(attack_cfg: dict) -> bool:
 
 
 def _per_image_defaults() -> dict:
-    from cxrtransfer.config.schema import attack_defaults
-
     return {k: v for k, v in attack_defaults(METHOD).items() if k not in _CONFIG_KEYS}
 
 
@@ -162,6 +163,8 @@ def uap_spec_from_config(attack_cfg: dict, eps: float) -> UapSpec:
 def make_uap_step(model, spec: UapSpec):
     """Compiled ``step(x, y, delta) -> (delta, mean loss)``: one signed ascent step of the
     universal perturbation ``delta`` (1, H, W, 1) on a batch, projected onto the eps ball."""
+    # heavy: TensorFlow loads in the uap job only (the Snakefile imports this module for the UAP
+    # specs at parse time; attacks.steps imports TensorFlow at its top)
     import tensorflow as tf
 
     from cxrtransfer.attacks.steps import cross_entropy
@@ -231,6 +234,8 @@ def apply_uap(images_u8: np.ndarray, delta: np.ndarray) -> np.ndarray:
 
 
 def write_uap(path, delta: np.ndarray, attrs: dict) -> None:
+    # heavy: h5py loads only in the jobs that read or write a UAP (the Snakefile imports this
+    # module for the UAP specs at parse time)
     import h5py
 
     with atomic_path(path) as tmp:
@@ -242,6 +247,8 @@ def write_uap(path, delta: np.ndarray, attrs: dict) -> None:
 
 def read_uap(path, expected_source_sha256: str | None = None) -> tuple[np.ndarray, dict]:
     """The stored perturbation (int16 grey levels) and its attributes, checked."""
+    # heavy: h5py loads only in the jobs that read or write a UAP (the Snakefile imports this
+    # module for the UAP specs at parse time)
     import h5py
 
     try:
@@ -283,12 +290,10 @@ def craft_uap_job(
 ) -> dict:
     """Rule uap: craft the source's universal perturbation on its crafting split and write it
     (with its fooling rate on those images) to ``out_path``."""
-    from cxrtransfer.core.files import file_sha256
-    from cxrtransfer.core.logs import Progress
-    from cxrtransfer.core.provenance import model_record
+    # heavy: data.shards and data.adversarial_cache import h5py at their top (the Snakefile
+    # imports this module for the UAP specs at parse time)
+    from cxrtransfer.data.adversarial_cache import check_reached
     from cxrtransfer.data.shards import read_shard
-    from cxrtransfer.metrics.measures import flip_rate
-    from cxrtransfer.models.checkpoints import load_checkpoint
     from cxrtransfer.models.inference import predict_probs
 
     spec = uap_spec_from_config(attack_cfg, eps)
@@ -344,6 +349,4 @@ def craft_uap_job(
 
 def uap_record(path) -> dict:
     """What an attack job records of the UAP it applies (its file and hash)."""
-    from cxrtransfer.core.files import file_sha256
-
     return {"uap_file": str(Path(path)), "uap_sha256": file_sha256(path)}
