@@ -155,3 +155,22 @@ def test_the_docs_hold_the_current_rule_to_modules_table():
     assert block.group(1) == code.table_markdown(), (
         "docs/CODE.md is stale: paste the output of `make code-versions` between its markers"
     )
+
+
+@pytest.mark.parametrize("script", sorted(p.stem for p in (ROOT / "workflow_scripts").glob("*.py")))
+def test_a_rule_script_loads_tensorflow_only_once_its_job_runs(script):
+    """A rule script's own imports load no TensorFlow: config.job.run_main must first send the
+    process's output (TensorFlow's C++ start-up notices) to the rule's log, not the console."""
+    tree = ast.parse((ROOT / "workflow_scripts" / f"{script}.py").read_text())
+    modules = [
+        n.module
+        for n in tree.body
+        if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("cxrtransfer")
+    ]
+    probe = (
+        f"import sys, importlib; sys.path.insert(0, {str(ROOT / 'workflow_scripts')!r}); "
+        f"[importlib.import_module(m) for m in {modules!r}]; "
+        "print([m for m in ('tensorflow', 'keras') if m in sys.modules])"
+    )
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "[]", (script, r.stdout)

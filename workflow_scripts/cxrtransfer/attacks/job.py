@@ -13,8 +13,6 @@ import h5py
 import numpy as np
 
 from cxrtransfer import WorkflowError
-from cxrtransfer.attacks.batches import run_attack_batches
-from cxrtransfer.attacks.iterative import make_attack
 from cxrtransfer.attacks.spec import spec_from_config, stream_seed
 from cxrtransfer.attacks.uap import (
     apply_uap,
@@ -308,6 +306,11 @@ def _attack_loaded(
 def _craft(model, spec, shard: dict, uap, batch_size: int, progress, stream: tuple) -> dict:
     """The shard's adversarial images: the universal perturbation ``uap`` added, or the
     per-image attack run in batches on the random ``stream`` (``run_attack_batches``)."""
+    # heavy: attacks.batches and attacks.iterative import TensorFlow at their top; imported once
+    # the job runs (after config.job.run_main sends the process's output to the rule's log)
+    from cxrtransfer.attacks.batches import run_attack_batches
+    from cxrtransfer.attacks.iterative import make_attack
+
     if uap is not None:
         return _apply_universal(model, shard["images"], uap, batch_size, progress)
     return run_attack_batches(
