@@ -40,7 +40,7 @@ report: venv
 # Two pytest workers, one test file each at a time (pytest-xdist), the longest files first in
 # the order tests/conftest.py gives them (--no-loadscope-reorder keeps it; xdist would otherwise
 # start the files with the most tests first and the SLURM test, two tests, last: the suite
-# then ends with one worker idle for its quarter hour). tests/test_real_metadata.py reads the
+# then ends with one worker idle for its quarter hour). tests/data/test_real_metadata.py reads the
 # real NIH metadata table: fetched once (about 1 MB kept, from a 29 MB wheel), see below.
 test: venv $(REAL_METADATA) $(EXPERT_LABELS) $(BBOXES)
 	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder

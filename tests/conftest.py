@@ -1,4 +1,6 @@
-"""Shared fixtures: a small synthetic Kaggle-layout download and its manifests."""
+"""Shared fixtures and helpers of the tests (one folder per library package, plus workflow/ for
+the end-to-end, cluster, docs and house tests): a small synthetic Kaggle-layout download and its
+shards, a copy of the workflow, small models' training settings, reordered configs."""
 
 import os
 import shutil
@@ -13,6 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from cxrtransfer.config import runconfig  # noqa: E402
 from cxrtransfer.data.synthetic import SyntheticSpec, generate  # noqa: E402
+from cxrtransfer.models.settings import TRAINING_DEFAULTS  # noqa: E402
 
 # The longest test files, longest first (durations measured with `pytest --durations=0`): with
 # `make test` (pytest-xdist, one file per worker at a time, --no-loadscope-reorder) they start
@@ -95,3 +98,36 @@ def workflow_copy(root: Path, dest: Path) -> Path:
         else:
             shutil.copy(src, dest / name)
     return dest
+
+
+def training_settings(**kw) -> dict:
+    """A model's training settings for a small test model: the schema's training defaults,
+    no pretrained weights, all training patients, no augmentation or warm-up, seed 1;
+    ``kw`` (name, task, label or labels, arch, image_size, epochs, ...) completes or
+    overrides them."""
+    return {
+        **TRAINING_DEFAULTS,
+        "seed": 1,
+        "pretrained": "none",
+        "train_subset": "all",
+        "split_seed": 1,
+        "augment": {},
+        "learning_rate": 0.002,
+        "warmup_epochs": 0,
+        **kw,
+    }
+
+
+def reversed_mappings(obj):
+    """The same config with every mapping's entries in reverse order (lists kept)."""
+    if isinstance(obj, dict):
+        return {k: reversed_mappings(obj[k]) for k in reversed(list(obj))}
+    if isinstance(obj, list):
+        return [reversed_mappings(v) for v in obj]
+    return obj
+
+
+def written(path: Path, text: str) -> Path:
+    """``path`` after writing ``text`` to it."""
+    path.write_text(text)
+    return path

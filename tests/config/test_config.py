@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import yaml
+from conftest import reversed_mappings
 from cxrtransfer import WorkflowError
 from cxrtransfer.plan import checks
 from cxrtransfer.plan import study as plan
@@ -256,19 +257,10 @@ def test_robust_demo_overlay_extends_the_default_demo(root, schema):
     assert "pneumothorax_resnet50_jpeg75" in plan.targets_for(base, "pneumothorax")
 
 
-def _reversed_mappings(obj):
-    """The same config with every mapping's entries in reverse order (lists kept)."""
-    if isinstance(obj, dict):
-        return {k: _reversed_mappings(obj[k]) for k in reversed(list(obj))}
-    if isinstance(obj, list):
-        return [_reversed_mappings(v) for v in obj]
-    return obj
-
-
 def test_the_plan_does_not_depend_on_mapping_order(config, schema):
     """The deployed target (and so the plotted cells) and every set are the same when a YAML
     tool writes the config's mappings in another order."""
-    other = _reversed_mappings(copy.deepcopy(config))
+    other = reversed_mappings(copy.deepcopy(config))
     validate(other, schema)
     assert plan.chosen_cells(other) == plan.chosen_cells(config)
     assert sorted(plan.plot_files(other)) == sorted(plan.plot_files(config))

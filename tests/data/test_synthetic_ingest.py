@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import written
 from cxrtransfer import LABELS, NO_FINDING, WorkflowError
 from cxrtransfer.data.ingest import build_manifest, check_download, read_data_entry, split_patients
 from cxrtransfer.data.synthetic import CSV_HEADER, SyntheticSpec, generate
@@ -71,19 +72,14 @@ def test_findings_are_visible():
     assert np.mean(cardio) > np.mean(normal) + 5
 
 
-def _write_csv(path: Path, text: str):
-    path.write_text(text)
-    return path
-
-
 def test_read_2017_and_2020_variants(tmp_path):
-    v2017 = _write_csv(
+    v2017 = written(
         tmp_path / "a.csv",
         HEADER_2017 + "\n"
         "00000001_000.png,Cardiomegaly|Effusion,0,1,058Y,M,PA,1024,1024,0.143,0.143,\n"
         "00000002_000.png,No Finding,0,2,6M,F,AP,1024,1024,0.143,0.143,\n",
     )
-    v2020 = _write_csv(
+    v2020 = written(
         tmp_path / "b.csv",
         CSV_HEADER.replace("Patient Gender", "Patient Sex") + "\n"
         "00000001_000.png,Cardiomegaly|Effusion,0,1,58,M,PA,1024,1024,0.143,0.143\n"
@@ -100,10 +96,10 @@ def test_read_2017_and_2020_variants(tmp_path):
 
 
 def test_missing_column_and_unknown_label(tmp_path):
-    bad = _write_csv(tmp_path / "c.csv", "Image Index,Patient ID\n00000001_000.png,1\n")
+    bad = written(tmp_path / "c.csv", "Image Index,Patient ID\n00000001_000.png,1\n")
     with pytest.raises(WorkflowError, match="Finding Labels"):
         read_data_entry(bad)
-    unknown = _write_csv(
+    unknown = written(
         tmp_path / "d.csv", HEADER_2017 + "\n00000001_000.png,Pneumothrax,0,1,58,M,PA,1,1,1,1,\n"
     )
     with pytest.raises(WorkflowError, match="Pneumothrax"):
@@ -112,11 +108,11 @@ def test_missing_column_and_unknown_label(tmp_path):
 
 def test_duplicates(tmp_path):
     row = "00000001_000.png,No Finding,0,1,58,M,PA,1,1,1,1,\n"
-    same = read_data_entry(_write_csv(tmp_path / "e.csv", HEADER_2017 + "\n" + row + row))
+    same = read_data_entry(written(tmp_path / "e.csv", HEADER_2017 + "\n" + row + row))
     assert len(same) == 1 and same.attrs["duplicates_dropped"] == 1
     other = row.replace("No Finding", "Mass")
     with pytest.raises(WorkflowError, match="twice with different labels"):
-        read_data_entry(_write_csv(tmp_path / "f.csv", HEADER_2017 + "\n" + row + other))
+        read_data_entry(written(tmp_path / "f.csv", HEADER_2017 + "\n" + row + other))
 
 
 def test_split_has_no_patient_leakage(small_download):

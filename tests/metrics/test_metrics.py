@@ -1,7 +1,7 @@
 """Tests of cxrtransfer.metrics (measures, bootstrap) and cxrtransfer.evaluate.cells: point
 estimates against an independent recomputation, the transfer base, weighted statistics of the
 patient bootstrap, CIs, and the bad-input cases.
-(Coverage of the patient bootstrap on clustered data: tests/test_bootstrap_coverage.py.)"""
+(Coverage of the patient bootstrap on clustered data: tests/metrics/test_bootstrap_coverage.py.)"""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Stop the test cluster started by tests/slurm/start_cluster.sh STATE_DIR.
+# Stop the test cluster started by tests/workflow/slurm/start_cluster.sh STATE_DIR.
 #
-#   tests/slurm/stop_cluster.sh [STATE_DIR]
+#   tests/workflow/slurm/stop_cluster.sh [STATE_DIR]
 #
 # Stops slurmd, slurmctld and munged by the pid files under STATE_DIR (default:
 # $SLURM_TEST_DIR, else /tmp/cxrtransfer-slurm), checking that each pid still belongs to

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import written
 from cxrtransfer import WorkflowError
 from cxrtransfer.data.boxes import (
     DEFAULT_PATH,
@@ -33,13 +34,8 @@ from cxrtransfer.evaluate import examples as plots_mod
 from matplotlib.patches import Rectangle
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 REAL = ROOT / DEFAULT_PATH
-
-
-def _write(path, text):
-    path.write_text(text)
-    return path
 
 
 # ----------------------------------------------------------------------------------------------
@@ -80,7 +76,7 @@ GOOD = (
 
 
 def test_reader_reads_the_real_layout_and_maps_infiltrate(tmp_path):
-    df = read_boxes(_write(tmp_path / "b.csv", GOOD), sizes={"00000001_000.png": (64, 64)})
+    df = read_boxes(written(tmp_path / "b.csv", GOOD), sizes={"00000001_000.png": (64, 64)})
     assert list(df.columns) == ["image_index", "label", "x", "y", "w", "h"]
     assert df["label"].tolist() == ["Pneumothorax", "Infiltration"]
     assert df.iloc[0][["x", "y", "w", "h"]].tolist() == [10.5, 20.0, 30.0, 40.0]
@@ -107,7 +103,7 @@ def test_reader_reads_the_real_layout_and_maps_infiltrate(tmp_path):
     ],
 )
 def test_reader_refuses_bad_files_naming_file_and_column(tmp_path, case, text, column):
-    path = _write(tmp_path / "boxes.csv", text)
+    path = written(tmp_path / "boxes.csv", text)
     with pytest.raises(WorkflowError) as e:
         read_boxes(path, sizes={"00000001_000.png": (64, 64), "00000002_000.png": (64, 64)})
     msg = str(e.value)
@@ -117,7 +113,7 @@ def test_reader_refuses_bad_files_naming_file_and_column(tmp_path, case, text, c
 def test_missing_file_and_unknown_images_are_refused(tmp_path):
     with pytest.raises(WorkflowError, match=r"data\.bboxes '.*nope\.csv': the file does not"):
         read_boxes(tmp_path / "nope.csv")
-    df = read_boxes(_write(tmp_path / "b.csv", GOOD))
+    df = read_boxes(written(tmp_path / "b.csv", GOOD))
     with pytest.raises(WorkflowError) as e:
         check_against_metadata(df, ["00000001_000.png"], "meta.csv")
     msg = str(e.value)
@@ -282,10 +278,10 @@ def test_prepare_checks_against_the_download(tmp_path):
     lines = (dl / "BBox_List_2017.csv").read_text().splitlines()
     name, label, *_ = lines[1].split(",")
     lines[1] = f"{name},{label},1000,1000,24,24,,,"
-    big_path = _write(tmp_path / "big.csv", "\n".join(lines) + "\n")
+    big_path = written(tmp_path / "big.csv", "\n".join(lines) + "\n")
     with pytest.raises(WorkflowError, match="past the right edge"):
         prepare(big_path, dl, dl, tmp_path / "x.csv")
-    stranger = _write(tmp_path / "s.csv", f"{HEADER}\n09999999_000.png,Pneumothorax,1,1,2,2,,,\n")
+    stranger = written(tmp_path / "s.csv", f"{HEADER}\n09999999_000.png,Pneumothorax,1,1,2,2,,,\n")
     with pytest.raises(WorkflowError, match="absent from the download's metadata"):
         prepare(stranger, dl, dl, tmp_path / "y.csv")
 

@@ -13,33 +13,27 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import training_settings
 from cxrtransfer import WorkflowError
 from cxrtransfer.models import train as train_module
 from cxrtransfer.models.gate import check_quality, gate_ci
-from cxrtransfer.models.settings import TRAINING_DEFAULTS
 
 
 def _settings(**kw):
-    s = {
-        **TRAINING_DEFAULTS,
-        "name": "tiny",
-        "task": "pneumothorax",
-        "label": "Pneumothorax",
-        "arch": "MobileNetV3Small",
-        "seed": 1,
-        "pretrained": "none",
-        "train_subset": "all",
-        "image_size": 64,
-        "split_seed": 1,
-        "augment": {"rotation": 0.02, "zoom": 0.05, "shift": 0.05},
-        "epochs": 8,
-        "learning_rate": 0.002,
-        "warmup_epochs": 0,
-        "min_val_auc": 0.0,
-        "patience": 10,
-    }
-    s.update(kw)
-    return s
+    return training_settings(
+        **{
+            "name": "tiny",
+            "task": "pneumothorax",
+            "label": "Pneumothorax",
+            "arch": "MobileNetV3Small",
+            "image_size": 64,
+            "augment": {"rotation": 0.02, "zoom": 0.05, "shift": 0.05},
+            "epochs": 8,
+            "min_val_auc": 0.0,
+            "patience": 10,
+            **kw,
+        }
+    )
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,9 @@
 """The workflow on a real single-node SLURM cluster started on this machine.
 
-tests/slurm/start_cluster.sh installs Debian's slurm-wlm and munge if they are missing and
+tests/workflow/slurm/start_cluster.sh installs Debian's slurm-wlm and munge if they are missing and
 starts munged, slurmctld and slurmd (root only); the module fixture stops them again.
 Snakemake runs with the user-facing profile profiles/slurm plus the overrides of
-tests/slurm/profile (partition `cpu`, no account, short limits, squeue status checks).
+tests/workflow/slurm/profile (partition `cpu`, no account, short limits, squeue status checks).
 
 Every job is proven to have gone through SLURM by evidence that does not depend on
 squeue or sacct: the SLURM job id Snakemake reports for a job is the $SLURM_JOB_ID the job's
@@ -40,8 +40,8 @@ from conftest import workflow_copy
 
 pytestmark = pytest.mark.slurm
 
-ROOT = Path(__file__).resolve().parents[1]
-SLURM_TESTS = ROOT / "tests" / "slurm"
+ROOT = Path(__file__).resolve().parents[2]
+SLURM_TESTS = Path(__file__).resolve().parent / "slurm"
 STATE_DIR = Path(os.environ.get("SLURM_TEST_DIR", "/tmp/cxrtransfer-slurm"))
 PROFILE_ARGS = [
     "--workflow-profile",
@@ -476,7 +476,7 @@ def cluster_config(path: Path) -> Path:
     """config/test.yaml with CLUSTER_OVERLAY, cut to its Pneumothorax task (its target and
     surrogate, their white-box and transfer sets): every kind of job the cluster runs (shards,
     training, attacks, predictions, evaluations as job arrays and plain jobs, the local rules)
-    at half the work of the whole tiny study, which tests/test_workflow.py runs locally; the
+    at half the work of the whole tiny study, which tests/workflow/test_workflow.py runs locally; the
     cluster runs are two of the longest parts of the test suite."""
     cfg = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
     overlay = yaml.safe_load(CLUSTER_OVERLAY)

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import training_settings
 from cxrtransfer import LABELS, WorkflowError
-from cxrtransfer.models.settings import TRAINING_DEFAULTS
 from cxrtransfer.plan import checks
 from cxrtransfer.plan import study as plan
 
@@ -322,26 +322,19 @@ def shards32(small_download, multi_manifest, tmp_path_factory):
 
 
 def _settings(**kw):
-    s = {
-        **TRAINING_DEFAULTS,
-        "name": "chest_tiny",
-        "task": "chest",
-        "labels": TWO,
-        "arch": "MobileNetV3Small",
-        "seed": 1,
-        "pretrained": "none",
-        "train_subset": "all",
-        "image_size": SIZE,
-        "split_seed": 1,
-        "augment": {},
-        "epochs": 2,
-        "learning_rate": 0.002,
-        "warmup_epochs": 0,
-        "min_val_auc": 0.0,
-        "patience": 5,
-    }
-    s.update(kw)
-    return s
+    return training_settings(
+        **{
+            "name": "chest_tiny",
+            "task": "chest",
+            "labels": TWO,
+            "arch": "MobileNetV3Small",
+            "image_size": SIZE,
+            "epochs": 2,
+            "min_val_auc": 0.0,
+            "patience": 5,
+            **kw,
+        }
+    )
 
 
 @pytest.fixture(scope="module")

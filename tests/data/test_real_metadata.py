@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import training_settings
 from cxrtransfer import WorkflowError
 from cxrtransfer.data.ingest import build_manifest, read_data_entry
 from cxrtransfer.data.nih_wheel import sha256
@@ -330,31 +331,22 @@ def test_tiny_model_at_the_real_imbalance_does_not_collapse(imbalanced_shards):
     from cxrtransfer.models.gate import check_quality
     from cxrtransfer.models.inference import predict_shards
     from cxrtransfer.models.outputs import binary_metrics
-    from cxrtransfer.models.settings import TRAINING_DEFAULTS
     from cxrtransfer.models.train import train_model
 
     paths, manifest, summary, prep_s, tmp = imbalanced_shards
     prevalence = manifest["label"].mean()
     assert 0.05 < prevalence < 0.12, summary  # the real 5,302 / 65,663 = 8.1%
     assert (summary["positives"] >= 15).all(), summary
-    settings = {
-        **TRAINING_DEFAULTS,  # class_weight: balanced, min_val_auc 0.6: the gate is armed
-        "name": "imbalanced",
-        "task": "pneumothorax",
-        "label": "Pneumothorax",
-        "arch": "MobileNetV3Small",
-        "seed": 1,
-        "pretrained": "none",
-        "train_subset": "all",
-        "image_size": 32,
-        "split_seed": 1,
-        "augment": {},
-        "epochs": 3,
-        "batch_size": 64,
-        "learning_rate": 0.002,
-        "warmup_epochs": 0,
-        "patience": 3,
-    }
+    settings = training_settings(  # class_weight: balanced, min_val_auc 0.6: the gate is armed
+        name="imbalanced",
+        task="pneumothorax",
+        label="Pneumothorax",
+        arch="MobileNetV3Small",
+        image_size=32,
+        epochs=3,
+        batch_size=64,
+        patience=3,
+    )
     assert settings["class_weight"] == "balanced" and settings["min_val_auc"] == 0.6
     t0 = time.perf_counter()
     metrics = train_model(settings, paths["train"], paths["val"], paths["test"], tmp / "model")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from cxrtransfer.plan import code
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LIBRARY = ROOT / "workflow_scripts" / "cxrtransfer"
 MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 80
@@ -174,3 +174,28 @@ def test_a_rule_script_loads_tensorflow_only_once_its_job_runs(script):
     )
     r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "[]", (script, r.stdout)
+
+
+def test_the_tests_follow_the_packages():
+    """One test folder per library package (plus workflow/: end to end, cluster, docs, house);
+    no test file outside them."""
+    tests = ROOT / "tests"
+    packages = {p.parent.name for p in LIBRARY.glob("*/__init__.py")}
+    folders = {p.parent.name for p in tests.glob("*/test_*.py")}
+    assert folders == packages | {"workflow"}, (folders, packages)
+    assert not list(tests.glob("test_*.py"))
+
+
+def test_no_helper_is_copied_between_test_files():
+    """A module-level function of the same code in two test files belongs in conftest.py."""
+    seen: dict[str, str] = {}
+    copies = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.FunctionDef) and not node.name.startswith("test_"):
+                key = ast.dump(ast.Module(body=node.body, type_ignores=[]))
+                where = f"{path.relative_to(ROOT)}:{node.name}"
+                if key in seen and len(node.body) > 1:
+                    copies.append((seen[key], where))
+                seen.setdefault(key, where)
+    assert not copies, copies

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import workflow_copy
+from conftest import reversed_mappings, workflow_copy
 from sklearn.metrics import roc_auc_score
 
 pytestmark = pytest.mark.e2e
@@ -77,21 +77,13 @@ def test_second_dry_run_has_nothing_to_do(root, run):
     assert planned(root, run) == {}
 
 
-def _reversed_mappings(obj):
-    if isinstance(obj, dict):
-        return {k: _reversed_mappings(obj[k]) for k in reversed(list(obj))}
-    if isinstance(obj, list):
-        return [_reversed_mappings(v) for v in obj]
-    return obj
-
-
 def test_reordered_config_reruns_nothing(root, run):
     """Params are canonical where order carries no meaning: the config with its keys sorted,
     and with every mapping in reverse order (models, tasks, attacks: what a YAML tool that
     sorts or reorders keys writes back), plans nothing."""
     assert planned(root, run, _write(run, _config(run), "sorted.yaml")) == {}
     (run / "reversed.yaml").write_text(
-        yaml.safe_dump(_reversed_mappings(_config(run)), sort_keys=False)
+        yaml.safe_dump(reversed_mappings(_config(run)), sort_keys=False)
     )
     assert planned(root, run, "reversed.yaml") == {}
 

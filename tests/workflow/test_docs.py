@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 # The manual behind the front door (issue 26, item 5); docs/*.md may hold more pages.
 DOC_PAGES = (
@@ -49,7 +49,7 @@ METRIC = re.compile(
 # a decimal (0.89, .5, 1.00) or a percentage (46%, 4.4 %); not part of 8/255, v1.2 or a name
 NUMBER = re.compile(r"(?<![\w.\-/])(?:\d*\.\d+|\d+(?:\.\d+)?\s?%)(?![\w/]|\.\d)")
 # the test or benchmark that measured a figure (a demo run is not such a command: `make demo`)
-COMMAND = re.compile(r"tests/\w+\.py|benchmarks/\w+\.py|`make (?:bench|test)\b")
+COMMAND = re.compile(r"tests/(?:\w+/)?\w+\.py|benchmarks/\w+\.py|`make (?:bench|test)\b")
 CONFIDENCE_LEVEL = re.compile(
     r"\s*(?:[\w-]+\s+){0,2}(?:bootstrap|confidence|CIs?\b|intervals?|percentile|band)", re.I
 )
@@ -141,7 +141,7 @@ TYPED = [
     "In that run the fine-tuned target gained no robustness (white-box AUROC 0.000 at eps 2 and "
     "8, like its base; clean AUROC 0.892 -> 0.898): 3 epochs of 2-step PGD on half of each "
     "batch are too little for it, and the report shows it as measured (the robustness test in "
-    "`tests/test_adversarial_training.py` uses a smaller model that does gain).",
+    "`tests/attacks/test_adversarial_training.py` uses a smaller model that does gain).",
     "JPEG 75 held against the non-adaptive attack at eps 2 (adversarial AUROC 0.310) and not "
     "against BPDA (0.035), which the summary flags as an overstated defence.",
     "- The synthetic findings are drawn to be learnable; the default demo's Cardiomegaly signal "
@@ -159,7 +159,7 @@ NOT_TYPED = [
     "Confidence intervals are 95% percentile intervals of a patient-level bootstrap.",
     "dashed: the target's clean AUROC; dotted: chance (0.5).",
     "| classifier collapsed to the majority class (clean AUC 0.50) | class weights |",
-    "`tests/test_adversarial_training.py` trains a tiny MobileNet: white-box PGD at the training "
+    "`tests/attacks/test_adversarial_training.py` trains a tiny MobileNet: white-box PGD at the training "
     "eps 8/255 leaves the undefended one 0% accuracy and the fine-tuned one about 46%.",
     "| hot path | ratio | target |\n| --- | --- | --- |\n| PGD vs eager loop | 3.3x | >= 3x |",
     "| plot_auroc | 8 | 14.8 | 1% | 1.85 |",

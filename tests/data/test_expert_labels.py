@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import written
 from cxrtransfer import WorkflowError
 from cxrtransfer.data.expert_labels import (
     DEFAULT_PATH,
@@ -21,18 +22,13 @@ from cxrtransfer.data.nih_wheel import sha256
 from cxrtransfer.data.real_metadata import DEFAULT_PATH as METADATA_PATH
 from cxrtransfer.data.synthetic import write_expert_labels
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 REAL = ROOT / DEFAULT_PATH
 HEADER = (
     "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
     "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],Fracture,Pneumothorax,"
     "Airspace opacity,Nodule or mass,Set Id"
 )
-
-
-def _write(path, text):
-    path.write_text(text)
-    return path
 
 
 def test_real_google_file_reads_and_matches_the_real_metadata(tmp_path):
@@ -72,7 +68,7 @@ ROW = "00000001_000.png,No Finding,0,1,58,M,PA,2048,2048,0.143,0.143,NO,YES,NO,N
     ],
 )
 def test_bad_files_name_the_file_and_the_column(tmp_path, text, message):
-    path = _write(tmp_path / "google.csv", text)
+    path = written(tmp_path / "google.csv", text)
     with pytest.raises(WorkflowError) as e:
         read_expert_labels(path)
     assert message in str(e.value) and str(path) in str(e.value)
@@ -80,8 +76,8 @@ def test_bad_files_name_the_file_and_the_column(tmp_path, text, message):
 
 
 def test_images_absent_from_the_metadata_are_refused(tmp_path):
-    path = _write(tmp_path / "google.csv", HEADER + "\n" + ROW)
-    meta = _write(tmp_path / "Data_Entry_2017.csv", "Image Index,Finding Labels\n")
+    path = written(tmp_path / "google.csv", HEADER + "\n" + ROW)
+    meta = written(tmp_path / "Data_Entry_2017.csv", "Image Index,Finding Labels\n")
     with pytest.raises(WorkflowError) as e:
         prepare(path, meta, tmp_path / "out.csv", "Pneumothorax")
     msg = str(e.value)

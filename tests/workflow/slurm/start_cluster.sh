@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Start a throw-away single-node SLURM cluster on this machine (for tests/test_slurm.py).
+# Start a throw-away single-node SLURM cluster on this machine (for tests/workflow/test_slurm.py).
 #
-#   tests/slurm/start_cluster.sh [STATE_DIR]
+#   tests/workflow/slurm/start_cluster.sh [STATE_DIR]
 #
 # STATE_DIR (default: $SLURM_TEST_DIR, else /tmp/cxrtransfer-slurm) receives everything:
 # slurm.conf, gres.conf, the munge key/socket, spool and state dirs, pid files and logs.
@@ -19,7 +19,7 @@
 #
 # Must run as root (it installs Debian's slurm-wlm and munge if missing, and starts munged
 # as user munge, slurmctld and slurmd as root). Stale daemons from an earlier run with the
-# same STATE_DIR are stopped first. Stop with tests/slurm/stop_cluster.sh STATE_DIR.
+# same STATE_DIR are stopped first. Stop with tests/workflow/slurm/stop_cluster.sh STATE_DIR.
 #
 # Environment knobs: SLURM_TEST_CTLD_PORT (6817), SLURM_TEST_SLURMD_PORT (6818),
 # SLURM_TEST_GPUS (fake GPUs on the node; default: as many as CPUs),

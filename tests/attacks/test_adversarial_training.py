@@ -10,9 +10,10 @@ import h5py
 import numpy as np
 import pytest
 import yaml
+from conftest import training_settings
 from cxrtransfer import WorkflowError
 from cxrtransfer.attacks import adversarial_training as AT
-from cxrtransfer.models.settings import TRAINING_DEFAULTS, model_settings
+from cxrtransfer.models.settings import model_settings
 from cxrtransfer.models.train import inputs_stamp, train_model
 from cxrtransfer.plan import checks
 
@@ -22,28 +23,21 @@ ADV = {"eps": EPS, "fraction": 0.5, "steps": 3, "step_fraction": 0.5}
 
 
 def _settings(**kw):
-    s = {
-        **TRAINING_DEFAULTS,
-        "name": "blob",
-        "task": "blob",
-        "label": "Pneumothorax",
-        "arch": "MobileNet",  # the fastest keras.applications backbone to trace at 32 px
-        "seed": 1,
-        "pretrained": "none",
-        "train_subset": "all",
-        "image_size": SIZE,
-        "split_seed": 1,
-        "augment": {},
-        "epochs": 5,
-        "batch_size": 32,
-        "learning_rate": 0.002,
-        "warmup_epochs": 0,
-        "bn_momentum": 0.5,
-        "min_val_auc": 0.6,
-        "patience": 10,
-    }
-    s.update(kw)
-    return s
+    return training_settings(
+        **{
+            "name": "blob",
+            "task": "blob",
+            "label": "Pneumothorax",
+            "arch": "MobileNet",  # the fastest keras.applications backbone to trace at 32 px
+            "image_size": SIZE,
+            "epochs": 5,
+            "batch_size": 32,
+            "bn_momentum": 0.5,
+            "min_val_auc": 0.6,
+            "patience": 10,
+            **kw,
+        }
+    )
 
 
 def _blob_images(n: int, seed: int):
