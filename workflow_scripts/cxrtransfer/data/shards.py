@@ -27,6 +27,7 @@ from PIL import Image, UnidentifiedImageError
 from cxrtransfer import WorkflowError
 from cxrtransfer.core.files import FIX_DAMAGED, atomic_path, write_csv
 from cxrtransfer.core.logs import LOG, Progress
+from cxrtransfer.data.ingest import check_rejected_fraction
 
 FORMAT_VERSION = 1
 RESAMPLE = "bilinear (PIL, reducing_gap=2)"
@@ -103,72 +104,20 @@ def write_shard(
     ``rejected_log``: a CSV listing every rejected image with its reason, written before the
     check so that it survives a failed job.
     """
-    from cxrtransfer.data.ingest import check_rejected_fraction
-
     n = len(rows)
     if n == 0:
         raise WorkflowError(f"{out_path}: no images assigned to this shard (empty manifest split?)")
-    tasks = [(p, image_size) for p in rows["path"]]
-    labels = rows["label"].to_numpy(np.int8)
-    label_names = attrs.get("label_names")
-    targets = None
-    if label_names is not None:  # a multi-label task
-        targets = label_matrix(rows["finding_labels"], list(label_names))
-    names = rows["image_index"].to_numpy(str)
-    pids = rows["patient_id"].to_numpy(np.int32)
+    columns = _row_columns(rows, attrs)
     progress = Progress(n, f"decode {Path(out_path).name}", every_seconds=15)
-    rejected: list[tuple[str, str]] = []
     with atomic_path(out_path) as tmp:
         with h5py.File(tmp, "w") as f:
-            ds = f.create_dataset(
-                "images",
-                shape=(n, image_size, image_size),
-                maxshape=(n, image_size, image_size),
-                dtype=np.uint8,
-                chunks=(1, image_size, image_size),
-                compression="gzip",
-                compression_opts=1,
-                shuffle=False,
-            )
-            keep = np.zeros(n, bool)
-            k = 0
-            pool = mp.get_context("fork").Pool(workers) if workers > 1 else None
-            try:
-                it = (
-                    pool.imap(_decode_star, tasks, chunksize=4)
-                    if pool
-                    else map(_decode_star, tasks)
-                )
-                for i, (img, reason) in enumerate(it):
-                    if img is None:
-                        rejected.append((names[i], reason))
-                    else:
-                        ds[k] = img
-                        keep[i] = True
-                        k += 1
-                    progress.update()
-            finally:
-                if pool:
-                    pool.close()
-                    pool.join()
-            if rejected_log is not None:
-                write_csv(rejected_log, pd.DataFrame(rejected, columns=["image_index", "reason"]))
-            where = str(out_path) + (
-                f" (rejected images listed in {rejected_log})" if rejected_log else ""
-            )
-            check_rejected_fraction(len(rejected), n, max_rejected_fraction, where)
-            if k == 0:
-                raise WorkflowError(f"{out_path}: every image of this shard was rejected")
+            ds = _image_dataset(f, n, image_size)
+            tasks = [(p, image_size) for p in rows["path"]]
+            keep, rejected = _decode_into(ds, tasks, columns["image_index"], workers, progress)
+            k = int(keep.sum())
+            _check_rejected(out_path, rejected, n, k, max_rejected_fraction, rejected_log)
             ds.resize((k, image_size, image_size))
-            f.create_dataset("labels", data=labels[keep])
-            if targets is not None:
-                f.create_dataset("targets", data=targets[keep])
-            f.create_dataset("image_index", data=np.array(names[keep], dtype="S"))
-            f.create_dataset("patient_id", data=pids[keep])
-            f.create_dataset(
-                "rejected_image_index", data=np.array([r[0] for r in rejected], dtype="S")
-            )
-            f.create_dataset("rejected_reason", data=np.array([r[1] for r in rejected], dtype="S"))
+            _write_columns(f, columns, keep, rejected)
             f.attrs.update(
                 {
                     **attrs,
@@ -182,6 +131,86 @@ def write_shard(
     if rejected:
         LOG.warning("%s: rejected %d of %d images", out_path, len(rejected), n)
     return {"written": k, "rejected": len(rejected)}
+
+
+def _row_columns(rows: pd.DataFrame, attrs: dict) -> dict:
+    """The per-image columns of a shard, in manifest order: labels, targets (multi-label tasks
+    only, else None), image_index and patient_id."""
+    label_names = attrs.get("label_names")
+    targets = None
+    if label_names is not None:  # a multi-label task
+        targets = label_matrix(rows["finding_labels"], list(label_names))
+    return {
+        "labels": rows["label"].to_numpy(np.int8),
+        "targets": targets,
+        "image_index": rows["image_index"].to_numpy(str),
+        "patient_id": rows["patient_id"].to_numpy(np.int32),
+    }
+
+
+def _image_dataset(f: h5py.File, n: int, image_size: int) -> h5py.Dataset:
+    """The ``images`` dataset for up to ``n`` images, one gzip chunk per image."""
+    return f.create_dataset(
+        "images",
+        shape=(n, image_size, image_size),
+        maxshape=(n, image_size, image_size),
+        dtype=np.uint8,
+        chunks=(1, image_size, image_size),
+        compression="gzip",
+        compression_opts=1,
+        shuffle=False,
+    )
+
+
+def _decode_into(
+    ds: h5py.Dataset, tasks: list, names: np.ndarray, workers: int, progress: Progress
+) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """Decode the images (``workers`` processes when > 1) and write each one as it arrives to
+    the next row of ``ds``; returns (which rows were kept, [(image_index, reason)] of the
+    rejected ones)."""
+    keep = np.zeros(len(tasks), bool)
+    rejected: list[tuple[str, str]] = []
+    k = 0
+    pool = mp.get_context("fork").Pool(workers) if workers > 1 else None
+    try:
+        it = pool.imap(_decode_star, tasks, chunksize=4) if pool else map(_decode_star, tasks)
+        for i, (img, reason) in enumerate(it):
+            if img is None:
+                rejected.append((names[i], reason))
+            else:
+                ds[k] = img
+                keep[i] = True
+                k += 1
+            progress.update()
+    finally:
+        if pool:
+            pool.close()
+            pool.join()
+    return keep, rejected
+
+
+def _check_rejected(
+    out_path, rejected: list, n: int, k: int, max_rejected_fraction: float, rejected_log
+) -> None:
+    """Write the rejected-images log (if asked), then fail for too many rejections or none
+    written."""
+    if rejected_log is not None:
+        write_csv(rejected_log, pd.DataFrame(rejected, columns=["image_index", "reason"]))
+    where = str(out_path) + (f" (rejected images listed in {rejected_log})" if rejected_log else "")
+    check_rejected_fraction(len(rejected), n, max_rejected_fraction, where)
+    if k == 0:
+        raise WorkflowError(f"{out_path}: every image of this shard was rejected")
+
+
+def _write_columns(f: h5py.File, columns: dict, keep: np.ndarray, rejected: list) -> None:
+    """The kept images' columns and the rejected images with their reasons."""
+    f.create_dataset("labels", data=columns["labels"][keep])
+    if columns["targets"] is not None:
+        f.create_dataset("targets", data=columns["targets"][keep])
+    f.create_dataset("image_index", data=np.array(columns["image_index"][keep], dtype="S"))
+    f.create_dataset("patient_id", data=columns["patient_id"][keep])
+    f.create_dataset("rejected_image_index", data=np.array([r[0] for r in rejected], dtype="S"))
+    f.create_dataset("rejected_reason", data=np.array([r[1] for r in rejected], dtype="S"))
 
 
 def label_matrix(finding_labels, label_names: list[str]) -> np.ndarray:
