@@ -9,13 +9,13 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
+import yaml
+
 SCHEMA_PATH = Path(__file__).resolve().parents[3] / "config" / "config.schema.yaml"
 
 
 @cache
 def schema() -> dict:
-    import yaml
-
     return yaml.safe_load(SCHEMA_PATH.read_text())
 
 

@@ -9,6 +9,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+
 # What to do about a damaged, truncated or stale product (README: "When a run was killed or a
 # file is damaged"): deleting only that file would not make Snakemake rebuild it while files
 # made from it exist.
@@ -41,8 +43,6 @@ def write_json(path: str | os.PathLike, obj) -> None:
 
 
 def _json_default(o):
-    import numpy as np
-
     if isinstance(o, np.integer):
         return int(o)
     if isinstance(o, np.floating):

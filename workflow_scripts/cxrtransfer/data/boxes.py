@@ -24,6 +24,9 @@ import numpy as np
 import pandas as pd
 
 from cxrtransfer import LABELS, WorkflowError
+from cxrtransfer.core.files import write_csv
+from cxrtransfer.core.logs import LOG
+from cxrtransfer.data.ingest import image_paths
 
 # the fetched file's name, wheel member and SHA-256 (real_metadata extracts it)
 from cxrtransfer.data.real_metadata import BOXES_FILE_NAME as GZ_NAME
@@ -196,9 +199,8 @@ def check_against_metadata(boxes: pd.DataFrame, metadata_images, metadata_path) 
 def png_sizes(download_dir, names) -> dict:
     """{name: (width, height)} of the PNGs ``names`` in a Kaggle-layout download (headers
     only); names without a PNG are left out."""
+    # heavy: the Snakefile imports this module at parse time; PIL loads in the box job only
     from PIL import Image
-
-    from cxrtransfer.data.ingest import image_paths
 
     paths = image_paths(download_dir)
     sizes = {}
@@ -213,9 +215,6 @@ def prepare(box_path, metadata_path, download_dir, out_csv) -> pd.DataFrame:
     """Check the box file against the download (its Data_Entry table and PNG sizes) and write
     the table the plot jobs read: PREPARED_COLUMNS, sorted by image and label. Boxes of images
     without a PNG in the download are left out and logged (such images are never in a shard)."""
-    from cxrtransfer.core.files import write_csv
-    from cxrtransfer.core.logs import LOG
-
     boxes = read_boxes(box_path)
     metadata_path, images = metadata_images(metadata_path)
     check_against_metadata(boxes, images, metadata_path)

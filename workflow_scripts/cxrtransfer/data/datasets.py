@@ -98,6 +98,7 @@ def count_labels(paths, image_size: int, patients: set[int] | None = None) -> tu
 
 
 def augmentation_layers(aug: dict, seed: int):
+    # heavy: Keras loads in training jobs only (evaluation reads shards without it)
     import keras
 
     layers = []
@@ -132,6 +133,7 @@ def make_dataset(
     i.e. for training. ``n_targets``: multi-label shards, the labels are their ``targets``
     (float32 (B, n_targets)).
     """
+    # heavy: TensorFlow loads in the jobs that feed a model only
     import tensorflow as tf
 
     paths = [str(p) for p in paths]
@@ -171,6 +173,7 @@ def make_dataset(
     if augment:
         layers = augmentation_layers(augment, seed)
         if layers:
+            # heavy: Keras loads in training jobs only
             import keras
 
             pipe = keras.Sequential(layers)

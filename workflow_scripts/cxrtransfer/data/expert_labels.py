@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from cxrtransfer import WorkflowError
+from cxrtransfer.core.files import atomic_path, write_csv
 from cxrtransfer.data.real_metadata import (
     absent_names,
     bad_image_names,
@@ -158,8 +159,6 @@ def prepare(expert_path, metadata_path, out_csv, column: str) -> pd.DataFrame:
     """Read and check the expert file against the download's Data_Entry table (a file, or the
     download folder holding Data_Entry_2017.csv) and write one finding's labels, the table the
     evaluation reads: image_index, set_id, expert_label (0/1), sorted by image."""
-    from cxrtransfer.core.files import write_csv
-
     labels = read_expert_labels(expert_path)
     if column not in labels.columns:
         raise _fail(
@@ -211,8 +210,6 @@ def write_combined(path, rows: list[dict]) -> None:
     )
     for r in rows:
         text.write(",".join(str(r[h]) for h in header) + "\n")
-    from cxrtransfer.core.files import atomic_path
-
     with atomic_path(path) as tmp, open(tmp, "wb") as raw:
         with gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as f:
             f.write(text.getvalue().encode())

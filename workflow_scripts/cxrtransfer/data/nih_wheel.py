@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from cxrtransfer import WorkflowError
+from cxrtransfer.data import expert_labels as E
 from cxrtransfer.data.real_metadata import (
     BOXES_FILE_NAME,
     BOXES_MEMBER,
@@ -66,8 +67,6 @@ def fetch(dest: str | Path, python: str = sys.executable) -> Path:
         dest.parent.mkdir(parents=True, exist_ok=True)
         # the metadata table, and beside it the Google expert labels (data.expert_labels) and
         # the NIH boxes (data.bboxes)
-        from cxrtransfer.data import expert_labels as E
-
         for member, out, want in (
             (MEMBER, dest, SHA256),
             (E.MEMBER, dest.parent / E.FILE_NAME, E.SHA256),
@@ -105,10 +104,8 @@ def main(argv=None) -> int:
         return 1
     meta = read_metadata(out)
     print(f"{out}: {len(meta)} images of {meta['patient_id'].nunique()} patients (SHA-256 ok)")
-    from cxrtransfer.data.expert_labels import FILE_NAME, read_expert_labels
-
-    expert = read_expert_labels(out.parent / FILE_NAME)
-    print(f"{out.parent / FILE_NAME}: expert labels of {len(expert)} images (SHA-256 ok)")
+    expert = E.read_expert_labels(out.parent / E.FILE_NAME)
+    print(f"{out.parent / E.FILE_NAME}: expert labels of {len(expert)} images (SHA-256 ok)")
     boxes = pd.read_csv(out.parent / BOXES_FILE_NAME, usecols=["Image Index"], dtype=str)
     n_img = boxes["Image Index"].nunique()
     print(f"{out.parent / BOXES_FILE_NAME}: {len(boxes)} boxes of {n_img} images (SHA-256 ok)")

@@ -32,10 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+import pandas as pd
 
 from cxrtransfer import LABELS, NO_FINDING, WorkflowError
+from cxrtransfer.config.schema import defaults
 from cxrtransfer.core.logs import LOG, Progress
+from cxrtransfer.data.expert_labels import FINDINGS, write_combined
+from cxrtransfer.data.real_metadata import read_metadata, select_patients, split_test_patients
 
 CSV_HEADER = (
     "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
@@ -69,8 +72,6 @@ class SyntheticSpec:
 
     @classmethod
     def from_config(cls, cfg: dict) -> SyntheticSpec:
-        from cxrtransfer.config.schema import defaults
-
         # the expert labels are written by their own rule from the finished download
         cfg = {k: v for k, v in cfg.items() if k != "expert_labels"}
         known = cls.__dataclass_fields__
@@ -264,6 +265,9 @@ def _draw_png(out: Path, i: int, name: str, labels, anatomy, irng, spec: Synthet
     """Draw image ``i`` (findings ``labels``) with ``irng`` and save it as ``name`` in its
     images_XXX folder; a fraction ``spec.rgba_fraction`` is saved as RGBA, like real quirks.
     Returns the true boxes of its painted findings (``render``)."""
+    # heavy: the Snakefile imports this module at parse time; PIL loads in the download job only
+    from PIL import Image
+
     folder = out / f"images_{i // spec.images_per_folder + 1:03d}" / "images"
     folder.mkdir(parents=True, exist_ok=True)
     boxes: dict = {}
@@ -325,8 +329,6 @@ def metadata_inputs(data: dict) -> dict:
     if not spec.metadata:
         return {}
     if not Path(spec.metadata).is_file():
-        from cxrtransfer.data.real_metadata import read_metadata
-
         read_metadata(spec.metadata)  # raises the message saying how to get the table
     return {"metadata": spec.metadata}
 
@@ -357,8 +359,6 @@ def _metadata_row(out: Path, i: int, r, anatomy: dict, spec: SyntheticSpec) -> t
 
 
 def _generate_from_metadata(out: Path, spec: SyntheticSpec, meta) -> tuple[list, list, set, int]:
-    from cxrtransfer.data.real_metadata import select_patients, split_test_patients
-
     meta = select_patients(meta, spec.max_patients, spec.seed)
     test_patients = split_test_patients(meta, spec.test_fraction, spec.seed)
     rows, bbox_rows, anatomy = [], [], {}
@@ -379,8 +379,6 @@ def generate(out_dir: str | Path, spec: SyntheticSpec) -> dict:
     out = Path(out_dir)
     meta = None
     if spec.metadata:
-        from cxrtransfer.data.real_metadata import read_metadata
-
         meta = read_metadata(spec.metadata)  # a bad table fails before anything is deleted
     if out.exists():
         shutil.rmtree(out)
@@ -440,8 +438,6 @@ def write_expert_labels(
     for images of test_list.txt, val otherwise) gets, per expert finding, the drawn label (an
     NIH label of the finding in ``Finding Labels``, see ``EXPERT_FROM_NIH``) flipped with
     probability ``disagreement`` independently per image and finding. Returns counts."""
-    from cxrtransfer.data.expert_labels import FINDINGS, write_combined
-
     download = Path(download_dir)
     meta = pd_read_entries(download / "Data_Entry_2017.csv")
     test = set((download / "test_list.txt").read_text().split())
@@ -470,7 +466,5 @@ def write_expert_labels(
 
 def pd_read_entries(path):
     """The Data_Entry table of a download as text columns (trailing comma dropped)."""
-    import pandas as pd
-
     df = pd.read_csv(path, dtype=str, keep_default_na=False, index_col=False)
     return df.loc[:, [c for c in df.columns if not c.startswith("Unnamed")]]

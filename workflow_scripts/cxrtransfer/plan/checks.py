@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cxrtransfer import WorkflowError
+from cxrtransfer import LABELS, WorkflowError
 from cxrtransfer.attacks.spec import spec_from_config
 from cxrtransfer.attacks.uap import is_uap, uap_spec_from_config
 from cxrtransfer.core import paths as P
 from cxrtransfer.core.paths import eps_label
+from cxrtransfer.data.expert_labels import DEFAULT_PATH
+from cxrtransfer.data.synthetic import expert_label_settings
 from cxrtransfer.plan.study import (
     KERAS_APPLICATIONS,
     adversarial_sets,
@@ -47,8 +49,6 @@ def _check_expert_labels(config: dict, basedir) -> None:
     value = data.get("expert_labels")
     synthetic = (data.get("synthetic") or {}).get("expert_labels")
     if synthetic is not None:
-        from cxrtransfer.data.synthetic import expert_label_settings
-
         expert_label_settings(synthetic)
     if not value:
         return
@@ -61,8 +61,6 @@ def _check_expert_labels(config: dict, basedir) -> None:
             )
         return
     if not (Path(basedir) / value).is_file() and not Path(value).is_file():
-        from cxrtransfer.data.expert_labels import DEFAULT_PATH
-
         raise WorkflowError(
             f"data.expert_labels: '{value}' does not exist. `make real-metadata` writes the "
             f"combined Google file to {DEFAULT_PATH} (from the torchxrayvision 1.5.7 wheel); "
@@ -73,8 +71,6 @@ def _check_expert_labels(config: dict, basedir) -> None:
 def _check_tasks(config: dict) -> None:
     """A task has exactly one of ``label`` (binary) and ``labels`` (multi-label: ``all`` or a
     list of known findings without duplicates)."""
-    from cxrtransfer import LABELS
-
     for name, cfg in config["tasks"].items():
         key = f"tasks.{name}"
         if ("label" in cfg) == ("labels" in cfg):

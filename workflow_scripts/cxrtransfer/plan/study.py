@@ -9,10 +9,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from cxrtransfer import WorkflowError
+from cxrtransfer import LABELS, WorkflowError
 from cxrtransfer.attacks.uap import is_uap, uap_spec_from_config
 from cxrtransfer.core import paths as P
 from cxrtransfer.core.paths import eps_label
+from cxrtransfer.data.expert_labels import expert_column
 from cxrtransfer.models.layers import defence_label
 
 # keras.applications model names (Keras 3); checked without importing TensorFlow. A test ties
@@ -102,8 +103,6 @@ def task_labels(config: dict, task: str) -> list[str]:
     """The findings of a task: ``[label]`` for a binary task; a multi-label task's ``labels``
     (``all`` = every ChestX-ray14 finding, in ``cxrtransfer.LABELS`` order), i.e. its
     model's output columns in order."""
-    from cxrtransfer import LABELS
-
     cfg = config["tasks"][task]
     if "labels" not in cfg:
         return [cfg["label"]]
@@ -257,8 +256,6 @@ def expert_labels_file(config: dict) -> str | None:
 
 def expert_columns(config: dict) -> dict:
     """{task: expert column or None} when the study has expert labels, else {}."""
-    from cxrtransfer.data.expert_labels import expert_column
-
     if not expert_labels_file(config):
         return {}
     return {t: expert_column(config["tasks"][t]["label"]) for t in binary_tasks(config)}
