@@ -11,7 +11,7 @@ BBOXES := resources/nih-metadata/BBox_List_2017.csv.gz
 export PATH := $(abspath $(BIN)):$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: demo demo-robust test venv report lint fmt bench clean-results verify fetch-kaggle real-metadata code-versions
+.PHONY: demo demo-robust test venv report lint fmt bench clean-results verify fetch-kaggle real-metadata code-versions docs-tables
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,13 +48,13 @@ test: venv $(REAL_METADATA) $(EXPERT_LABELS) $(BBOXES)
 lint: venv
 	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check Snakefile rules/
-	$(BIN)/ruff check workflow_scripts tests benchmarks
-	$(BIN)/ruff format --check workflow_scripts tests benchmarks
+	$(BIN)/ruff check workflow_scripts tests benchmarks tools
+	$(BIN)/ruff format --check workflow_scripts tests benchmarks tools
 	$(BIN)/lint-imports
 
 fmt: venv
 	$(BIN)/snakefmt Snakefile rules/
-	$(BIN)/ruff format workflow_scripts tests benchmarks
+	$(BIN)/ruff format workflow_scripts tests benchmarks tools
 
 # Every benchmark in one run; the generated page is docs/BENCHMARKS.md (docs/PERFORMANCE.md is
 # written by hand and links to it; run_all.py refuses to overwrite it).
@@ -64,6 +64,10 @@ bench: venv
 # The table rule script -> library modules in its code version (docs/CODE.md holds its output).
 code-versions: venv
 	$(BIN)/python -m cxrtransfer.plan.code
+
+# the generated tables of docs/CODE.md (rule -> modules) and docs/ATTACKS.md (attack settings)
+docs-tables: venv
+	$(BIN)/python tools/docs_tables.py
 
 verify: venv
 	$(BIN)/python -m cxrtransfer.verify --results results $(if $(REMOVE),--remove,)

@@ -221,24 +221,6 @@ def test_transfer_attack_settings_pass_the_checks(root, schema):
         checks.check_config(cfg, root)
 
 
-def test_attack_schema_defaults_are_the_attack_spec_defaults(root):
-    """The schema's default of every AttackSpec setting is the dataclass default (off)."""
-    import dataclasses
-
-    from cxrtransfer.attacks.spec import AttackSpec
-    from cxrtransfer.config.schema import attack_defaults
-
-    fields = {f.name: f.default for f in dataclasses.fields(AttackSpec)}
-    checked = 0
-    for key, default in attack_defaults("pgd").items():
-        if key in fields:
-            assert default == fields[key], key
-            checked += 1
-    assert checked >= 14, checked
-    # a uap's steps are not filled with the per-image default (they depend on its eps)
-    assert "steps" in attack_defaults("pgd") and "steps" not in attack_defaults("uap")
-
-
 def test_robust_demo_overlay_extends_the_default_demo(root, schema):
     """config/robust_demo.yaml merged over config/config.yaml (Snakemake's order for several
     --configfile) is a valid study with a robust and a defended target beside the demo's."""

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from cxrtransfer import WorkflowError
+from cxrtransfer.attacks.parameters import ATTACKS, PARAMETERS, check_keys, check_value
 
 METHODS = ("fgsm", "pgd")
-NORMS = ("linf", "l2")
+NORMS = PARAMETERS["norm"].choices
 EPS_UNITS = {"linf": "1/255", "l2": "L2, [0,1] pixels"}
 ALG = "philox"  # fixed stateless RNG: the same numbers with and without XLA
 # A TI kernel whose centre pixel carries more than this share of its weight does not smooth
@@ -39,26 +40,6 @@ def steps_to_reach(eps: float, step: float) -> int:
     return math.ceil(eps / step - 1e-9)
 
 
-_CONFIG_KEYS = {
-    "method",
-    "norm",
-    "step",
-    "step_fraction",
-    "steps",
-    "targeted",
-    "random_start",
-    "restarts",
-    "momentum",
-    "diversity_prob",
-    "diversity_scale",
-    "seed",
-    "ti_kernel",
-    "scales",
-    "nesterov",
-    "variance_samples",
-    "variance_bound",
-    "eot_samples",
-}
 # The transfer-attack settings added after the others, with their "off" values: a spec with all
 # of them off is the attack it was before they existed and keeps its random streams (they enter
 # ``stream_seed`` only when on; ``variance_bound`` only matters with ``variance_samples``).
@@ -70,6 +51,11 @@ _NEW_KEYS_OFF = {
     "variance_bound": lambda s: s.variance_samples == 0,
     "eot_samples": lambda s: s.eot_samples == 1,
 }
+
+
+# the per-image attacks' settings and defaults, declared in attacks.parameters
+_DEFAULT = ATTACKS["pgd"].defaults
+_CHECKED = sorted(ATTACKS["pgd"].keys - {"method", "step", "step_fraction"})
 
 
 def _unit(norm: str) -> str:
@@ -118,48 +104,41 @@ class AttackSpec:
     """
 
     method: str
-    norm: str = "linf"
+    norm: str = _DEFAULT["norm"]
     eps: float = 8.0
     step: float = 2.0
-    steps: int = 10
-    targeted: bool = False
-    random_start: bool = False
-    restarts: int = 1
-    momentum: float = 0.0
-    diversity_prob: float = 0.0
-    diversity_scale: float = 1.1
-    seed: int = 0
-    ti_kernel: int = 0
-    scales: int = 1
-    nesterov: bool = False
-    variance_samples: int = 0
-    variance_bound: float = 1.5
-    eot_samples: int = 1
+    steps: int = _DEFAULT["steps"]
+    targeted: bool = _DEFAULT["targeted"]
+    random_start: bool = _DEFAULT["random_start"]
+    restarts: int = _DEFAULT["restarts"]
+    momentum: float = _DEFAULT["momentum"]
+    diversity_prob: float = _DEFAULT["diversity_prob"]
+    diversity_scale: float = _DEFAULT["diversity_scale"]
+    seed: int = _DEFAULT["seed"]
+    ti_kernel: int = _DEFAULT["ti_kernel"]
+    scales: int = _DEFAULT["scales"]
+    nesterov: bool = _DEFAULT["nesterov"]
+    variance_samples: int = _DEFAULT["variance_samples"]
+    variance_bound: float = _DEFAULT["variance_bound"]
+    eot_samples: int = _DEFAULT["eot_samples"]
 
     def __post_init__(self):
+        for name in _CHECKED:  # each setting within its declared bounds (attacks.parameters)
+            check_value(name, getattr(self, name))
         self._check_method_and_budget()
         self._check_momentum_and_diversity()
         self._check_smoothing_and_scales()
         self._check_variance_and_eot()
 
     def _check_method_and_budget(self):
-        """Method, norm, eps, steps and restarts; PGD's step reaches eps."""
+        """Method and eps; PGD's step reaches eps."""
         if self.method not in METHODS:
             raise WorkflowError(
                 f"Unknown attack method '{self.method}'; use one of {', '.join(METHODS)}."
             )
-        if self.norm not in NORMS:
-            raise WorkflowError(
-                f"Unknown attack norm '{self.norm}'; use one of {', '.join(NORMS)}."
-            )
         unit = _unit(self.norm)
         if not (self.eps > 0 and math.isfinite(self.eps)):
             raise WorkflowError(f"Attack eps must be > 0 ({unit} units), got {self.eps}.")
-        if self.steps < 1 or self.restarts < 1:
-            raise WorkflowError(
-                f"Attack steps and restarts must be >= 1, got steps={self.steps}, "
-                f"restarts={self.restarts}."
-            )
         if self.method == "pgd":
             if not (self.step > 0 and math.isfinite(self.step)):
                 raise WorkflowError(f"Attack step must be > 0 ({unit} units), got {self.step}.")
@@ -178,19 +157,13 @@ class AttackSpec:
                 )
 
     def _check_momentum_and_diversity(self):
-        """MI-FGSM's momentum and DI-FGSM's probability and scale."""
-        if self.momentum < 0:
-            raise WorkflowError(f"Attack momentum must be >= 0, got {self.momentum}.")
+        """MI-FGSM's momentum and restarts need an iterative attack."""
         if self.method == "fgsm" and (self.momentum or self.restarts > 1):
             raise WorkflowError("Attack momentum and restarts need method: pgd (FGSM is one step).")
-        if not 0 <= self.diversity_prob <= 1:
-            raise WorkflowError(f"diversity_prob must be in [0, 1], got {self.diversity_prob}.")
-        if self.diversity_scale < 1:
-            raise WorkflowError(f"diversity_scale must be >= 1, got {self.diversity_scale}.")
 
     def _check_smoothing_and_scales(self):
         """TI-FGSM's kernel smooths; SI-FGSM's scales; NI-FGSM's look-ahead."""
-        if self.ti_kernel < 0 or (self.ti_kernel > 1 and self.ti_kernel % 2 == 0):
+        if self.ti_kernel > 1 and self.ti_kernel % 2 == 0:
             raise WorkflowError(
                 f"ti_kernel must be 0 or 1 (off) or an odd kernel size >= 3 (TI-FGSM's Gaussian "
                 f"kernel is centred on a pixel), got {self.ti_kernel}."
@@ -204,11 +177,6 @@ class AttackSpec:
                     f"{TI_MAX_CENTRE_WEIGHT}), so the attack would be the plain one under another "
                     "name; use 5 or more (5 at 48-64 px, 7 at 224 px, the paper's 15 at 299 px)."
                 )
-        if not 1 <= self.scales <= 16:
-            raise WorkflowError(
-                f"scales must be in 1..16 (SI-FGSM copies x / 2^i, i < scales; 1 = off, the "
-                f"paper 5; x / 2^16 is already black), got {self.scales}."
-            )
         if self.nesterov and not self.momentum > 0:
             raise WorkflowError(
                 "nesterov: true needs momentum > 0 (NI-FGSM looks ahead along the momentum; "
@@ -221,22 +189,11 @@ class AttackSpec:
             )
 
     def _check_variance_and_eot(self):
-        """VMI-FGSM's samples and bound; EOT's samples."""
-        if self.variance_samples < 0:
-            raise WorkflowError(
-                f"variance_samples must be >= 0 (0 = off), got {self.variance_samples}."
-            )
+        """VMI-FGSM needs an iterative attack."""
         if self.variance_samples > 0 and self.method != "pgd":
             raise WorkflowError(
                 "variance_samples needs method: pgd (VMI-FGSM tunes each step with the "
                 "previous step's variance; FGSM is one step)."
-            )
-        if self.eot_samples < 1:
-            raise WorkflowError(f"eot_samples must be >= 1 (1 = off), got {self.eot_samples}.")
-        if not (self.variance_bound > 0 and math.isfinite(self.variance_bound)):
-            raise WorkflowError(
-                f"variance_bound must be > 0 (the VMI neighbourhood radius is variance_bound * "
-                f"eps), got {self.variance_bound}."
             )
 
     @property
@@ -350,48 +307,34 @@ def spec_from_config(attack_cfg: dict, eps: float) -> AttackSpec:
     """Build an AttackSpec from one entry of the config's ``attacks:`` mapping and an eps
     (1/255 units for linf, L2 norm in [0, 1] pixel units for l2; see AttackSpec)."""
     cfg = dict(attack_cfg)
-    unknown = sorted(set(cfg) - _CONFIG_KEYS)
-    if unknown:
-        raise WorkflowError(
-            f"Unknown attack setting(s) {', '.join(unknown)}; allowed: "
-            f"{', '.join(sorted(_CONFIG_KEYS))}."
-        )
     if "method" not in cfg:
         raise WorkflowError("Attack setting 'method' is required (fgsm or pgd).")
+    method = cfg.pop("method")
+    if method not in METHODS:
+        raise WorkflowError(f"Unknown attack method '{method}'; use one of {', '.join(METHODS)}.")
+    check_keys(method, cfg)
+    for key, value in cfg.items():
+        check_value(key, value)
     eps = float(eps)
     if not eps > 0:
-        unit = _unit(str(cfg.get("norm", "linf")))
+        unit = _unit(str(cfg.get("norm", _DEFAULT["norm"])))
         raise WorkflowError(f"Attack eps must be > 0 ({unit} units), got {eps}.")
-    method = cfg.pop("method")
+    step = step_from_entry(cfg, eps, _DEFAULT["step_fraction"])
+    if method == "fgsm":
+        step, cfg["steps"] = eps, 1
+    kwargs = {k: PARAMETERS[k].cast(v) for k, v in cfg.items()}
+    return AttackSpec(method=str(method), eps=eps, step=step, **kwargs)
+
+
+def step_from_entry(cfg: dict, eps: float, default_fraction: float) -> float:
+    """The step an attack entry gives (``step``, or ``step_fraction`` x eps, popped from
+    ``cfg``), in the units of eps."""
     if "step" in cfg and "step_fraction" in cfg:
         raise WorkflowError("Give either 'step' or 'step_fraction' for an attack, not both.")
     if "step" in cfg:
         step = float(cfg.pop("step"))
-    else:
-        frac = float(cfg.pop("step_fraction", 0.25))
-        if not 0 < frac <= 1:
-            raise WorkflowError(f"step_fraction must be in (0, 1], got {frac}.")
-        step = frac * eps
-    if method == "fgsm":
-        step, cfg["steps"] = eps, 1
-    kwargs = {}
-    for key, typ in (
-        ("norm", str),
-        ("steps", int),
-        ("targeted", bool),
-        ("random_start", bool),
-        ("restarts", int),
-        ("momentum", float),
-        ("diversity_prob", float),
-        ("diversity_scale", float),
-        ("seed", int),
-        ("ti_kernel", int),
-        ("scales", int),
-        ("nesterov", bool),
-        ("variance_samples", int),
-        ("variance_bound", float),
-        ("eot_samples", int),
-    ):
-        if key in cfg:
-            kwargs[key] = typ(cfg[key])
-    return AttackSpec(method=str(method), eps=eps, step=step, **kwargs)
+        check_value("step", step)
+        return step
+    frac = float(cfg.pop("step_fraction", default_fraction))
+    check_value("step_fraction", frac)
+    return frac * eps

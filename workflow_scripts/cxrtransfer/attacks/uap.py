@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from cxrtransfer import WorkflowError
-from cxrtransfer.attacks.spec import steps_to_reach
-from cxrtransfer.config.schema import attack_defaults
+from cxrtransfer.attacks.parameters import ATTACKS, check_keys, check_value, schema_filled
+from cxrtransfer.attacks.spec import step_from_entry, steps_to_reach
 from cxrtransfer.core.files import FIX_DAMAGED, atomic_path, file_sha256
 from cxrtransfer.core.logs import LOG, Progress
 from cxrtransfer.core.provenance import model_record
@@ -39,17 +39,7 @@ from cxrtransfer.models.checkpoints import load_checkpoint
 
 METHOD = "uap"
 SPLITS = ("train", "val")
-_CONFIG_KEYS = {
-    "method",
-    "norm",
-    "step",
-    "step_fraction",
-    "steps",
-    "split",
-    "max_images",
-    "loss_clamp",
-    "seed",
-}
+_DEFAULT = ATTACKS[METHOD].defaults  # declared in attacks.parameters
 
 
 @dataclass(frozen=True)
@@ -59,14 +49,16 @@ class UapSpec:
     eps: float
     step: float
     steps: int
-    split: str = "val"
-    max_images: int = 0  # 0: every image of the split
-    loss_clamp: float = 10.0
-    seed: int = 0
+    split: str = _DEFAULT["split"]
+    max_images: int = _DEFAULT["max_images"]  # 0: every image of the split
+    loss_clamp: float = _DEFAULT["loss_clamp"]
+    seed: int = _DEFAULT["seed"]
     method: str = METHOD
-    norm: str = "linf"
+    norm: str = _DEFAULT["norm"]
 
     def __post_init__(self):
+        for name in ("norm", "steps", "max_images", "loss_clamp", "seed"):
+            check_value(name, getattr(self, name))  # within the declared bounds
         if self.norm != "linf":
             raise WorkflowError(
                 f"norm: a universal perturbation is crafted in L-inf here, got '{self.norm}'."
@@ -86,10 +78,6 @@ class UapSpec:
                 f"{self.eps:g}/255; give at least {steps_to_reach(self.eps, self.step)} (the "
                 f"default is {default_steps(self.eps, self.step)})."
             )
-        if self.max_images < 0:
-            raise WorkflowError(f"max_images must be >= 0 (0 = all), got {self.max_images}.")
-        if not self.loss_clamp > 0:
-            raise WorkflowError(f"loss_clamp must be > 0, got {self.loss_clamp}.")
 
     @property
     def eps_float(self) -> float:
@@ -122,41 +110,32 @@ def is_uap(attack_cfg: dict) -> bool:
     return attack_cfg.get("method") == METHOD
 
 
-def _per_image_defaults() -> dict:
-    return {k: v for k, v in attack_defaults(METHOD).items() if k not in _CONFIG_KEYS}
-
-
 def uap_spec_from_config(attack_cfg: dict, eps: float) -> UapSpec:
-    cfg = dict(attack_cfg)
-    if "epochs" in cfg:
-        raise WorkflowError(
-            "epochs: a universal perturbation now counts optimiser steps, not passes over the "
-            "crafting images (on a small set a pass is one step and cannot reach eps); replace "
-            "epochs with steps (default 4 x ceil(eps / step))."
-        )
+    """Build a UapSpec from one ``method: uap`` entry of the config's ``attacks:`` mapping and
+    an eps (1/255 units)."""
     # The schema fills in the per-image attacks' defaults for every attack: those mean nothing
     # here and are dropped; any other value of a per-image setting is refused.
-    filled = _per_image_defaults()
-    cfg = {k: v for k, v in cfg.items() if k in _CONFIG_KEYS or filled.get(k, object()) != v}
-    unknown = sorted(set(cfg) - _CONFIG_KEYS)
-    if unknown:
-        raise WorkflowError(
-            f"setting(s) {', '.join(unknown)} have no meaning for method uap; allowed: "
-            f"{', '.join(sorted(_CONFIG_KEYS))}."
-        )
-    if "step" in cfg and "step_fraction" in cfg:
-        raise WorkflowError("Give either 'step' or 'step_fraction' for an attack, not both.")
+    filled = schema_filled()
+    cfg = {
+        k: v
+        for k, v in attack_cfg.items()
+        if k in ATTACKS[METHOD].keys or filled.get(k, object()) != v
+    }
+    cfg.pop("method", None)
+    check_keys(METHOD, cfg)
+    for key, value in cfg.items():
+        check_value(key, value)
     eps = float(eps)
-    step = float(cfg["step"]) if "step" in cfg else float(cfg.get("step_fraction", 0.1)) * eps
+    step = step_from_entry(cfg, eps, _DEFAULT["step_fraction"])
     return UapSpec(
         eps=eps,
         step=step,
         steps=int(cfg["steps"]) if "steps" in cfg else default_steps(eps, step),
-        split=str(cfg.get("split", "val")),
-        max_images=int(cfg.get("max_images", 0)),
-        loss_clamp=float(cfg.get("loss_clamp", 10.0)),
-        seed=int(cfg.get("seed", 0)),
-        norm=str(cfg.get("norm", "linf")),
+        split=str(cfg.get("split", _DEFAULT["split"])),
+        max_images=int(cfg.get("max_images", _DEFAULT["max_images"])),
+        loss_clamp=float(cfg.get("loss_clamp", _DEFAULT["loss_clamp"])),
+        seed=int(cfg.get("seed", _DEFAULT["seed"])),
+        norm=str(cfg.get("norm", _DEFAULT["norm"])),
     )
 
 
