@@ -3,7 +3,7 @@ test set (all its shards) or a whole adversarial set and its noise control."""
 
 from cxrtransfer.config.job import run_main
 from cxrtransfer.data.adversarial_cache import set_caches
-from cxrtransfer.evaluate.predictions import predict_adv, predict_clean
+from cxrtransfer.evaluate.predict import predict_adv, predict_clean
 
 
 def main(sm):

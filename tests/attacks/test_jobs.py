@@ -13,13 +13,8 @@ from cxrtransfer.attacks.job import attack_set, attack_shard, control_shard
 from cxrtransfer.core.files import file_sha256
 from cxrtransfer.core.provenance import model_record
 from cxrtransfer.data.adversarial_cache import read_attack, shuffle_perturbations
-from cxrtransfer.evaluate.predictions import (
-    ADV_COLUMNS,
-    CLEAN_COLUMNS,
-    predict_adv,
-    predict_clean,
-    read_predictions,
-)
+from cxrtransfer.evaluate.predict import predict_adv, predict_clean
+from cxrtransfer.evaluate.predictions import ADV_COLUMNS, CLEAN_COLUMNS, read_predictions
 
 SIZE = 24
 
