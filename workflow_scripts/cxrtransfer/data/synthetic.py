@@ -32,13 +32,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from cxrtransfer import LABELS, NO_FINDING, WorkflowError
 from cxrtransfer.config.schema import defaults
 from cxrtransfer.core.logs import LOG, Progress
 from cxrtransfer.data.expert_labels import FINDINGS, write_combined
-from cxrtransfer.data.real_metadata import read_metadata, select_patients, split_test_patients
+from cxrtransfer.data.real_metadata import (
+    read_metadata,
+    read_text_table,
+    select_patients,
+    split_test_patients,
+)
 
 CSV_HEADER = (
     "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
@@ -439,7 +443,7 @@ def write_expert_labels(
     NIH label of the finding in ``Finding Labels``, see ``EXPERT_FROM_NIH``) flipped with
     probability ``disagreement`` independently per image and finding. Returns counts."""
     download = Path(download_dir)
-    meta = pd_read_entries(download / "Data_Entry_2017.csv")
+    meta = read_text_table(download / "Data_Entry_2017.csv", _unreadable)
     test = set((download / "test_list.txt").read_text().split())
     rng = np.random.default_rng([seed, 2019])
     chosen = rng.random(len(meta)) < fraction
@@ -464,7 +468,5 @@ def write_expert_labels(
     return counts
 
 
-def pd_read_entries(path):
-    """The Data_Entry table of a download as text columns (trailing comma dropped)."""
-    df = pd.read_csv(path, dtype=str, keep_default_na=False, index_col=False)
-    return df.loc[:, [c for c in df.columns if not c.startswith("Unnamed")]]
+def _unreadable(path, what: str) -> WorkflowError:
+    return WorkflowError(f"{path} {what} Regenerate the synthetic download (delete it and rerun).")
