@@ -4,7 +4,7 @@
 # each shard's control (the perturbations shuffled per image), scored by the loaded model.
 rule attack:
     input:
-        unpack(attack_inputs),
+        unpack(inputs_of("attack", "source", "data_task", "attack", "eps")),
     output:
         **with_control(
             caches=directory(P.ATTACK_DIR), control=directory(P.ATTACK_CONTROL_DIR)
@@ -34,11 +34,7 @@ rule attack:
 # training or validation images (never test); rule attack adds it to any task's test images.
 rule uap:
     input:
-        model=P.MODEL.format(model="{source}"),
-        metrics=P.MODEL_METRICS.format(model="{source}"),
-        shards=lambda w: shards(
-            plan.source_task(config, w.source), plan.uap_split(config, w.attack)
-        ),
+        unpack(inputs_of("uap", "source", "attack", "eps")),
     output:
         P.UAP,
     log:

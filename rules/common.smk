@@ -15,6 +15,7 @@ from cxrtransfer.core import paths as P  # noqa: E402
 from cxrtransfer.plan import study as plan  # noqa: E402
 from cxrtransfer.plan import checks as plan_checks  # noqa: E402
 from cxrtransfer.plan import code as plan_code  # noqa: E402
+from cxrtransfer.plan import inputs as plan_inputs  # noqa: E402
 from cxrtransfer.config import runconfig  # noqa: E402
 import cxrtransfer.data.boxes  # noqa: E402
 from cxrtransfer.data.ingest import download_files  # noqa: E402
@@ -117,10 +118,18 @@ def shard_ids(task, split):
     return plan.shard_labels(n, config["data"]["shard_size"])
 
 
+# What the inputs of the jobs depend on (cxrtransfer.plan.inputs; verify uses the same inputs)
+FACTS = plan_inputs.ConfigFacts(config, shard_ids)
+
+
+def inputs_of(rule, *wildcards):
+    """A rule's named inputs (cxrtransfer.plan.inputs), from the job's ``wildcards``."""
+    make = getattr(plan_inputs, rule)
+    return lambda w: make(FACTS, *(getattr(w, name) for name in wildcards))
+
+
 def shards(task, split):
-    return [
-        P.SHARD.format(task=task, split=split, shard=s) for s in shard_ids(task, split)
-    ]
+    return plan_inputs.shards(FACTS, task, split)
 
 
 def model_task(name):
@@ -186,53 +195,6 @@ def attack_dir(w, template=P.ATTACK_DIR):
     return template.format(**_set_keys(w, w.attack))
 
 
-def attack_inputs(w):
-    """The source's checkpoint, the data task's test shards and, for a universal attack, the
-    source's perturbation."""
-    inputs = {
-        "model": P.MODEL.format(model=w.source),
-        "metrics": P.MODEL_METRICS.format(model=w.source),
-        "shards": shards(w.data_task, "test"),
-    }
-    if w.attack in plan.universal_attacks(config):
-        inputs["uap"] = P.UAP.format(source=w.source, attack=w.attack, eps=w.eps)
-    return inputs
-
-
-def predict_adv_inputs(w):
-    """A target's model and the caches of one adversarial set and of its noise control."""
-    return {
-        "model": P.MODEL.format(model=w.target),
-        "metrics": P.MODEL_METRICS.format(model=w.target),
-        **with_control(
-            attacks=attack_dir(w),
-            control=attack_dir(w, P.ATTACK_CONTROL_DIR),
-        ),
-    }
-
-
-def evaluate_inputs(w):
-    """Named inputs of one adversarial set's evaluation (and its noise control's): per target
-    its clean and adversarial predictions, and every model's metrics and training patients.
-    """
-    targets = plan.targets_for(config, w.data_task)
-    inputs = {"test_shards": shards(w.data_task, "test")}
-    for t in targets:
-        inputs[f"clean__{t}"] = clean_predictions(t, w.data_task)
-        inputs[f"adv__{t}"] = adv_predictions(w, t)
-        if NOISE_CONTROL:
-            inputs[f"control__{t}"] = P.PRED_ADV_CONTROL.format(
-                target=t, **_set_keys(w, w.attack)
-            )
-    for m in sorted({w.source, *targets}):
-        inputs[f"metrics__{m}"] = P.MODEL_METRICS.format(model=m)
-    for m in sorted(set(evaluated_models(w))):
-        inputs[f"patients__{m}"] = P.MODEL_PATIENTS.format(model=m)
-    if EXPERT_COLUMNS.get(w.data_task):
-        inputs["expert_labels"] = P.EXPERT_LABELS.format(task=w.data_task)
-    return inputs
-
-
 EXPERT_FILE = plan.expert_labels_file(config)
 # {task: expert column or None} when the study has expert labels, else {}
 EXPERT_COLUMNS = plan.expert_columns(config)
@@ -274,8 +236,7 @@ def example_box_inputs(w):
 
 def evaluated_models(w):
     """The source, its members if it is an ensemble, and the targets of one set."""
-    members = plan.ensemble_members(w.source) if plan.is_ensemble(w.source) else []
-    return [w.source, *members, *plan.targets_for(config, w.data_task)]
+    return plan_inputs.evaluated_models(FACTS, w.source, w.data_task)
 
 
 def ensemble_settings(name):
@@ -323,19 +284,6 @@ def view_settings(name):
 def model_facts(names):
     """What the evaluation reads of each source's and target's settings (relations.factors)."""
     return {m: plan.source_facts(config, m) for m in sorted(names)}
-
-
-def init_inputs(w):
-    """A fine-tuned model's (models.<name>.init_from) start: that model's checkpoint, metrics
-    and training patients; nothing for a model trained from scratch."""
-    init = config["models"][w.model].get("init_from")
-    if not init:
-        return {}
-    return {
-        "init_model": P.MODEL.format(model=init),
-        "init_metrics": P.MODEL_METRICS.format(model=init),
-        "init_patients": P.MODEL_PATIENTS.format(model=init),
-    }
 
 
 def train_code(w):

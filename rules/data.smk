@@ -70,7 +70,7 @@ checkpoint manifest:
 
 rule shard:
     input:
-        manifest=P.MANIFEST,
+        unpack(inputs_of("shard", "task")),
     output:
         P.SHARD,
     log:
@@ -96,10 +96,7 @@ rule shard:
 
 rule shard_summary:
     input:
-        manifest_rejected=P.MANIFEST_REJECTED,
-        shards=lambda w: [
-            s for split in cxrtransfer.SPLITS for s in shards(w.task, split)
-        ],
+        unpack(inputs_of("shard_summary", "task")),
     output:
         summary=P.SHARD_SUMMARY,
         rejected=P.SHARD_REJECTED,

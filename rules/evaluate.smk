@@ -3,9 +3,7 @@
 # a set is predicted in the same job. Adding a target or an eps adds only its own jobs.
 rule predict_clean:
     input:
-        model=P.MODEL.format(model="{target}"),
-        metrics=P.MODEL_METRICS.format(model="{target}"),
-        shards=lambda w: shards(w.data_task, "test"),
+        unpack(inputs_of("predict_clean", "target", "data_task")),
     output:
         P.PRED_CLEAN,
     log:
@@ -27,7 +25,9 @@ rule predict_clean:
 
 rule predict_adv:
     input:
-        unpack(predict_adv_inputs),
+        unpack(
+            inputs_of("predict_adv", "target", "source", "data_task", "attack", "eps")
+        ),
     output:
         **with_control(adv=P.PRED_ADV, control=P.PRED_ADV_CONTROL),
     log:
@@ -52,7 +52,7 @@ rule predict_adv:
 # One job per adversarial set and its noise control: every target's cells of both.
 rule evaluate:
     input:
-        unpack(evaluate_inputs),
+        unpack(inputs_of("evaluate", "source", "data_task", "attack", "eps")),
     output:
         **with_control(metrics=P.SET_METRICS, control=P.SET_METRICS_CONTROL),
     log:

@@ -1,9 +1,6 @@
 rule train:
     input:
-        unpack(init_inputs),
-        train=lambda w: shards(model_task(w.model), "train"),
-        val=lambda w: shards(model_task(w.model), "val"),
-        test=lambda w: shards(model_task(w.model), "test"),
+        unpack(inputs_of("train", "model")),
     output:
         model=P.MODEL,
         metrics=P.MODEL_METRICS,
@@ -29,17 +26,7 @@ rule train:
 # logits saved as one checkpoint with its own threshold, so it is attacked like any model.
 rule ensemble:
     input:
-        models=lambda w: [
-            P.MODEL.format(model=m) for m in plan.ensemble_members(w.ensemble)
-        ],
-        metrics=lambda w: [
-            P.MODEL_METRICS.format(model=m) for m in plan.ensemble_members(w.ensemble)
-        ],
-        patients=lambda w: [
-            P.MODEL_PATIENTS.format(model=m) for m in plan.ensemble_members(w.ensemble)
-        ],
-        val=lambda w: shards(plan.source_task(config, w.ensemble), "val"),
-        test=lambda w: shards(plan.source_task(config, w.ensemble), "test"),
+        unpack(inputs_of("ensemble", "ensemble")),
     output:
         model=P.MODEL.format(model="{ensemble}"),
         metrics=P.MODEL_METRICS.format(model="{ensemble}"),
@@ -65,15 +52,7 @@ rule ensemble:
 # checkpoint with its own validation threshold, so it is predicted and attacked like any model.
 rule defend:
     input:
-        model=lambda w: P.MODEL.format(model=plan.base_model(config, w.defended)),
-        metrics=lambda w: P.MODEL_METRICS.format(
-            model=plan.base_model(config, w.defended)
-        ),
-        patients=lambda w: P.MODEL_PATIENTS.format(
-            model=plan.base_model(config, w.defended)
-        ),
-        val=lambda w: shards(plan.source_task(config, w.defended), "val"),
-        test=lambda w: shards(plan.source_task(config, w.defended), "test"),
+        unpack(inputs_of("defend", "defended")),
     output:
         model=P.MODEL.format(model="{defended}"),
         metrics=P.MODEL_METRICS.format(model="{defended}"),
@@ -100,11 +79,7 @@ rule defend:
 # it is a target of the task's sets and attacked (loss on that output) like any model.
 rule finding_view:
     input:
-        model=lambda w: P.MODEL.format(model=plan.view_parts(w.view)[0]),
-        metrics=lambda w: P.MODEL_METRICS.format(model=plan.view_parts(w.view)[0]),
-        patients=lambda w: P.MODEL_PATIENTS.format(model=plan.view_parts(w.view)[0]),
-        val=lambda w: shards(plan.view_parts(w.view)[1], "val"),
-        test=lambda w: shards(plan.view_parts(w.view)[1], "test"),
+        unpack(inputs_of("finding_view", "view")),
     output:
         model=P.MODEL.format(model="{view}"),
         metrics=P.MODEL_METRICS.format(model="{view}"),

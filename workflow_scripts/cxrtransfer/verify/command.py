@@ -208,7 +208,7 @@ def emptied_set_dirs(removed: list[Product]) -> list[Path]:
     whole set's directory (a Snakemake ``directory()`` output, with its ``.snakemake_timestamp``):
     while the directory exists Snakemake would not rerun the job, so it goes too."""
     dirs = {p.path.parent for p in removed if p.kind == "attack"}
-    return sorted(d for d in dirs if d.is_dir() and not any(d.glob("*.h5")))
+    return sorted(d for d in dirs if d.is_dir() and not any(d.glob("*" + Path(P.ATTACK).suffix)))
 
 
 def remove_path(path: Path, results: Path) -> None:

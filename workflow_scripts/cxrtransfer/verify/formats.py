@@ -325,7 +325,7 @@ def check_prediction(
     if already read), and the current target (and source) checkpoint hashes."""
     df = read_csv_checked(path, ADV_PRED_COLUMNS if adversarial else CLEAN_PRED_COLUMNS)
     _check_probs(df, ("prob", "source_clean_prob", "source_adv_prob") if adversarial else ("prob",))
-    where = f"{references[0].parent}/*.h5" if references else "its inputs"
+    where = f"{references[0].parent}/*{references[0].suffix}" if references else "its inputs"
     gone = [r for r in references if not r.is_file()]
     if gone:
         more = f" (and {len(gone) - 1} more)" if len(gone) > 1 else ""

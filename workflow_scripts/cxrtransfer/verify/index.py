@@ -1,9 +1,11 @@
 """What depends on what in a results tree: the products made from a product, and the inputs
 of a product that are gone.
 
-:func:`children` encodes the rules' DAG at the level of products (which job reads which
-files); the names of ensembles and views come from :mod:`cxrtransfer.plan.study`, the paths
-from :mod:`cxrtransfer.core.paths`. :func:`downstream` is the transitive closure: what
+:func:`children` follows the rules' DAG at the level of products: what the job of each
+product reads comes from the rules' own input functions (:mod:`cxrtransfer.plan.inputs`),
+asked with the facts of the tree (:class:`TreeFacts`: its shards, each model's metrics.json);
+on top of that, the products one job writes together go together, and the final products
+(tables, plots, report) are one block. :func:`downstream` is the transitive closure: what
 ``--remove`` deletes with a bad product.
 """
 
@@ -13,8 +15,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import h5py
+
 from cxrtransfer.core import paths as P
-from cxrtransfer.plan.study import ensemble_members, is_ensemble, view_parts
+from cxrtransfer.plan import inputs as plan_inputs
+from cxrtransfer.plan.study import is_ensemble, is_view, view_parts
 from cxrtransfer.verify.formats import Bad, read_metrics
 from cxrtransfer.verify.products import FINAL_KINDS, SET_FIELDS, Product, product
 
@@ -51,7 +56,11 @@ class Index:
     model_tasks: dict[str, str | None]
     # a defended model -> the model inside it (metrics.json's base_model)
     model_bases: dict[str, str] = field(default_factory=dict)
+    # a fine-tuned model -> the model it started from (metrics.json's init_from)
+    model_inits: dict[str, str] = field(default_factory=dict)
     by: dict[tuple[str, str, str], set[Product]] = field(default_factory=dict)
+    # a product -> the products whose jobs read it (see readers_of)
+    readers: dict[Product, set[Product]] = field(default_factory=dict)
 
     def __post_init__(self):
         by = defaultdict(set)
@@ -78,76 +87,158 @@ class Index:
 
 
 def build_index(results: Path, products: dict[str, list[Product]]) -> Index:
+    """The index of a tree's products, with what each product's job reads."""
     tasks = {p["model"]: model_task(results, p["model"]) for p in products["model"]}
-    bases = {}
+    bases, inits = {}, {}
     for p in products["model"]:
         try:
-            base = read_metrics(P.under(results, P.MODEL_DIR, model=p["model"])).get("base_model")
+            metrics = read_metrics(P.under(results, P.MODEL_DIR, model=p["model"]))
         except (Bad, OSError):
-            base = None
-        if base:
-            bases[p["model"]] = str(base)
-    return Index(products, tasks, bases)
+            continue
+        if metrics.get("base_model"):
+            bases[p["model"]] = str(metrics["base_model"])
+        init = metrics.get("init_from")
+        if isinstance(init, dict) and init.get("model"):
+            inits[p["model"]] = str(init["model"])
+    ix = Index(products, tasks, bases, inits)
+    ix.readers = readers_of(results, ix)
+    return ix
 
 
-def _shard_children(p: Product, ix: Index) -> set[Product]:
-    t, sel = p["task"], ix.select
-    # the train rule reads all three splits (test metrics), so a rebuilt test shard also
-    # retrains the task's models (Snakemake: input newer than output)
-    out = sel("shard_summary", task=t) | sel("model", task=t)
-    if p["split"] == "test":  # one attack job reads all test shards of its data task
-        out |= sel("attack", data_task=t)
-        out |= sel("clean_prediction", data_task=t)
+# ---------------------------------------------------------------------------------------------
+# what each product's job reads: the rules' input functions, with the facts of the tree
+
+
+@dataclass
+class TreeFacts:
+    """:class:`cxrtransfer.plan.inputs.Facts` of a results tree: the shards in it, each
+    model's task, base model and start from its metrics.json; the targets of a data task are
+    its models (an ensemble is never a target; a model of unknown task may be one of any)."""
+
+    ix: Index
+    noise_control: bool = True  # a set's control, where there is one, is its job's output
+
+    def shard_ids(self, task: str, split: str) -> list[str]:
+        return sorted(s["shard"] for s in self.ix.select("shard", task=task, split=split))
+
+    def model_task(self, model: str) -> str | None:
+        return self.ix.model_tasks.get(model)
+
+    def source_task(self, name: str) -> str | None:
+        return view_parts(name)[1] if is_view(name) else self.ix.model_tasks.get(name)
+
+    def base_model(self, name: str) -> str:
+        return self.ix.model_bases.get(name, name)
+
+    def init_from(self, model: str) -> str | None:
+        return self.ix.model_inits.get(model)
+
+    def targets(self, data_task: str) -> list[str]:
+        tasks = self.ix.model_tasks
+        return sorted(m for m, t in tasks.items() if t in (data_task, None) and not is_ensemble(m))
+
+    def is_universal(self, attack: str) -> bool:
+        return bool(self.ix.select("uap", attack=attack))
+
+    def uap_split(self, attack: str) -> str | None:
+        """The crafting split recorded in the attack's perturbations (their spec's)."""
+        for u in sorted(self.ix.select("uap", attack=attack)):
+            try:
+                with h5py.File(u.path, "r") as f:
+                    return str(f.attrs["split"])
+            except (OSError, KeyError):
+                continue
+        return None
+
+    def expert_column(self, data_task: str) -> str | None:
+        return None  # the expert labels are not a product verify checks
+
+
+def job_inputs(p: Product, facts: TreeFacts) -> plan_inputs.Inputs:
+    """The named inputs of the job that made ``p``, by the rule's own input function (a noise
+    control's products are made by its attack's jobs)."""
+    k, get = p.kind, p.get
+    keys = (get("source"), get("data_task"), get("attack", "").removesuffix(P.CONTROL_SUFFIX))
+    keys += (get("eps"),)
+    if k == "shard":
+        return plan_inputs.shard(facts, p["task"])
+    if k == "shard_summary":
+        return plan_inputs.shard_summary(facts, p["task"])
+    if k == "model":
+        return _model_inputs(p["model"], facts)
+    if k == "uap":
+        return plan_inputs.uap(facts, p["source"], p["attack"], p["eps"])
+    if k == "attack":
+        return plan_inputs.attack(facts, *keys)
+    if k == "clean_prediction":
+        return plan_inputs.predict_clean(facts, p["target"], p["data_task"])
+    if k == "adv_prediction":
+        return plan_inputs.predict_adv(facts, p["target"], *keys)
+    if k == "set":
+        return plan_inputs.evaluate(facts, *keys)
+    return {}  # a manifest (made from the download) or a final product (see children)
+
+
+def _model_inputs(model: str, facts: TreeFacts) -> plan_inputs.Inputs:
+    """A model's job: an ensemble's, a finding view's, a defended model's or a training."""
+    if is_ensemble(model):
+        return plan_inputs.ensemble(facts, model)
+    if is_view(model):
+        return plan_inputs.finding_view(facts, model)
+    if model in facts.ix.model_bases:
+        return plan_inputs.defend(facts, model)
+    return plan_inputs.train(facts, model)
+
+
+# the files of a model directory that jobs read (the model is one product, its directory)
+MODEL_INPUT_FILES = tuple(Path(t).name for t in (P.MODEL, P.MODEL_METRICS, P.MODEL_PATIENTS))
+
+
+def products_at(ix: Index) -> dict[Path, set[Product]]:
+    """The products of an input path: the product itself, a model for any of its files, every
+    cache of an adversarial set for its directory."""
+    out: dict[Path, set[Product]] = defaultdict(set)
+    for kind, prods in ix.products.items():
+        for p in prods:
+            out[p.path].add(p)
+            if kind == "attack":
+                out[p.path.parent].add(p)
+            if kind == "model":
+                for name in MODEL_INPUT_FILES:
+                    out[p.path / name].add(p)
     return out
 
 
-def _model_children(p: Product, ix: Index) -> set[Product]:
-    m, sel = p["model"], ix.select
-    task = ix.model_tasks.get(m)
-    out = sel("attack", source=m) | sel("clean_prediction", target=m) | sel("uap", source=m)
-    # an ensemble source is made from its members' checkpoints
-    out |= {e for e in sel("model") if m in ensemble_members(e["model"]) and e != p}
-    # a defended model is made from the model inside it
-    out |= {d for d in sel("model") if ix.model_bases.get(d["model"]) == m}
-    # a finding view {model}@{task} is made from the multi-label model
-    out |= {v for v in sel("model") if view_parts(v["model"])[0] == m and v != p}
-    out |= sel("adv_prediction", target=m) | sel("adv_prediction", source=m)
-    out |= sel("set", source=m)
-    # targets of a set are all models of its data task (an ensemble is never a target);
-    # unknown task: every set
-    if not is_ensemble(m):
-        out |= sel("set", data_task=task) if task else sel("set")
-    return out
+def readers_of(results: Path, ix: Index) -> dict[Product, set[Product]]:
+    """Every product -> the products whose jobs read it (the rules' inputs of each product's
+    job, asked with the tree's facts)."""
+    facts = TreeFacts(ix)
+    at = products_at(ix)
+    readers: dict[Product, set[Product]] = defaultdict(set)
+    for prods in ix.products.values():
+        for c in prods:
+            for f in plan_inputs.files(job_inputs(c, facts)):
+                for p in at.get(P.under(results, f), ()):
+                    if p != c:
+                        readers[p].add(c)
+    return dict(readers)
 
 
 def children(p: Product, ix: Index) -> set[Product]:
-    """Products made directly from ``p`` (or by the same job as ``p``)."""
+    """Products made directly from ``p`` (their jobs read it) or by the same job as ``p``."""
     k, sel = p.kind, ix.select
-    if k == "manifest":
-        t = p["task"]
-        return sel("manifest", task=t) | sel("shard", task=t) | sel("shard_summary", task=t)
-    if k == "shard":
-        return _shard_children(p, ix)
-    if k == "shard_summary":
-        return sel("shard_summary", task=p["task"])
-    if k == "model":
-        return _model_children(p, ix)
-    if k == "uap":  # applied to any data task's test images by the attack jobs
-        return sel("attack", source=p["source"], attack=p["attack"], eps=p["eps"])
-    if k == "attack":
-        keys = p.set_keys()
-        out = sel("adv_prediction", **keys) | sel("set", **keys)
-        # one attack job writes every shard's cache of a set and of its control
-        return out | sel("attack", **keys) | twins(p, ix)
-    if k == "clean_prediction":
-        return sel("set", data_task=p["data_task"])
-    if k == "adv_prediction":
-        return sel("set", **p.set_keys()) | twins(p, ix, target=p["target"])
-    if k == "set":
-        return set().union(*(sel(f) for f in FINAL_KINDS)) | twins(p, ix)
+    out = set(ix.readers.get(p, ()))
+    if k in ("manifest", "shard_summary"):  # one job writes a task's manifests (summaries)
+        out |= sel(k, task=p["task"])
+    if k == "attack":  # one attack job writes every shard's cache of a set and of its control
+        out |= sel("attack", **p.set_keys()) | twins(p, ix)
+    if k == "adv_prediction":  # one predict_adv job writes a set's and its control's
+        out |= twins(p, ix, target=p["target"])
+    if k == "set":  # the final products are one block, remade from every set
+        out |= set().union(*(sel(f) for f in FINAL_KINDS)) | twins(p, ix)
     if k == "table":  # the tables job writes all of tables/; every plot reads transfer.csv
-        return sel("table") | sel("plot")
-    return set()  # a plot or the report config: nothing is made from it
+        out |= sel("table") | sel("plot")
+    return out
 
 
 def twins(p: Product, ix: Index, **fields: str) -> set[Product]:
