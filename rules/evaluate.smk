@@ -117,14 +117,33 @@ rule tables:
         script_path("tables")
 
 
+# The report's labels of a cell's figures: a reader filters them by data task, attack and eps.
+CELL_LABELS = {
+    "data task": "{data_task}",
+    "attack": "{attack}",
+    "eps": "{eps}",
+    "source": "{source}",
+    "target": "{target}",
+}
+
+
 rule plot_heatmap:
     input:
         table=P.TRANSFER_TABLE,
     output:
-        report(
+        png=report(
             P.HEATMAP,
             caption="../report/heatmap.rst",
             category="Transfer heatmaps",
+            subcategory="data task {data_task}",
+            labels={"data task": "{data_task}", "attack": "{attack}", "format": "PNG"},
+        ),
+        pdf=report(
+            P.HEATMAP_PDF,
+            caption="../report/heatmap.rst",
+            category="Transfer heatmaps",
+            subcategory="data task {data_task}",
+            labels={"data task": "{data_task}", "attack": "{attack}", "format": "PDF"},
         ),
     log:
         P.log("plots", "heatmap/{data_task}_{attack}"),
@@ -143,10 +162,29 @@ rule plot_auroc:
     input:
         table=P.TRANSFER_TABLE,
     output:
-        report(
+        png=report(
             P.AUROC_PLOT,
             caption="../report/auroc.rst",
             category="AUROC against eps",
+            subcategory="data task {data_task}",
+            labels={
+                "data task": "{data_task}",
+                "attack": "{attack}",
+                "target": "{target}",
+                "format": "PNG",
+            },
+        ),
+        pdf=report(
+            P.AUROC_PLOT_PDF,
+            caption="../report/auroc.rst",
+            category="AUROC against eps",
+            subcategory="data task {data_task}",
+            labels={
+                "data task": "{data_task}",
+                "attack": "{attack}",
+                "target": "{target}",
+                "format": "PDF",
+            },
         ),
     log:
         P.log("plots", "auroc/{data_task}_{attack}_{target}"),
@@ -175,16 +213,36 @@ rule plot_cell:
             P.ROC_PLOT,
             caption="../report/roc.rst",
             category="ROC curves",
+            subcategory="data task {data_task}",
+            labels=CELL_LABELS | {"format": "PNG"},
+        ),
+        roc_pdf=report(
+            P.ROC_PLOT_PDF,
+            caption="../report/roc.rst",
+            category="ROC curves",
+            subcategory="data task {data_task}",
+            labels=CELL_LABELS | {"format": "PDF"},
         ),
         examples=report(
             P.EXAMPLES_PLOT,
             caption="../report/examples.rst",
             category="Examples",
+            subcategory="data task {data_task}",
+            labels=CELL_LABELS | {"format": "PNG"},
+        ),
+        examples_pdf=report(
+            P.EXAMPLES_PLOT_PDF,
+            caption="../report/examples.rst",
+            category="Examples",
+            subcategory="data task {data_task}",
+            labels=CELL_LABELS | {"format": "PDF"},
         ),
         boxes=report(
             P.EXAMPLES_BOXES,
             caption="../report/boxes.rst",
             category="Examples",
+            subcategory="data task {data_task}",
+            labels=CELL_LABELS | {"format": "CSV"},
         ),
     log:
         P.log("plots", f"cell/{P.ADV_SET}/{{target}}"),

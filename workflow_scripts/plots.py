@@ -5,6 +5,7 @@ import pandas as pd
 from cxrtransfer.config.job import run_main
 from cxrtransfer.core.files import write_csv
 from cxrtransfer.core.logs import LOG
+from cxrtransfer.core.paths import eps_text
 from cxrtransfer.core.products import json_threshold
 from cxrtransfer.data.adversarial_cache import read_attack, set_caches
 from cxrtransfer.data.boxes import finding_boxes, read_prepared, scale_box
@@ -21,12 +22,18 @@ def concat(parts):
     }
 
 
+def attack_norm(sm) -> str:
+    """The norm of the job's attack (linf or l2): how the figures write its eps."""
+    return sm.config["attacks"][sm.wildcards.attack].get("norm", "linf")
+
+
 def plot_cell(sm):
     w = sm.wildcards
     clean = read_predictions(sm.input.clean, CLEAN_COLUMNS, list(sm.input.shards))
     adv = read_predictions(sm.input.adv, ADV_COLUMNS, list(sm.input.shards))
-    title = f"{w.target} on {w.attack} eps {w.eps} from {w.source} ({w.data_task} test set)"
-    plot_roc(clean, adv, title, sm.output.roc)
+    eps = eps_text(float(w.eps), attack_norm(sm))
+    title = f"{w.target} on {w.attack} ε = {eps} from {w.source} ({w.data_task} test set)"
+    plot_roc(clean, adv, title, sm.output.roc, sm.output.roc_pdf)
     t = json_threshold(sm.input.target_metrics)
     cell = aligned_cell(
         clean,
@@ -66,6 +73,7 @@ def plot_cell(sm):
         names,
         title,
         sm.output.examples,
+        out_pdf=sm.output.examples_pdf,
         threshold=t,
         boxes=[scale_box(boxes[n][:4], boxes[n][4:], size) if n in boxes else None for n in names],
         box_finding=finding,
@@ -75,12 +83,13 @@ def plot_cell(sm):
 
 
 def main(sm):
-    w, kind = sm.wildcards, sm.params.kind
+    w, kind, out = sm.wildcards, sm.params.kind, sm.output
     if kind == "heatmap":
-        plot_transfer_heatmap(pd.read_csv(sm.input.table), w.data_task, w.attack, sm.output[0])
+        df = pd.read_csv(sm.input.table)
+        plot_transfer_heatmap(df, w.data_task, w.attack, out.png, out.pdf, norm=attack_norm(sm))
     elif kind == "auroc":
         df = pd.read_csv(sm.input.table)
-        plot_auroc_vs_eps(df, w.data_task, w.attack, w.target, sm.output[0])
+        plot_auroc_vs_eps(df, w.data_task, w.attack, w.target, out.png, out.pdf, attack_norm(sm))
     else:
         plot_cell(sm)
 

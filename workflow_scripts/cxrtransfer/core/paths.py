@@ -48,13 +48,27 @@ UAP = f"{RESULTS}/uap/{{source}}/{{attack}}/eps{{eps}}.h5"
 PRED_CLEAN = f"{RESULTS}/predictions/{{target}}/clean/{{data_task}}.csv"
 PRED_ADV = f"{RESULTS}/predictions/{{target}}/adv/{ADV_SET}.csv"
 SET_METRICS = f"{RESULTS}/metrics/sets/{ADV_SET}.json"
+# per deployed target: paired comparisons of its adversarial sets (evaluate.compare)
+COMPARISONS = f"{RESULTS}/metrics/comparisons/{{target}}.csv"
 TRANSFER_TABLE = f"{TABLES}/transfer.csv"
+COMPARISONS_TABLE = f"{TABLES}/comparisons.csv"
 SUMMARY = f"{TABLES}/summary.md"
 MATRICES = f"{TABLES}/matrices"
 HEATMAP = f"{PLOTS}/heatmap/{{data_task}}_{{attack}}.png"
 AUROC_PLOT = f"{PLOTS}/auroc_vs_eps/{{data_task}}_{{attack}}_{{target}}.png"
 ROC_PLOT = f"{PLOTS}/roc/{ADV_SET}/{{target}}.png"
 EXAMPLES_PLOT = f"{PLOTS}/examples/{ADV_SET}/{{target}}.png"
+
+
+def pdf(template: str) -> str:
+    """The PDF (vector) version of a figure's PNG template, beside it."""
+    return template.removesuffix(".png") + ".pdf"
+
+
+HEATMAP_PDF = pdf(HEATMAP)
+AUROC_PLOT_PDF = pdf(AUROC_PLOT)
+ROC_PLOT_PDF = pdf(ROC_PLOT)
+EXAMPLES_PLOT_PDF = pdf(EXAMPLES_PLOT)
 # per example image with a box of the data task's finding: perturbation energy inside the box
 EXAMPLES_BOXES = f"{PLOTS}/examples/{ADV_SET}/{{target}}_boxes.csv"
 STUDY_CONFIG = f"{REPORT}/config.yaml"
@@ -122,3 +136,9 @@ def pattern(template: str):
 def eps_label(eps: float) -> str:
     """Path label of an eps value: 8 -> '8', 2.55 -> '2.55', 0.5 -> '0.5'."""
     return f"{float(eps):g}"
+
+
+def eps_text(eps: float, norm: str = "linf") -> str:
+    """An eps as a reader reads it: L-inf budgets in 1/255 units as '8/255', L2 budgets (the
+    perturbation's L2 norm in [0, 1] pixel units) as '0.5 (L2)'."""
+    return f"{eps_label(eps)}/255" if norm == "linf" else f"{eps_label(eps)} (L2)"

@@ -4,16 +4,17 @@ box and the perturbation energy inside it when boxes are configured)."""
 
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.patches import Rectangle
 
 from cxrtransfer import WorkflowError
 from cxrtransfer.data.boxes import energy_table
+from cxrtransfer.evaluate import style
+from cxrtransfer.evaluate.figures import figure
 
-# every figure is written through figures.save_png (tests patch ``_save`` to capture it)
-from cxrtransfer.evaluate.figures import save_png as _save
+# every figure is written through figures.save (tests patch ``_save`` to capture it)
+from cxrtransfer.evaluate.figures import save as _save
 
 
 def select_examples(
@@ -157,6 +158,7 @@ def plot_examples(
     box_finding: str | None = None,
     energy=None,
     set_boxed: tuple[int, int] | None = None,
+    out_pdf=None,
 ):
     """Grid: one row per image; columns clean image, adversarial image, perturbation
     ``adv - clean`` (diverging colormap, symmetric about 0, shared across rows).
@@ -171,7 +173,8 @@ def plot_examples(
 
     ``amplify`` = k shows the perturbation multiplied by k over the full colour range (colour
     limits +-255/k in 1/255 units); None picks k so the largest perturbation fills the range.
-    Titles give the target's probabilities (and predictions if ``threshold`` is given).
+    The title states the amplification and the colour scale; the panel titles give the
+    target's probabilities (and predictions if ``threshold`` is given).
     """
     c, a, boxes, energy = _example_inputs(
         clean_u8, adv_u8, labels, clean_prob, adv_prob, image_index, boxes, energy
@@ -180,47 +183,60 @@ def plot_examples(
     delta = a.astype(np.int16) - c.astype(np.int16)  # 1/255 units
     lim, amplify = _perturbation_range(delta, amplify)
     labels = np.atleast_1d(labels)
-    clean_prob = np.atleast_1d(clean_prob).astype(float)
-    adv_prob = np.atleast_1d(adv_prob).astype(float)
+    probs = (np.atleast_1d(clean_prob).astype(float), np.atleast_1d(adv_prob).astype(float))
     image_index = list(np.atleast_1d(image_index))
-
-    def ptxt(prob):
-        s = f"p = {prob:.3f}"
-        if threshold is not None:
-            s += f" → pred {int(prob >= threshold)}"
-        return s
-
     row_h = 2.9 if any(b is not None for b in boxes) else 2.7  # room for two-line titles
-    fig, axes = plt.subplots(n, 3, figsize=(8.4, row_h * n + 0.6), squeeze=False)
-    im = None
-    drawn: list = []
+    fig, axes = figure(n, 3, figsize=(8.4, row_h * n + 1.0))
+    im, drawn = None, []
     for i in range(n):
-        ax0, ax1, ax2 = axes[i]
-        ax0.imshow(c[i], cmap="gray", vmin=0, vmax=255)
-        ax0.set_title(f"clean: {ptxt(clean_prob[i])}", fontsize=9)
-        ax1.imshow(a[i], cmap="gray", vmin=0, vmax=255)
-        ax1.set_title(f"adversarial: {ptxt(adv_prob[i])}", fontsize=9)
-        im = ax2.imshow(delta[i], cmap="RdBu_r", vmin=-lim, vmax=lim)
-        linf = int(np.abs(delta[i]).max())
-        ptitle = f"perturbation ×{amplify:.0f} (L∞ {linf}/255)"
+        ptxt = [_prob_text(p[i], threshold) for p in probs]
+        im = _example_row(axes[i], c[i], a[i], delta[i], lim, amplify, ptxt)
         if boxes[i] is not None:
             drawn += _draw_box(axes[i], boxes[i])
             if energy[i] is not None and np.isfinite(energy[i]):
-                ptitle += f"\nenergy in box {100 * energy[i]:.0f}%"
-        ax2.set_title(ptitle, fontsize=9)
-        ax0.set_ylabel(f"{image_index[i]}\nlabel {int(labels[i])}", fontsize=9)
-        for ax in (ax0, ax1, ax2):
-            ax.set_xticks([])
-            ax.set_yticks([])
-    fig.suptitle(title, fontsize=11)
-    bottom = 0.0
+                axes[i, 2].set_title(
+                    axes[i, 2].get_title() + f"\nenergy in box {100 * energy[i]:.0f}%"
+                )
+        axes[i, 0].set_ylabel(f"{image_index[i]}\nlabel {int(labels[i])}", fontsize=9)
+    fig.suptitle(
+        f"{title}\ncolumns: clean | adversarial | difference (adversarial − clean) ×"
+        f"{amplify:.0f}, colour scale ±{lim:.3g}/255"
+    )
     if box_finding is not None:
-        bottom = _box_footnote(fig, box_finding, boxes, set_boxed, row_h, drawn)
-    fig.tight_layout(rect=(0, bottom, 0.9, 0.97))
-    cax = fig.add_axes((0.91, 0.15, 0.015, 0.7))
-    fig.colorbar(im, cax=cax, label="adversarial − clean (1/255 pixel units)")
-    _save(fig, out_png)
+        _box_footnote(fig, box_finding, boxes, set_boxed, drawn)
+    fig.colorbar(
+        im,
+        ax=list(axes[:, 2]),
+        shrink=0.8,
+        label=f"adversarial − clean (1/255 pixel units); ±{lim:.3g} = full colour",
+    )
+    _save(fig, out_png, out_pdf)
     return drawn
+
+
+def _prob_text(prob: float, threshold: float | None) -> str:
+    """The target's probability of the finding (and its decision at ``threshold``)."""
+    s = f"p = {prob:.3f}"
+    if threshold is not None:
+        s += f" → pred {int(prob >= threshold)}"
+    return s
+
+
+def _example_row(row_axes, clean, adv, delta, lim: float, amplify: float, ptxt) -> object:
+    """One image's three panels: clean, adversarial (grey, 0..255) and the difference on the
+    diverging scale +-``lim``; returns the difference's image (for the colour bar)."""
+    ax0, ax1, ax2 = row_axes
+    ax0.imshow(clean, cmap="gray", vmin=0, vmax=255)
+    ax0.set_title(f"clean: {ptxt[0]}", fontsize=9)
+    ax1.imshow(adv, cmap="gray", vmin=0, vmax=255)
+    ax1.set_title(f"adversarial: {ptxt[1]}", fontsize=9)
+    im = ax2.imshow(delta, cmap=style.DIVERGING_CMAP, vmin=-lim, vmax=lim)
+    linf = int(np.abs(delta).max())
+    ax2.set_title(f"difference ×{amplify:.0f} (L∞ {linf}/255)", fontsize=9)
+    for ax in row_axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return im
 
 
 def _example_inputs(clean_u8, adv_u8, labels, clean_prob, adv_prob, image_index, boxes, energy):
@@ -263,7 +279,8 @@ def _draw_box(row_axes, box) -> list:
     """A row's box (x, y, w, h in pixels) on its three panels; returns the Rectangles."""
     x, y, w, h = box
     drawn = []
-    for ax, color in zip(row_axes, ("gold", "gold", "lime"), strict=True):
+    colours = (style.BOX_COLOUR, style.BOX_COLOUR, style.BOX_DELTA_COLOUR)
+    for ax, color in zip(row_axes, colours, strict=True):
         # imshow centres pixel j at j: the edge-based box starts half a pixel before
         r = Rectangle((x - 0.5, y - 0.5), w, h, fill=False, ec=color, lw=1.4, ls="--")
         ax.add_patch(r)
@@ -271,9 +288,8 @@ def _draw_box(row_axes, box) -> list:
     return drawn
 
 
-def _box_footnote(fig, box_finding: str, boxes: list, set_boxed, row_h: float, drawn) -> float:
-    """The footnote on the boxes (and the legend when a box is drawn); returns the bottom
-    margin it needs."""
+def _box_footnote(fig, box_finding: str, boxes: list, set_boxed, drawn) -> None:
+    """The footnote on the boxes below the panels (and the legend when a box is drawn)."""
     n = len(boxes)
     n_box = sum(b is not None for b in boxes)
     in_set = ""
@@ -282,23 +298,16 @@ def _box_footnote(fig, box_finding: str, boxes: list, set_boxed, row_h: float, d
             f"\n{set_boxed[0]} of the set's {set_boxed[1]} images have one; the _boxes.csv "
             "table beside this plot has the energy in the box of every one of them."
         )
-    bottom = min(0.12, (0.65 if in_set else 0.5) / (row_h * n + 0.6))
-    fig.text(
-        0.45,
-        0.0,
+    fig.supxlabel(
         f"Dashed box: the {box_finding} box of the image (data.bboxes; drawn findings' true "
         f"region on synthetic data), scaled to these pixels. {n_box} of {n} example "
         f"image(s) have one.{in_set}\n'energy in box' = share of the perturbation's squared "
         "magnitude inside it (uniform noise: the box's share of the area).",
-        ha="center",
-        va="bottom",
         fontsize=8,
     )
     if drawn:
         fig.legend(
-            handles=[Rectangle((0, 0), 1, 1, fill=False, ec="gold", ls="--")],
+            handles=[Rectangle((0, 0), 1, 1, fill=False, ec=style.BOX_COLOUR, ls="--")],
             labels=[f"{box_finding} box"],
-            loc="upper left",  # the centred title leaves the corners free
-            fontsize=8,
+            loc="outside upper left",
         )
-    return bottom

@@ -1,31 +1,36 @@
 """Figures of the tables and predictions: transfer heatmaps, AUROC vs eps, ROC curves (the
 example images: ``evaluate.examples``). Every figure has a title, axis labels and a legend or
-annotations, and is written by ``figures.save_png``.
+annotations, is drawn in the shared style (``evaluate.style``) with constrained layout, and is
+written as PNG and PDF by ``figures.save``.
 """
 
 from __future__ import annotations
 
 import math
-import textwrap
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from sklearn.metrics import roc_curve
 
 from cxrtransfer import WorkflowError
-from cxrtransfer.core.paths import eps_label
+from cxrtransfer.core.paths import eps_text
+from cxrtransfer.evaluate import style
+from cxrtransfer.evaluate.figures import figure
 
-# every figure is written through figures.save_png (tests patch ``_save`` to capture it)
-from cxrtransfer.evaluate.figures import save_png as _save
+# every figure is written through figures.save (tests patch ``_save`` to capture it)
+from cxrtransfer.evaluate.figures import save as _save
 from cxrtransfer.evaluate.relations import RELATIONS
 from cxrtransfer.evaluate.tables import matrices
 from cxrtransfer.metrics.measures import auroc
 
-
-def _eps_label(eps) -> str:
-    return f"ε = {eps_label(eps)}"
+CELL_ASPECT = 0.6  # a heatmap cell's height / width
+EPS_AXIS = {
+    "linf": "ε (L∞ budget, 1/255 per pixel)",
+    "l2": "ε (L2 norm of the perturbation, [0, 1] pixel units)",
+}
 
 
 def _subset(df: pd.DataFrame, what: str, **conds) -> pd.DataFrame:
@@ -42,43 +47,63 @@ def _subset(df: pd.DataFrame, what: str, **conds) -> pd.DataFrame:
     return sub
 
 
+def ci_text(sub: pd.DataFrame) -> str:
+    """The table's confidence level as text ("95%"; "bootstrap" when the table lacks it)."""
+    level = pd.to_numeric(sub.get("ci_level", pd.Series([0.95])), errors="coerce").median()
+    return f"{100 * level:g}%" if np.isfinite(level) else "bootstrap"
+
+
 # ----------------------------------------------------------------------------------------------
 # Transfer-rate heatmaps
 # ----------------------------------------------------------------------------------------------
 
 
 def plot_transfer_heatmap(
-    df: pd.DataFrame, data_task: str, attack: str, out_png, value: str = "transfer_rate"
+    df: pd.DataFrame,
+    data_task: str,
+    attack: str,
+    out_png,
+    out_pdf=None,
+    value: str = "transfer_rate",
+    norm: str = "linf",
 ) -> None:
-    """One annotated source x target heatmap of ``value`` per eps (subplots, shared colour
-    scale 0..1). Cells show the value and the relation (WB white-box, S surrogate,
-    XA cross-architecture, XT cross-task); undefined cells are grey with "n/a"."""
+    """One annotated source x target heatmap of ``value`` per eps (shared colour scale 0..1).
+    Every panel labels its own rows (the sources attacked at that eps) and columns; a cell
+    shows the value, its CI ``[low, high]`` and the relation's abbreviation (the legend
+    below spells out those present); undefined cells are grey with "n/a"."""
     sub = _subset(df, f"Heatmap of {value}", data_task=data_task, attack=attack)
     mats = matrices(sub, value)
+    cis = _ci_matrices(sub, value)
     rel = _relation_abbrevs(sub)
     keys = sorted(mats, key=lambda k: float(k[2]))
-    n = len(keys)
-    first = mats[keys[0]]
-    same_rows = all(list(mats[k].index) == list(first.index) for k in keys)
-    w = max(3.2, 1.1 * first.shape[1] + 1.6) + (0 if same_rows else 2.5)
-    h = max(2.8, 0.75 * max(mats[k].shape[0] for k in keys) + 1.8) + 0.4
-    fig, axes = plt.subplots(1, n, figsize=(w * n + 1.0, h), squeeze=False)
-    cbar_ax = fig.add_axes((0.92 + 0.02 / n, 0.2, 0.015, 0.6))
-    for j, key in enumerate(keys):
-        m = mats[key]
-        annot = _cell_texts(m, float(key[2]), rel)
-        _heatmap_panel(axes[0, j], m, annot, j, cbar_ax, value)
-        axes[0, j].set_title(_eps_label(key[2]))
-        _panel_labels(axes[0, j], j, same_rows)
-    fig.suptitle(
-        f"{value.replace('_', ' ').capitalize()}: data task {data_task}, attack {attack}",
-        fontsize=11,
+    widths = [max(2.2, 1.15 * mats[k].shape[1]) for k in keys]
+    rows = max(mats[k].shape[0] for k in keys)
+    fig, axes = figure(
+        1,
+        len(keys),
+        figsize=(sum(widths) + 2.4 * len(keys) + 1.4, max(3.2, 0.72 * rows + 2.6)),
+        gridspec_kw={"width_ratios": widths},
     )
-    fig.subplots_adjust(
-        left=0.08, right=0.9, top=0.84, bottom=0.3, wspace=0.08 if same_rows else 0.6
-    )
-    _relation_legend(fig, axes)
-    _save(fig, out_png)
+    for ax, key in zip(axes[0], keys, strict=True):
+        m, eps = mats[key], float(key[2])
+        lows, highs = (cis[0][key], cis[1][key]) if cis else (None, None)
+        _heatmap_panel(ax, m, _cell_texts(m, lows, highs, eps, rel))
+        n_src = m.shape[0]
+        ax.set_title(f"ε = {eps_text(eps, norm)} ({n_src} source{'s' if n_src > 1 else ''})")
+        _panel_labels(ax)
+    bar = ScalarMappable(Normalize(0.0, 1.0), cmap=style.SEQUENTIAL_CMAP)
+    fig.colorbar(bar, ax=list(axes[0]), label=value.replace("_", " "), shrink=0.85)
+    fig.suptitle(f"{value.replace('_', ' ').capitalize()}: data task {data_task}, attack {attack}")
+    fig.supxlabel(_relation_legend(sub, ci_text(sub)), fontsize=8)
+    _save(fig, out_png, out_pdf)
+
+
+def _ci_matrices(sub: pd.DataFrame, value: str):
+    """(low, high) matrices of ``value``'s CI per key, or None when the table has no CI."""
+    low, high = f"{value}_ci_low", f"{value}_ci_high"
+    if not {low, high} <= set(sub.columns):
+        return None
+    return matrices(sub, low), matrices(sub, high)
 
 
 def _relation_abbrevs(sub: pd.DataFrame) -> dict:
@@ -91,74 +116,66 @@ def _relation_abbrevs(sub: pd.DataFrame) -> dict:
     return rel
 
 
-def _cell_texts(m: pd.DataFrame, eps: float, rel: dict) -> np.ndarray:
-    """Each cell's text: the value (2 decimals, "n/a" when undefined) and the relation."""
+def _cell_texts(m: pd.DataFrame, lows, highs, eps: float, rel: dict) -> np.ndarray:
+    """Each cell's text: the value (2 decimals, "n/a" when undefined), its CI and the
+    relation."""
     annot = np.full(m.shape, "", dtype=object)
     for r in range(m.shape[0]):
         for c in range(m.shape[1]):
             v = m.iat[r, c]
-            txt = "n/a" if math.isnan(v) else f"{v:.2f}"
+            lines = ["n/a" if math.isnan(v) else f"{v:.2f}"]
+            if lows is not None and not math.isnan(v):
+                lo, hi = lows.iat[r, c], highs.iat[r, c]
+                if not (math.isnan(lo) or math.isnan(hi)):
+                    lines.append(f"[{lo:.2f}, {hi:.2f}]")
             rv = rel.get((eps, m.index[r], m.columns[c]))
             if rv:
-                txt += f"\n{rv}"
-            annot[r, c] = txt
+                lines.append(rv)
+            annot[r, c] = "\n".join(lines)
     return annot
 
 
-def _heatmap_panel(ax, m, annot, j: int, cbar_ax, value: str) -> None:
-    """One eps's heatmap (the first panel draws the shared colour bar)."""
-    ax.set_facecolor("0.85")
+def _heatmap_panel(ax, m, annot) -> None:
+    """One eps's heatmap, every row and column labelled."""
+    ax.set_facecolor(style.MISSING_COLOUR)
     sns.heatmap(
         m,
         ax=ax,
         vmin=0.0,
         vmax=1.0,
-        cmap="rocket_r",
+        cmap=style.SEQUENTIAL_CMAP,
         annot=annot,
         fmt="",
-        annot_kws={"fontsize": 8},
+        annot_kws={"fontsize": 7},
         linewidths=0.5,
         linecolor="white",
-        cbar=j == 0,
-        cbar_ax=cbar_ax if j == 0 else None,
-        cbar_kws={"label": value.replace("_", " ")},
+        cbar=False,
+        xticklabels=True,
+        yticklabels=True,
     )
+    ax.set_aspect(CELL_ASPECT)  # cells of one size in every panel, whatever its rows
     for r in range(m.shape[0]):  # seaborn does not annotate masked (NaN) cells
         for c in range(m.shape[1]):
             if math.isnan(m.iat[r, c]):
-                ax.text(c + 0.5, r + 0.5, annot[r, c], ha="center", va="center", fontsize=8)
+                ax.text(c + 0.5, r + 0.5, annot[r, c], ha="center", va="center", fontsize=7)
 
 
-def _panel_labels(ax, j: int, same_rows: bool) -> None:
-    """Axis labels and tick labels of panel ``j``."""
+def _panel_labels(ax) -> None:
+    """Axis labels and tick labels of a panel (each panel has its own sources)."""
     ax.set_xlabel("target model (evaluated on)")
-    ax.set_ylabel("source model (attack crafted on)" if j == 0 else "")
+    ax.set_ylabel("source model (attack crafted on)")
     ax.tick_params(axis="x", labelrotation=35)
     ax.tick_params(axis="y", labelrotation=0)
-    if j > 0 and same_rows:  # the rows are the same sources in every panel: label them once
-        ax.set_yticklabels([])
     for lab in ax.get_xticklabels():
         lab.set_horizontalalignment("right")
 
 
-def _relation_legend(fig, axes) -> None:
-    """The abbreviations below the lowest axis label (bbox_inches="tight" keeps text that lies
-    outside the figure), where they cannot collide with panel titles or tick labels."""
-    renderer = fig.canvas.get_renderer()
-    lowest = min(ax.get_tightbbox(renderer).y0 for ax in axes[0]) / fig.bbox.height
-    legend = (
-        "WB white-box, ND same network, other defence, S surrogate, XA cross-arch., XT "
-        "cross-task; = all, ~ some training patients shared; E ensemble: +T incl. the target, "
-        "+S incl. a surrogate of it, -XA of other architectures, -XT of other tasks"
-    )
-    fig.text(
-        0.5,
-        lowest - 0.02,
-        textwrap.fill(legend, width=max(40, int(fig.get_figwidth() * 11))),
-        ha="center",
-        va="top",
-        fontsize=9,
-    )
+def _relation_legend(sub: pd.DataFrame, level: str) -> str:
+    """The abbreviations of the relations in the table, spelled out, and how to read a cell."""
+    present = set(sub["relation"]) if "relation" in sub.columns else set()
+    names = [f"{abbrev} {name}" for name, abbrev in RELATIONS.items() if name in present]
+    text = f"Cell: value, [{level} patient-bootstrap CI], relation; n/a: undefined."
+    return text + ("\n" + "; ".join(names) if names else "")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -166,54 +183,83 @@ def _relation_legend(fig, axes) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def plot_auroc_vs_eps(df: pd.DataFrame, data_task: str, attack: str, target: str, out_png) -> None:
-    """Adversarial AUROC of ``target`` against eps, one line per source (legend: source and
-    relation) with its bootstrap CI band; the target's clean AUROC as a dashed line and chance
-    (0.5) as a dotted line."""
-    sub = _subset(df, "AUROC vs eps", data_task=data_task, attack=attack, target=target)
+def _ordered_sources(sub: pd.DataFrame) -> tuple[list, dict | None]:
+    """The sources, by relation (white-box first) then name, and {source: relation}."""
     order = {r: i for i, r in enumerate(RELATIONS)}
-    rels = sub.groupby("source")["relation"].first() if "relation" in sub else None
+    rels = sub.groupby("source")["relation"].first().to_dict() if "relation" in sub else None
     sources = sorted(
         sub["source"].unique(),
         key=lambda s: (order.get(rels[s], 99) if rels is not None else 0, str(s)),
     )
-    fig, ax = plt.subplots(figsize=(7.0, 4.6))
-    palette = sns.color_palette("tab10", n_colors=max(len(sources), 3))
+    return sources, rels
+
+
+def _clean_point(sub: pd.DataFrame):
+    """(clean AUROC, CI low, CI high) of the target on this data task (NaN when absent)."""
+    out = []
+    for col in ("clean_auroc", "clean_auroc_ci_low", "clean_auroc_ci_high"):
+        vals = pd.to_numeric(sub[col], errors="coerce") if col in sub else pd.Series([np.nan])
+        out.append(float(vals.median()))
+    return tuple(out)
+
+
+def _source_line(ax, g: pd.DataFrame, clean, label: str, colour, marker, ls: str) -> None:
+    """A source's adversarial AUROC against eps, from eps 0 (the clean AUROC: no
+    perturbation) through its budgets, with its CI band."""
+    g = g.assign(_e=g["eps"].astype(float)).sort_values("_e")
+    x, y = g["_e"].to_numpy(float), g["adv_auroc"].to_numpy(float)
+    has_ci = {"adv_auroc_ci_low", "adv_auroc_ci_high"} <= set(g.columns)
+    lo = g["adv_auroc_ci_low"].to_numpy(float) if has_ci else None
+    hi = g["adv_auroc_ci_high"].to_numpy(float) if has_ci else None
+    if np.isfinite(clean[0]):
+        x, y = np.r_[0.0, x], np.r_[clean[0], y]
+        if has_ci:
+            lo, hi = np.r_[clean[1], lo], np.r_[clean[2], hi]
+    ax.plot(x, y, ls=ls, marker=marker, color=colour, label=label, ms=5, lw=1.6)
+    if has_ci:
+        ax.fill_between(x, lo, hi, color=colour, alpha=style.BAND_ALPHA, linewidth=0)
+
+
+def plot_auroc_vs_eps(
+    df: pd.DataFrame,
+    data_task: str,
+    attack: str,
+    target: str,
+    out_png,
+    out_pdf=None,
+    norm: str = "linf",
+) -> None:
+    """Adversarial AUROC of ``target`` against eps: one line per source (legend: source and
+    relation), each starting at eps 0 from the target's clean AUROC, with its bootstrap CI
+    band; the clean AUROC as a dashed line and chance (0.5) as a dotted line."""
+    sub = _subset(df, "AUROC vs eps", data_task=data_task, attack=attack, target=target)
+    sources, rels = _ordered_sources(sub)
+    clean = _clean_point(sub)
+    fig, axes = figure(figsize=(7.6, 4.6))
+    ax = axes[0, 0]
+    n = len(sources)
+    for colour, marker, src in zip(style.colours(n), style.markers(n), sources, strict=True):
+        rel = rels[src] if rels is not None else None
+        label = f"{src} ({rel})" if rel is not None else str(src)
+        ls = "-." if rel is not None and "cross-task" in rel else "-"
+        _source_line(ax, sub[sub["source"] == src], clean, label, colour, marker, ls)
+    if np.isfinite(clean[0]):
+        ax.axhline(clean[0], color="black", ls="--", lw=1.0, label=f"clean AUROC ({clean[0]:.3f})")
+    ax.axhline(0.5, color=style.REFERENCE_COLOUR, ls=":", lw=1, label="chance (0.5)")
     eps_all = sorted(float(e) for e in sub["eps"].unique())
-    for color, src in zip(palette, sources, strict=False):
-        g = sub[sub["source"] == src].assign(_e=lambda d: d["eps"].astype(float)).sort_values("_e")
-        label = f"{src} ({rels[src]})" if rels is not None else str(src)
-        style = "-" if rels is None or rels[src] != "cross-task" else "-."
-        ax.plot(g["_e"], g["adv_auroc"], style, marker="o", color=color, label=label)
-        if {"adv_auroc_ci_low", "adv_auroc_ci_high"} <= set(g.columns):
-            ax.fill_between(
-                g["_e"].to_numpy(float),
-                g["adv_auroc_ci_low"].to_numpy(float),
-                g["adv_auroc_ci_high"].to_numpy(float),
-                color=color,
-                alpha=0.15,
-                linewidth=0,
-            )
-    if "clean_auroc" in sub.columns:
-        clean = pd.to_numeric(sub["clean_auroc"], errors="coerce").median()
-        if np.isfinite(clean):
-            ax.axhline(clean, color="black", ls="--", lw=1.2, label=f"clean AUROC ({clean:.3f})")
-    ax.axhline(0.5, color="0.5", ls=":", lw=1, label="chance (0.5)")
-    ax.set_xticks(eps_all)
-    ax.set_xticklabels([f"{e:g}" for e in eps_all])
+    ticks = ([0.0] if np.isfinite(clean[0]) else []) + eps_all
+    ax.set_xticks(ticks)
+    ax.set_xticklabels(["0" if e == 0 else eps_text(e, norm) for e in ticks])
     ax.set_ylim(0.0, 1.02)
-    ax.set_xlabel("ε (attack budget: 1/255 units for L-inf, [0, 1] pixel L2 norm for L2)")
-    ax.set_ylabel("adversarial AUROC of target")
-    level = pd.to_numeric(sub.get("ci_level", pd.Series([0.95])), errors="coerce").median()
-    ci_txt = f"{100 * level:g}%" if np.isfinite(level) else "percentile"
+    ax.set_xlabel(EPS_AXIS.get(norm, "ε"))
+    ax.set_ylabel("adversarial AUROC of the target")
     ax.set_title(
         f"Target {target}: adversarial AUROC vs ε\n(data task {data_task}, attack {attack}; "
-        f"bands = {ci_txt} bootstrap CI)",
-        fontsize=10,
+        f"bands = {ci_text(sub)} patient-bootstrap CI; ε = 0: clean images)"
     )
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), title="source (relation)")
-    _save(fig, out_png)
+    fig.legend(loc="outside right center", title="source (relation)")
+    _save(fig, out_png, out_pdf)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -221,16 +267,19 @@ def plot_auroc_vs_eps(df: pd.DataFrame, data_task: str, attack: str, target: str
 # ----------------------------------------------------------------------------------------------
 
 
-def plot_roc(clean: pd.DataFrame, adv: pd.DataFrame, title: str, out_png) -> None:
+def plot_roc(clean: pd.DataFrame, adv: pd.DataFrame, title: str, out_png, out_pdf=None) -> None:
     """ROC curves of the target on clean and adversarial images (AUC in the legend). With a
     single class in the labels the figure states that the ROC is undefined instead."""
-    fig, ax = plt.subplots(figsize=(5.2, 5.0))
     for df, what in ((clean, "clean"), (adv, "adversarial")):
         if not {"label", "prob"} <= set(df.columns):
-            plt.close(fig)
             raise WorkflowError(f"ROC plot: {what} predictions need columns label and prob.")
+    fig, axes = figure(figsize=(5.2, 5.0))
+    ax = axes[0, 0]
     drawn = False
-    for df, what, color in ((clean, "clean", "tab:blue"), (adv, "adversarial", "tab:red")):
+    for df, what, colour in (
+        (clean, "clean", style.CLEAN_COLOUR),
+        (adv, "adversarial", style.ADV_COLOUR),
+    ):
         y = df["label"].to_numpy(int)
         p = df["prob"].to_numpy(float)
         if len(y) == 0 or np.unique(y).size < 2:
@@ -241,21 +290,22 @@ def plot_roc(clean: pd.DataFrame, adv: pd.DataFrame, title: str, out_png) -> Non
                 f"{what}: ROC undefined ({only})",
                 ha="center",
                 transform=ax.transAxes,
-                color=color,
+                color=colour,
             )
             continue
         fpr, tpr, _ = roc_curve(y, p)
-        ax.plot(fpr, tpr, color=color, lw=1.8, label=f"{what} (AUC = {auroc(y, p):.3f})")
+        ls = "-" if what == "clean" else "--"
+        ax.plot(fpr, tpr, color=colour, ls=ls, lw=1.8, label=f"{what} (AUC = {auroc(y, p):.3f})")
         drawn = True
-    ax.plot([0, 1], [0, 1], color="0.5", ls=":", lw=1, label="chance")
+    ax.plot([0, 1], [0, 1], color=style.REFERENCE_COLOUR, ls=":", lw=1, label="chance")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
     ax.set_aspect("equal")
     ax.set_xlabel("false positive rate (1 − specificity)")
     ax.set_ylabel("true positive rate (sensitivity)")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=9)
+    ax.legend(loc="lower right")
     if not drawn:
         ax.set_facecolor("0.95")
-    _save(fig, out_png)
+    _save(fig, out_png, out_pdf)

@@ -349,19 +349,47 @@ def deployed_target(config: dict, task: str) -> str:
 
 
 def chosen_cells(config: dict) -> list[tuple[AdvSet, str]]:
-    """Cells with ROC and example plots: per data task and (real) attack at its largest eps,
-    the task's deployed target attacked from each source, closest first."""
+    """Cells with ROC and example plots, the first ``evaluation.roc_cells`` of: the deployed
+    targets' cells, the data tasks in turn (every deployed target gets its closest cell before
+    any gets a second; tasks with more cells first, then by name), then the other targets'
+    cells the same way. A task's cells: per (real) attack at its largest eps, the target
+    attacked from each source, in ``_by_relation``'s order."""
     n = config["evaluation"]["roc_cells"]
     sets = [s for s in adversarial_sets(config) if not s.is_control]
-    out = []
-    for task, attack in sorted({(s.data_task, s.attack) for s in sets}):
-        target = deployed_target(config, task)
-        group = [s for s in sets if s.data_task == task and s.attack == attack]
-        top = max(float(s.eps) for s in group)
-        group = [s for s in group if float(s.eps) == top]
-        group.sort(key=lambda s: closeness(config, s.source, target, task))
-        out += [(s, target) for s in group]
-    return out[:n] if n else []
+    top = {}
+    for s in sets:
+        top[(s.data_task, s.attack)] = max(float(s.eps), top.get((s.data_task, s.attack), 0.0))
+    deployed, others = {}, {}
+    for task in sorted({s.data_task for s in sets}):
+        group = [s for s in sets if s.data_task == task and float(s.eps) == top[(task, s.attack)]]
+        main = deployed_target(config, task)
+        cells = [(s, t) for t in targets_for(config, task) for s in group]
+        deployed[task] = _by_relation(config, task, [c for c in cells if c[1] == main])
+        others[task] = _by_relation(config, task, [c for c in cells if c[1] != main])
+    return (_in_turn(deployed) + _in_turn(others))[:n] if n else []
+
+
+def _by_relation(config: dict, task: str, cells: list) -> list:
+    """Cells closest first, but one of each closeness (white-box, same architecture, other
+    architecture, other task) before a second of any (each class ordered by attack, source,
+    target): the plots show every kind of relation early."""
+    keyed = sorted(
+        (((closeness(config, s.source, t, task), s.attack, s.source, t), (s, t)) for s, t in cells),
+        key=lambda p: p[0],
+    )
+    done: dict[int, int] = {}
+    ranked = []
+    for key, cell in keyed:
+        ranked.append(((done.get(key[0], 0), key[0]), cell))
+        done[key[0]] = done.get(key[0], 0) + 1
+    return [cell for _, cell in sorted(ranked, key=lambda p: p[0])]
+
+
+def _in_turn(by_task: dict[str, list]) -> list:
+    """The tasks' lists interleaved: the first of each, then the second of each, ..."""
+    tasks = sorted(by_task, key=lambda t: (-len(by_task[t]), t))
+    longest = max((len(v) for v in by_task.values()), default=0)
+    return [by_task[t][i] for i in range(longest) for t in tasks if i < len(by_task[t])]
 
 
 def plot_files(config: dict) -> list[str]:
