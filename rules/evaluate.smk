@@ -79,6 +79,7 @@ rule evaluate:
 rule tables:
     input:
         sets=[P.SET_METRICS.format(**s.__dict__) for s in ADV_SETS],
+        comparisons=plan_comparisons.comparison_files(config),
     output:
         transfer=report(
             P.TRANSFER_TABLE,
@@ -88,6 +89,11 @@ rule tables:
         summary=report(
             P.SUMMARY,
             caption="../report/summary.rst",
+            category="Tables",
+        ),
+        comparisons=report(
+            P.COMPARISONS_TABLE,
+            caption="../report/comparisons.rst",
             category="Tables",
         ),
         # one directory, not one output per matrix: a job whose output list grows with the
@@ -111,10 +117,40 @@ rule tables:
         adversarial_sets=sorted(s.path for s in ADV_SETS),
         models=model_facts([*MODELS, *ENSEMBLES, *DEFENDED, *VIEWS]),
         data_source=config["data"]["source"],
+        # {deployed target: its data task}: whose comparisons the summary's answer reads
+        deployed=plan_comparisons.deployed_targets(config),
         # only with expert labels: {task: expert column or None} (null: the params of before)
         code=code("tables"),
     script:
         script_path("tables")
+
+
+# One job per deployed target: paired comparisons of its adversarial sets on its test images
+# (the same patients resampled for both sets of a pair), from the prediction files; the
+# summary states an ordering only where the paired CI of the difference excludes 0.
+rule compare:
+    input:
+        unpack(lambda w: plan_comparisons.compare_inputs(config, w.target)),
+    output:
+        P.COMPARISONS,
+    log:
+        P.log("compare", "{target}"),
+    benchmark:
+        P.benchmark("compare", "{target}")
+    wildcard_constraints:
+        target=alternatives(plan_comparisons.deployed_targets(config)),
+    conda:
+        "../envs/report.yaml"
+    resources:
+        **cpu_resources(),
+    params:
+        settings=lambda w: plan_comparisons.compare_settings(config, w.target),
+        n_bootstrap=config["evaluation"]["n_bootstrap"],
+        confidence=config["evaluation"]["confidence"],
+        seed=config["evaluation"]["seed"],
+        code=code("compare"),
+    script:
+        script_path("compare")
 
 
 # The report's labels of a cell's figures: a reader filters them by data task, attack and eps.

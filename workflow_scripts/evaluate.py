@@ -1,5 +1,5 @@
 """Rule evaluate: metrics with patient-level bootstrap CIs for every target of one adversarial
-set and, with noise controls, of its control."""
+set and, with noise controls, of its control (and the set's paired CI above it)."""
 
 import json
 
@@ -7,19 +7,16 @@ from cxrtransfer.config.job import run_main
 from cxrtransfer.core.files import atomic_path
 from cxrtransfer.core.paths import CONTROL_SUFFIX
 from cxrtransfer.evaluate.sets import evaluate_adv_set, nan_to_none
-
-
-def named(inputs, prefix):
-    """The rule's named inputs ``{prefix}__{model}`` as {model: file}."""
-    return {k.split("__", 1)[1]: v for k, v in inputs.items() if k.startswith(prefix + "__")}
+from cxrtransfer.evaluate.sets import named_inputs as named
 
 
 def main(sm):
     w, p = sm.wildcards, sm.params
-    outputs = [(w.attack, "adv", sm.output.metrics)]
+    # the set's cells get the paired CI above its control, whose predictions the job reads too
+    outputs = [(w.attack, "adv", sm.output.metrics, named(sm.input, "control") or None)]
     if "control" in sm.output.keys():
-        outputs.append((w.attack + CONTROL_SUFFIX, "control", sm.output.control))
-    for attack, prefix, out in outputs:
+        outputs.append((w.attack + CONTROL_SUFFIX, "control", sm.output.control, None))
+    for attack, prefix, out, control_files in outputs:
         cells = evaluate_adv_set(
             source=w.source,
             data_task=w.data_task,
@@ -34,6 +31,7 @@ def main(sm):
             evaluation={"n_bootstrap": p.n_bootstrap, "confidence": p.confidence, "seed": p.seed},
             # the data task's expert labels, when the study has them for its finding
             expert_file=sm.input.get("expert_labels"),
+            control_files=control_files,
         )
         with atomic_path(out) as tmp:
             tmp.write_text(json.dumps(nan_to_none(cells), indent=1))

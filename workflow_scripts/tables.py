@@ -1,10 +1,12 @@
-"""Rule tables: transfer.csv (long form), source x target matrices, summary.md."""
+"""Rule tables: transfer.csv (long form), source x target matrices, comparisons.csv (the
+compare jobs' paired comparisons), summary.md."""
 
 from pathlib import Path
 
 from cxrtransfer.config.job import run_main
 from cxrtransfer.core.files import atomic_path, write_csv
 from cxrtransfer.core.products import read_cells
+from cxrtransfer.evaluate.comparison_table import read_all_comparisons
 from cxrtransfer.evaluate.summary import summary_markdown
 from cxrtransfer.evaluate.tables import add_noise_controls, long_table, matrices, write_matrix
 
@@ -13,6 +15,8 @@ def main(sm):
     cells = [c for path in sm.input.sets for c in read_cells(path)]
     df = add_noise_controls(long_table(cells))
     write_csv(sm.output.transfer, df)
+    comparisons = read_all_comparisons(sm.input.comparisons)
+    write_csv(sm.output.comparisons, comparisons)
     out_dir = Path(sm.output.matrices)
     out_dir.mkdir(parents=True, exist_ok=True)
     for value in ("transfer_rate", "adv_auroc"):
@@ -26,6 +30,8 @@ def main(sm):
                 dict(sm.params.models),
                 sm.params.data_source,
                 dict(expert) if expert else None,
+                comparisons=comparisons,
+                deployed=dict(sm.params.deployed),
             )
         )
 

@@ -11,7 +11,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import h5py
 import numpy as np
-import pandas as pd
 import pytest
 import yaml
 
@@ -31,7 +30,6 @@ from cxrtransfer.attacks.uap import (  # noqa: E402
 from cxrtransfer.core.files import file_sha256  # noqa: E402
 from cxrtransfer.data import adversarial_cache as AC  # noqa: E402
 from cxrtransfer.data.adversarial_cache import read_attack  # noqa: E402
-from cxrtransfer.evaluate.summary_sections import best_attack_lines  # noqa: E402
 from cxrtransfer.metrics.measures import flip_rate  # noqa: E402
 from cxrtransfer.models.build import build_ensemble  # noqa: E402
 from cxrtransfer.models.checkpoints import load_checkpoint  # noqa: E402
@@ -303,22 +301,6 @@ def test_uap_job_then_attack_job_apply_it_exactly(members, tmp_path):
     control = read_attack(d / "control" / "000.h5", expected_sha256=sha)
     assert control["attrs"]["control"] == "shuffled"
     assert not np.array_equal(control["images"], cache["images"])
-
-
-# --- summary -------------------------------------------------------------------------------
-
-
-def test_summary_names_the_attack_that_transferred_best_per_relation():
-    rows = []
-    for attack, fr in (("pgd", [0.2, 0.4]), ("ti", [0.5, 0.7]), ("uap", [0.1, 0.1])):
-        for v in fr:
-            rows.append(
-                dict(data_task="t", relation="surrogate", eps=8.0, attack=attack, fooling_rate=v)
-            )
-    rows.append(dict(data_task="t", relation="white-box", eps=8.0, attack="pgd", fooling_rate=1))
-    lines = "\n".join(best_attack_lines(pd.DataFrame(rows)))
-    assert "| t | surrogate | 8 | ti (0.600) | pgd (0.300) |" in lines
-    assert "white-box" not in lines  # one attack only: nothing to compare
 
 
 def test_a_grid_entry_can_run_some_of_the_budgets(config):

@@ -166,7 +166,7 @@ def mean_value(x, w=None):
 # ----------------------------------------------------------------------------------------------
 
 
-def _decisions(a: dict, t_target: float, t_source: float, source_task_is_data_task: bool):
+def decisions(a: dict, t_target: float, t_source: float, source_task_is_data_task: bool):
     """The target's clean and adversarial decisions and ``source_caused`` of aligned inputs."""
     caused = source_caused(
         a["label"],
@@ -188,7 +188,7 @@ def quantities(
     ``source_adv_prob``, ``l2``, ``linf``.
     """
     y = a["label"]
-    clean_pred, adv_pred, caused = _decisions(a, t_target, t_source, source_task_is_data_task)
+    clean_pred, adv_pred, caused = decisions(a, t_target, t_source, source_task_is_data_task)
     clean_auc = auroc(y, a["prob"], w)
     adv_auc = auroc(y, a["adv_prob"], w)
     return {
@@ -216,7 +216,7 @@ def counts(a: dict, t_target: float, t_source: float, source_task_is_data_task: 
     """The integers in ``COUNTS`` (denominators and numerators of the rates, unweighted; the
     reached L-inf budget)."""
     y = a["label"].astype(bool)
-    clean_pred, adv_pred, caused = _decisions(a, t_target, t_source, source_task_is_data_task)
+    clean_pred, adv_pred, caused = decisions(a, t_target, t_source, source_task_is_data_task)
     clean_ok = correct(y, clean_pred)
     adv_wrong = wrong(y, adv_pred)
     base = transfer_base(y, clean_pred, caused)

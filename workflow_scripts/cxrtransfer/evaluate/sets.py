@@ -12,6 +12,7 @@ from cxrtransfer.core import products
 from cxrtransfer.core.files import FIX_DAMAGED
 from cxrtransfer.data.expert_labels import read_prepared
 from cxrtransfer.evaluate.cells import COUNTS, compute_cell, quantity_columns
+from cxrtransfer.evaluate.paired import above_noise
 from cxrtransfer.evaluate.predictions import ADV_COLUMNS, CLEAN_COLUMNS, read_predictions
 from cxrtransfer.evaluate.relations import ensemble_relation, factors, relation
 
@@ -45,6 +46,7 @@ def evaluate_adv_set(
     patients_files: dict,
     evaluation: dict,
     expert_file=None,
+    control_files: dict | None = None,
 ) -> list[dict]:
     """Cells of one adversarial set: one per target (every model of the data task).
 
@@ -53,7 +55,9 @@ def evaluate_adv_set(
     ``test_shards`` in order);
     ``metrics_files`` / ``patients_files``: model -> metrics.json / train_patients.txt;
     ``expert_file``: the data task's expert labels (``expert_labels.prepare``), or None: then
-    every cell also gets the ``expert_cell`` columns.
+    every cell also gets the ``expert_cell`` columns;
+    ``control_files``: target -> prediction file of the set's noise control, or None: then
+    every cell also gets the paired CI of its fooling rate above noise (``paired.above_noise``).
     """
     record = {m: read_model_metrics(p) for m, p in metrics_files.items()}
     patients = {m: products.read_patients(p) for m, p in patients_files.items()}
@@ -78,6 +82,11 @@ def evaluate_adv_set(
             )
         except WorkflowError as e:
             raise WorkflowError(f"{e} (in the predictions {files[0]}, {files[1]})") from None
+        if control_files is not None:
+            pair = (clean, adv, (files[0], control_files[target]), test_shards)
+            cell.update(
+                _above_noise(*pair, record[target], record[source], source_same_task, evaluation)
+            )
         if expert is not None:
             cell.update(
                 expert_cell(
@@ -103,6 +112,16 @@ def evaluate_adv_set(
             }
         )
     return cells
+
+
+def _above_noise(
+    clean, adv, files, test_shards, target_record, source_record, same_task, evaluation
+):
+    """The paired CI of a cell's fooling rate above its noise control (``files``: the clean
+    and the control's prediction files of the target)."""
+    control = _read_pair(files, test_shards, target_record, source_record)[1]
+    thresholds = (target_record["threshold"], source_record["threshold"])
+    return above_noise(clean, adv, control, *thresholds, same_task, evaluation)
 
 
 def _read_pair(files, test_shards, target_record: dict, source_record: dict):
@@ -215,6 +234,11 @@ def _factors(source, target, models, patients, record) -> dict:
 def _relation(source, target, data_task, models, patients, record) -> str:
     f = _factors(source, target, models, patients, record)
     return relation(f, models[source]["task"], data_task)
+
+
+def named_inputs(inputs, prefix: str) -> dict:
+    """A rule's named inputs ``{prefix}__{model}`` as {model: file}."""
+    return {k.split("__", 1)[1]: v for k, v in inputs.items() if k.startswith(prefix + "__")}
 
 
 def nan_to_none(obj):

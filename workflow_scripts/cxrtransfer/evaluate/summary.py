@@ -1,30 +1,31 @@
-"""The plain-words summary (summary.md): per (data task, attack, eps) the mean metrics of each
-relation and whether the expected ordering holds, then the sections of ``summary_sections``.
+"""The plain-words summary (summary.md): the answer per deployed target first
+(``evaluate.answer``), then per (data task, attack, eps) the range of each rate over the cells
+of each relation, then the sections of ``summary_sections``.
 
-The metrics are defined in docs/METRICS.md; the short glossary at the top of the summary
-(``GLOSSARY``) is the summary's own text for its readers.
+Every number is a value of one row of transfer.csv or comparisons.csv; orderings are claimed
+only from paired comparisons (``evaluate.answer``). The metrics are defined in
+docs/METRICS.md; the short glossary at the top of the summary (``GLOSSARY``) is the summary's
+own text for its readers.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pandas as pd
 
 from cxrtransfer import WorkflowError
 from cxrtransfer.core.paths import CONTROL_SUFFIX
-from cxrtransfer.evaluate.relations import RELATIONS, SINGLE_MODEL_RELATIONS
+from cxrtransfer.evaluate.answer import answer_lines, attack_comparison_lines
+from cxrtransfer.evaluate.comparison_table import ABOVE_NOISE, ABOVE_NOISE_CI
+from cxrtransfer.evaluate.relations import RELATIONS
 from cxrtransfer.evaluate.summary_sections import (
-    best_attack_lines,
     defence_lines,
     ensemble_lines,
     expert_lines,
     hardened_models,
-    mean_finite,
     robust_lines,
 )
-from cxrtransfer.evaluate.tables import ID_COLUMNS, fmt
+from cxrtransfer.evaluate.tables import ID_COLUMNS, NA, fmt
 
 # What the summary says it is about, by data source (any other source: DATA_OTHER).
 DATA_LINES = {
@@ -44,14 +45,17 @@ GLOSSARY = (
     "Flip rate: fraction of images whose decision the perturbation changes (the 'fooling "
     "rate' of the universal-perturbation literature). "
     "Noise: the fooling rate of the same perturbations spatially shuffled per image (same "
-    "size, no adversarial structure); above noise = fooling rate - noise. Lower adversarial "
-    "AUROC = stronger attack. Relations are measured (architecture, training patients "
-    "shared), see the README. Means are over the (source, target) cells of each relation; "
+    "size, no adversarial structure); above noise = fooling rate - noise, with its paired "
+    "CI (the same patients resampled for both); above / indist. / at or below noise counts "
+    "a relation's cells by that CI. Lower adversarial AUROC = stronger attack. Relations "
+    "are measured (architecture, training patients shared), see the README. The tables per "
+    "attack show the lowest to the highest value over the (source, target) cells of each "
+    "relation (never a mean); "
     "eps is in 1/255 units for L-inf attacks and an L2 norm in [0, 1] pixel units for L2 "
     "attacks."
 )
-# The means per relation of each table of the summary, in column order.
-RELATION_MEANS = (
+# The columns of each relation table (their range over the relation's cells), in order.
+RELATION_COLUMNS = (
     "transfer_rate",
     "fooling_rate",
     "flip_rate",
@@ -63,38 +67,43 @@ RELATION_MEANS = (
 
 
 def summary_markdown(
-    df: pd.DataFrame, models: dict, data_source: str, expert: dict | None = None
+    df: pd.DataFrame,
+    models: dict,
+    data_source: str,
+    expert: dict | None = None,
+    comparisons: pd.DataFrame | None = None,
+    deployed: dict | None = None,
 ) -> str:
-    """A short Markdown summary of headline findings per (data task, attack, eps).
-
-    For each group: mean transfer rate, fooling rate and adversarial AUROC per relation
-    (white-box, surrogate, cross-architecture, cross-task), and whether the expected ordering
-    holds: white-box strongest (lowest adversarial AUROC, highest fooling rate), then surrogate,
-    cross-architecture, cross-task. ``data_source`` ("synthetic" or "kaggle") is stated; for
-    synthetic data the text says the numbers are a demonstration, not clinical results.
-    ``expert`` ({task: expert column or None}, when the study has expert labels) adds the
-    section comparing NLP and expert labels (``expert_lines``).
+    """The Markdown summary: the answer per deployed target (``deployed``: {target: data
+    task}; with ``comparisons``, the paired comparisons of comparisons.csv, for orderings),
+    the data and models, then per (data task, attack, eps) the range of each rate per relation
+    (white-box, surrogate, cross-architecture, cross-task, ...) and the later sections.
+    ``data_source`` ("synthetic" or "kaggle") is stated; for synthetic data the text says the
+    numbers are a demonstration, not clinical results. ``expert`` ({task: expert column or
+    None}, when the study has expert labels) adds the section comparing NLP and expert labels
+    (``expert_lines``).
     """
     need = [*ID_COLUMNS, "transfer_rate", "fooling_rate", "adv_auroc", "clean_auroc"]
     missing = [c for c in need if c not in df.columns]
     if missing:
         raise WorkflowError(f"Table lacks column(s) {', '.join(missing)} for the summary.")
-    lines = ["# Adversarial transferability: summary", ""]
-    lines += [DATA_LINES.get(data_source, DATA_OTHER.format(data_source)), ""]
-    lines += _model_lines(df, models)
-    lines += [GLOSSARY, ""]
     if "noise_fooling_rate" not in df.columns:
         df = df.assign(noise_fooling_rate=np.nan, fooling_rate_above_noise=np.nan)
     every = df[~df["attack"].astype(str).str.endswith(CONTROL_SUFFIX)]
     special = hardened_models(models)
     is_special = every["source"].isin(special) | every["target"].isin(special)
     real = every[~is_special]
+    lines = ["# Adversarial transferability: summary", ""]
+    lines += [DATA_LINES.get(data_source, DATA_OTHER.format(data_source)), ""]
+    lines += answer_lines(real, comparisons, models, data_source, deployed)
+    lines += _model_lines(df, models)
+    lines += [GLOSSARY, ""]
     if is_special.any():
         lines += _hardened_note(special)
     for (task, attack, eps), g in real.groupby(["data_task", "attack", "eps"], sort=True):
         lines += _relation_table(task, attack, eps, g)
     lines += ensemble_lines(real)
-    lines += best_attack_lines(real)
+    lines += attack_comparison_lines(comparisons)
     lines += defence_lines(every, models)
     lines += robust_lines(every, models)
     if expert:
@@ -120,81 +129,53 @@ def _hardened_note(special: set) -> list[str]:
     return [
         f"The tables per attack below leave out the cells of the defended and the "
         f"adversarially trained models ({', '.join(sorted(special))}): they have a section "
-        "of their own at the end, so the means per relation describe undefended models "
+        "of their own at the end, so the tables per relation describe undefended models "
         "only.",
         "",
     ]
 
 
+def value_range(x: pd.Series) -> str:
+    """The finite values of a column over a relation's cells: one value, or "lowest to highest"
+    (two cells of the table, never a mean that could hide cells of opposite direction)."""
+    v = pd.to_numeric(x, errors="coerce").to_numpy(dtype=float)
+    v = v[np.isfinite(v)]
+    if not v.size:
+        return NA
+    lo, hi = fmt(v.min()), fmt(v.max())
+    return lo if lo == hi else f"{lo} to {hi}"
+
+
+def noise_counts(r: pd.DataFrame) -> str:
+    """How many of a relation's cells are above, indistinguishable from and at or below their
+    noise control (by the paired CI of ``fooling_rate_above_noise``)."""
+    if not set(ABOVE_NOISE_CI) <= set(r.columns):
+        return NA
+    lo = pd.to_numeric(r[ABOVE_NOISE_CI[0]], errors="coerce")
+    hi = pd.to_numeric(r[ABOVE_NOISE_CI[1]], errors="coerce")
+    d = pd.to_numeric(r[ABOVE_NOISE], errors="coerce")
+    known = lo.notna() & hi.notna()
+    if not known.any():
+        return NA
+    above = int((lo > 0).sum())
+    below = int((known & ((hi < 0) | (d <= 0))).sum())
+    return f"{above} / {int(known.sum()) - above - below} / {below}"
+
+
 def _relation_table(task, attack, eps, g: pd.DataFrame) -> list[str]:
-    """Section of one (data task, attack, eps): the means per relation and the ordering."""
+    """Section of one (data task, attack, eps): per relation the range of each rate over its
+    cells and how many cells are above their noise control."""
     lines = [f"## Data task {task}, attack {attack}, eps {float(eps):g}", ""]
     lines.append(
         "| relation | cells | transfer rate | fooling rate | flip rate | noise | above noise "
-        "| adv. AUROC | clean AUROC |"
+        "| above / indist. / at or below noise | adv. AUROC | clean AUROC |"
     )
-    lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    stats = {}
+    lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for rel in RELATIONS:
         r = g[g["relation"] == rel]
         if r.empty:
             continue
-        s = {k: mean_finite(r[k]) for k in RELATION_MEANS}
-        stats[rel] = s
-        lines.append(
-            f"| {rel} | {len(r)} | {fmt(s['transfer_rate'])} | {fmt(s['fooling_rate'])} | "
-            f"{fmt(s['flip_rate'])} | {fmt(s['noise_fooling_rate'])} | "
-            f"{fmt(s['fooling_rate_above_noise'])} | "
-            f"{fmt(s['adv_auroc'])} | {fmt(s['clean_auroc'])} |"
-        )
-    return lines + ["", _ordering_sentence(stats), ""]
-
-
-def _ordering_sentence(stats: dict) -> str:
-    """Plain words on whether attack strength follows white-box > surrogate > cross-architecture
-    > cross-task, judged by mean adversarial AUROC (lower = stronger)."""
-    # the expected ordering is of single models; ensembles are compared with their members
-    # (ensemble_lines)
-    auc = {
-        r: s["adv_auroc"]
-        for r, s in stats.items()
-        if r in SINGLE_MODEL_RELATIONS and not math.isnan(s["adv_auroc"])
-    }
-    present = [r for r in RELATIONS if r in auc]
-    if len(present) < 2:
-        return (
-            "Fewer than two relations have a defined adversarial AUROC here, so there is no "
-            "ordering to check."
-        )
-    parts = []
-    wb_ok = True
-    if "white-box" in auc:
-        others = {r: v for r, v in auc.items() if r != "white-box"}
-        strongest = min(others, key=others.get)
-        wb_ok = auc["white-box"] <= others[strongest]
-        if wb_ok:
-            parts.append(
-                f"As expected, the white-box attack is strongest (mean adversarial AUROC "
-                f"{fmt(auc['white-box'])} vs {fmt(others[strongest])} for {strongest})."
-            )
-        else:
-            parts.append(
-                f"Unexpectedly, the white-box attack is NOT the strongest: {strongest} sources "
-                f"reach a lower mean adversarial AUROC ({fmt(others[strongest])}) than white-box "
-                f"({fmt(auc['white-box'])})."
-            )
-    transfer = [r for r in present if r != "white-box"]
-    inversions = [
-        (a, b) for i, a in enumerate(transfer) for b in transfer[i + 1 :] if auc[a] > auc[b]
-    ]
-    if inversions:
-        txt = "; ".join(
-            f"{b} ({fmt(auc[b])}) is stronger than {a} ({fmt(auc[a])})" for a, b in inversions
-        )
-        parts.append(f"The expected ordering {' > '.join(transfer)} does not hold: {txt}.")
-    elif len(transfer) >= 2:
-        lead = "The transfer relations" if wb_ok else "Apart from that, the transfer relations"
-        parts.append(f"{lead} follow the expected ordering ({' > '.join(transfer)}).")
-    if wb_ok and not inversions and len(present) >= 2:
-        parts.append("Overall the expected ordering holds.")
-    return " ".join(parts)
+        vals = [value_range(r[k]) for k in RELATION_COLUMNS]
+        vals.insert(RELATION_COLUMNS.index(ABOVE_NOISE) + 1, noise_counts(r))
+        lines.append(f"| {rel} | {len(r)} | " + " | ".join(vals) + " |")
+    return lines + [""]

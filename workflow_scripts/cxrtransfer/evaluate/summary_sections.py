@@ -1,5 +1,5 @@
 """The sections of the summary after the tables per relation: ensembles beside their members,
-the best attack per relation, the defended targets, the adversarially trained models and the
+the defended targets, the adversarially trained models and the
 expert labels (each a ``*_lines`` function returning Markdown lines, empty when it has nothing
 to say), and the cell lookups they share. Metrics: docs/METRICS.md.
 """
@@ -100,39 +100,6 @@ def ensemble_lines(real: pd.DataFrame) -> list[str]:
                 f"{with_ci(cell, 'adv_auroc')} |"
             )
     return lines + [""]
-
-
-def best_attack_lines(real: pd.DataFrame) -> list[str]:
-    """Which attack transferred best to each target relation: per (data task, relation,
-    eps) with more than one attack, the attack with the highest mean fooling rate over its
-    cells (ties: every tied attack), with the runner-up for comparison."""
-    rows = []
-    for (task, rel, eps), g in real.groupby(["data_task", "relation", "eps"], sort=True):
-        means = {a: mean_finite(r["fooling_rate"]) for a, r in g.groupby("attack", sort=True)}
-        means = {a: v for a, v in means.items() if not math.isnan(v)}
-        if len(means) < 2:
-            continue
-        ranked = sorted(means.items(), key=lambda kv: -kv[1])
-        top = [a for a, v in ranked if v == ranked[0][1]]
-        rest = [(a, v) for a, v in ranked if a not in top]
-        runner = f"{rest[0][0]} ({fmt(rest[0][1])})" if rest else "-"
-        best = f"{', '.join(top)} ({fmt(ranked[0][1])})"
-        rows.append((task, rel, float(eps), best, runner))
-    if not rows:
-        return []
-    order = {r: i for i, r in enumerate(RELATIONS)}
-    rows.sort(key=lambda r: (r[0], order.get(r[1], len(order)), r[2]))
-    return [
-        "## Which attack transferred best",
-        "",
-        "Per data task, target relation and eps with more than one attack: the attack with the "
-        "highest mean fooling rate over the relation's cells, and the runner-up.",
-        "",
-        "| data task | relation | eps | best attack (mean fooling rate) | runner-up |",
-        "| --- | --- | ---: | --- | --- |",
-        *[f"| {t} | {r} | {e:g} | {b} | {n} |" for t, r, e, b, n in rows],
-        "",
-    ]
 
 
 def defence_lines(real: pd.DataFrame, models: dict) -> list[str]:

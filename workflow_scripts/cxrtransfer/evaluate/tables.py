@@ -18,6 +18,7 @@ from cxrtransfer import WorkflowError
 from cxrtransfer.core.files import atomic_path
 from cxrtransfer.core.paths import CONTROL_SUFFIX
 from cxrtransfer.evaluate.cells import cell_columns
+from cxrtransfer.evaluate.comparison_table import ABOVE_NOISE, ABOVE_NOISE_CI
 
 ID_COLUMNS = ("data_task", "attack", "eps", "source", "target", "relation")
 NA = "n/a"
@@ -56,8 +57,9 @@ def long_table(cells: list[dict]) -> pd.DataFrame:
 def add_noise_controls(df: pd.DataFrame) -> pd.DataFrame:
     """Beside each attack's row, the same cell of its noise control (the attack's perturbations
     spatially shuffled per image): ``noise_fooling_rate``, ``noise_adv_auroc`` and
-    ``fooling_rate_above_noise`` (defined in docs/METRICS.md; computed here, once). Control
-    rows keep their own metrics."""
+    ``fooling_rate_above_noise`` (defined in docs/METRICS.md; computed here, once), followed by
+    its paired CI from the evaluate job (``fooling_rate_above_noise_ci_low`` / ``_ci_high``, NaN
+    on control rows). Control rows keep their own metrics."""
     keys = ["source", "target", "data_task", "eps"]
     is_control = df["attack"].astype(str).str.endswith(CONTROL_SUFFIX)
     control = df[is_control].assign(
@@ -66,8 +68,11 @@ def add_noise_controls(df: pd.DataFrame) -> pd.DataFrame:
     control = control.rename(
         columns={"fooling_rate": "noise_fooling_rate", "adv_auroc": "noise_adv_auroc"}
     )
-    out = df.merge(control, on=[*keys, "attack"], how="left")
-    out["fooling_rate_above_noise"] = out["fooling_rate"] - out["noise_fooling_rate"]
+    paired = [c for c in ABOVE_NOISE_CI if c in df.columns]  # the evaluate job's paired CI
+    out = df.drop(columns=paired).merge(control, on=[*keys, "attack"], how="left")
+    out[ABOVE_NOISE] = out["fooling_rate"] - out["noise_fooling_rate"]
+    for c in paired:
+        out[c] = df[c].to_numpy()
     return out
 
 
