@@ -32,7 +32,9 @@ def plot_cell(sm):
     clean = read_predictions(sm.input.clean, CLEAN_COLUMNS, list(sm.input.shards))
     adv = read_predictions(sm.input.adv, ADV_COLUMNS, list(sm.input.shards))
     eps = eps_text(float(w.eps), attack_norm(sm))
-    title = f"{w.target} on {w.attack} ε = {eps} from {w.source} ({w.data_task} test set)"
+    title = (
+        f"Target {w.target}, {w.data_task} test set\n{w.attack} at ε = {eps} crafted on {w.source}"
+    )
     plot_roc(clean, adv, title, sm.output.roc, sm.output.roc_pdf)
     t = json_threshold(sm.input.target_metrics)
     cell = aligned_cell(

@@ -349,8 +349,12 @@ def test_plot_examples_box_footnote_and_legend(tmp_path, saved):
     assert fig.axes[2].get_title().endswith("\nenergy in box 100%")
     assert "1 of 2 example image(s) have one" in fig._supxlabel.get_text()
     assert "5 of the set's 40 images have one" in fig._supxlabel.get_text()
-    (legend,) = fig.legends
-    assert _ticks(legend.get_texts()) == ["Pneumothorax box"]
+    assert "Dashed box (orange on the images, green on the difference): the Pneumothorax box" in (
+        fig._supxlabel.get_text()
+    )
+    colours = [r.get_edgecolor() for r in drawn]
+    assert colours[0] == colours[1] != colours[2]
+    _no_text_overlaps(fig, [fig._suptitle, fig._supxlabel] + [ax.title for ax in fig.axes])
 
 
 def test_aligned_cell_matches_by_image_index_not_position():

@@ -203,7 +203,7 @@ def plot_examples(
         f"{amplify:.0f}, colour scale ±{lim:.3g}/255"
     )
     if box_finding is not None:
-        _box_footnote(fig, box_finding, boxes, set_boxed, drawn)
+        _box_footnote(fig, box_finding, boxes, set_boxed)
     fig.colorbar(
         im,
         ax=list(axes[:, 2]),
@@ -288,8 +288,9 @@ def _draw_box(row_axes, box) -> list:
     return drawn
 
 
-def _box_footnote(fig, box_finding: str, boxes: list, set_boxed, drawn) -> None:
-    """The footnote on the boxes below the panels (and the legend when a box is drawn)."""
+def _box_footnote(fig, box_finding: str, boxes: list, set_boxed) -> None:
+    """The footnote on the boxes below the panels (it says what the dashed boxes are: a
+    figure legend would take room from the panels or collide with the title)."""
     n = len(boxes)
     n_box = sum(b is not None for b in boxes)
     in_set = ""
@@ -299,15 +300,10 @@ def _box_footnote(fig, box_finding: str, boxes: list, set_boxed, drawn) -> None:
             "table beside this plot has the energy in the box of every one of them."
         )
     fig.supxlabel(
-        f"Dashed box: the {box_finding} box of the image (data.bboxes; drawn findings' true "
-        f"region on synthetic data), scaled to these pixels. {n_box} of {n} example "
+        f"Dashed box (orange on the images, green on the difference): the {box_finding} box of "
+        "the image (data.bboxes; drawn findings' true region on synthetic data), scaled to "
+        f"these pixels. {n_box} of {n} example "
         f"image(s) have one.{in_set}\n'energy in box' = share of the perturbation's squared "
         "magnitude inside it (uniform noise: the box's share of the area).",
         fontsize=8,
     )
-    if drawn:
-        fig.legend(
-            handles=[Rectangle((0, 0), 1, 1, fill=False, ec=style.BOX_COLOUR, ls="--")],
-            labels=[f"{box_finding} box"],
-            loc="outside upper left",
-        )
