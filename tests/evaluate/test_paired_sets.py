@@ -10,8 +10,13 @@ import pandas as pd
 import pytest
 from cxrtransfer import WorkflowError
 from cxrtransfer.config import runconfig
+from cxrtransfer.core.files import write_csv
 from cxrtransfer.evaluate.compare import compare_target
-from cxrtransfer.evaluate.comparison_table import COMPARISON_COLUMNS
+from cxrtransfer.evaluate.comparison_table import (
+    COMPARISON_COLUMNS,
+    read_all_comparisons,
+    read_comparisons,
+)
 from cxrtransfer.evaluate.paired import ABOVE_NOISE_CI, above_noise
 from cxrtransfer.evaluate.tables import add_noise_controls, long_table
 
@@ -137,3 +142,21 @@ def test_compare_target_on_planted_files(tmp_path):
             source_tasks={"s1": "d", "s2": "d", "s3": "d"},
             evaluation=EVALUATION,
         )
+
+
+def test_comparisons_round_trip_and_checks(tmp_path):
+    rec = runconfig.job_record()
+    row = {c: 0.5 for c in COMPARISON_COLUMNS} | {"target": "t", "kind": "same attack", **rec}
+    path = tmp_path / "t.csv"
+    write_csv(path, pd.DataFrame([row], columns=list(COMPARISON_COLUMNS)))
+    empty = tmp_path / "none.csv"
+    write_csv(empty, pd.DataFrame(columns=list(COMPARISON_COLUMNS)))  # a target without pairs
+    both = read_all_comparisons([path, empty])
+    assert list(both.columns) == list(COMPARISON_COLUMNS) and len(both) == 1
+    assert read_all_comparisons([]).empty
+    write_csv(path, pd.DataFrame([row]).drop(columns=["fooling_rate_difference"]))
+    with pytest.raises(WorkflowError, match="lack column"):
+        read_comparisons(path)
+    write_csv(path, pd.DataFrame([{**row, "planned_config_sha256": "other"}]))
+    with pytest.raises(WorkflowError, match="not with the config"):
+        read_comparisons(path)

@@ -97,6 +97,7 @@ def planted():
         comparison("s_r50", "pgd", "x_v2", "pgd", -0.282, -0.341, -0.222),
         comparison("x_d121", "pgd", "x_v2", "pgd", -0.592, -0.65, -0.53),
         comparison(ENS, "pgd", "s_r50", "pgd", 0.076, 0.021, 0.13),
+        comparison(T, "pgd", "s_r50", "pgd", 0.569, 0.502, 0.633),
     ]
     return pd.DataFrame(cells), pd.DataFrame(comps)
 
@@ -163,6 +164,8 @@ def test_relations_and_ensembles_on_matched_cells(planted):
         in order
     )
     assert "so x_v2 (pgd) fools the target more than s_r50 (pgd)" in order
+    assert order.startswith("- Relations on matched cells (pgd at eps 8): white-box against ")
+    assert "0.569 [0.502, 0.633], so t_r50 (pgd) fools the target more than s_r50 (pgd)" in order
     ens = next(ln for ln in block.splitlines() if ln.startswith("- Ensemble"))
     assert f"Ensemble {ENS} against its best member s_r50" in ens
     assert "0.076 [0.021, 0.130], so " + f"{ENS} (pgd) fools the target more" in ens
@@ -175,7 +178,8 @@ def test_a_missing_relation_and_a_target_without_cells_are_said(planted):
     assert "**other** (deployed for data task card): no evaluated cells, so no claim." in text
     # no comparisons at all: said per pair, no crash and no ordering
     bare = answer_block(text_of(df, None))
-    assert bare.count("no paired comparison") == 4  # two runners-up, relations, ensemble
+    # two runners-up, white-box against surrogate, surrogate against cross-architecture, ensemble
+    assert bare.count("no paired comparison") == 5
     assert "fools the target more" not in bare
     only_wb = answer_block(text_of(df[df["relation"] == "white-box"], comp))
     assert "too few cells for any claim" in only_wb

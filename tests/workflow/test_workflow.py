@@ -241,6 +241,25 @@ def test_relations_are_measured_and_controls_shown(run):
     assert "above noise" in summary and "__shuffled" not in summary
 
 
+def test_the_summary_answers_first_and_every_number_is_in_the_tables(run):
+    """summary.md opens with the answer per deployed target; each number it prints (3 decimals)
+    is a value of a row of transfer.csv or comparisons.csv (the tiny study has no expert labels,
+    whose section shows means)."""
+    tables = run / "results" / "tables"
+    summary = (tables / "summary.md").read_text()
+    assert summary.index("## The answer, per deployed target") < summary.index("## Data task")
+    for target in ("pneumothorax_small", "cardiomegaly_small"):
+        assert f"**{target}** (deployed for data task" in summary
+    comparisons = pd.read_csv(tables / "comparisons.csv")
+    assert set(comparisons["target"]) == {"pneumothorax_small", "cardiomegaly_small"}
+    known = set()
+    for frame in (pd.read_csv(tables / "transfer.csv"), comparisons):
+        for col in frame.columns:
+            known |= {f"{x:.3f}" for x in pd.to_numeric(frame[col], errors="coerce").dropna()}
+    numbers = re.findall(r"-?\d+\.\d{3}", summary)
+    assert numbers and not [x for x in numbers if x not in known]
+
+
 def test_white_box_pgd_breaks_every_source(run):
     """Acceptance: white-box PGD at the largest eps drives each source's AUROC below 0.10."""
     df = pd.read_csv(run / "results" / "tables" / "transfer.csv")
@@ -267,6 +286,7 @@ FULL_RUN = {
     "predict_clean": 3,
     "predict_adv": 6,  # 2 sets x 2 targets + 2 sets x 1 target
     "evaluate": 4,
+    "compare": 2,  # one per deployed target (pneumothorax_small, cardiomegaly_small)
     "tables": 1,
     "plot_heatmap": 2,
     "plot_auroc": 3,
@@ -275,7 +295,7 @@ FULL_RUN = {
     "all": 1,
 }
 AFTER_TABLES = {"tables": 1, "plot_heatmap": 2, "plot_auroc": 3}
-ATTACKS_ON = {"attack": 4, "predict_adv": 6, "evaluate": 4}
+ATTACKS_ON = {"attack": 4, "predict_adv": 6, "evaluate": 4, "compare": 2}
 
 
 def _set(cfg, path, value):
@@ -302,6 +322,7 @@ RERUN_TABLE = [
             "predict_clean": 1,
             "predict_adv": 3,
             "evaluate": 2,
+            "compare": 1,  # the pneumothorax target's comparisons read the surrogate's set
             **AFTER_TABLES,
             "study_config": 1,
             "all": 1,
@@ -319,6 +340,7 @@ RERUN_TABLE = [
             "predict_clean": 1,
             "predict_adv": 4,
             "evaluate": 3,
+            "compare": 1,  # the deployed cardiomegaly target gets a set to compare
             "tables": 1,
             "plot_heatmap": 2,
             "plot_auroc": 4,
@@ -371,7 +393,7 @@ RERUN_TABLE = [
         "bootstrap resamples",
         ["evaluation", "n_bootstrap"],
         40,
-        {"evaluate": 4, **AFTER_TABLES, "study_config": 1, "all": 1},
+        {"evaluate": 4, "compare": 2, **AFTER_TABLES, "study_config": 1, "all": 1},
     ),
     (
         "plot setting",
@@ -411,7 +433,7 @@ LIBRARY_EDITS = [
     # attack code: the attacks and everything after them, no training
     ("attacks/iterative.py", {**ATTACKS_ON, **AFTER_TABLES, "plot_cell": 1, "all": 1}),
     # a metric of the evaluation: the evaluations and everything after them
-    ("evaluate/cells.py", {"evaluate": 4, **AFTER_TABLES, "plot_cell": 1, "all": 1}),
+    ("evaluate/cells.py", {"evaluate": 4, "compare": 2, **AFTER_TABLES, "plot_cell": 1, "all": 1}),
     # plotting code: the plots only (the report is built from them by `--report`)
     ("evaluate/plots.py", {"plot_heatmap": 2, "plot_auroc": 3, "plot_cell": 1, "all": 1}),
 ]

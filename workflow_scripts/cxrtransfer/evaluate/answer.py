@@ -46,7 +46,8 @@ def noise_verdict(row) -> str:
     ci = f" [{fmt(lo)}, {fmt(hi)}]" if _finite(lo) and _finite(hi) else " (no paired CI)"
     diff = f"fooling rate above noise {fmt(d)}{ci}"
     if not (_finite(lo) and _finite(hi)):
-        return f"{diff}: {'at or below its noise control' if float(d) <= 0 else 'not tested'}"
+        verdict = "at or below its noise control" if float(d) <= 0 else "not tested against noise"
+        return f"{diff}: {verdict}"
     if float(lo) > 0:
         return f"{diff}: distinguishable from noise"
     if float(hi) < 0:
@@ -157,8 +158,8 @@ def _key(row) -> tuple:
 
 def ordering_sentence(rows: pd.DataFrame, comp, target) -> str:
     """Relations against each other on matched cells: at the attack and eps of the strongest
-    transfer cell, each single-model relation's strongest source, neighbours in the expected
-    order compared by the paired CI of their difference."""
+    transfer cell, each single-model relation's strongest source (white-box included),
+    neighbours in the expected order compared by the paired CI of their difference."""
     transfer = rows[rows["relation"].isin(TRANSFER_RELATIONS)]
     transfer = transfer[~transfer["relation"].isin(ENSEMBLE_RELATIONS)]
     lead = _strongest(transfer) if len(transfer) else None
@@ -168,15 +169,17 @@ def ordering_sentence(rows: pd.DataFrame, comp, target) -> str:
         (transfer["attack"] == lead["attack"])
         & (transfer["eps"].astype(float) == float(lead["eps"]))
     ]
+    same = pd.concat([rows[rows["relation"] == "white-box"], same])
+    same = same[(same["attack"] == lead["attack"]) & (same["eps"] == lead["eps"])]
     chosen = [
         (rel, _strongest(same[same["relation"] == rel]))
-        for rel in TRANSFER_RELATIONS
+        for rel in ("white-box", *TRANSFER_RELATIONS)
         if (same["relation"] == rel).any()
     ]
     chosen = [(rel, r) for rel, r in chosen if r is not None]
     where = f"{lead['attack']} at eps {float(lead['eps']):g}"
     if len(chosen) < 2:
-        return f"Only one transfer relation has cells with {where}: too few for an ordering."
+        return f"Only one relation has cells with {where}: too few for an ordering."
     parts = []
     for (rel_a, a), (rel_b, b) in zip(chosen, chosen[1:], strict=False):
         pair = find_comparison(comp, target, lead["eps"], _key(a), _key(b))
@@ -188,7 +191,8 @@ def ordering_sentence(rows: pd.DataFrame, comp, target) -> str:
 
 
 def ensemble_sentences(rows: pd.DataFrame, comp, target) -> list[str]:
-    """Each ensemble source at its largest eps against its best member (same attack)."""
+    """Each ensemble cell against its best member (the member with the highest fooling rate
+    under the same attack and eps), by their paired comparison."""
     out = []
     ens = rows[rows["relation"].isin(ENSEMBLE_RELATIONS)]
     for _, e in ens.sort_values(["source", "attack", "eps"]).iterrows():
@@ -238,7 +242,9 @@ ANSWER_INTRO = (
     "Per deployed target: do attacks crafted on other models fool it, and by how much more "
     "than noise (the same perturbations shuffled)? Rates with 95% patient-bootstrap CIs in "
     "brackets; an ordering is claimed only where the paired CI of the difference (same "
-    "images, same patients resampled) excludes 0."
+    "images, same patients resampled) excludes 0. Strongest = the cell with the highest "
+    "fooling rate at the relation's largest eps; whether it beats the runner-up is said by "
+    "their paired comparison."
 )
 
 
