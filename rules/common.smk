@@ -81,7 +81,9 @@ def script_path(name):
 
 
 def code(name):
-    return plan_code.code_version(Path(workflow.basedir) / "workflow_scripts" / f"{name}.py")
+    return plan_code.code_version(
+        Path(workflow.basedir) / "workflow_scripts" / f"{name}.py"
+    )
 
 
 def data_dir():
@@ -295,5 +297,7 @@ def train_code(w):
     """
     if not model_settings(config, w.model).get("adversarial"):
         return code("train")
-    adversarial = plan_code.module_code_version("cxrtransfer.attacks.adversarial_training")
+    adversarial = plan_code.module_code_version(
+        "cxrtransfer.attacks.adversarial_training"
+    )
     return f"{code('train')}-{adversarial}"
