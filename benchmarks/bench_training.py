@@ -1,6 +1,6 @@
 """Benchmark one training epoch through the real input pipeline against the model's own step.
 
-- ours:       cxrtransfer.data.datasets.make_dataset over HDF5 shards (shuffle, uint8 -> float, the
+- ours:       cxrtransfer.data.pipelines.make_dataset over HDF5 shards (shuffle, uint8 -> float, the
               config's augmentation) + model.fit(epochs=1, class_weight=...) with the optimizer,
               loss and metrics of cxrtransfer.models.train (no per-epoch callbacks: validation and
               checkpointing are not the input pipeline)
@@ -74,7 +74,8 @@ def main(argv=None) -> int:
     import keras
     import tensorflow as tf
     import yaml
-    from cxrtransfer.data.datasets import count_labels, make_dataset
+    from cxrtransfer.data.datasets import count_labels
+    from cxrtransfer.data.pipelines import make_dataset
     from cxrtransfer.models.settings import model_settings
     from cxrtransfer.models.trainable import compiled_model as train_compiled_model
     from cxrtransfer.models.trainable import make_optimizer

@@ -1,4 +1,6 @@
-"""tf.data input pipelines read straight from the HDF5 shards."""
+"""Reading the HDF5 shards: open one with a clear error, stream its arrays one shard at a time,
+count labels, and the patient halves of the training split. TensorFlow-free; the tf.data
+pipelines that feed a model over these readers are in ``data.pipelines``."""
 
 from __future__ import annotations
 
@@ -95,97 +97,6 @@ def label_summary(paths, image_size: int, patients: set[int] | None = None) -> d
 def count_labels(paths, image_size: int, patients: set[int] | None = None) -> tuple[int, int]:
     summary = label_summary(paths, image_size, patients)
     return summary["n0"], summary["n1"]
-
-
-def augmentation_layers(aug: dict, seed: int):
-    # heavy: Keras loads in training jobs only (evaluation reads shards without it)
-    import keras
-
-    layers = []
-    if aug.get("rotation", 0) > 0:
-        layers.append(keras.layers.RandomRotation(aug["rotation"], fill_mode="constant", seed=seed))
-    if aug.get("zoom", 0) > 0:
-        z = aug["zoom"]
-        layers.append(keras.layers.RandomZoom((-z, z), fill_mode="constant", seed=seed + 1))
-    if aug.get("shift", 0) > 0:
-        s = aug["shift"]
-        layers.append(keras.layers.RandomTranslation(s, s, fill_mode="constant", seed=seed + 2))
-    if aug.get("horizontal_flip", False):
-        layers.append(keras.layers.RandomFlip("horizontal", seed=seed + 3))
-    return layers
-
-
-def make_dataset(
-    paths,
-    image_size: int,
-    batch_size: int,
-    shuffle: bool,
-    seed: int = 0,
-    patients: set[int] | None = None,
-    augment: dict | None = None,
-    shuffle_buffer: int = 4096,
-    n_images: int | None = None,
-    n_targets: int | None = None,
-):
-    """(images float32 in [0, 1] (B,H,W,1), labels int) batches, shuffled and prefetched.
-
-    Augmentation (Keras preprocessing layers) is applied only when ``augment`` is given,
-    i.e. for training. ``n_targets``: multi-label shards, the labels are their ``targets``
-    (float32 (B, n_targets)).
-    """
-    # heavy: TensorFlow loads in the jobs that feed a model only
-    import tensorflow as tf
-
-    paths = [str(p) for p in paths]
-    if not paths:
-        raise WorkflowError("No shards given to the input pipeline.")
-    order = list(paths)
-
-    def gen():
-        shard_order = order
-        if shuffle:
-            shard_order = list(np.random.default_rng(seed + gen.epoch).permutation(order))
-            gen.epoch += 1
-        multi = n_targets is not None
-        for imgs, labels, _ in shard_arrays(shard_order, image_size, patients, targets=multi):
-            yield from zip(imgs, labels, strict=True)
-
-    gen.epoch = 0
-    label_spec = (
-        tf.TensorSpec((), tf.int64)
-        if n_targets is None
-        else tf.TensorSpec((n_targets,), tf.float32)
-    )
-    ds = tf.data.Dataset.from_generator(
-        gen,
-        output_signature=(tf.TensorSpec((image_size, image_size), tf.uint8), label_spec),
-    )
-    if shuffle:
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    if n_images is not None:  # lets Keras know the epoch length (no "ran out of data")
-        ds = ds.apply(tf.data.experimental.assert_cardinality(n_images))
-    ds = ds.batch(batch_size)
-
-    def to_float(x, y):
-        return tf.cast(x, tf.float32)[..., None] / 255.0, y
-
-    ds = ds.map(to_float, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if augment:
-        layers = augmentation_layers(augment, seed)
-        if layers:
-            # heavy: Keras loads in training jobs only
-            import keras
-
-            pipe = keras.Sequential(layers)
-
-            def aug(x, y):
-                return tf.clip_by_value(pipe(x, training=True), 0.0, 1.0), y
-
-            # Sequential on purpose: the layers draw from stateful seed generators, and
-            # parallel calls would consume their states in a run-dependent order (seeded runs
-            # then differ). One vectorised call per batch; prefetch still overlaps training.
-            ds = ds.map(aug, num_parallel_calls=None, deterministic=True)
-    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def patient_half(patient_id: int, seed: int) -> str:

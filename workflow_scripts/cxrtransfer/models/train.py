@@ -20,7 +20,7 @@ from cxrtransfer import WorkflowError
 from cxrtransfer.core.files import atomic_path, file_sha256, params_hash
 from cxrtransfer.core.logs import LOG
 from cxrtransfer.core.products import read_model_metrics, read_patients
-from cxrtransfer.data.datasets import label_summary, make_dataset, shard_arrays
+from cxrtransfer.data.datasets import label_summary, shard_arrays
 from cxrtransfer.models.callbacks import best_row, previous_history, training_callbacks
 from cxrtransfer.models.gate import check_multilabel_quality, check_quality, gate_ci
 from cxrtransfer.models.inference import make_predict_fn, predict_shards
@@ -218,6 +218,10 @@ def _fit(
     """Train (or continue the interrupted run in ``out/work``); returns wall time in seconds.
     A run that already finished (``work/fit_done``) is not trained further. ``init``: the
     checkpoint to start from (``init_from``), or None."""
+    # heavy: data.pipelines imports TensorFlow at its top; the train script imports this module
+    # before run_main sends the job's output to its log
+    from cxrtransfer.data.pipelines import make_dataset
+
     work = out / "work"
     done = work / "fit_done.json"
     if done.is_file():
