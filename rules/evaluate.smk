@@ -189,6 +189,7 @@ rule plot_heatmap:
         "../envs/report.yaml"
     params:
         kind="heatmap",
+        norm=lambda w: plan.attack_norm(config, w.attack),
         code=code("plots"),
     script:
         script_path("plots")
@@ -230,6 +231,7 @@ rule plot_auroc:
         "../envs/report.yaml"
     params:
         kind="auroc",
+        norm=lambda w: plan.attack_norm(config, w.attack),
         code=code("plots"),
     script:
         script_path("plots")
@@ -296,6 +298,7 @@ rule plot_cell:
             else {}
         ),
         kind="cell",
+        norm=lambda w: plan.attack_norm(config, w.attack),
         per_class=config["evaluation"]["examples_per_class"],
         code=code("plots"),
     script:

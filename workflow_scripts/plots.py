@@ -22,16 +22,11 @@ def concat(parts):
     }
 
 
-def attack_norm(sm) -> str:
-    """The norm of the job's attack (linf or l2): how the figures write its eps."""
-    return sm.config["attacks"][sm.wildcards.attack].get("norm", "linf")
-
-
 def plot_cell(sm):
     w = sm.wildcards
     clean = read_predictions(sm.input.clean, CLEAN_COLUMNS, list(sm.input.shards))
     adv = read_predictions(sm.input.adv, ADV_COLUMNS, list(sm.input.shards))
-    eps = eps_text(float(w.eps), attack_norm(sm))
+    eps = eps_text(float(w.eps), sm.params.norm)
     title = (
         f"Target {w.target}, {w.data_task} test set\n{w.attack} at ε = {eps} crafted on {w.source}"
     )
@@ -88,10 +83,10 @@ def main(sm):
     w, kind, out = sm.wildcards, sm.params.kind, sm.output
     if kind == "heatmap":
         df = pd.read_csv(sm.input.table)
-        plot_transfer_heatmap(df, w.data_task, w.attack, out.png, out.pdf, norm=attack_norm(sm))
+        plot_transfer_heatmap(df, w.data_task, w.attack, out.png, out.pdf, norm=sm.params.norm)
     elif kind == "auroc":
         df = pd.read_csv(sm.input.table)
-        plot_auroc_vs_eps(df, w.data_task, w.attack, w.target, out.png, out.pdf, attack_norm(sm))
+        plot_auroc_vs_eps(df, w.data_task, w.attack, w.target, out.png, out.pdf, sm.params.norm)
     else:
         plot_cell(sm)
 

@@ -295,7 +295,7 @@ def test_example_plot_draws_the_box(tmp_path, monkeypatch):
     figs = []
     real_save = plots_mod._save
     monkeypatch.setattr(
-        plots_mod, "_save", lambda fig, out: (figs.append(fig), real_save(fig, out))
+        plots_mod, "_save", lambda fig, *out: (figs.append(fig), real_save(fig, *out))
     )
     rng = np.random.default_rng(0)
     clean = rng.integers(0, 255, (2, 24, 24)).astype(np.uint8)
@@ -326,7 +326,7 @@ def test_example_plot_draws_the_box(tmp_path, monkeypatch):
     assert "energy in box 40%" in image_axes[2].get_title()
     texts = " ".join(t.get_text() for t in fig.texts)
     assert "Pneumothorax box" in texts and "1 of 2 example image(s)" in texts
-    assert any("Pneumothorax box" in t.get_text() for lg in fig.legends for t in lg.get_texts())
+    assert not fig.legends  # the box is explained in the footnote (a legend overlapped the title)
     # without boxes: no rectangle, no box caption
     figs.clear()
     plots_mod.plot_examples(clean, adv, [1, 0], [0.9, 0.1], [0.2, 0.8], ["a", "b"], "t", out)
@@ -421,10 +421,12 @@ def _plant_cell(tmp_path, box_rows):
         ),
         output=_Attrs(
             roc=str(out / "roc.png"),
+            roc_pdf=str(out / "roc.pdf"),
             examples=str(out / "ex.png"),
+            examples_pdf=str(out / "ex.pdf"),
             boxes=str(out / "ex_boxes.csv"),
         ),
-        params=_Attrs(box_finding="Cardiomegaly", kind="cell", per_class=1, code="x"),
+        params=_Attrs(box_finding="Cardiomegaly", kind="cell", norm="linf", per_class=1, code="x"),
         wildcards=_Attrs(target="t", attack="pgd", eps="8", source="s", data_task="cardiomegaly"),
         log=[],
         threads=1,
@@ -442,7 +444,7 @@ def _run_plot_cell(sm, monkeypatch):
     figs = []
     real_save = plots_mod._save
     monkeypatch.setattr(
-        plots_mod, "_save", lambda fig, out: (figs.append(fig), real_save(fig, out))
+        plots_mod, "_save", lambda fig, *out: (figs.append(fig), real_save(fig, *out))
     )
     monkeypatch.setattr(job, "run_main", lambda main, snakemake: main(snakemake))
     runpy.run_path(str(ROOT / "workflow_scripts" / "plots.py"), {"snakemake": sm}, "plot_cell")
