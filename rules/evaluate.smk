@@ -163,6 +163,39 @@ CELL_LABELS = {
 }
 
 
+# The answer in one picture: every attack on each deployed target beside its noise control.
+rule plot_headline:
+    input:
+        table=P.TRANSFER_TABLE,
+    output:
+        png=report(
+            P.HEADLINE,
+            caption="../report/headline.rst",
+            category="1. The answer",
+            labels={"figure": "headline", "format": "PNG"},
+        ),
+        pdf=report(
+            P.HEADLINE_PDF,
+            caption="../report/headline.rst",
+            category="1. The answer",
+            labels={"figure": "headline", "format": "PDF"},
+        ),
+    log:
+        P.log("plots", "headline"),
+    benchmark:
+        P.benchmark("plots", "headline")
+    conda:
+        "../envs/report.yaml"
+    params:
+        kind="headline",
+        # {deployed target: its data task}, as the summary's answer reads them
+        deployed=plan_comparisons.deployed_targets(config),
+        norms={a: plan.attack_norm(config, a) for a in sorted(config["attacks"])},
+        code=code("plots"),
+    script:
+        script_path("plots")
+
+
 rule plot_heatmap:
     input:
         table=P.TRANSFER_TABLE,

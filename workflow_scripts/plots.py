@@ -11,6 +11,7 @@ from cxrtransfer.data.adversarial_cache import read_attack, set_caches
 from cxrtransfer.data.boxes import finding_boxes, read_prepared, scale_box
 from cxrtransfer.data.shards import read_shard
 from cxrtransfer.evaluate.examples import aligned_cell, cell_examples, plot_examples
+from cxrtransfer.evaluate.headline import plot_headline
 from cxrtransfer.evaluate.plots import plot_auroc_vs_eps, plot_roc, plot_transfer_heatmap
 from cxrtransfer.evaluate.predictions import ADV_COLUMNS, CLEAN_COLUMNS, read_predictions
 
@@ -81,7 +82,10 @@ def plot_cell(sm):
 
 def main(sm):
     w, kind, out = sm.wildcards, sm.params.kind, sm.output
-    if kind == "heatmap":
+    if kind == "headline":
+        df = pd.read_csv(sm.input.table)
+        plot_headline(df, dict(sm.params.deployed), dict(sm.params.norms), out.png, out.pdf)
+    elif kind == "heatmap":
         df = pd.read_csv(sm.input.table)
         plot_transfer_heatmap(df, w.data_task, w.attack, out.png, out.pdf, norm=sm.params.norm)
     elif kind == "auroc":

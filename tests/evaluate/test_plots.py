@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from cxrtransfer import WorkflowError
-from cxrtransfer.evaluate import examples, plots, style
+from cxrtransfer.evaluate import examples, headline, plots, style
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import PolyCollection
 from matplotlib.layout_engine import ConstrainedLayoutEngine
@@ -70,7 +70,7 @@ def planted_table() -> pd.DataFrame:
 def saved(monkeypatch):
     """The figures the plot functions save (in order), captured before they are written."""
     figs = []
-    for module in (plots, examples):
+    for module in (plots, examples, headline):
         real = module._save
         monkeypatch.setattr(
             module, "_save", lambda fig, *outs, real=real: (figs.append(fig), real(fig, *outs))
@@ -397,3 +397,79 @@ def test_one_style_for_every_figure():
     assert len(set(style.PALETTE)) == len(style.PALETTE) == 8  # Okabe-Ito
     assert style.colours(10)[8:] == list(style.PALETTE[:2])
     assert style.RC["pdf.fonttype"] == 42 and style.DPI >= 150
+
+
+# ----------------------------------------------------------------------------------------------
+# The headline figure
+# ----------------------------------------------------------------------------------------------
+
+HEADLINE_SOURCES = {2: ["tgt"], 8: ["tgt", "sur", "xt"]}
+
+
+def headline_table() -> pd.DataFrame:
+    """The deployed target ``tgt``'s cells (and the other target's, which the figure leaves
+    out), each with its shuffled control; the surrogate's cell is above noise."""
+    rows = []
+    for eps, sources in HEADLINE_SOURCES.items():
+        for i, s in enumerate(sources):
+            for t in TARGETS:
+                rate = 1.0 if s == t else 0.2 + 0.1 * i
+                base = {"data_task": "pneumothorax", "eps": eps, "source": s, "target": t}
+                rel = RELATION.get((s, t), "cross-task")
+                above = 0.05 if s == "sur" else -0.02
+                rows.append(
+                    {
+                        **base,
+                        "attack": "pgd",
+                        "relation": rel,
+                        "fooling_rate": rate,
+                        "fooling_rate_ci_low": rate - 0.05,
+                        "fooling_rate_ci_high": min(rate + 0.05, 1),
+                        "fooling_rate_above_noise_ci_low": above,
+                        "ci_level": 0.95,
+                    }
+                )
+                rows.append(
+                    {
+                        **base,
+                        "attack": "pgd__shuffled",
+                        "relation": rel,
+                        "fooling_rate": 0.15,
+                        "fooling_rate_ci_low": 0.1,
+                        "fooling_rate_ci_high": 0.2,
+                        "ci_level": 0.95,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def test_the_headline_shows_each_deployed_cell_beside_its_noise_control(tmp_path, saved):
+    png, pdf = tmp_path / "h.png", tmp_path / "h.pdf"
+    cells = headline.plot_headline(
+        headline_table(), {"tgt": "pneumothorax"}, {"pgd": "linf"}, png, pdf
+    )
+    assert set(cells["target"]) == {"tgt"} and len(cells) == 4  # no control, no other target
+    fig = saved[-1]
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in axes] == [
+        "tgt (pneumothorax), ε = 2/255",
+        "tgt (pneumothorax), ε = 8/255",
+    ]
+    # white-box first (RELATIONS order), then by source; * where the paired CI is above 0
+    assert _ticks(axes[1].get_yticklabels()) == ["tgt · pgd", "sur · pgd *", "xt · pgd"]
+    # one interval per cell and one per control: filled dots, hollow grey controls
+    for ax, n in zip(axes, (1, 3), strict=True):
+        assert len(ax.containers) == 2 * n
+        hollow = [c for c in ax.containers if c.lines[0].get_markerfacecolor() == "none"]
+        assert len(hollow) == n
+        xs = sorted(float(c.lines[0].get_xdata()[0]) for c in hollow)
+        assert xs == [0.15] * n
+    legend = [t.get_text() for lg in fig.legends for t in lg.get_texts()]
+    assert {"white-box", "surrogate", "cross-task", "noise control"} <= set(legend)
+    _written(png, pdf)
+    assert "beyond noise" in _pdf_text(pdf)
+
+
+def test_the_headline_without_a_deployed_cell_says_what_to_do(tmp_path):
+    with pytest.raises(WorkflowError, match="no cell of a deployed target"):
+        headline.plot_headline(headline_table(), {"other": "pneumothorax"}, {}, tmp_path / "h.png")

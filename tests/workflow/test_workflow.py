@@ -288,13 +288,14 @@ FULL_RUN = {
     "evaluate": 4,
     "compare": 2,  # one per deployed target (pneumothorax_small, cardiomegaly_small)
     "tables": 1,
+    "plot_headline": 1,
     "plot_heatmap": 2,
     "plot_auroc": 3,
     "plot_cell": 1,
     "study_config": 1,
     "all": 1,
 }
-AFTER_TABLES = {"tables": 1, "plot_heatmap": 2, "plot_auroc": 3}
+AFTER_TABLES = {"tables": 1, "plot_headline": 1, "plot_heatmap": 2, "plot_auroc": 3}
 ATTACKS_ON = {"attack": 4, "predict_adv": 6, "evaluate": 4, "compare": 2}
 
 
@@ -342,6 +343,7 @@ RERUN_TABLE = [
             "evaluate": 3,
             "compare": 1,  # the deployed cardiomegaly target gets a set to compare
             "tables": 1,
+            "plot_headline": 1,
             "plot_heatmap": 2,
             "plot_auroc": 4,
             "study_config": 1,
@@ -357,6 +359,7 @@ RERUN_TABLE = [
         {
             **ATTACKS_ON,
             "tables": 1,
+            "plot_headline": 1,
             "plot_heatmap": 4,
             "plot_auroc": 6,
             "plot_cell": 1,
@@ -435,7 +438,10 @@ LIBRARY_EDITS = [
     # a metric of the evaluation: the evaluations and everything after them
     ("evaluate/cells.py", {"evaluate": 4, "compare": 2, **AFTER_TABLES, "plot_cell": 1, "all": 1}),
     # plotting code: the plots only (the report is built from them by `--report`)
-    ("evaluate/plots.py", {"plot_heatmap": 2, "plot_auroc": 3, "plot_cell": 1, "all": 1}),
+    (
+        "evaluate/plots.py",
+        {"plot_headline": 1, "plot_heatmap": 2, "plot_auroc": 3, "plot_cell": 1, "all": 1},
+    ),
 ]
 
 
@@ -659,6 +665,7 @@ EXTENSION_JOBS = {
     "predict_adv": 2 * 2 + 3 * 4 + 2 * 1 + 2 * 2,
     "evaluate": 5 + 4,  # every set: each has a new target (and Pneumothorax expert labels)
     "tables": 1,
+    "plot_headline": 1,
     "plot_heatmap": 3,  # the run's 2 (read the new table) + cardiomegaly/uap
     "plot_auroc": 4 + 2 + 2,  # per (data task, attack, target)
     "study_config": 1,

@@ -54,6 +54,7 @@ TRANSFER_TABLE = f"{TABLES}/transfer.csv"
 COMPARISONS_TABLE = f"{TABLES}/comparisons.csv"
 SUMMARY = f"{TABLES}/summary.md"
 MATRICES = f"{TABLES}/matrices"
+HEADLINE = f"{PLOTS}/headline.png"
 HEATMAP = f"{PLOTS}/heatmap/{{data_task}}_{{attack}}.png"
 AUROC_PLOT = f"{PLOTS}/auroc_vs_eps/{{data_task}}_{{attack}}_{{target}}.png"
 ROC_PLOT = f"{PLOTS}/roc/{ADV_SET}/{{target}}.png"
@@ -65,6 +66,7 @@ def pdf(template: str) -> str:
     return template.removesuffix(".png") + ".pdf"
 
 
+HEADLINE_PDF = pdf(HEADLINE)
 HEATMAP_PDF = pdf(HEATMAP)
 AUROC_PLOT_PDF = pdf(AUROC_PLOT)
 ROC_PLOT_PDF = pdf(ROC_PLOT)

@@ -393,7 +393,8 @@ def _in_turn(by_task: dict[str, list]) -> list:
 
 
 def plot_files(config: dict) -> list[str]:
-    files = [P.HEATMAP.format(data_task=t, attack=a) for t, a in task_attacks(config)]
+    files = [P.HEADLINE] if task_attacks(config) else []
+    files += [P.HEATMAP.format(data_task=t, attack=a) for t, a in task_attacks(config)]
     files += [
         P.AUROC_PLOT.format(data_task=t, attack=a, target=m)
         for t, a in task_attacks(config)
