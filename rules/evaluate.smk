@@ -91,6 +91,12 @@ rule tables:
             caption="../report/summary.rst",
             category="Tables",
         ),
+        summary_html=report(
+            P.SUMMARY_HTML,
+            caption="../report/summary.rst",
+            category="1. The answer",
+            labels={"document": "summary"},
+        ),
         comparisons=report(
             P.COMPARISONS_TABLE,
             caption="../report/comparisons.rst",

@@ -1,5 +1,5 @@
 """Rule tables: transfer.csv (long form), source x target matrices, comparisons.csv (the
-compare jobs' paired comparisons), summary.md."""
+compare jobs' paired comparisons), summary.md and its web page for the report."""
 
 from pathlib import Path
 
@@ -8,6 +8,7 @@ from cxrtransfer.core.files import atomic_path, write_csv
 from cxrtransfer.core.products import read_cells
 from cxrtransfer.evaluate.comparison_table import read_all_comparisons
 from cxrtransfer.evaluate.summary import summary_markdown
+from cxrtransfer.evaluate.summary_page import summary_html
 from cxrtransfer.evaluate.tables import add_noise_controls, long_table, matrices, write_matrix
 
 
@@ -22,18 +23,19 @@ def main(sm):
     for value in ("transfer_rate", "adv_auroc"):
         for (task, attack, eps), m in matrices(df, value).items():
             write_matrix(m, out_dir / f"{task}_{attack}_eps{eps:g}_{value}")
+    expert = sm.params.get("expert")  # only with expert labels
+    text = summary_markdown(
+        df,
+        dict(sm.params.models),
+        sm.params.data_source,
+        dict(expert) if expert else None,
+        comparisons=comparisons,
+        deployed=dict(sm.params.deployed),
+    )
     with atomic_path(sm.output.summary) as tmp:
-        expert = sm.params.get("expert")  # only with expert labels
-        tmp.write_text(
-            summary_markdown(
-                df,
-                dict(sm.params.models),
-                sm.params.data_source,
-                dict(expert) if expert else None,
-                comparisons=comparisons,
-                deployed=dict(sm.params.deployed),
-            )
-        )
+        tmp.write_text(text)
+    with atomic_path(sm.output.summary_html) as tmp:  # the same, for the report's first page
+        tmp.write_text(summary_html(text))
 
 
 run_main(main, snakemake)  # noqa: F821

@@ -215,3 +215,12 @@ def test_noise_verdicts():
     )
     assert answer.noise_verdict(row).endswith("below its noise control")
     assert answer.noise_verdict({}) == "no noise control to compare with"
+
+
+def test_the_summary_page_renders_its_tables_and_headings():
+    from cxrtransfer.evaluate.summary_page import summary_html
+
+    page = summary_html("## The answer\n\n| a | b |\n|---|---|\n| 1 & 2 | 3 |\n", "S <1>")
+    assert page.startswith("<!DOCTYPE html>") and "<title>S &lt;1&gt;</title>" in page
+    assert "<h2>The answer</h2>" in page
+    assert "<table>" in page and "<th>a</th>" in page and "<td>1 &amp; 2</td>" in page

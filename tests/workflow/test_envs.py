@@ -26,6 +26,7 @@ PACKAGE = {
     "tensorflow": "tensorflow",
     "keras": "keras",
     "jsonschema": "jsonschema",
+    "markdown": "markdown",
 }
 # an environment's package -> its name in constraints.txt (the tests run the CPU build)
 CONSTRAINT_NAME = {"tensorflow": "tensorflow-cpu"}

@@ -53,6 +53,7 @@ COMPARISONS = f"{RESULTS}/metrics/comparisons/{{target}}.csv"
 TRANSFER_TABLE = f"{TABLES}/transfer.csv"
 COMPARISONS_TABLE = f"{TABLES}/comparisons.csv"
 SUMMARY = f"{TABLES}/summary.md"
+SUMMARY_HTML = f"{TABLES}/summary.html"  # the same, rendered for the report
 MATRICES = f"{TABLES}/matrices"
 HEADLINE = f"{PLOTS}/headline.png"
 HEATMAP = f"{PLOTS}/heatmap/{{data_task}}_{{attack}}.png"
