@@ -479,6 +479,7 @@ def test_damaged_file_is_rebuilt_after_verify(root, run, tmp_path):
             "attack": 1,
             "predict_adv": 2,
             "evaluate": 1,
+            "compare": 1,  # the pneumothorax target's comparisons read the set's predictions
             **AFTER_TABLES,
             "plot_cell": 1,
             "study_config": 1,
@@ -664,6 +665,7 @@ EXTENSION_JOBS = {
     # Cardiomegaly: the run's 2 sets on the view + the 2 new sets on both targets
     "predict_adv": 2 * 2 + 3 * 4 + 2 * 1 + 2 * 2,
     "evaluate": 5 + 4,  # every set: each has a new target (and Pneumothorax expert labels)
+    "compare": 2,  # both deployed targets' tasks get new sets to compare
     "tables": 1,
     "plot_headline": 1,
     "plot_heatmap": 3,  # the run's 2 (read the new table) + cardiomegaly/uap

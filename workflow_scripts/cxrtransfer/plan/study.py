@@ -351,7 +351,7 @@ def deployed_target(config: dict, task: str) -> str:
 def chosen_cells(config: dict) -> list[tuple[AdvSet, str]]:
     """Cells with ROC and example plots, the first ``evaluation.roc_cells`` of: the deployed
     targets' cells, the data tasks in turn (every deployed target gets its closest cell before
-    any gets a second; tasks with more cells first, then by name), then the other targets'
+    any gets a second; tasks by name), then the other targets'
     cells the same way. A task's cells: per (real) attack at its largest eps, the target
     attacked from each source, in ``_by_relation``'s order."""
     n = config["evaluation"]["roc_cells"]
@@ -386,8 +386,9 @@ def _by_relation(config: dict, task: str, cells: list) -> list:
 
 
 def _in_turn(by_task: dict[str, list]) -> list:
-    """The tasks' lists interleaved: the first of each, then the second of each, ..."""
-    tasks = sorted(by_task, key=lambda t: (-len(by_task[t]), t))
+    """The tasks' lists interleaved: the first of each, then the second of each, ... (tasks by
+    name: adding models or sets to one task does not move another task's plotted cells)."""
+    tasks = sorted(by_task)
     longest = max((len(v) for v in by_task.values()), default=0)
     return [by_task[t][i] for i in range(longest) for t in tasks if i < len(by_task[t])]
 
