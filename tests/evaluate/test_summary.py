@@ -224,3 +224,14 @@ def test_the_summary_page_renders_its_tables_and_headings():
     assert page.startswith("<!DOCTYPE html>") and "<title>S &lt;1&gt;</title>" in page
     assert "<h2>The answer</h2>" in page
     assert "<table>" in page and "<th>a</th>" in page and "<td>1 &amp; 2</td>" in page
+
+
+def test_relations_are_ordered_at_the_attack_that_spans_most_of_them(planted):
+    """The strongest transfer cell is a one-relation attack (a surrogate's UAP): the relations
+    are still ordered on the attack whose cells span the most relations (pgd)."""
+    df, comp = planted
+    uap = cell("s_r50", "uap", "surrogate", 0.95, 0.6, (0.5, 0.7))
+    block = answer_block(text_of(pd.concat([df, pd.DataFrame([uap])]), comp))
+    order = next(ln for ln in block.splitlines() if ln.startswith("- Relations on matched cells"))
+    assert order.startswith("- Relations on matched cells (pgd at eps 8): white-box against ")
+    assert "too few for an ordering" not in block

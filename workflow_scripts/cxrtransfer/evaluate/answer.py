@@ -156,33 +156,42 @@ def _key(row) -> tuple:
     return (row["source"], row["attack"])
 
 
+def _ordering_group(rows: pd.DataFrame, transfer: pd.DataFrame):
+    """The (attack, eps) whose cells span the most relations (white-box included; ties: the
+    larger eps, then the stronger transfer cell), and those cells; the relations can only be
+    ordered on cells of one attack and eps."""
+    cells = pd.concat([rows[rows["relation"] == "white-box"], transfer])
+    best, best_key = None, None
+    for (attack, eps), g in transfer.groupby(["attack", "eps"], sort=True):
+        g = cells[(cells["attack"] == attack) & (cells["eps"] == eps)]
+        key = (g["relation"].nunique(), float(eps), float(g["fooling_rate"].max()))
+        if best_key is None or key > best_key:
+            best, best_key = (attack, eps, g), key
+    return best
+
+
 def ordering_sentence(rows: pd.DataFrame, comp, target) -> str:
-    """Relations against each other on matched cells: at the attack and eps of the strongest
-    transfer cell, each single-model relation's strongest source (white-box included),
-    neighbours in the expected order compared by the paired CI of their difference."""
+    """Relations against each other on matched cells: at the attack and eps whose cells span
+    the most relations (``_ordering_group``), each single-model relation's strongest source
+    (white-box included), neighbours in the expected order compared by the paired CI of their
+    difference."""
     transfer = rows[rows["relation"].isin(TRANSFER_RELATIONS)]
     transfer = transfer[~transfer["relation"].isin(ENSEMBLE_RELATIONS)]
-    lead = _strongest(transfer) if len(transfer) else None
-    if lead is None:
+    if not len(transfer):
         return "No transfer cell: nothing to order."
-    same = transfer[
-        (transfer["attack"] == lead["attack"])
-        & (transfer["eps"].astype(float) == float(lead["eps"]))
-    ]
-    same = pd.concat([rows[rows["relation"] == "white-box"], same])
-    same = same[(same["attack"] == lead["attack"]) & (same["eps"] == lead["eps"])]
+    attack, eps, same = _ordering_group(rows, transfer)
     chosen = [
         (rel, _strongest(same[same["relation"] == rel]))
         for rel in ("white-box", *TRANSFER_RELATIONS)
         if (same["relation"] == rel).any()
     ]
     chosen = [(rel, r) for rel, r in chosen if r is not None]
-    where = f"{lead['attack']} at eps {float(lead['eps']):g}"
+    where = f"{attack} at eps {float(eps):g}"
     if len(chosen) < 2:
         return f"Only one relation has cells with {where}: too few for an ordering."
     parts = []
     for (rel_a, a), (rel_b, b) in zip(chosen, chosen[1:], strict=False):
-        pair = find_comparison(comp, target, lead["eps"], _key(a), _key(b))
+        pair = find_comparison(comp, target, eps, _key(a), _key(b))
         if pair is None:
             parts.append(f"{rel_a} against {rel_b}: no paired comparison, no ordering claimed")
         else:
