@@ -105,17 +105,21 @@ def test_compare_target_on_planted_files(tmp_path):
     clean_file, adv_files, metrics = _files(tmp_path, {"s1": strong, "s2": weak, "s3": weak})
     sets = [{"source": s, "attack": "pgd", "eps": "8"} for s in ("s1", "s2", "s3")]
     pairs = [{"a": 0, "b": 1, "kind": "same attack"}, {"a": 1, "b": 2, "kind": "same attack"}]
-    table = compare_target(
-        target="t",
-        data_task="d",
-        sets=sets,
-        pairs=pairs,
-        clean_file=clean_file,
-        adv_files=adv_files,
-        metrics_files=metrics,
-        source_tasks={"s1": "d", "s2": "d", "s3": "d"},
-        evaluation=EVALUATION,
-    )
+
+    def compare():
+        return compare_target(
+            target="t",
+            data_task="d",
+            sets=sets,
+            pairs=pairs,
+            clean_file=clean_file,
+            adv_files=adv_files,
+            metrics_files=metrics,
+            source_tasks={"s1": "d", "s2": "d", "s3": "d"},
+            evaluation=EVALUATION,
+        )
+
+    table = compare()
     assert list(table.columns) == list(COMPARISON_COLUMNS) and len(table) == 2
     first, second = table.iloc[0], table.iloc[1]
     assert first["fooling_rate_difference"] == pytest.approx(strong.mean() - weak.mean())
@@ -131,17 +135,7 @@ def test_compare_target_on_planted_files(tmp_path):
         json.dumps({"threshold": 0.5, "checkpoint_sha256": "new", **runconfig.job_record()})
     )
     with pytest.raises(WorkflowError, match="another checkpoint"):
-        compare_target(
-            target="t",
-            data_task="d",
-            sets=sets,
-            pairs=pairs,
-            clean_file=clean_file,
-            adv_files=adv_files,
-            metrics_files=metrics,
-            source_tasks={"s1": "d", "s2": "d", "s3": "d"},
-            evaluation=EVALUATION,
-        )
+        compare()
 
 
 def test_comparisons_round_trip_and_checks(tmp_path):
