@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -139,7 +140,8 @@ def test_write_matrix_round_trip(table, tmp_path):
     np.testing.assert_array_equal(back.to_numpy(), m.to_numpy())  # exact, NaN where NaN
 
     md = paths[1].read_text().splitlines()
-    assert md[0].startswith("| source \\ target |") and md[1].startswith("| --- |")
+    assert re.match(r"\| source \\ target +\|", md[0])
+    assert re.fullmatch(r"\|:-+(\|-+:){3}\|", md[1])  # labels left-, numbers right-aligned
     cells = {r.split("|")[1].strip(): [x.strip() for x in r.split("|")[2:-1]] for r in md[2:]}
     header = [x.strip() for x in md[0].split("|")[2:-1]]
     assert cells["card_r50"][header.index("pneu_r50")] == "n/a"
@@ -154,6 +156,25 @@ def test_write_matrix_round_trip(table, tmp_path):
     assert "pneu\\_d121 & 0.333 &" in tex and "n/a" in tex
     assert "pneu_r50" not in tex  # underscores escaped
     assert len([ln for ln in tex.splitlines() if ln.endswith("\\\\")]) == 1 + len(m)
+    assert tex.count("\\hline") == 3 and "rule" not in tex  # no booktabs package needed
+
+
+def test_tables_escape_what_markdown_and_latex_would_read():
+    m = pd.DataFrame(
+        [[0.5, np.nan]],
+        index=pd.Index(["a|b~c%"], name="source"),
+        columns=pd.Index(["x_1", "y&z"], name="target"),
+    )
+    md = tables.matrix_markdown(m).splitlines()
+    assert md[2].split() == ["|", "a\\|b~c%", "|", "0.500", "|", "n/a", "|"]  # `|` escaped
+    tex = tables.matrix_latex(m)
+    assert "a|b\\textasciitilde c\\% & 0.500 & n/a \\\\\n" in tex
+    assert "x\\_1 & y\\&z \\\\" in tex and "source \\textbackslash " in tex
+    # text cells stay as written: "8" and "0.100" are not re-formatted as numbers
+    lines = tables.markdown_table(["eps", "rate"], [["8", "0.100"], ["2", "n/a"]], "rr")
+    assert lines[1] == "|------:|-------:|" and lines[2].split() == ["|", "8", "|", "0.100", "|"]
+    with pytest.raises(ValueError, match="ragged"):
+        tables.markdown_table(["a", "b"], [["1"]], "ll")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -161,8 +182,13 @@ def test_write_matrix_round_trip(table, tmp_path):
 # ----------------------------------------------------------------------------------------------
 
 
+def _squeezed(text: str) -> str:
+    """A summary with its tables' padding (tabulate's column widths) squeezed to one space."""
+    return re.sub(" {2,}", " ", text)
+
+
 def test_summary_tables_show_ranges_over_cells_not_means(table):
-    text = summary.summary_markdown(table, MODELS, "synthetic")
+    text = _squeezed(summary.summary_markdown(table, MODELS, "synthetic"))
     assert "NOT clinical results" in text and "demonstration" in text
     assert "## Data task pneumothorax, attack pgd, eps 8\n" in text
     assert "ordering holds" not in text and "mean" not in text.split("## Data task", 1)[1]
@@ -175,7 +201,9 @@ def test_summary_tables_show_ranges_over_cells_not_means(table):
     df.loc[xa, "fooling_rate"] = np.linspace(0.1, 0.7, int(xa.sum()))
     row = next(
         ln
-        for ln in summary.summary_markdown(df, MODELS, "kaggle").split("eps 8\n", 1)[1].splitlines()
+        for ln in _squeezed(summary.summary_markdown(df, MODELS, "kaggle"))
+        .split("eps 8\n", 1)[1]
+        .splitlines()
         if ln.startswith("| cross-architecture |")
     )
     assert row.split("|")[4].strip() == "0.100 to 0.700"
@@ -193,7 +221,7 @@ def test_an_ensemble_is_never_pooled_and_is_shown_beside_its_members(table):
     ]
     ens["fooling_rate"] = 0.123
     df = pd.concat([df.assign(member_relations=""), ens], ignore_index=True)
-    text = summary.summary_markdown(df, MODELS, "synthetic")
+    text = _squeezed(summary.summary_markdown(df, MODELS, "synthetic"))
     eps8 = text.split("## Data task pneumothorax, attack pgd, eps 8\n", 1)[1].split("##", 1)[0]
     xa = next(ln for ln in eps8.splitlines() if ln.startswith("| cross-architecture |"))
     assert xa.split("|")[2].strip() == "4"  # the single-model cells only, no ensemble cell

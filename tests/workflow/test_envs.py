@@ -27,7 +27,11 @@ PACKAGE = {
     "keras": "keras",
     "jsonschema": "jsonschema",
     "markdown": "markdown",
+    "tabulate": "tabulate",
+    "jinja2": "jinja2",
 }
+# pandas methods whose optional dependency a call imports (pandas imports it on the call)
+OPTIONAL = {"to_markdown": "tabulate", "to_latex": "jinja2"}
 # an environment's package -> its name in constraints.txt (the tests run the CPU build)
 CONSTRAINT_NAME = {"tensorflow": "tensorflow-cpu"}
 
@@ -38,13 +42,16 @@ def _norm(name: str) -> str:
 
 def _imported_roots(path: Path) -> set[str]:
     """Third-party top-level packages a file imports anywhere (in functions too: a job that
-    calls the function needs the package)."""
+    calls the function needs the package), with the optional dependencies of the pandas
+    methods it calls (``OPTIONAL``)."""
     out = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             out |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             out.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            out |= {OPTIONAL[node.func.attr]} if node.func.attr in OPTIONAL else set()
     return {r for r in out if r not in sys.stdlib_module_names} - {"cxrtransfer", "__future__"}
 
 

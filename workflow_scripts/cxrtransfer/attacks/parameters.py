@@ -375,6 +375,10 @@ def check_keys(method: str, cfg: dict) -> None:
 def table_markdown() -> str:
     """The parameter table of docs/ATTACKS.md: every setting, its defaults per attack, bounds,
     unit, meaning and the papers' setting."""
+    # Hand-written, not pandas' to_markdown: tabulate pads every cell to its column's width, so
+    # in docs/ATTACKS.md one longer meaning would rewrite every row of the table (and the short
+    # rows would carry ~200 spaces); and this module, imported when the Snakefile is parsed and
+    # by the attack jobs, stays free of third-party packages.
 
     def shown(v) -> str:
         if v is None:

@@ -14,7 +14,7 @@ import pandas as pd
 from cxrtransfer.evaluate.comparison_table import ABOVE_NOISE, ABOVE_NOISE_CI
 from cxrtransfer.evaluate.relations import ENSEMBLE_RELATIONS, RELATIONS
 from cxrtransfer.evaluate.summary_sections import find_cell, with_ci
-from cxrtransfer.evaluate.tables import fmt
+from cxrtransfer.evaluate.tables import fmt, markdown_table
 from cxrtransfer.metrics.paired import excludes_zero
 
 INDISTINGUISHABLE = "indistinguishable at this sample size"
@@ -307,9 +307,17 @@ def attack_comparison_lines(comp: pd.DataFrame | None) -> list[str]:
         "of comparisons.csv): the fooling rate of the first minus the second, with the paired "
         "patient-bootstrap CI; an ordering only where the CI excludes 0.",
         "",
-        "| data task | target | source | eps | attacks (A - B) | fooling rate A - B | verdict |",
-        "| --- | --- | --- | ---: | --- | --- | --- |",
     ]
+    header = [
+        "data task",
+        "target",
+        "source",
+        "eps",
+        "attacks (A - B)",
+        "fooling rate A - B",
+        "verdict",
+    ]
+    rows = []
     keys = ["data_task", "target", "source_a", "eps", "attack_a", "attack_b"]
     for _, r in same.sort_values(keys).iterrows():
         lo, hi = r["fooling_rate_difference_ci_low"], r["fooling_rate_difference_ci_high"]
@@ -318,9 +326,15 @@ def attack_comparison_lines(comp: pd.DataFrame | None) -> list[str]:
             verdict = f"{more} transfers more"
         else:
             verdict = INDISTINGUISHABLE
-        lines.append(
-            f"| {r['data_task']} | {r['target']} | {r['source_a']} | {float(r['eps']):g} | "
-            f"{r['attack_a']} - {r['attack_b']} | {fmt(r['fooling_rate_difference'])} "
-            f"[{fmt(lo)}, {fmt(hi)}] | {verdict} |"
+        rows.append(
+            [
+                r["data_task"],
+                r["target"],
+                r["source_a"],
+                f"{float(r['eps']):g}",
+                f"{r['attack_a']} - {r['attack_b']}",
+                f"{fmt(r['fooling_rate_difference'])} [{fmt(lo)}, {fmt(hi)}]",
+                verdict,
+            ]
         )
-    return lines + [""]
+    return lines + markdown_table(header, rows, "lllrlll") + [""]

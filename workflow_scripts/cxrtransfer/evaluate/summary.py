@@ -25,7 +25,7 @@ from cxrtransfer.evaluate.summary_sections import (
     hardened_models,
     robust_lines,
 )
-from cxrtransfer.evaluate.tables import ID_COLUMNS, NA, fmt
+from cxrtransfer.evaluate.tables import ID_COLUMNS, NA, fmt, markdown_table
 
 # What the summary says it is about, by data source (any other source: DATA_OTHER).
 DATA_LINES = {
@@ -165,17 +165,25 @@ def noise_counts(r: pd.DataFrame) -> str:
 def _relation_table(task, attack, eps, g: pd.DataFrame) -> list[str]:
     """Section of one (data task, attack, eps): per relation the range of each rate over its
     cells and how many cells are above their noise control."""
-    lines = [f"## Data task {task}, attack {attack}, eps {float(eps):g}", ""]
-    lines.append(
-        "| relation | cells | transfer rate | fooling rate | flip rate | noise | above noise "
-        "| above / indist. / at or below noise | adv. AUROC | clean AUROC |"
-    )
-    lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    header = [
+        "relation",
+        "cells",
+        "transfer rate",
+        "fooling rate",
+        "flip rate",
+        "noise",
+        "above noise",
+        "above / indist. / at or below noise",
+        "adv. AUROC",
+        "clean AUROC",
+    ]
+    rows = []
     for rel in RELATIONS:
         r = g[g["relation"] == rel]
         if r.empty:
             continue
         vals = [value_range(r[k]) for k in RELATION_COLUMNS]
         vals.insert(RELATION_COLUMNS.index(ABOVE_NOISE) + 1, noise_counts(r))
-        lines.append(f"| {rel} | {len(r)} | " + " | ".join(vals) + " |")
-    return lines + [""]
+        rows.append([rel, str(len(r)), *vals])
+    title = f"## Data task {task}, attack {attack}, eps {float(eps):g}"
+    return [title, "", *markdown_table(header, rows, "l" + "r" * 9), ""]

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from cxrtransfer.evaluate.relations import ENSEMBLE_RELATIONS, RELATIONS
-from cxrtransfer.evaluate.tables import NA, fmt
+from cxrtransfer.evaluate.tables import NA, fmt, markdown_table
 
 
 def mean_finite(x: pd.Series) -> float:
@@ -63,6 +63,13 @@ def with_ci(row, key: str) -> str:
     return f"{fmt(row[key])}{ci}"
 
 
+def _auroc_and_rate(cell) -> str:
+    """A cell's adversarial AUROC with its fooling rate in brackets ("n/a": no such cell)."""
+    if cell is None:
+        return NA
+    return f"{fmt(cell['adv_auroc'])} ({fmt(cell['fooling_rate'])})"
+
+
 def ensemble_lines(real: pd.DataFrame) -> list[str]:
     """Each ensemble cell beside its members' own cells (same data task, attack, eps and
     target): the ensemble's fooling rate and adversarial AUROC with CIs and, per member, its
@@ -80,26 +87,42 @@ def ensemble_lines(real: pd.DataFrame) -> list[str]:
         "the cells of its members on the same target, attack and eps (fooling rate and "
         "adversarial AUROC with their CIs).",
         "",
-        "| data task | attack | eps | target | source (relation) | fooling rate | adv. AUROC |",
-        "| --- | --- | ---: | --- | --- | --- | --- |",
     ]
+    header = [
+        "data task",
+        "attack",
+        "eps",
+        "target",
+        "source (relation)",
+        "fooling rate",
+        "adv. AUROC",
+    ]
+    rows = []
     keys = ["data_task", "attack", "eps", "source", "target"]
     for _, row in ens.sort_values(keys).iterrows():
-        head = f"| {row['data_task']} | {row['attack']} | {float(row['eps']):g} | {row['target']} "
-        lines.append(
-            f"{head}| **{row['source']}** ({row['relation']}) | "
-            f"{with_ci(row, 'fooling_rate')} | {with_ci(row, 'adv_auroc')} |"
+        head = [row["data_task"], row["attack"], f"{float(row['eps']):g}", row["target"]]
+        rows.append(
+            [
+                *head,
+                f"**{row['source']}** ({row['relation']})",
+                with_ci(row, "fooling_rate"),
+                with_ci(row, "adv_auroc"),
+            ]
         )
         for part in str(row["member_relations"]).split("; "):
             member, _, rel = part.partition(": ")
             cell = find_cell(
                 real, member, row["target"], row["attack"], row["eps"], row["data_task"]
             )
-            lines.append(
-                f"{head}| member {member} ({rel}) | {with_ci(cell, 'fooling_rate')} | "
-                f"{with_ci(cell, 'adv_auroc')} |"
+            rows.append(
+                [
+                    *head,
+                    f"member {member} ({rel})",
+                    with_ci(cell, "fooling_rate"),
+                    with_ci(cell, "adv_auroc"),
+                ]
             )
-    return lines + [""]
+    return lines + markdown_table(header, rows, "llrllll") + [""]
 
 
 def defence_lines(real: pd.DataFrame, models: dict) -> list[str]:
@@ -137,17 +160,12 @@ def defence_lines(real: pd.DataFrame, models: dict) -> list[str]:
         "| --- | --- | --- | ---: | --- | --- | --- | --- |",
     ]
 
-    def cell(c):
-        if c is None:
-            return NA
-        return f"{fmt(c['adv_auroc'])} ({fmt(c['fooling_rate'])})"
-
     verdicts = []
     for d, defence, base, attack, eps, plain, non_adaptive, adaptive in rows:
         clean = f"{fmt(target_clean_auroc(real, base))} / {fmt(target_clean_auroc(real, d))}"
         out.append(
-            f"| {d} | {defence} | {attack} | {eps:g} | {clean} | {cell(plain)} | "
-            f"{cell(non_adaptive)} | {cell(adaptive)} |"
+            f"| {d} | {defence} | {attack} | {eps:g} | {clean} | {_auroc_and_rate(plain)} | "
+            f"{_auroc_and_rate(non_adaptive)} | {_auroc_and_rate(adaptive)} |"
         )
         if adaptive is not None:
             gap = float(non_adaptive["adv_auroc"]) - float(adaptive["adv_auroc"])
@@ -187,20 +205,33 @@ def robust_lines(real: pd.DataFrame, models: dict) -> list[str]:
         "(init_from). Robustness is claimed only at the eps it was trained for and below; "
         "larger eps shows how fast it breaks.",
         "",
-        "| model | trained at eps | fine-tuned from | clean AUROC (from -> trained) | attack | eps "
-        "| white-box adv. AUROC, from | white-box adv. AUROC, trained |",
-        "| --- | ---: | --- | --- | --- | ---: | --- | --- |",
     ]
+    header = [
+        "model",
+        "trained at eps",
+        "fine-tuned from",
+        "clean AUROC (from -> trained)",
+        "attack",
+        "eps",
+        "white-box adv. AUROC, from",
+        "white-box adv. AUROC, trained",
+    ]
+    table = []
     for m, f, base, attack, eps, own, ref in rows:
         clean = f"{fmt(target_clean_auroc(real, base)) if base else NA} -> {fmt(target_clean_auroc(real, m))}"
-        ref_txt = NA if ref is None else f"{fmt(ref['adv_auroc'])} ({fmt(ref['fooling_rate'])})"
-        out.append(
-            f"| {m} | {float(f.get('adversarial_eps', float('nan'))):g} | {base or '-'} | {clean} "
-            f"| {attack} | {eps:g} | {ref_txt} | {fmt(own['adv_auroc'])} "
-            f"({fmt(own['fooling_rate'])}) |"
+        table.append(
+            [
+                m,
+                f"{float(f.get('adversarial_eps', float('nan'))):g}",
+                base or "-",
+                clean,
+                attack,
+                f"{eps:g}",
+                _auroc_and_rate(ref),
+                _auroc_and_rate(own),
+            ]
         )
-    out.append("")
-    return out
+    return out + markdown_table(header, table, "lrlllrll") + [""]
 
 
 def expert_lines(real: pd.DataFrame, expert: dict) -> list[str]:

@@ -1,9 +1,9 @@
 """Tables from evaluated cells: the long table and the source x target matrices (the summary:
 ``evaluate.summary``; the metrics: docs/METRICS.md).
 
-No optional dependencies: the Markdown and LaTeX writers are small and local (pandas'
-``to_markdown`` needs tabulate and ``Styler.to_latex`` needs jinja2, which are not runtime
-requirements).
+The Markdown tables (these matrices and the summary's) are pandas' ``to_markdown`` (which
+needs tabulate), the LaTeX ones ``Styler.to_latex`` (which needs jinja2); both are runtime
+requirements of the report environment.
 """
 
 from __future__ import annotations
@@ -114,53 +114,43 @@ def _md_escape(s) -> str:
     return str(s).replace("|", "\\|")
 
 
+def markdown_table(header: list[str], rows: list[list], align: str) -> list[str]:
+    """The lines of a Markdown table (pandas' ``to_markdown``) of ``rows`` of cells written as
+    text (numbers already formatted, e.g. by ``fmt``: tabulate does not re-parse them), ``|``
+    escaped in every cell; column i is right-aligned where ``align[i]`` is "r", else left."""
+    if len(align) != len(header) or any(len(r) != len(header) for r in rows):
+        raise ValueError(f"A table of {len(header)} columns, alignment {align!r}: ragged rows.")
+    cells = pd.DataFrame(
+        [[_md_escape(c) for c in r] for r in rows], columns=[_md_escape(h) for h in header]
+    )
+    colalign = tuple("right" if a == "r" else "left" for a in align)
+    return cells.to_markdown(index=False, disable_numparse=True, colalign=colalign).splitlines()
+
+
 def matrix_markdown(m: pd.DataFrame, digits: int = 3) -> str:
     """A Markdown table of a matrix (row label column first, numbers right-aligned)."""
     corner = f"{m.index.name or ''} \\ {m.columns.name or ''}".strip()
-    header = [corner] + [_md_escape(c) for c in m.columns]
-    rows = [
-        [_md_escape(i)] + [fmt(v, digits) for v in r]
-        for i, r in zip(m.index, m.to_numpy(), strict=True)
-    ]
-    lines = [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join([" --- "] + [" ---: "] * m.shape[1]) + "|",
-    ]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    rows = [[i] + [fmt(v, digits) for v in r] for i, r in zip(m.index, m.to_numpy(), strict=True)]
+    lines = markdown_table([corner, *m.columns], rows, "l" + "r" * m.shape[1])
     return "\n".join(lines) + "\n"
-
-
-_TEX_SPECIAL = {
-    "\\": r"\textbackslash{}",
-    "&": r"\&",
-    "%": r"\%",
-    "$": r"\$",
-    "#": r"\#",
-    "_": r"\_",
-    "{": r"\{",
-    "}": r"\}",
-    "~": r"\textasciitilde{}",
-    "^": r"\textasciicircum{}",
-}
-
-
-def tex_escape(s) -> str:
-    return "".join(_TEX_SPECIAL.get(ch, ch) for ch in str(s))
 
 
 def matrix_latex(m: pd.DataFrame, digits: int = 3) -> str:
-    """A LaTeX ``tabular`` of a matrix (no packages needed)."""
-    corner = f"{tex_escape(m.index.name or '')} $\\backslash$ {tex_escape(m.columns.name or '')}"
-    lines = [
-        "\\begin{tabular}{l" + "r" * m.shape[1] + "}",
-        "\\hline",
-        " & ".join([corner] + [tex_escape(c) for c in m.columns]) + " \\\\",
-        "\\hline",
-    ]
-    for i, r in zip(m.index, m.to_numpy(), strict=True):
-        lines.append(" & ".join([tex_escape(i)] + [fmt(v, digits) for v in r]) + " \\\\")
-    lines += ["\\hline", "\\end{tabular}"]
-    return "\n".join(lines) + "\n"
+    """A LaTeX ``tabular`` of a matrix (pandas' ``Styler.to_latex``; plain ``\\hline`` rules, so
+    no LaTeX package is needed), labels and the corner "source \\ target" escaped."""
+    corner = f"{m.index.name or ''} \\ {m.columns.name or ''}".strip()
+    styler = (
+        m.rename_axis(index=None, columns=corner)
+        .style.format(precision=digits, na_rep=NA)
+        .format_index(escape="latex", axis=0)
+        .format_index(escape="latex", axis=1)
+        .format_index_names(escape="latex", axis=1)
+        .set_table_styles(
+            [{"selector": r, "props": ":hline;"} for r in ("toprule", "midrule", "bottomrule")],
+            overwrite=False,
+        )
+    )
+    return styler.to_latex(column_format="l" + "r" * m.shape[1])
 
 
 def write_matrix(df: pd.DataFrame, stem: str | os.PathLike) -> list[Path]:

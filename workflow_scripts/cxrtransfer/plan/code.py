@@ -118,6 +118,10 @@ def rule_table(scripts_dir: Path = SCRIPTS) -> dict[str, list[str]]:
 
 def table_markdown(scripts_dir: Path = SCRIPTS) -> str:
     """The rule -> library modules table (Markdown), package prefix dropped."""
+    # Hand-written, not pandas' to_markdown: tabulate pads every cell to its column's width, so
+    # in docs/CODE.md one rule's longer module list would rewrite every row of the table (and
+    # the short rows would carry hundreds of spaces); and this module, imported when the
+    # Snakefile is parsed, stays free of third-party packages.
     lines = ["| rule script | library modules in its code version |", "|---|---|"]
     for script, modules in rule_table(scripts_dir).items():
         shown = [m.removeprefix(f"{PACKAGE}.") for m in modules if m != PACKAGE]
