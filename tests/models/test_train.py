@@ -159,6 +159,15 @@ def test_changed_settings_do_not_resume_stale_state(root, tmp_path, pneumothorax
     assert list(log["epoch"]) == [0]  # the stale two-epoch log was discarded, not resumed
 
 
+@pytest.mark.parametrize(("n0", "n1"), [(30, 10), (1, 999), (7, 7), (12345, 678)])
+def test_balanced_class_weights_are_n_over_two_n_c(n0, n1):
+    w = train_module.balanced_class_weight(n0, n1)
+    n = n0 + n1
+    assert w == {0: n / (2 * n0), 1: n / (2 * n1)}  # exactly the weights before scikit-learn
+    assert n0 * w[0] == pytest.approx(n / 2) and n1 * w[1] == pytest.approx(n / 2)
+    assert all(type(v) is float for v in w.values())  # JSON / log friendly, not numpy
+
+
 def test_collapsed_model_fails_clearly():
     s = _settings(min_val_auc=0.6)
     good = {"auc": 0.9, "predicted_positive_fraction": 0.3, "auc_ci": [0.8, 0.97]}

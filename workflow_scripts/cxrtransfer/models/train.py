@@ -116,9 +116,21 @@ def _training_counts(settings: dict, train_shards, val_shards, patients) -> dict
         "n": n,
         "n1": n1,
         "n_val": val["n0"] + val["n1"],
-        "class_weight": {0: n / (2.0 * n0), 1: n / (2.0 * n1)} if balanced else None,
+        "class_weight": balanced_class_weight(n0, n1) if balanced else None,
         "patient_ids": train["patient_ids"],
     }
+
+
+def balanced_class_weight(n0: int, n1: int) -> dict[int, float]:
+    """Keras class weights of a binary training set of ``n0`` negatives and ``n1`` positives:
+    scikit-learn's "balanced" weights, n / (2 n_c), so each class weighs n / 2 in the loss."""
+    # heavy: scikit-learn (with scipy) loads in the training jobs only, not when the rule script
+    # imports this module before its log is set up
+    from sklearn.utils.class_weight import compute_class_weight
+
+    y = np.repeat([0, 1], [n0, n1])
+    w = compute_class_weight("balanced", classes=np.array([0, 1]), y=y)
+    return {0: float(w[0]), 1: float(w[1])}
 
 
 def _multilabel_counts(settings: dict, train_shards, val_shards, patients) -> dict:
