@@ -29,8 +29,8 @@ demo: venv
 
 # The default demo plus an adversarially fine-tuned and a JPEG-defended target (opt-in: longer).
 demo-robust: venv
-	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml config/robust_demo.yaml
-	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml config/robust_demo.yaml \
+	$(BIN)/snakemake --cores $(CORES) --configfile config/robust_demo.yaml
+	$(BIN)/snakemake --cores $(CORES) --configfile config/robust_demo.yaml \
 		--report results/report.html
 	@echo "Report: results/report.html"
 

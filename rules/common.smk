@@ -4,37 +4,66 @@ from pathlib import Path
 
 import pandas as pd
 from snakemake.exceptions import WorkflowError as SnakemakeWorkflowError
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
-sys.path.insert(0, str(Path(workflow.basedir) / "workflow_scripts"))
+# The workflow's own folder (rules/..), also when it is used as a module of another workflow
+# (workflow.basedir is then the user's folder; results and configs stay in the working
+# directory). A remote module (github(...)) has no local folder: the library must then be
+# installed (pip install) and is imported from there.
+_RULES_DIR = workflow.current_basedir
+WORKFLOW_DIR = Path(str(_RULES_DIR)).parent if Path(str(_RULES_DIR)).is_dir() else None
+if WORKFLOW_DIR is not None:
+    sys.path.insert(0, str(WORKFLOW_DIR / "workflow_scripts"))
+try:
+    import cxrtransfer
+except ImportError:
+    raise SnakemakeWorkflowError(
+        "The workflow's library (cxrtransfer) cannot be imported: use the workflow from a "
+        "local clone (module snakefile: the clone's Snakefile) or pip install it from the "
+        "clone (pip install -e CLONE) in the environment snakemake runs in."
+    )
 # Snakefiles share one namespace with Snakemake itself: import modules, not clashing names.
-import cxrtransfer  # noqa: E402
 from cxrtransfer.core import paths as P  # noqa: E402
 from cxrtransfer.plan import study as plan  # noqa: E402
 from cxrtransfer.plan import checks as plan_checks  # noqa: E402
 from cxrtransfer.plan import code as plan_code  # noqa: E402
 from cxrtransfer.plan import comparisons as plan_comparisons  # noqa: E402
 from cxrtransfer.plan import inputs as plan_inputs  # noqa: E402
+from cxrtransfer.plan import validate as plan_validate  # noqa: E402
+from cxrtransfer.config import load as config_load  # noqa: E402
 from cxrtransfer.config import runconfig  # noqa: E402
 import cxrtransfer.data.boxes  # noqa: E402
 from cxrtransfer.data.ingest import download_files  # noqa: E402
 from cxrtransfer.models.settings import model_settings  # noqa: E402
 
+
+def _invalid(e):
+    return SnakemakeWorkflowError(f"Invalid configuration: {e}")
+
+
 # config/config.yaml (in the working directory) is the default study, read only when the run
-# names no config file: `--configfile FILE` runs FILE's study alone, never merged with the
-# default. Jobs on a cluster get the run's --configfile again (not the flags that would replace
-# a `configfile:` directive), so they read exactly the files the run planned with.
+# names no config file: `--configfile FILE` runs FILE's study alone (or on the base study it
+# names, cxrtransfer.config.load), never merged with the default. Jobs on a cluster get the
+# run's --configfile again (not the flags that would replace a `configfile:` directive), so
+# they read exactly the files the run planned with. A module gets its config from the user's
+# workflow (module ...: config: config).
+DEFAULT_CONFIG = "config/config.yaml"
+if not workflow.overwrite_configfiles and Path(DEFAULT_CONFIG).is_file():
+    try:  # Snakemake's reader does not say where a YAML error is; this one does
+        config_load.read_yaml(DEFAULT_CONFIG)
+    except cxrtransfer.WorkflowError as e:
+        raise _invalid(e)
 if not workflow.overwrite_configfiles:
-    workflow.configfile("config/config.yaml")
+    workflow.configfile(DEFAULT_CONFIG)
 
-
-validate(config, "../config/config.schema.yaml")
-try:
-    plan_checks.check_config(config, workflow.basedir)
+try:  # the base study resolved, the schema's verdict, its defaults, the cross-checks
+    _study = plan_validate.study(config, WORKFLOW_DIR or ".")
 except cxrtransfer.WorkflowError as e:
-    raise SnakemakeWorkflowError(f"Invalid configuration: {e}")
+    raise _invalid(e)
+config.clear()
+config.update(_study)
 
 # The planning process publishes its config's hash; a job (on any executor) refuses to compute
 # with another config (cxrtransfer.config.runconfig; checked again in each job's script).
@@ -45,6 +74,23 @@ else:
         runconfig.check_job(config)
     except cxrtransfer.WorkflowError as e:
         raise SnakemakeWorkflowError(str(e))
+
+
+onstart:
+    # Refused before anything is submitted: see plan_checks.check_array_submission.
+    _plugin = workflow.executor_plugin
+    _timespan = workflow.scheduling_settings.max_jobs_per_timespan
+    try:
+        plan_checks.check_array_submission(
+            len(workflow.dag),
+            _plugin.name if _plugin is not None else "",
+            getattr(workflow.executor_settings, "array_jobs", None),
+            workflow.resource_settings.nodes,
+            _timespan.max_jobs if _timespan is not None else None,
+        )
+    except cxrtransfer.WorkflowError as e:
+        raise SnakemakeWorkflowError(str(e))
+
 
 RES = config["resources"]
 ADV_SETS = plan.adversarial_sets(config)
@@ -81,9 +127,7 @@ def script_path(name):
 
 
 def code(name):
-    return plan_code.code_version(
-        Path(workflow.basedir) / "workflow_scripts" / f"{name}.py"
-    )
+    return plan_code.code_version(workflow.source_path(script_path(name)))
 
 
 def data_dir():

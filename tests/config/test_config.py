@@ -6,6 +6,7 @@ import pytest
 import yaml
 from conftest import reversed_mappings
 from cxrtransfer import WorkflowError
+from cxrtransfer.config import load
 from cxrtransfer.plan import checks
 from cxrtransfer.plan import study as plan
 from snakemake.exceptions import WorkflowError as SnakemakeWorkflowError
@@ -222,13 +223,12 @@ def test_transfer_attack_settings_pass_the_checks(root, schema):
 
 
 def test_robust_demo_overlay_extends_the_default_demo(root, schema):
-    """config/robust_demo.yaml merged over config/config.yaml (Snakemake's order for several
-    --configfile) is a valid study with a robust and a defended target beside the demo's."""
-    from snakemake.utils import update_config
-
-    base = yaml.safe_load((root / "config" / "config.yaml").read_text())
-    demo_models = set(base["models"])
-    update_config(base, yaml.safe_load((root / "config" / "robust_demo.yaml").read_text()))
+    """config/robust_demo.yaml, built on the demo (base: demo), is a valid study with a robust
+    and a defended target beside the demo's."""
+    demo_models = set(yaml.safe_load((root / "config" / "config.yaml").read_text())["models"])
+    overlay = yaml.safe_load((root / "config" / "robust_demo.yaml").read_text())
+    assert overlay["base"] == "demo"
+    base = load.resolve(overlay, root / "config")
     validate(base, schema)
     checks.check_config(base, root)
     assert set(base["models"]) - demo_models == {"pneumothorax_resnet50_at"}

@@ -154,6 +154,12 @@ def test_wrong_kaggle_dir(tmp_path):
     (tmp_path / "d").mkdir()
     with pytest.raises(WorkflowError, match="Data_Entry_2017.csv"):
         check_download(tmp_path / "d")
+    (tmp_path / "d" / "Data_Entry_2017.csv").write_text("Image Index\n")
+    # one message names everything that is missing
+    with pytest.raises(
+        WorkflowError, match=r"missing train_val_list\.txt, test_list\.txt, the image folders"
+    ):
+        check_download(tmp_path / "d")
 
 
 def test_missing_zero_byte_and_non_png_are_rejected(small_download, tmp_path):

@@ -496,7 +496,7 @@ def test_workflow_plans_views_as_targets_and_sources(root, cfg, tmp_path):
     demo.mkdir()
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(root / "Snakefile")]
     cmd += ["--directory", str(demo), "--cores", "2", "-n", "--configfile"]
-    cmd += [str(root / "config" / "config.yaml"), str(root / "config" / "multilabel_demo.yaml")]
+    cmd += [str(root / "config" / "multilabel_demo.yaml")]  # base: demo
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "view=chest14_small@pneumothorax" in r.stdout

@@ -60,13 +60,21 @@ def download_files(root: str | Path) -> dict[str, Path]:
 
 
 def check_download(root: str | Path) -> Path:
-    """Fail with a message saying what was expected when ``root`` is not a Kaggle download."""
+    """Fail with one message naming everything missing when ``root`` is not a Kaggle download
+    (its metadata files and its image folders); checked before any job is planned."""
     root = Path(root)
-    download_files(root)
+    if not root.is_dir():
+        download_files(root)  # the message for a wrong path
+    missing = [name for name in (CSV_NAME, TRAIN_VAL, TEST) if not (root / name).is_file()]
     if not any(root.glob("images_*/images")) and not (root / "images").is_dir():
+        missing.append("the image folders images_001/images/ ... images_012/images/")
+    if missing:
         raise WorkflowError(
-            f"data.kaggle_dir '{root}' has no image folders (expected images_001/images/*.png "
-            "... images_012/images/*.png). Was the archive fully extracted?"
+            f"data.kaggle_dir '{root}' does not look like the NIH ChestX-ray14 Kaggle download: "
+            f"missing {', '.join(missing)}. Expected Data_Entry_2017.csv, train_val_list.txt, "
+            "test_list.txt and images_001/images/*.png ... at its top level (kaggle datasets "
+            "download -d nih-chest-xrays/data, then unzip; or python -m cxrtransfer.data.fetch "
+            "DEST). Was the archive fully extracted?"
         )
     return root
 

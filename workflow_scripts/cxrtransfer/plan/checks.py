@@ -34,6 +34,7 @@ from cxrtransfer.plan.study import (
 
 def check_config(config: dict, basedir: str | Path = ".") -> None:
     """Cross-checks the JSON schema cannot express; raise WorkflowError naming the key."""
+    _check_linf_units(config)
     _check_tasks(config)
     _check_models(config, basedir)
     _check_adversarial_training(config)
@@ -146,6 +147,32 @@ def _check_defences(config: dict) -> None:
                 f"{key}.model: '{d['model']}' is {what}; a defence wraps one trained model of "
                 f"models: ({sorted(models)})."
             )
+
+
+def linf_unit(key: str, eps) -> None:
+    """Refuse an L-inf budget below 1 grey level: eps is written in 1/255 units (8 = 8/255),
+    and a value below 1 is almost always a budget written in [0, 1] units (0.031 for 8/255)."""
+    if isinstance(eps, int | float) and 0 < eps < 1:
+        raise WorkflowError(
+            f"{key}: {eps:g} is below one grey level. L-inf budgets are written in 1/255 units "
+            f"(8 means 8/255 per pixel), so {eps:g} would let each pixel move by {eps:g}/255 = "
+            f"{eps / 255:.5f} of the [0, 1] range, less than the 1/255 step of the 8-bit images "
+            f"the attacks are cached as. If you meant {eps:g} in [0, 1] units (as many papers "
+            f"write it), write {round(eps * 255)} ({eps:g} x 255 = {eps * 255:.3g})."
+        )
+
+
+def _check_linf_units(config: dict) -> None:
+    for i, eps in enumerate(config.get("eps", [])):
+        linf_unit(f"eps[{i}]", eps)
+    blocks = [("training.adversarial", config.get("training", {}).get("adversarial"))]
+    blocks += [
+        (f"models.{n}.training.adversarial", (m.get("training") or {}).get("adversarial"))
+        for n, m in config.get("models", {}).items()
+    ]
+    for key, adv in blocks:
+        if isinstance(adv, dict):
+            linf_unit(f"{key}.eps", adv.get("eps"))
 
 
 def _check_adversarial_training(config: dict) -> None:
@@ -430,3 +457,30 @@ def _check_deployed(config: dict) -> None:
                 f"tasks.{task}.deployed: '{name}' is not a target of task '{task}'; its targets "
                 f"are {', '.join(sorted(targets))}."
             )
+
+
+def check_array_submission(
+    n_jobs: int, executor: str, array_rules: str | None, jobs: int | None, per_timespan
+) -> None:
+    """Refuse a SLURM run with job arrays whose ``--jobs`` or ``max-jobs-per-timespan`` is below
+    the jobs it plans: snakemake-executor-plugin-slurm 2.8.0 waits for all ready jobs of an
+    array rule, drops those it is not handed and the run then waits forever without a word
+    (plugin issue #473; docs/CLUSTER.md, "Job arrays")."""
+    if executor != "slurm" or not (array_rules or "").strip():
+        return
+    limits = {
+        "--jobs (jobs:)": jobs,
+        "--max-jobs-per-timespan (max-jobs-per-timespan:)": per_timespan,
+    }
+    low = {k: v for k, v in limits.items() if v is not None and v < n_jobs}
+    if low:
+        said = ", ".join(f"{k} {v}" for k, v in low.items())
+        raise WorkflowError(
+            f"This SLURM run plans {n_jobs} jobs and submits the rules {array_rules} as job "
+            f"arrays, but allows fewer at once ({said}). The SLURM plugin would then drop the "
+            "array jobs it is not handed and the run would wait forever (plugin issue #473). "
+            f"Nothing was submitted. Fix: set jobs and max-jobs-per-timespan to at least "
+            f"{n_jobs} plus the shard jobs planned once the manifests exist (e.g. --jobs 5000 "
+            "--max-jobs-per-timespan 5000/1s, as profiles/slurm does), or submit without arrays "
+            "(--slurm-array-jobs none). See docs/CLUSTER.md, 'Job arrays'."
+        )
