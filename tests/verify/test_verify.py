@@ -200,6 +200,10 @@ def make_tree(base: Path) -> Path:
     for rel in ("heatmap/ptx_pgd.png", "roc/ptx_a/ptx/pgd/eps8/ptx_a.png"):
         (results / "plots" / rel).parent.mkdir(parents=True, exist_ok=True)
         (results / "plots" / rel).write_bytes(PNG_SIGNATURE + b"image")
+    (results / "plots" / "heatmap" / "ptx_pgd.pdf").write_bytes(b"%PDF-1.4 figure")
+    comparison = results / "metrics" / "comparisons" / "ptx_a.csv"
+    comparison.parent.mkdir(parents=True)
+    write_csv(comparison, pd.DataFrame({"a": ["pgd"], "difference": [0.1]}))
     (results / "report").mkdir()
     (results / "report" / "config.yaml").write_text("eps: [8]\n")
     for rel in ("logs/x.log", "benchmarks/x.tsv", "synthetic/nih/x.png"):
@@ -214,7 +218,17 @@ def files(base: Path) -> set[str]:
 
 
 PGD_AND_CONTROL = ("pgd", "pgd__shuffled")
+# a deployed target's paired comparisons: read from its sets, read by the tables job
+COMPARISON = "results/metrics/comparisons/ptx_a.csv"
+TABLES = {
+    "results/tables/transfer.csv",
+    "results/tables/summary.md",
+    "results/tables/matrices/ptx_pgd.csv",
+    "results/tables/matrices/ptx_pgd.md",
+}
 FINALS = {
+    COMPARISON,
+    "results/plots/heatmap/ptx_pgd.pdf",
     "results/tables/transfer.csv",
     "results/tables/summary.md",
     "results/tables/matrices/ptx_pgd.csv",
@@ -361,6 +375,8 @@ DAMAGES = {
     "truncated table": ("tables/transfer.csv", lambda p: truncate(p, 1), "truncated"),
     "broken plot": ("plots/heatmap/ptx_pgd.png", lambda p: p.write_bytes(b"GIF"), "not a PNG"),
     "truncated manifest": ("manifests/ptx.csv", lambda p: truncate(p, 2), "truncated"),
+    "broken pdf": ("plots/heatmap/ptx_pgd.pdf", lambda p: p.write_bytes(b"PNG"), "not a PDF"),
+    "truncated comparison": ("metrics/comparisons/ptx_a.csv", lambda p: truncate(p, 1), "truncated"),
 }
 
 
@@ -526,8 +542,20 @@ def test_remove_manifest_removes_the_task(tree):
 def test_remove_final_files(tree):
     gone = removed_by(tree, *DAMAGES["broken plot"][:2])
     assert gone == {"results/plots/heatmap/ptx_pgd.png"}
+    gone = removed_by(tree, *DAMAGES["broken pdf"][:2])
+    assert gone == {"results/plots/heatmap/ptx_pgd.pdf"}
     gone = removed_by(tree, *DAMAGES["truncated table"][:2])
-    assert gone == FINALS - {"results/plots/heatmap/ptx_pgd.png", "results/report/config.yaml"}
+    assert gone == FINALS - {
+        "results/plots/heatmap/ptx_pgd.png",
+        "results/plots/heatmap/ptx_pgd.pdf",
+        "results/report/config.yaml",
+        COMPARISON,  # an input of the tables job, not its output
+    }
+
+
+def test_a_bad_comparison_takes_the_tables_made_from_it(tree):
+    gone = removed_by(tree, *DAMAGES["truncated comparison"][:2])
+    assert gone == FINALS - {"results/report/config.yaml"}
 
 
 def test_missing_input_makes_its_consumers_bad(tree, capsys):
@@ -618,14 +646,16 @@ def test_units(tree):
         "clean_prediction": 3,
         "adv_prediction": 8,
         "set": 4,
+        "comparison": 1,
         "table": 3,
-        "plot": 2,
+        "plot": 3,
         "report": 1,
     }
     ix = build_index(tree, products)
     assert ix.model_tasks == MODEL_TASK
     (set_,) = ix.select("set", source="card_a")
-    assert downstream(set_, ix) == {set_} | {p for k in FINAL_KINDS for p in products[k]}
+    finals = {p for k in (*FINAL_KINDS, "comparison") for p in products[k]}
+    assert downstream(set_, ix) == {set_} | finals
 
 
 def test_deleted_prediction_makes_its_sets_stale(tree, capsys):
@@ -654,7 +684,7 @@ def test_deleted_set_makes_the_tables_stale(tree, capsys):
     assert f"BAD {tree}/tables/transfer.csv: its input {tree / rel} is missing" in out
     before = files(tree.parent)
     run(tree, "--remove", capsys=capsys)
-    assert before - files(tree.parent) == FINALS - {"results/report/config.yaml"}
+    assert before - files(tree.parent) == FINALS - {"results/report/config.yaml", COMPARISON}
 
 
 def test_model_of_unknown_task_takes_every_set(tree):

@@ -136,7 +136,7 @@ def check_product(p: Product, results: Path, cache: dict, ix: Index | None = Non
         if not manifest.is_file():
             return f"its manifest {manifest.relative_to(results).as_posix()} is missing"
         return F.check_shard(p.path, p["task"], p["split"])
-    if k == "shard_summary":
+    if k in ("shard_summary", "comparison"):
         return F.check_csv(p.path)
     if k == "model":
         return F.check_model(p.path)

@@ -365,6 +365,9 @@ def check_set(path: Path) -> None:
     if not all(isinstance(c, dict) for c in cells):
         raise Bad("holds entries that are not cell objects")
 
+# the first bytes of a figure file, by suffix
+SIGNATURES = {".png": ("PNG", PNG_SIGNATURE), ".pdf": ("PDF", b"%PDF-")}
+
 
 @_reason
 def check_final(path: Path) -> None:
@@ -381,10 +384,11 @@ def check_final(path: Path) -> None:
                 read_csv_checked(p)
             except Bad as e:
                 raise Bad(f"{where}{e}") from None
-        elif p.suffix == ".png":
+        elif p.suffix in SIGNATURES:
+            kind, signature = SIGNATURES[p.suffix]
             with open(p, "rb") as f:
-                if f.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE:
-                    raise Bad(f"{where}not a PNG file (no PNG signature)")
+                if f.read(len(signature)) != signature:
+                    raise Bad(f"{where}not a {kind} file (no {kind} signature)")
         elif p.stat().st_size == 0:
             raise Bad(f"{where}empty file")
         elif p.suffix in (".yaml", ".yml"):

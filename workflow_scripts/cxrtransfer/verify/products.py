@@ -30,6 +30,7 @@ KINDS = (
     "clean_prediction",
     "adv_prediction",
     "set",
+    "comparison",
     "table",
     "plot",
     "report",
@@ -86,6 +87,7 @@ FILE_KINDS = (
     ("clean_prediction", P.PRED_CLEAN, {}),
     ("adv_prediction", P.PRED_ADV, {}),
     ("set", P.SET_METRICS, {}),
+    ("comparison", P.COMPARISONS, {}),
 )
 _FILE_PATTERNS = [(kind, P.pattern(t), fixed) for kind, t, fixed in FILE_KINDS]
 _MODEL_DIR = P.pattern(P.MODEL_DIR)
