@@ -448,6 +448,22 @@ def test_trivial_workflow_runs_through_slurm(slurm_env, tmp_path):
     assert scontrol_job(a_ids[0], slurm_env)["JobState"] == "FAILED"
 
 
+def test_too_few_jobs_for_the_arrays_is_refused_before_any_submission(slurm_env, tmp_path):
+    """With job arrays on, a --jobs below the run's job count would make the plugin drop array
+    jobs and wait forever (plugin issue #473): the workflow refuses at its start instead."""
+    wd = tmp_path / "few-jobs"
+    wd.mkdir()
+    cluster_config(wd / "cluster.yaml")
+    cmd = [snakemake_exe(), "--snakefile", str(ROOT / "Snakefile"), *PROFILE_ARGS]
+    cmd += ["--configfile", "cluster.yaml", "--jobs", "2"]
+    r = subprocess.run(cmd, cwd=wd, env=slurm_env, capture_output=True, text=True, timeout=600)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, tail(out)
+    assert "allows fewer at once (--jobs (jobs:) 2)" in out and "issue #473" in out, tail(out)
+    assert not SUBMITTED_RE.search(out) and "Submitted" not in out, tail(out)
+    assert not (wd / "results").exists()
+
+
 # ----------------------------------------------------------------------------------------
 # (c) the real workflow: SLURM run == local run
 # ----------------------------------------------------------------------------------------
