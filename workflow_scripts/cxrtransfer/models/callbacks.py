@@ -45,6 +45,10 @@ def _val_auc(keras, s: dict, val_ds_fn):
 def _early_stopping(keras, prev: pd.DataFrame, best, patience: int):
     """Early stopping on ``val_auc`` that resumes from the log ``prev`` of the epochs so far."""
 
+    # Keras' own EarlyStopping, with its state restored: its on_train_begin resets best and
+    # wait, and BackupAndRestore restores the model, the optimizer and the epoch only (its
+    # `baseline` sets no best and no wait), so a resumed run would otherwise wait `patience`
+    # epochs afresh.
     class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
         """EarlyStopping whose state (best, wait) survives a resume from BackupAndRestore."""
 
@@ -61,6 +65,14 @@ def _early_stopping(keras, prev: pd.DataFrame, best, patience: int):
 def _best_checkpoint(keras, path: Path, best, keep_later: bool):
     """The callback that keeps the best model so far in ``path``."""
 
+    # Not keras.callbacks.ModelCheckpoint(save_best_only=True): its initial_value_threshold
+    # would carry the resumed best, but (Keras 3.15) it saves the model fit() trains, which for
+    # adversarial training is the trainer around the model, not contract_model(); it writes the
+    # file in place (saving_lib opens the path itself), so a kill mid-save leaves a truncated
+    # best.keras that the resumed run cannot load; and it compares strictly (current -
+    # min_delta > best, min_delta >= 0), so it cannot keep the later of equal epochs
+    # (later_ties). Overriding its private _save_model / _should_save_model would leave
+    # nothing of it.
     class BestCheckpoint(keras.callbacks.Callback):
         """The model of the highest val_auc so far (strictly higher than the best before; for
         adversarial training also an equal one, see ``later_ties``), written atomically: a
