@@ -24,8 +24,9 @@ from cxrtransfer.evaluate.summary_sections import (
     expert_lines,
     hardened_models,
     robust_lines,
+    value_range,
 )
-from cxrtransfer.evaluate.tables import ID_COLUMNS, NA, fmt, markdown_table
+from cxrtransfer.evaluate.tables import ID_COLUMNS, NA, markdown_table
 
 # What the summary says it is about, by data source (any other source: DATA_OTHER).
 DATA_LINES = {
@@ -133,17 +134,6 @@ def _hardened_note(special: set) -> list[str]:
         "only.",
         "",
     ]
-
-
-def value_range(x: pd.Series) -> str:
-    """The finite values of a column over a relation's cells: one value, or "lowest to highest"
-    (two cells of the table, never a mean that could hide cells of opposite direction)."""
-    v = pd.to_numeric(x, errors="coerce").to_numpy(dtype=float)
-    v = v[np.isfinite(v)]
-    if not v.size:
-        return NA
-    lo, hi = fmt(v.min()), fmt(v.max())
-    return lo if lo == hi else f"{lo} to {hi}"
 
 
 def noise_counts(r: pd.DataFrame) -> str:

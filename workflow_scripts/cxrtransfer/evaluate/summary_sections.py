@@ -15,11 +15,15 @@ from cxrtransfer.evaluate.relations import ENSEMBLE_RELATIONS, RELATIONS
 from cxrtransfer.evaluate.tables import NA, fmt, markdown_table
 
 
-def mean_finite(x: pd.Series) -> float:
-    """The mean of the finite values of ``x`` (NaN when none)."""
-    x = pd.to_numeric(x, errors="coerce").to_numpy(dtype=float)
-    x = x[np.isfinite(x)]
-    return float(x.mean()) if x.size else float("nan")
+def value_range(x: pd.Series) -> str:
+    """The finite values of a column over a relation's cells: one value, or "lowest to highest"
+    (two cells of the table, never a mean that could hide cells of opposite direction)."""
+    v = pd.to_numeric(x, errors="coerce").to_numpy(dtype=float)
+    v = v[np.isfinite(v)]
+    if not v.size:
+        return NA
+    lo, hi = fmt(v.min()), fmt(v.max())
+    return lo if lo == hi else f"{lo} to {hi}"
 
 
 def find_cell(
@@ -155,17 +159,31 @@ def defence_lines(real: pd.DataFrame, models: dict) -> list[str]:
         "the non-adaptive attack masks gradients; the adaptive column is what it is worth. "
         "n/a: that set is not in the grid (add the defended model as a source).",
         "",
-        "| defended target | defence | attack | eps | clean AUROC undefended / defended | "
-        "undefended, white-box | defended, non-adaptive | defended, adaptive |",
-        "| --- | --- | --- | ---: | --- | --- | --- | --- |",
     ]
-
-    verdicts = []
+    header = [
+        "defended target",
+        "defence",
+        "attack",
+        "eps",
+        "clean AUROC undefended / defended",
+        "undefended, white-box",
+        "defended, non-adaptive",
+        "defended, adaptive",
+    ]
+    table, verdicts = [], []
     for d, defence, base, attack, eps, plain, non_adaptive, adaptive in rows:
         clean = f"{fmt(target_clean_auroc(real, base))} / {fmt(target_clean_auroc(real, d))}"
-        out.append(
-            f"| {d} | {defence} | {attack} | {eps:g} | {clean} | {_auroc_and_rate(plain)} | "
-            f"{_auroc_and_rate(non_adaptive)} | {_auroc_and_rate(adaptive)} |"
+        table.append(
+            [
+                d,
+                defence,
+                attack,
+                f"{eps:g}",
+                clean,
+                _auroc_and_rate(plain),
+                _auroc_and_rate(non_adaptive),
+                _auroc_and_rate(adaptive),
+            ]
         )
         if adaptive is not None:
             gap = float(non_adaptive["adv_auroc"]) - float(adaptive["adv_auroc"])
@@ -175,7 +193,7 @@ def defence_lines(real: pd.DataFrame, models: dict) -> list[str]:
                     f"AUROC by {gap:.3f} more than the non-adaptive one, so the non-adaptive "
                     "number overstates the defence."
                 )
-    out.append("")
+    out += [*markdown_table(header, table, "lllrllll"), ""]
     if verdicts:
         out += [" ".join(verdicts), ""]
     return out
@@ -243,8 +261,9 @@ def expert_lines(real: pd.DataFrame, expert: dict) -> list[str]:
         "",
         "On the test images that have a radiologist-adjudicated label (data.expert_labels), "
         "the same cells scored with the NLP label (the NIH label of the image) and with the "
-        "expert label as truth; thresholds stay the models' validation thresholds. Means over "
-        "the (source, target) cells of each relation.",
+        "expert label as truth; thresholds stay the models' validation thresholds. Each value "
+        "is the lowest to the highest over the (source, target) cells of a relation (never a "
+        "mean).",
         "",
     ]
     for task in sorted(expert):
@@ -270,18 +289,24 @@ def expert_lines(real: pd.DataFrame, expert: dict) -> list[str]:
         ]
         if not (n > 0).any():
             continue
-        lines += [
-            "| attack | eps | relation | cells | adv. AUROC (NLP) | adv. AUROC (expert) "
-            "| fooling rate (NLP) | fooling rate (expert) |",
-            "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+        header = [
+            "attack",
+            "eps",
+            "relation",
+            "cells",
+            "adv. AUROC (NLP)",
+            "adv. AUROC (expert)",
+            "fooling rate (NLP)",
+            "fooling rate (expert)",
         ]
+        table = []
         for (attack, eps), ge in g.groupby(["attack", "eps"], sort=True):
             for rel in RELATIONS:
                 r = ge[ge["relation"] == rel]
                 if r.empty:
                     continue
                 vals = [
-                    fmt(mean_finite(r[k]))
+                    value_range(r[k])
                     for k in (
                         "expert_nlp_adv_auroc",
                         "expert_adv_auroc",
@@ -289,9 +314,8 @@ def expert_lines(real: pd.DataFrame, expert: dict) -> list[str]:
                         "expert_fooling_rate",
                     )
                 ]
-                lines.append(
-                    f"| {attack} | {float(eps):g} | {rel} | {len(r)} | " + " | ".join(vals) + " |"
-                )
+                table.append([attack, f"{float(eps):g}", rel, str(len(r)), *vals])
+        lines += markdown_table(header, table, "lrlrrrrr")
         notes = sorted({x for x in g.get("expert_note", pd.Series(dtype=str)).dropna() if x})
         if notes:
             lines += ["", "Notes: " + "; ".join(notes[:3]) + "."]
