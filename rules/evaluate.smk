@@ -76,6 +76,15 @@ rule evaluate:
         script_path("evaluate")
 
 
+import mimetypes
+
+# The report embeds each of its files with its MIME type, which Snakemake guesses from the name.
+# Python's own table (3.11) lacks YAML (results/report/config.yaml) and Markdown (summary.md;
+# only a system /etc/mime.types knows it): Snakemake then warns and assumes text/plain.
+mimetypes.add_type("application/yaml", ".yaml")
+mimetypes.add_type("text/markdown", ".md")
+
+
 rule tables:
     input:
         sets=[P.SET_METRICS.format(**s.__dict__) for s in ADV_SETS],

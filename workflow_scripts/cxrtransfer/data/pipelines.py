@@ -80,7 +80,12 @@ def make_dataset(
     def to_float(x, y):
         return tf.cast(x, tf.float32)[..., None] / 255.0, y
 
-    ds = ds.map(to_float, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    # Sequential maps: training enables op determinism, under which tf.data's make_deterministic
+    # rewrite turns every parallel map of this pipeline (its generator is a stateful py_func)
+    # into a sequential one anyway, and TF 2.21's rewrite then logs an error line about the
+    # parallel map's use_unbounded_threadpool attribute. A sequential map keeps its order, so
+    # it takes no `deterministic` argument (TensorFlow warns that it has no effect).
+    ds = ds.map(to_float)
     if augment:
         layers = augmentation_layers(augment, seed)
         if layers:
@@ -89,8 +94,8 @@ def make_dataset(
             def aug(x, y):
                 return tf.clip_by_value(pipe(x, training=True), 0.0, 1.0), y
 
-            # Sequential on purpose: the layers draw from stateful seed generators, and
+            # Sequential on purpose too: the layers draw from stateful seed generators, and
             # parallel calls would consume their states in a run-dependent order (seeded runs
-            # then differ). One vectorised call per batch; prefetch still overlaps training.
-            ds = ds.map(aug, num_parallel_calls=None, deterministic=True)
+            # then differ). One vectorised call per batch.
+            ds = ds.map(aug)
     return ds.prefetch(tf.data.AUTOTUNE)
