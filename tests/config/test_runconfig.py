@@ -17,6 +17,7 @@ import yaml
 from conftest import workflow_copy
 from cxrtransfer import WorkflowError
 from cxrtransfer.config import runconfig
+from cxrtransfer.config.job import script_summary
 from cxrtransfer.evaluate.predictions import CLEAN_COLUMNS, read_prediction_file
 from cxrtransfer.evaluate.sets import read_model_metrics
 
@@ -135,6 +136,11 @@ def test_a_cluster_job_reads_only_the_runs_config_files(planned_run):
     assert written["study_name"] == tiny["study_name"]
     log = (wf / "results" / "logs" / "study_config.log").read_text()
     assert f"config sha256 {planned} (as planned)" in log
+    # the docstring of the script that Snakemake ran with its preamble in front
+    first, *_, last = log.splitlines()
+    summary = script_summary(wf / "workflow_scripts" / "study_config.py")
+    assert first.endswith(f" INFO rule study_config: {summary}"), first
+    assert last.endswith(f" INFO rule study_config: wrote 1 file: {STUDY_CONFIG}"), last
 
 
 def test_a_job_given_a_merged_config_refuses_and_writes_nothing(planned_run):

@@ -1,8 +1,10 @@
 """How a rule's job runs: its log file, its thread budget, its config checked against the run's
-plan (runconfig) and a WorkflowError turned into a clear message without a traceback."""
+plan (runconfig), a WorkflowError turned into a clear message without a traceback, and a log
+that starts with what the job does on which wildcards and ends with what it wrote."""
 
 from __future__ import annotations
 
+import ast
 import os
 import sys
 from pathlib import Path
@@ -18,7 +20,8 @@ def run_main(func, snakemake) -> None:
     Output of the process itself (TensorFlow's start-up notices are written by C++ to file
     descriptor 2) goes to the log too, so the console shows Snakemake's progress only. A
     WorkflowError becomes a clear message (in the log and on the console) and exit code 1,
-    without a traceback."""
+    without a traceback. The log's first line says what the job does (its script's docstring:
+    ``script_summary``), its last line what it wrote (only when it succeeded)."""
     log = snakemake.log[0] if len(snakemake.log) else None
     # TensorFlow's op pool uses as many threads as the job was given (read when TensorFlow
     # creates its context, so before any op runs), not every core of the machine.
@@ -33,7 +36,11 @@ def run_main(func, snakemake) -> None:
         os.dup2(fd, 1)
         os.dup2(fd, 2)
         os.close(fd)
+        # what the job prints stays in order with its log lines (a file is block-buffered)
+        sys.stdout.reconfigure(line_buffering=True)
     setup_logging(None)
+    summary = script_summary(func.__code__.co_filename)
+    LOG.info("%s", started_line(snakemake.rule, summary, snakemake.wildcards))
     try:
         # the config this job got must be the one its run planned (runconfig), on any executor
         record = runconfig.check_job(dict(snakemake.config))
@@ -45,3 +52,47 @@ def run_main(func, snakemake) -> None:
         LOG.error("%s", e)
         print(f"ERROR: {e}", file=console, flush=True)
         sys.exit(1)
+    outputs = [str(o) for o in snakemake.output]
+    missing = [o for o in outputs if not os.path.exists(o)]
+    if missing:  # Snakemake fails the job (missing output): no "wrote" line
+        LOG.error("rule %s: finished without writing %s", snakemake.rule, ", ".join(missing))
+    else:
+        LOG.info("%s", wrote_line(snakemake.rule, outputs))
+
+
+def script_summary(script) -> str:
+    """What a rule's script does: the first paragraph of its docstring without its "Rule
+    <name>:" prefix ("" if it has no docstring). Snakemake runs the script with its preamble
+    in front, so the docstring is the script's first string statement, not ``__doc__``."""
+    try:
+        tree = ast.parse(Path(script).read_text())
+    except (OSError, SyntaxError, ValueError):
+        return ""
+    for node in tree.body:
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            if isinstance(node.value.value, str):
+                first = " ".join(node.value.value.strip().split("\n\n")[0].split())
+                head, sep, rest = first.partition(": ")
+                return (rest if sep else head).rstrip(".")
+    return ""
+
+
+def started_line(rule: str, summary: str, wildcards) -> str:
+    """The log's first line: "rule R: <what it does> on <wildcard=value, ...>"."""
+    on = ", ".join(f"{k}={v}" for k, v in wildcards.items())
+    return f"rule {rule}: {summary or 'started'}" + (f" on {on}" if on else "")
+
+
+def wrote_line(rule: str, outputs: list[str]) -> str:
+    """The log's last line: "rule R: wrote N files and M directories: <outputs>" (a count of
+    none left out)."""
+    n_dirs = sum(os.path.isdir(o) for o in outputs)
+    counts = [
+        f"{n} {one if n == 1 else many}"
+        for n, one, many in [
+            (len(outputs) - n_dirs, "file", "files"),
+            (n_dirs, "directory", "directories"),
+        ]
+        if n
+    ]
+    return f"rule {rule}: wrote {' and '.join(counts) or 'nothing'}: {', '.join(outputs)}"
