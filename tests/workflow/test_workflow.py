@@ -99,6 +99,23 @@ def test_console_shows_snakemake_not_tensorflow_noise(run):
         )
 
 
+def test_job_logs_have_no_warnings_and_say_what_they_did(run):
+    """No Python warning and no TensorFlow C++ warning or error line in any job log, no
+    `Shell command: None` on the console; each log starts with what its job does and ends with
+    what it wrote."""
+    console = (run / "console.txt").read_text()
+    assert "Shell command" not in console
+    bad = re.compile(r"^(.*\w+Warning: .*|[WE]\d{4} .*)$", re.MULTILINE)
+    logs = sorted((run / "results" / "logs").rglob("*.log"))
+    assert logs
+    for p in logs:
+        text = p.read_text()
+        assert not bad.findall(text), (p, bad.findall(text))
+        lines = text.splitlines()
+        assert " INFO rule " in lines[0], (p, lines[0])
+        assert " wrote " in lines[-1], (p, lines[-1])
+
+
 def test_lint_is_clean(root, run):
     r = snakemake(root, run, "--lint", check=False)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -499,7 +516,8 @@ def _report_results(html: str) -> dict:
 def test_report_builds(root, run):
     """Every plot of the run, the summary and the long table are in the report, each with its
     caption; the workflow description says what the bootstrap resamples."""
-    snakemake(root, run, "--report", str(run / "report.html"))
+    r = snakemake(root, run, "--report", str(run / "report.html"))
+    assert "Could not detect mimetype" not in r.stdout + r.stderr
     html = (run / "report.html").read_text(errors="replace")
     results = _report_results(html)
     plots = {str(p.relative_to(run)) for p in (run / "results" / "plots").rglob("*.png")}
