@@ -22,8 +22,8 @@ BASE = "base"
 BASE_ALIASES = {"demo": "config"}
 MERGE_RULES = (
     "A mapping is merged key by key, at every depth: a key the config sets replaces the "
-    "base's value, a key it leaves out keeps it (so `models: {target: {epochs: 5}}` changes one "
-    "model's epochs and keeps its other settings and the other models).",
+    "base's value, a key it leaves out keeps it (so `models: {target: {training: {epochs: 5}}}` "
+    "changes one model's epochs and keeps its other settings and the other models).",
     "A list (eps, grid, a sources list) and every other value replaces the base's whole.",
     "A key set to null removes the base's entry (a model, task, attack or setting; a removed "
     "setting falls back to its schema default).",
