@@ -204,6 +204,7 @@ def make_tree(base: Path) -> Path:
     comparison = results / "metrics" / "comparisons" / "ptx_a.csv"
     comparison.parent.mkdir(parents=True)
     write_csv(comparison, pd.DataFrame({"a": ["pgd"], "difference": [0.1]}))
+    write_csv(results / CARD_COMPARISON, pd.DataFrame({"a": ["pgd"], "difference": [0.2]}))
     (results / "report").mkdir()
     (results / "report" / "config.yaml").write_text("eps: [8]\n")
     for rel in ("logs/x.log", "benchmarks/x.tsv", "synthetic/nih/x.png"):
@@ -220,6 +221,8 @@ def files(base: Path) -> set[str]:
 PGD_AND_CONTROL = ("pgd", "pgd__shuffled")
 # a deployed target's paired comparisons: read from its sets, read by the tables job
 COMPARISON = "results/metrics/comparisons/ptx_a.csv"
+# the Cardiomegaly target's: no set of this tree is of its data task
+CARD_COMPARISON = "metrics/comparisons/card_a.csv"
 TABLES = {
     "results/tables/transfer.csv",
     "results/tables/summary.md",
@@ -376,7 +379,11 @@ DAMAGES = {
     "broken plot": ("plots/heatmap/ptx_pgd.png", lambda p: p.write_bytes(b"GIF"), "not a PNG"),
     "truncated manifest": ("manifests/ptx.csv", lambda p: truncate(p, 2), "truncated"),
     "broken pdf": ("plots/heatmap/ptx_pgd.pdf", lambda p: p.write_bytes(b"PNG"), "not a PDF"),
-    "truncated comparison": ("metrics/comparisons/ptx_a.csv", lambda p: truncate(p, 1), "truncated"),
+    "truncated comparison": (
+        "metrics/comparisons/ptx_a.csv",
+        lambda p: truncate(p, 1),
+        "truncated",
+    ),
 }
 
 
@@ -646,7 +653,7 @@ def test_units(tree):
         "clean_prediction": 3,
         "adv_prediction": 8,
         "set": 4,
-        "comparison": 1,
+        "comparison": 2,
         "table": 3,
         "plot": 3,
         "report": 1,
@@ -655,7 +662,8 @@ def test_units(tree):
     assert ix.model_tasks == MODEL_TASK
     (set_,) = ix.select("set", source="card_a")
     finals = {p for k in (*FINAL_KINDS, "comparison") for p in products[k]}
-    assert downstream(set_, ix) == {set_} | finals
+    card = {p for p in products["comparison"] if p["target"] == "card_a"}
+    assert card and downstream(set_, ix) == {set_} | (finals - card)
 
 
 def test_deleted_prediction_makes_its_sets_stale(tree, capsys):
@@ -699,6 +707,7 @@ def test_model_of_unknown_task_takes_every_set(tree):
         *(f"{p}/{t}/adv/card_a/ptx/pgd/eps8.csv" for t in TASKS["ptx"]),
         *(f"results/metrics/sets/{s}/{d}/{a}/eps{e}.json" for s, d, a, e, _ in ATTACKS),
         *FINALS,
+        f"results/{CARD_COMPARISON}",  # its target's task is unknown now: it may read any set
     }
 
 

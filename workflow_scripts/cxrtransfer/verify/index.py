@@ -236,7 +236,9 @@ def children(p: Product, ix: Index) -> set[Product]:
         out |= twins(p, ix, target=p["target"])
     if k == "set":  # the final products are one block, remade from every set
         out |= set().union(*(sel(f) for f in FINAL_KINDS)) | twins(p, ix)
-        out |= sel("comparison")  # a deployed target's comparisons read its sets
+        # the comparisons of the deployed target of the set's data task read it
+        task = p["data_task"]
+        out |= {c for c in sel("comparison") if ix.model_tasks.get(c["target"]) in (task, None)}
     if k == "comparison":  # the tables job reads every comparison
         out |= sel("table")
     if k == "table":  # the tables job writes all of tables/; every plot reads transfer.csv
