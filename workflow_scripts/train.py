@@ -9,16 +9,18 @@ from cxrtransfer.data.datasets import subset_patients
 from cxrtransfer.models.train import train_model
 
 
-def adversarial_trainer(settings: dict):
-    """``cxrtransfer.attacks.adversarial_training.make_trainer`` for an adversarially trained
-    model, else None. Imported by name, for such models only: a rule's code version
+def adversarial_functions(settings: dict) -> dict:
+    """For an adversarially trained model, ``make_trainer`` and ``make_val_attack`` of
+    ``cxrtransfer.attacks.adversarial_training`` (the training's attack and its robust
+    validation's), else nothing. Imported by name, for such models only: a rule's code version
     (plan.code.code_version) covers the modules its script imports statically, so clean training
     does not cover attack code and an edit of it retrains no clean model; the train rule adds
     that module's code version for adversarially trained models (rules/common.smk, train_code).
     """
     if not settings.get("adversarial"):
-        return None
-    return importlib.import_module("cxrtransfer.attacks.adversarial_training").make_trainer
+        return {}
+    module = importlib.import_module("cxrtransfer.attacks.adversarial_training")
+    return {"make_trainer": module.make_trainer, "make_val_attack": module.make_val_attack}
 
 
 def main(sm):
@@ -31,6 +33,8 @@ def main(sm):
             "metrics": sm.input.init_metrics,
             "patients": sm.input.init_patients,
         }
+    # the base an adversarially trained model without init_from must be more robust than
+    robust_base = sm.input.get("robust_base_model") if settings.get("robust_base") else None
     train_model(
         settings,
         list(sm.input.train),
@@ -39,7 +43,8 @@ def main(sm):
         Path(sm.output.model).parent,
         patients,
         init,
-        make_trainer=adversarial_trainer(settings),
+        robust_base=robust_base,
+        **adversarial_functions(settings),
     )
 
 

@@ -103,6 +103,7 @@ def trained_pair(blob_shards, tmp_path_factory):
         patients=set(range(64, 256)),
         init=_init(base / "clean"),
         make_trainer=AT.make_trainer,
+        make_val_attack=AT.make_val_attack,
     )
     return {"clean": (base / "clean", clean), "robust": (base / "robust", robust)}
 
@@ -322,6 +323,7 @@ def test_settings_fill_defaults_and_clean_models_are_unchanged(root):
         "trades_beta": 6.0,
         "random_start": True,
         "seed": 0,
+        "val_steps": 10,
     }
     assert s["init_from"] == "pneumothorax_small"
     assert model_settings(cfg, "pneumothorax_small") == clean

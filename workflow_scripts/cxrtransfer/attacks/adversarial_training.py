@@ -23,6 +23,12 @@ so seeded runs repeat and a resumed run crafts what the uninterrupted one would 
 exposes the wrapped model as ``contract_model``, which is what the training callbacks
 evaluate and save (standard layers only: ``model.keras`` keeps the model contract).
 
+Robust validation (``make_val_attack``): each epoch, and for the base model an adversarially
+trained model must beat, the validation images are attacked by L-inf PGD at the training eps
+against the weights being evaluated: ``val_steps`` steps of eps/4, no random start (so the
+examples are a pure function of the model and the images; the stream seed is fixed all the
+same). The same spec attacks the model and its base.
+
 ``cxrtransfer.models.train`` imports this module by name, for adversarially trained models only, so
 the code version of clean training (``plan.code_version`` of the train script) does not cover
 it or the attack code: an edit of ``attacks.py`` retrains adversarially trained models only,
@@ -45,6 +51,7 @@ from cxrtransfer.config.schema import defaults as schema_defaults
 ADVERSARIAL_DEFAULTS = schema_defaults("training", "adversarial")
 METHODS = ("pgd", "trades")
 TRADES_START_STD = 0.001  # the TRADES code's start x + 0.001 N(0, 1) (the KL gradient is 0 at x)
+VAL_STEP_FRACTION = 0.25  # robust validation: steps of eps/4
 
 
 def adversarial_settings(adv: dict) -> dict:
@@ -78,6 +85,48 @@ def spec_from_settings(adv: dict) -> AttackSpec:
         "seed": int(s["seed"]),
     }
     return attack_spec_from_config(cfg, float(s["eps"]))
+
+
+def val_spec(adv: dict) -> AttackSpec:
+    """The PGD of robust validation: L-inf, untargeted, at the training eps, ``val_steps`` steps
+    of eps/4, no random start."""
+    s = adversarial_settings(adv)
+    cfg = {
+        "method": "pgd",
+        "norm": "linf",
+        "steps": int(s["val_steps"]),
+        "step_fraction": VAL_STEP_FRACTION,
+        "random_start": False,
+        "seed": int(s["seed"]),
+    }
+    return attack_spec_from_config(cfg, float(s["eps"]))
+
+
+def make_val_attack(model, adv: dict):
+    """``attack(x, y) -> x_adv``: the robust validation's examples against ``model`` (x float32
+    (N, H, W, 1) in [0, 1], y int labels (N,)), the study's compiled PGD (``val_spec``) with a
+    fixed stream seed, so every call on the same weights and images gives the same examples.
+    ``attack.rule`` describes it (recorded in metrics.json)."""
+    spec = val_spec(adv)
+    pgd = make_attack(model, spec)
+    seed = spec.stream_seed("robust_validation")
+
+    def attack(x, y):
+        return pgd(x, y, seed)
+
+    attack.rule = {
+        "attack": "pgd",
+        "norm": "linf",
+        "eps": spec.eps,
+        "steps": spec.iterations,
+        "step": spec.step,
+        "step_fraction": VAL_STEP_FRACTION,
+        "random_start": False,
+        "targeted": False,
+        "images": "the validation split",
+        "against": "the weights evaluated (white-box)",
+    }
+    return attack
 
 
 def n_adversarial(batch, fraction: float):

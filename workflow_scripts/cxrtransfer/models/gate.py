@@ -1,6 +1,7 @@
 """The quality gate of a trained model, on validation data only: a validation AUROC that
 reaches ``min_val_auc``, a patient-bootstrap CI whose lower bound is above chance, and no
-collapse to one class. The test split is never an acceptance gate."""
+collapse to one class; and the robustness gate of an adversarially trained model: a robust
+validation AUROC above its base's. The test split is never an acceptance gate."""
 
 from __future__ import annotations
 
@@ -106,3 +107,29 @@ def check_multilabel_quality(settings: dict, val_metrics: dict, val_probs: np.nd
             settings["min_val_auc"],
             ", ".join(f"{k} {per[k]:.3f}" for k in below),
         )
+
+
+def check_robustness(settings: dict, robust: dict) -> None:
+    """The robustness gate of an adversarially trained model (validation data only): refuse it
+    when its robust validation AUROC (``robust``: metrics.json's ``robust_validation``) is not
+    above its base's by the same attack on the same images. No base (``robust_base`` None):
+    nothing to compare, logged and recorded (``robust.robust_record``); ``min_val_auc`` 0
+    switches this gate off with the quality gate."""
+    base = robust.get("robust_base")
+    if base is None or not settings["min_val_auc"] > 0:
+        return
+    mine, theirs = float(robust["val_robust_auc"]), float(base["val_robust_auc"])
+    if np.isfinite(mine) and (not np.isfinite(theirs) or mine > theirs):
+        return
+    adv, attack = settings["adversarial"], robust.get("attack", {})
+    low, high = robust.get("val_robust_auc_ci", (float("nan"), float("nan")))
+    raise WorkflowError(
+        f"Model '{settings['name']}' is adversarially trained but not more robust than its base "
+        f"'{base['model']}' ({base['via']}) on the validation split: robust validation AUROC "
+        f"{mine:.3f} (95% CI [{low:.3f}, {high:.3f}]) vs the base's {theirs:.3f}, both under "
+        f"L-inf PGD at the training eps {adv['eps']:g}/255 ({attack.get('steps', '?')} steps of "
+        "eps/4, no random start, against each model's own weights). Its adversarial training "
+        "added no robustness. Train longer (epochs, patience), attack every image of each batch "
+        "(training.adversarial.fraction: 1.0) with more steps, add warmup_epochs, use a smaller "
+        "learning_rate, or a smaller eps."
+    )

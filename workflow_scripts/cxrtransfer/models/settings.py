@@ -23,7 +23,7 @@ def model_settings(config: dict, name: str) -> dict:
     training = {**TRAINING_DEFAULTS, **config.get("training", {}), **m.pop("training", {})}
     if "adversarial" in training:  # a model's own block replaces the default block as a whole
         training["adversarial"] = {**ADVERSARIAL_DEFAULTS, **training["adversarial"]}
-    extra = {"init_from": m["init_from"]} if m.get("init_from") else {}
+    extra = {k: m[k] for k in ("init_from", "robust_base") if m.get(k)}
     task = config["tasks"][m["task"]]
     if "labels" in task:  # a multi-label model: its output columns, in order
         labels = list(LABELS) if task["labels"] == "all" else list(task["labels"])

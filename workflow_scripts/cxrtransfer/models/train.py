@@ -1,4 +1,5 @@
-"""Fine-tune one model from the HDF5 shards: checkpoint every epoch, resume, select by val AUC.
+"""Fine-tune one model from the HDF5 shards: checkpoint every epoch, resume, select by val AUC
+(an adversarially trained model: by robust val AUC, and it must be more robust than its base).
 
 Outputs in ``out_dir`` (only when training finished and the model passed the quality checks,
 which read validation data only): ``model.keras`` (weights, no optimizer state),
@@ -21,8 +22,18 @@ from cxrtransfer.core.files import atomic_path, file_sha256, params_hash
 from cxrtransfer.core.logs import LOG
 from cxrtransfer.core.products import read_model_metrics, read_patients
 from cxrtransfer.data.datasets import label_summary, shard_arrays
-from cxrtransfer.models.callbacks import best_row, previous_history, training_callbacks
-from cxrtransfer.models.gate import check_multilabel_quality, check_quality, gate_ci
+from cxrtransfer.models.callbacks import (
+    best_row,
+    monitored_key,
+    previous_history,
+    training_callbacks,
+)
+from cxrtransfer.models.gate import (
+    check_multilabel_quality,
+    check_quality,
+    check_robustness,
+    gate_ci,
+)
 from cxrtransfer.models.inference import make_predict_fn, predict_shards
 from cxrtransfer.models.outputs import (
     MULTILABEL_LOSS,
@@ -35,11 +46,13 @@ from cxrtransfer.models.outputs import (
     write_outputs,
     youden_threshold,
 )
+from cxrtransfer.models.robust import base_of, robust_fn, robust_record
 from cxrtransfer.models.settings import ADVERSARIAL_DEFAULTS, adversarial_cost, is_multilabel
 from cxrtransfer.models.trainable import compiled_model, deterministic_ops
 
 # Bump when the meaning of the work state changes: older work directories are then discarded.
-WORK_STATE_VERSION = 2
+# 3: adversarially trained models keep the epoch of the best robust validation AUROC.
+WORK_STATE_VERSION = 3
 
 
 def inputs_stamp(
@@ -208,6 +221,12 @@ def _log_start(settings: dict, counts: dict, init) -> None:
             adv["fraction"],
             adversarial_cost(adv),
         )
+        LOG.info(
+            "robust validation each epoch: L-inf PGD at eps %g/255, %d steps of eps/4, no random "
+            "start; the kept epoch is the best val_robust_auc",
+            adv["eps"],
+            adv["val_steps"],
+        )
     if is_multilabel(settings):
         LOG.info(
             "multi-label model: %d sigmoid outputs %s, loss: %s",
@@ -226,10 +245,12 @@ def _fit(
     counts: dict,
     init=None,
     make_trainer=None,
+    make_val_attack=None,
 ) -> float:
     """Train (or continue the interrupted run in ``out/work``); returns wall time in seconds.
     A run that already finished (``work/fit_done``) is not trained further. ``init``: the
-    checkpoint to start from (``init_from``), or None."""
+    checkpoint to start from (``init_from``), or None. ``make_val_attack``: an adversarially
+    trained model's robust validation attack (see ``robust_fn``)."""
     # heavy: data.pipelines imports TensorFlow at its top; the train script imports this module
     # before run_main sends the job's output to its log
     from cxrtransfer.data.pipelines import make_dataset
@@ -264,11 +285,12 @@ def _fit(
             return r["labels"], r["probs"]
 
         t0 = time.time()
+        robust = robust_fn(settings, val_shards, make_val_attack)
         model.fit(
             train_ds,
             epochs=settings["epochs"],
             class_weight=counts["class_weight"],
-            callbacks=training_callbacks(out, work, settings, val_preds),
+            callbacks=training_callbacks(out, work, settings, val_preds, robust),
             shuffle=False,
             verbose=0,  # one line per epoch from ValAUC instead of Keras' progress bars
         )
@@ -279,8 +301,9 @@ def _fit(
 
 
 def _select(settings: dict, work: Path, val_shards):
-    """The best checkpoint (by val AUROC), its Youden threshold on val and its val metrics;
-    refuses collapsed models. Reads validation data only."""
+    """The best checkpoint (by ``monitored_key``: val AUROC, for an adversarially trained model
+    robust val AUROC), its Youden threshold on val and its val metrics; refuses collapsed
+    models. Reads validation data only."""
     # heavy: Keras loads in training jobs only
     import keras
 
@@ -344,15 +367,21 @@ def train_model(
     patients: set[int] | None = None,
     init: dict | None = None,
     make_trainer=None,
+    make_val_attack=None,
+    robust_base: str | Path | None = None,
 ) -> dict:
-    """Train, select by validation AUROC, check quality on validation data, write model.keras,
-    metrics.json, history.csv and train_patients.txt; then delete the work state.
+    """Train, select by validation AUROC (adversarial training: robust validation AUROC),
+    check quality on validation data, write model.keras, metrics.json, history.csv and
+    train_patients.txt; then delete the work state.
 
     ``init``: for a model fine-tuned from another (``init_from``), the paths of that model's
     ``checkpoint``, ``metrics`` and ``patients`` (see ``read_init``). Its training patients
     count as this model's too (train_patients.txt holds the union), so measured patient
     overlap stays honest. ``make_trainer``: for adversarial training, the trainer that crafts
-    each batch's examples (see ``compiled_model``)."""
+    each batch's examples (see ``compiled_model``); ``make_val_attack``: the attack of its
+    robust validation (``robust_fn``). ``robust_base``: the checkpoint of the model of
+    ``settings["robust_base"]``, the base of an adversarially trained model without
+    ``init_from`` (see ``robust.base_of``); it must be more robust than its base."""
     out = Path(out_dir)
     work = out / "work"
     if settings.get("adversarial"):  # settings built without a validated config: defaults
@@ -362,13 +391,58 @@ def train_model(
     checkpoint = Path(init["checkpoint"]) if init is not None else None
     stamp = inputs_stamp(settings, train_shards, val_shards, counts["patient_ids"], checkpoint)
     prepare_work(out, stamp)
-    wall = _fit(settings, train_shards, val_shards, patients, out, counts, checkpoint, make_trainer)
-    history = previous_history(work / "log.csv")
+    wall = _fit(
+        settings,
+        train_shards,
+        val_shards,
+        patients,
+        out,
+        counts,
+        checkpoint,
+        make_trainer,
+        make_val_attack,
+    )
+    history = previous_history(work / "log.csv", monitored_key(settings))
     best, threshold, val_metrics = _select(settings, work, val_shards)
+    robust = None
+    if settings.get("adversarial"):
+        with deterministic_ops(settings["seed"]):
+            base = base_of(settings, checkpoint, robust_base)
+            robust = robust_record(settings, best, val_shards, make_val_attack, base)
+        check_robustness(settings, robust)
     test_metrics = measure_test_split(settings, best, test_shards, threshold)
-    row = best_row(history, settings)
+    metrics = _metrics_record(
+        settings, (threshold, val_metrics, test_metrics), history, counts, wall, stamp
+    )
+    patient_ids = counts["patient_ids"]
+    if settings.get("adversarial"):
+        metrics["adversarial"] = settings["adversarial"]
+        metrics["robust_validation"] = robust
+    if start is not None:
+        metrics["init_from"] = start["record"]
+        patient_ids = sorted(set(patient_ids) | set(start["patients"]))
+    metrics = write_outputs(out, best, metrics, history, patient_ids)
+    shutil.rmtree(work)
     multi = is_multilabel(settings)
-    metrics = {
+    LOG.info(
+        "model %s: val AUC %.3f, test AUC %.3f (%s), %d epochs, %.0f s",
+        settings["name"],
+        val_metrics["auc"],
+        test_metrics["auc"],
+        "mean over labels" if multi else f"threshold {threshold:.3f}",
+        len(history),
+        wall,
+    )
+    return {**metrics, "train_patients_path": str(out / "train_patients.txt")}
+
+
+def _metrics_record(settings, quality, history, counts, wall: float, stamp: dict) -> dict:
+    """metrics.json's record of the model: its threshold(s) and val and test metrics
+    (``quality``), epochs, training images, inputs and settings (the caller adds the
+    adversarial training's and init_from's records)."""
+    threshold, val_metrics, test_metrics = quality
+    multi = is_multilabel(settings)
+    return {
         "model": settings["name"],
         "task": settings["task"],
         "arch": settings["arch"],
@@ -380,7 +454,8 @@ def train_model(
         "val": val_metrics,
         "test": test_metrics,
         "epochs_run": int(len(history)),
-        "best_epoch": int(history["epoch"].iloc[row]) + 1,
+        "best_epoch": int(history["epoch"].iloc[best_row(history, settings)]) + 1,
+        "selected_by": monitored_key(settings),
         "wall_time_s": round(wall, 1),
         "train_images": counts["n"],
         "train_positives": counts["n1"],
@@ -392,21 +467,3 @@ def train_model(
         "inputs": {k: v for k, v in stamp.items() if k != "settings"},
         "settings": settings,
     }
-    patient_ids = counts["patient_ids"]
-    if settings.get("adversarial"):
-        metrics["adversarial"] = settings["adversarial"]
-    if start is not None:
-        metrics["init_from"] = start["record"]
-        patient_ids = sorted(set(patient_ids) | set(start["patients"]))
-    metrics = write_outputs(out, best, metrics, history, patient_ids)
-    shutil.rmtree(work)
-    LOG.info(
-        "model %s: val AUC %.3f, test AUC %.3f (%s), %d epochs, %.0f s",
-        settings["name"],
-        val_metrics["auc"],
-        test_metrics["auc"],
-        "mean over labels" if multi else f"threshold {threshold:.3f}",
-        len(history),
-        wall,
-    )
-    return {**metrics, "train_patients_path": str(out / "train_patients.txt")}

@@ -12,6 +12,7 @@ from cxrtransfer.core import paths as P
 from cxrtransfer.core.paths import eps_label
 from cxrtransfer.data.expert_labels import DEFAULT_PATH
 from cxrtransfer.data.synthetic import expert_label_settings
+from cxrtransfer.plan.adversarial_checks import check_adversarial_training
 from cxrtransfer.plan.study import (
     KERAS_APPLICATIONS,
     adversarial_sets,
@@ -37,7 +38,7 @@ def check_config(config: dict, basedir: str | Path = ".") -> None:
     _check_linf_units(config)
     _check_tasks(config)
     _check_models(config, basedir)
-    _check_adversarial_training(config)
+    check_adversarial_training(config)
     _check_defences(config)
     _check_attacks(config)
     _check_grid(config)
@@ -173,71 +174,6 @@ def _check_linf_units(config: dict) -> None:
     for key, adv in blocks:
         if isinstance(adv, dict):
             linf_unit(f"{key}.eps", adv.get("eps"))
-
-
-def _check_adversarial_training(config: dict) -> None:
-    """training.adversarial (defaults and each model's own) and models.<name>.init_from."""
-    models = config["models"]
-    blocks = [("training.adversarial", config.get("training", {}).get("adversarial"))]
-    blocks += [
-        (f"models.{n}.training.adversarial", m.get("training", {}).get("adversarial"))
-        for n, m in models.items()
-    ]
-    for key, adv in blocks:
-        if adv is None:
-            continue
-        eps = adv.get("eps")
-        if not isinstance(eps, int | float) or not 0 < eps <= 255:
-            raise WorkflowError(
-                f"{key}.eps: {eps!r} is outside the data range; adversarial training eps is "
-                "in 1/255 units like the study's eps (0 < eps <= 255; 255 already allows any "
-                "image, typical values are 2-8)."
-            )
-        cfg = {"method": "pgd", "norm": "linf"}
-        cfg.update(
-            {k: adv[k] for k in ("steps", "step_fraction", "random_start", "seed") if k in adv}
-        )
-        try:
-            spec_from_config(cfg, eps)
-        except WorkflowError as err:
-            raise WorkflowError(f"{key}: {err}") from None
-        if not 0 <= adv.get("fraction", 0.5) <= 1:
-            raise WorkflowError(f"{key}.fraction: {adv['fraction']} is not in [0, 1].")
-    for name, m in models.items():
-        adv = {**config.get("training", {}), **m.get("training", {})}.get("adversarial")
-        if adv and is_multilabel(config, name):
-            own = "adversarial" in m.get("training", {})
-            where = f"models.{name}.training.adversarial" if own else "training.adversarial"
-            raise WorkflowError(
-                f"{where}: '{name}' is a multi-label model; "
-                "adversarial training of multi-label models is not implemented (it trains the "
-                "2-class contract). Give it its own training: block without adversarial."
-            )
-    for name, m in models.items():
-        init = m.get("init_from")
-        if init is None:
-            continue
-        key = f"models.{name}.init_from"
-        if init == name:
-            raise WorkflowError(f"{key}: a model cannot be fine-tuned from itself.")
-        if init not in models:
-            raise WorkflowError(
-                f"{key}: '{init}' is not a configured model; configured: {sorted(models)}."
-            )
-        for fact in ("task", "arch"):
-            if models[init][fact] != m[fact]:
-                raise WorkflowError(
-                    f"{key}: '{init}' has {fact} '{models[init][fact]}', this model "
-                    f"'{m[fact]}'; a model is fine-tuned from a checkpoint of its own task and "
-                    "architecture."
-                )
-        chain = [name]
-        while init is not None:
-            if init in chain:
-                cycle = " -> ".join([*chain[chain.index(init) :], init])
-                raise WorkflowError(f"{key}: the init_from chain has a cycle ({cycle}).")
-            chain.append(init)
-            init = models[init].get("init_from") if init in models else None
 
 
 def _check_attacks(config: dict) -> None:

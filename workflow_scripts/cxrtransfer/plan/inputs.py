@@ -42,6 +42,10 @@ class Facts(Protocol):
     def init_from(self, model: str) -> str | None:
         """The model a model is fine-tuned from, or None."""
 
+    def robust_base(self, model: str) -> str | None:
+        """The model an adversarially trained model must be more robust than
+        (``robust_base``; None when unset: then its base, if any, is its init_from)."""
+
     def targets(self, data_task: str) -> list[str]:
         """The targets of a data task's adversarial sets."""
 
@@ -78,6 +82,9 @@ class ConfigFacts:
 
     def init_from(self, model: str) -> str | None:
         return self.config["models"][model].get("init_from")
+
+    def robust_base(self, model: str) -> str | None:
+        return self.config["models"][model].get("robust_base")
 
     def targets(self, data_task: str) -> list[str]:
         return plan.targets_for(self.config, data_task)
@@ -136,7 +143,9 @@ def shard_summary(facts: Facts, task: str) -> Inputs:
 
 def train(facts: Facts, model: str) -> Inputs:
     """Rule train: a fine-tuned model's start (that model's checkpoint, metrics and training
-    patients) and the three splits of the model's task (test: the test metrics)."""
+    patients), an adversarially trained model's ``robust_base`` (its checkpoint, attacked on
+    the validation images for the robustness gate; with init_from the base is the start) and
+    the three splits of the model's task (test: the test metrics)."""
     init = facts.init_from(model)
     start = {}
     if init:
@@ -145,6 +154,9 @@ def train(facts: Facts, model: str) -> Inputs:
             "init_metrics": P.MODEL_METRICS.format(model=init),
             "init_patients": P.MODEL_PATIENTS.format(model=init),
         }
+    base = facts.robust_base(model)
+    if base and base != init:
+        start["robust_base_model"] = P.MODEL.format(model=base)
     task = facts.model_task(model)
     return {**start, **{s: shards(facts, task, s) for s in ("train", "val", "test")}}
 

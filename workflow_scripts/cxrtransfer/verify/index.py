@@ -58,6 +58,8 @@ class Index:
     model_bases: dict[str, str] = field(default_factory=dict)
     # a fine-tuned model -> the model it started from (metrics.json's init_from)
     model_inits: dict[str, str] = field(default_factory=dict)
+    # an adversarially trained model -> its robust_base (metrics.json's robust_validation)
+    model_robust_bases: dict[str, str] = field(default_factory=dict)
     by: dict[tuple[str, str, str], set[Product]] = field(default_factory=dict)
     # a product -> the products whose jobs read it (see readers_of)
     readers: dict[Product, set[Product]] = field(default_factory=dict)
@@ -89,7 +91,7 @@ class Index:
 def build_index(results: Path, products: dict[str, list[Product]]) -> Index:
     """The index of a tree's products, with what each product's job reads."""
     tasks = {p["model"]: model_task(results, p["model"]) for p in products["model"]}
-    bases, inits = {}, {}
+    bases, inits, robust_bases = {}, {}, {}
     for p in products["model"]:
         try:
             metrics = read_metrics(P.under(results, P.MODEL_DIR, model=p["model"]))
@@ -100,7 +102,11 @@ def build_index(results: Path, products: dict[str, list[Product]]) -> Index:
         init = metrics.get("init_from")
         if isinstance(init, dict) and init.get("model"):
             inits[p["model"]] = str(init["model"])
-    ix = Index(products, tasks, bases, inits)
+        robust = metrics.get("robust_validation")
+        base = robust.get("robust_base") if isinstance(robust, dict) else None
+        if isinstance(base, dict) and base.get("via") == "robust_base" and base.get("model"):
+            robust_bases[p["model"]] = str(base["model"])
+    ix = Index(products, tasks, bases, inits, robust_bases)
     ix.readers = readers_of(results, ix)
     return ix
 
@@ -132,6 +138,9 @@ class TreeFacts:
 
     def init_from(self, model: str) -> str | None:
         return self.ix.model_inits.get(model)
+
+    def robust_base(self, model: str) -> str | None:
+        return self.ix.model_robust_bases.get(model)
 
     def targets(self, data_task: str) -> list[str]:
         tasks = self.ix.model_tasks
