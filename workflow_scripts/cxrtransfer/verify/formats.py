@@ -365,6 +365,7 @@ def check_set(path: Path) -> None:
     if not all(isinstance(c, dict) for c in cells):
         raise Bad("holds entries that are not cell objects")
 
+
 # the first bytes of a figure file, by suffix
 SIGNATURES = {".png": ("PNG", PNG_SIGNATURE), ".pdf": ("PDF", b"%PDF-")}
 
