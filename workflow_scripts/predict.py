@@ -22,4 +22,4 @@ def main(sm):
         predict_clean(shard_paths=list(sm.input.shards), out_csv=sm.output[0], **common)
 
 
-run_main(main, snakemake)  # noqa: F821
+run_main(main, snakemake, tensorflow=True)  # noqa: F821

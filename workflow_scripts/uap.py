@@ -21,4 +21,4 @@ def main(sm):
     )
 
 
-run_main(main, snakemake)  # noqa: F821
+run_main(main, snakemake, tensorflow=True)  # noqa: F821

@@ -126,3 +126,37 @@ def test_the_wrote_line_counts_files_and_directories(tmp_path):
     assert wrote_line("attack", [a, b]) == f"rule attack: wrote 2 directories: {a}, {b}"
     assert wrote_line("x", [c]) == f"rule x: wrote 1 file: {c}"
     assert wrote_line("x", [c, a]) == f"rule x: wrote 1 file and 1 directory: {c}, {a}"
+
+
+# TensorFlow loaded plainly and through import_tensorflow, each in a new process with fd 2 in
+# a file, at the most talkative C++ log level.
+_PLAIN_IMPORT = "import tensorflow"
+_QUIET_IMPORT = (
+    "from cxrtransfer.core.logs import setup_logging; setup_logging(None); "
+    "from cxrtransfer.config.job import import_tensorflow; import_tensorflow(); import keras"
+)
+
+
+def _stderr_of(root, code: str) -> list[str]:
+    env = {**os.environ, "PYTHONPATH": str(root / "workflow_scripts"), "TF_CPP_MIN_LOG_LEVEL": "0"}
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert r.returncode == 0, r.stderr
+    # the C++ lines without their "I0000 00:00:<time> <pid> file.cc:N]" prefix
+    return [line.split("] ", 1)[-1] for line in r.stderr.splitlines()]
+
+
+def test_tensorflow_loads_without_its_start_up_notices_and_keeps_its_other_lines(root):
+    """The two notices TensorFlow writes before its logging is set up are gone, replaced by one
+    log line; whatever else it writes while loading is kept, in order."""
+    from cxrtransfer.config.job import TF_IMPORT_NOTICES
+
+    plain = _stderr_of(root, _PLAIN_IMPORT)
+    assert any(TF_IMPORT_NOTICES[0] in line for line in plain)  # what there is to drop
+    assert any(TF_IMPORT_NOTICES[1] in line for line in plain)
+    quiet = _stderr_of(root, _QUIET_IMPORT)
+    ours = [line for line in quiet if "TensorFlow " in line and " loaded; oneDNN" in line]
+    assert len(ours) == 1
+    kept = [line for line in plain if not any(n in line for n in TF_IMPORT_NOTICES)]
+    assert [line for line in quiet if line not in ours] == kept

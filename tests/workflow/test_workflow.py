@@ -88,15 +88,18 @@ def test_reordered_config_reruns_nothing(root, run):
     assert planned(root, run, "reversed.yaml") == {}
 
 
-def test_console_shows_snakemake_not_tensorflow_noise(run):
-    """TensorFlow's start-up notices of each job go to the job's log file."""
+def test_console_and_logs_show_no_tensorflow_start_up_notices(run):
+    """TensorFlow's two start-up notices are in no job log and not on the console; each job
+    that uses TensorFlow says in its log which TensorFlow it loaded."""
     console = (run / "console.txt").read_text()
     assert "Finished jobid" in console or "steps (100%) done" in console
+    logs = sorted((run / "results" / "logs").rglob("*.log"))
     for noise in ("absl::InitializeLog", "oneDNN custom operations"):
         assert noise not in console
-        assert any(
-            noise in p.read_text() for p in (run / "results" / "logs" / "train").glob("*.log")
-        )
+        assert not [p for p in logs if noise in p.read_text()]
+    for rule in ("train", "attack", "predict"):
+        tf_logs = sorted((run / "results" / "logs" / rule).rglob("*.log"))
+        assert tf_logs and all("loaded; oneDNN" in p.read_text() for p in tf_logs), rule
 
 
 def test_job_logs_have_no_warnings_and_say_what_they_did(run):

@@ -7,21 +7,33 @@ from __future__ import annotations
 import ast
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from cxrtransfer import WorkflowError
 from cxrtransfer.config import runconfig
 from cxrtransfer.core.logs import LOG, setup_logging
 
+# What TensorFlow 2.21's C++ writes to file descriptor 2 when it loads, before its logging is set
+# up (so TF_CPP_MIN_LOG_LEVEL cannot silence it): absl's notice, and oneDNN's that it is on. Only
+# TF_ENABLE_ONEDNN_OPTS=0 stops them, and that makes a ResNet50 gradient step 7.7x slower here
+# (benchmarks/bench_onednn.py, docs/PERFORMANCE.md), so import_tensorflow drops these two lines
+# and logs one line of its own instead.
+TF_IMPORT_NOTICES = (
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+    "oneDNN custom operations are on.",
+)
 
-def run_main(func, snakemake) -> None:
+
+def run_main(func, snakemake, tensorflow: bool = False) -> None:
     """Run a rule's main function with everything it prints in the rule's log file.
 
     Output of the process itself (TensorFlow's start-up notices are written by C++ to file
     descriptor 2) goes to the log too, so the console shows Snakemake's progress only. A
     WorkflowError becomes a clear message (in the log and on the console) and exit code 1,
     without a traceback. The log's first line says what the job does (its script's docstring:
-    ``script_summary``), its last line what it wrote (only when it succeeded)."""
+    ``script_summary``), its last line what it wrote (only when it succeeded).
+    ``tensorflow``: the job uses TensorFlow; it is imported first (``import_tensorflow``)."""
     log = snakemake.log[0] if len(snakemake.log) else None
     # TensorFlow's op pool uses as many threads as the job was given (read when TensorFlow
     # creates its context, so before any op runs), not every core of the machine.
@@ -47,6 +59,8 @@ def run_main(func, snakemake) -> None:
         LOG.info(
             "rule %s: config sha256 %s (as planned)", snakemake.rule, record[runconfig.RAN_WITH]
         )
+        if tensorflow:
+            import_tensorflow()
         func(snakemake)
     except WorkflowError as e:
         LOG.error("%s", e)
@@ -58,6 +72,32 @@ def run_main(func, snakemake) -> None:
         LOG.error("rule %s: finished without writing %s", snakemake.rule, ", ".join(missing))
     else:
         LOG.info("%s", wrote_line(snakemake.rule, outputs))
+
+
+def import_tensorflow():
+    """Import TensorFlow with what it writes to file descriptor 2 while it loads passed on to
+    fd 2, except ``TF_IMPORT_NOTICES``, which become one log line (with the oneDNN setting).
+    Later imports of TensorFlow or Keras in the process reuse the loaded module."""
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            # heavy: TensorFlow loads in the jobs that use it only
+            import tensorflow as tf
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        captured.seek(0)
+        lines = captured.read().decode(errors="replace").splitlines()
+    kept = [line for line in lines if not any(n in line for n in TF_IMPORT_NOTICES)]
+    if kept:
+        os.write(2, ("\n".join(kept) + "\n").encode())
+    onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "on (TensorFlow's default)")
+    LOG.info("TensorFlow %s loaded; oneDNN optimisations: %s", tf.__version__, onednn)
+    return tf
 
 
 def script_summary(script) -> str:
