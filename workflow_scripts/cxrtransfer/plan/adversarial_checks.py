@@ -1,12 +1,13 @@
 """The config checks of adversarial training and fine-tuning the JSON schema cannot express:
-``training.adversarial`` (the default block and each model's own), ``models.<name>.init_from``
-and ``models.<name>.robust_base`` (run by ``plan.checks.check_config``)."""
+``training.adversarial`` (the default block and each model's own), ``models.<name>.init_from``,
+``models.<name>.robust_base`` and an adversarially trained source's budgets in the grid (run by
+``plan.checks.check_config``)."""
 
 from __future__ import annotations
 
 from cxrtransfer import WorkflowError
 from cxrtransfer.attacks.spec import spec_from_config
-from cxrtransfer.plan.study import is_multilabel
+from cxrtransfer.plan.study import attack_norm, entry_eps, is_multilabel
 
 
 def check_adversarial_training(config: dict) -> None:
@@ -24,6 +25,7 @@ def check_adversarial_training(config: dict) -> None:
             )
     _check_init_from(config["models"])
     _check_robust_base(config)
+    _check_robust_sources(config)
 
 
 def adversarial(config: dict, name: str) -> dict | None:
@@ -127,3 +129,40 @@ def _check_robust_base(config: dict) -> None:
                 f"{key}: '{name}' is fine-tuned from '{init}' (init_from), which is its base; "
                 f"remove robust_base or make it '{init}'."
             )
+
+
+def _source_budgets(config: dict) -> dict[str, set[float]]:
+    """{model: the L-inf eps (1/255) the grid crafts examples on it at}, for the models named
+    as single sources (``all`` included; ensembles and unknown names left to the grid check)."""
+    out: dict[str, set[float]] = {}
+    for entry in config.get("grid", []):
+        sources = entry.get("sources")
+        names = list(config["models"]) if sources == "all" else sources or []
+        attacks = entry.get("attacks", "all")
+        attacks = list(config["attacks"]) if attacks == "all" else attacks
+        for a in (a for a in attacks if a in config["attacks"]):
+            if attack_norm(config, a) != "linf":
+                continue
+            for n in (n for n in names if isinstance(n, str) and n in config["models"]):
+                out.setdefault(n, set()).update(float(e) for e in entry_eps(config, entry, a))
+    return out
+
+
+def _check_robust_sources(config: dict) -> None:
+    """An adversarially trained model used as a source must be attacked at some L-inf eps at or
+    above its training eps: below it, PGD stays inside the region the model was trained to
+    resist, so its examples say nothing about a robust surrogate (Springer et al. 2021 train
+    the surrogate at a small eps and attack at larger ones)."""
+    for name, budgets in _source_budgets(config).items():
+        adv = adversarial(config, name)
+        if not adv or not budgets or float(adv["eps"]) <= max(budgets):
+            continue
+        own = "adversarial" in (config["models"][name].get("training") or {})
+        key = f"models.{name}.training.adversarial.eps" if own else "training.adversarial.eps"
+        shown = ", ".join(f"{e:g}" for e in sorted(budgets))
+        raise WorkflowError(
+            f"{key}: '{name}' is adversarially trained at eps {float(adv['eps']):g}, above "
+            f"every L-inf eps the grid attacks it at as a source ({shown}); a robust surrogate "
+            "is trained at a small eps and attacked at that eps or larger. Lower its training "
+            "eps, or give its grid entry an eps at least as large."
+        )
