@@ -221,6 +221,89 @@ def ensemble_sentences(rows: pd.DataFrame, comp, target) -> list[str]:
     return out
 
 
+NO_DIFFERENCE = "no difference shown"
+
+
+def robust_twins(models: dict) -> list[tuple[str, str]]:
+    """(robust surrogate, its standard twin) pairs: a model with adversarial training
+    (``adversarial`` in its facts, not a defended model) and its base (``robust_base``, else
+    ``init_from``) when the base has the same architecture and is not adversarially trained."""
+    out = []
+    for m, f in sorted(models.items()):
+        if not f.get("adversarial") or f.get("defence"):
+            continue
+        twin = f.get("robust_base") or f.get("init_from")
+        t = models.get(twin) if twin else None
+        if t and not t.get("adversarial") and t.get("arch") == f.get("arch"):
+            out.append((m, twin))
+    return out
+
+
+def robust_surrogate_sentences(comp, models: dict, target) -> list[str]:
+    """Each robust surrogate against its standard twin of the same architecture (Springer et
+    al. 2021) on ``target``: every "same attack" comparison of the two (same attack, eps and
+    images), as stored (A minus B) with its paired CI; an ordering only where the CI excludes
+    0, otherwise "no difference shown". A pair whose sources appear without a comparison of
+    the two is said so."""
+    out = []
+    at = comp[(comp["target"] == target) & (comp["kind"] == "same attack")] if _has(comp) else None
+    for robust, twin in robust_twins(models):
+        if robust == target or twin == target:
+            continue
+        head = (
+            f"Robust surrogate {robust} (adversarially trained, eps "
+            f"{_eps(models[robust])}) against its standard twin {twin} (same architecture)"
+        )
+        pairs = _pair_rows(at, robust, twin)
+        if not pairs:
+            sources = set() if at is None else set(at["source_a"]) | set(at["source_b"])
+            if {robust, twin} & sources:
+                out.append(
+                    f"{head}: no paired comparison (not both sources of one attack and eps)."
+                )
+            continue
+        for r in pairs:
+            d = r["fooling_rate_difference"]
+            lo, hi = r["fooling_rate_difference_ci_low"], r["fooling_rate_difference_ci_high"]
+            diff = (
+                f"fooling rate of {r['source_a']} minus {r['source_b']}: {fmt(d)} "
+                f"[{fmt(lo)}, {fmt(hi)}]"
+            )
+            if excludes_zero(lo, hi):
+                more = (float(d) > 0) == (r["source_a"] == robust)
+                verdict = (
+                    f"the robust surrogate's examples fool the target "
+                    f"{'more' if more else 'less'} than its standard twin's"
+                )
+            else:
+                verdict = NO_DIFFERENCE
+            out.append(f"{head}, {r['attack_a']} at eps {float(r['eps']):g}: {diff}, {verdict}.")
+    return out
+
+
+def _has(comp) -> bool:
+    return comp is not None and not comp.empty
+
+
+def _eps(facts: dict) -> str:
+    try:
+        return f"{float(facts.get('adversarial_eps')):g}"
+    except (TypeError, ValueError):
+        return "?"
+
+
+def _pair_rows(at, one, other) -> list:
+    """The comparison rows of sources ``one`` and ``other`` (either order), by eps and attack."""
+    if at is None:
+        return []
+    both = at[
+        ((at["source_a"] == one) & (at["source_b"] == other))
+        | ((at["source_a"] == other) & (at["source_b"] == one))
+    ]
+    both = both[both["attack_a"] == both["attack_b"]]
+    return [r for _, r in both.sort_values(["eps", "attack_a"]).iterrows()]
+
+
 def missing_sentence(rows: pd.DataFrame) -> str:
     present = set(rows["relation"])
     missing = [f for f, rels in FAMILIES.items() if not present & set(rels)]
@@ -274,6 +357,7 @@ def target_answer(target: str, task: str, real: pd.DataFrame, comp, models, data
     else:
         bullets.append(ordering_sentence(rows, comp, target))
     bullets += ensemble_sentences(rows, comp, target)
+    bullets += robust_surrogate_sentences(comp, models, target)
     bullets += [s for s in (missing_sentence(rows),) if s]
     bullets.append(regime_sentence(rows, models, data_source))
     return lines + [f"- {b}" for b in bullets] + [""]

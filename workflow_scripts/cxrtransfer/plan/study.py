@@ -217,7 +217,8 @@ def source_facts(config: dict, name: str) -> dict:
 
 def _robust_facts(config: dict, name: str) -> dict:
     """A model's adversarial training (``training.adversarial``, the model's own over the
-    study's) and the model it was fine-tuned from (``init_from``), where set."""
+    study's), the model it was fine-tuned from (``init_from``) and its ``robust_base``, where
+    set."""
     m = config["models"][name]
     adv = {**config.get("training", {}), **m.get("training", {})}.get("adversarial")
     out = {}
@@ -226,6 +227,8 @@ def _robust_facts(config: dict, name: str) -> dict:
         out["adversarial_eps"] = float(adv["eps"])
     if m.get("init_from"):
         out["init_from"] = m["init_from"]
+    if m.get("robust_base"):  # its standard twin (the summary's robust-surrogate comparison)
+        out["robust_base"] = m["robust_base"]
     return out
 
 
