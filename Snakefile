@@ -10,6 +10,7 @@ include: "rules/data.smk"
 include: "rules/train.smk"
 include: "rules/attack.smk"
 include: "rules/evaluate.smk"
+include: "rules/checklist.smk"
 
 
 # Light rules that Snakemake runs itself on the submit host (no cluster job, no queue wait).

@@ -29,6 +29,7 @@ from cxrtransfer.core import paths as P  # noqa: E402
 from cxrtransfer.plan import study as plan  # noqa: E402
 from cxrtransfer.plan import checks as plan_checks  # noqa: E402
 from cxrtransfer.plan import code as plan_code  # noqa: E402
+from cxrtransfer.plan import checklist as plan_checklist  # noqa: E402
 from cxrtransfer.plan import comparisons as plan_comparisons  # noqa: E402
 from cxrtransfer.plan import inputs as plan_inputs  # noqa: E402
 from cxrtransfer.plan import validate as plan_validate  # noqa: E402

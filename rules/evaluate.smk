@@ -78,6 +78,8 @@ rule evaluate:
 
 import mimetypes
 
+CHECKLIST_TARGETS = plan_checklist.targets(config)
+
 # The report embeds each of its files with its MIME type, which Snakemake guesses from the name.
 # Python's own table (3.11) lacks YAML (results/report/config.yaml) and Markdown (summary.md;
 # only a system /etc/mime.types knows it): Snakemake then warns and assumes text/plain.
@@ -89,6 +91,8 @@ rule tables:
     input:
         sets=[P.SET_METRICS.format(**s.__dict__) for s in ADV_SETS],
         comparisons=plan_comparisons.comparison_files(config),
+        checklist=[P.CHECKLIST_RUNS.format(target=t) for t in CHECKLIST_TARGETS],
+        checklist_metrics=[P.MODEL_METRICS.format(model=t) for t in CHECKLIST_TARGETS],
     output:
         transfer=report(
             P.TRANSFER_TABLE,
@@ -109,6 +113,11 @@ rule tables:
         comparisons=report(
             P.COMPARISONS_TABLE,
             caption="../report/comparisons.rst",
+            category="Tables",
+        ),
+        checklist=report(
+            P.CHECKLIST_TABLE,
+            caption="../report/checklist.rst",
             category="Tables",
         ),
         # one directory, not one output per matrix: a job whose output list grows with the
@@ -134,6 +143,14 @@ rule tables:
         data_source=config["data"]["source"],
         # {deployed target: its data task}: whose comparisons the summary's answer reads
         deployed=plan_comparisons.deployed_targets(config),
+        # the checklist's rules: tolerances, each defended target's base, unchecked models
+        checklist={
+            "tolerance": config["checklist"]["tolerance"],
+            "unbounded_max_auroc": config["checklist"]["unbounded_max_auroc"],
+            "defended": {d: plan.base_model(config, d) for d in DEFENDED},
+            "no_base": plan_checklist.no_base_models(config),
+            "norms": {a: plan.attack_norm(config, a) for a in ATTACKS},
+        },
         # only with expert labels: {task: expert column or None} (null: the params of before)
         code=code("tables"),
     script:
@@ -205,6 +222,14 @@ rule plot_headline:
         kind="headline",
         # {deployed target: its data task}, as the summary's answer reads them
         deployed=plan_comparisons.deployed_targets(config),
+        # the checklist's rules: tolerances, each defended target's base, unchecked models
+        checklist={
+            "tolerance": config["checklist"]["tolerance"],
+            "unbounded_max_auroc": config["checklist"]["unbounded_max_auroc"],
+            "defended": {d: plan.base_model(config, d) for d in DEFENDED},
+            "no_base": plan_checklist.no_base_models(config),
+            "norms": {a: plan.attack_norm(config, a) for a in ATTACKS},
+        },
         norms={a: plan.attack_norm(config, a) for a in sorted(config["attacks"])},
         code=code("plots"),
     script:

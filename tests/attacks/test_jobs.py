@@ -13,8 +13,11 @@ from cxrtransfer.attacks.job import attack_set, attack_shard, control_shard
 from cxrtransfer.core.files import file_sha256
 from cxrtransfer.core.provenance import model_record
 from cxrtransfer.data.adversarial_cache import read_attack, shuffle_perturbations
+from cxrtransfer.evaluate.checklist_io import RUN_COLUMNS, read_runs
+from cxrtransfer.evaluate.checklist_runs import run_checklist
 from cxrtransfer.evaluate.predict import predict_adv, predict_clean
 from cxrtransfer.evaluate.predictions import ADV_COLUMNS, CLEAN_COLUMNS, read_predictions
+from cxrtransfer.metrics.measures import auroc
 
 SIZE = 24
 
@@ -349,3 +352,58 @@ def test_l2_attack_cache_keeps_its_budget_in_l2_units(tiny, tmp_path):
     assert norms.max() <= 0.5 + 1e-9 and norms.mean() > 0.25
     assert np.allclose(cache["l2"], norms, atol=1e-6)
     assert cache["attrs"]["norm"] == "l2" and "L2" in cache["attrs"]["eps_unit"]
+
+
+def _checklist_runs(d, out, runs):
+    return run_checklist(
+        model_path=d / "model.keras",
+        metrics_path=d / "metrics.json",
+        shard_paths=[d / "000.h5"],
+        out_csv=out,
+        runs=runs,
+        target="tiny",
+        data_task="task",
+        image_size=SIZE,
+        batch_size=16,
+        n_bootstrap=50,
+        confidence=0.95,
+        seed=0,
+    )
+
+
+def test_checklist_runs_score_the_stored_images_as_the_grid_does(tiny, tmp_path):
+    """A checklist run's AUROC is that of the attack job's cache of the same attack (FGSM has
+    no randomness); the unbounded attack drives it to 0; the rows are checked when read."""
+    d, _, labels = tiny
+    pgd = {"method": "pgd", "step_fraction": 0.25, "steps": 8}
+    runs = [
+        {
+            "attack": "pgd",
+            "eps": 16,
+            "variant": v,
+            "config": c,
+            "variant_eps": e,
+            "variant_steps": s,
+        }
+        for v, c, e, s in [
+            ("single_step", {**pgd, "method": "fgsm"}, 16, 1),
+            ("unbounded", pgd, 255, 8),
+            ("more_steps", {**pgd, "steps": 16}, 16, 16),
+        ]
+    ]
+    out = tmp_path / "tiny.csv"
+    written = _checklist_runs(d, out, runs)
+    assert list(written.columns) == list(RUN_COLUMNS)
+    rows = written.set_index("variant")
+    fgsm = tmp_path / "fgsm" / "000.h5"
+    _attack(d, fgsm, eps=16, cfg={"method": "fgsm"})
+    cached = read_attack(fgsm)
+    assert rows.loc["single_step", "adv_auroc"] == pytest.approx(
+        auroc(cached["labels"], cached["source_adv_prob"])
+    )
+    assert rows.loc["unbounded", "adv_auroc"] <= 0.05
+    assert (rows["n_images"] == len(labels)).all()
+    sha = model_record(d / "model.keras", d / "metrics.json")["sha256"]
+    assert len(read_runs([out], {"tiny": sha})) == 3
+    with pytest.raises(WorkflowError, match="another checkpoint of 'tiny'"):
+        read_runs([out], {"tiny": "0" * 64})

@@ -14,8 +14,9 @@ import pandas as pd
 import pytest
 from cxrtransfer.config import runconfig
 from cxrtransfer.data.ingest import PNG_SIGNATURE
+from cxrtransfer.evaluate.checklist_io import RUN_COLUMNS
 from cxrtransfer.verify import command, formats
-from cxrtransfer.verify.index import build_index, downstream
+from cxrtransfer.verify.index import build_index, downstream, model_sha256
 from cxrtransfer.verify.products import FINAL_KINDS, list_products
 
 N, SIZE = 4, 8
@@ -654,6 +655,7 @@ def test_units(tree):
         "adv_prediction": 8,
         "set": 4,
         "comparison": 2,
+        "checklist": 0,
         "table": 3,
         "plot": 3,
         "report": 1,
@@ -740,3 +742,21 @@ def test_universal_perturbation_is_checked(tmp_path):
     assert "damaged" in formats.check_uap(path, "a" * 64)
     path.write_bytes(b"not hdf5")
     assert "Cannot read" in formats.check_uap(path, "a" * 64)
+
+
+def test_a_checklist_run_of_another_checkpoint_is_bad_and_takes_the_tables(tree, capsys):
+    """A target's checklist runs are a product: checked for their columns, their job's config
+    record and the checkpoint they attacked; a bad one goes with the tables made from it."""
+    sha = model_sha256(tree, "ptx_a")
+    path = tree / "checklist" / "ptx_a.csv"
+    path.parent.mkdir()
+    row = dict.fromkeys(RUN_COLUMNS, 0.5) | {"target": "ptx_a", "variant": "unbounded"}
+    pd.DataFrame([row]).assign(checkpoint_sha256=sha, **runconfig.job_record()).to_csv(path)
+    assert run(tree, capsys=capsys)[0] == 0
+    rewrite_csv(path, lambda df: df.assign(checkpoint_sha256="0" * 64))
+    code, out = run(tree, capsys=capsys)
+    assert code == 1 and f"BAD {path}" in out and "another checkpoint of 'ptx_a'" in out
+    before = files(tree.parent)
+    run(tree, "--remove", capsys=capsys)
+    gone = before - files(tree.parent)
+    assert "results/checklist/ptx_a.csv" in gone and TABLES <= gone

@@ -312,6 +312,7 @@ FULL_RUN = {
     "plot_auroc": 3,
     "plot_cell": 1,
     "study_config": 1,
+    "checklist_runs": 3,  # every model is attacked white-box: the checklist's extra runs
     "all": 1,
 }
 AFTER_TABLES = {"tables": 1, "plot_headline": 1, "plot_heatmap": 2, "plot_auroc": 3}
@@ -343,6 +344,7 @@ RERUN_TABLE = [
             "predict_adv": 3,
             "evaluate": 2,
             "compare": 1,  # the pneumothorax target's comparisons read the surrogate's set
+            "checklist_runs": 1,  # the surrogate's own
             **AFTER_TABLES,
             "study_config": 1,
             "all": 1,
@@ -361,6 +363,7 @@ RERUN_TABLE = [
             "predict_adv": 4,
             "evaluate": 3,
             "compare": 1,  # the deployed cardiomegaly target gets a set to compare
+            "checklist_runs": 1,  # the new model's white-box attack
             "tables": 1,
             "plot_headline": 1,
             "plot_heatmap": 2,
@@ -377,6 +380,7 @@ RERUN_TABLE = [
         {"method": "fgsm"},
         {
             **ATTACKS_ON,
+            "checklist_runs": 3,  # each model's white-box fgsm gets its unbounded run
             "tables": 1,
             "plot_headline": 1,
             "plot_heatmap": 4,
@@ -415,7 +419,15 @@ RERUN_TABLE = [
         "bootstrap resamples",
         ["evaluation", "n_bootstrap"],
         40,
-        {"evaluate": 4, "compare": 2, **AFTER_TABLES, "study_config": 1, "all": 1},
+        # the checklist's runs carry their AUROC's bootstrap CI
+        {
+            "evaluate": 4,
+            "compare": 2,
+            "checklist_runs": 3,
+            **AFTER_TABLES,
+            "study_config": 1,
+            "all": 1,
+        },
     ),
     (
         "plot setting",
@@ -453,7 +465,10 @@ def test_a_config_edit_reruns_exactly_what_it_changes(
 # version is its script's import closure; the layers of pyproject.toml keep the closures apart).
 LIBRARY_EDITS = [
     # attack code: the attacks and everything after them, no training
-    ("attacks/iterative.py", {**ATTACKS_ON, **AFTER_TABLES, "plot_cell": 1, "all": 1}),
+    (
+        "attacks/iterative.py",
+        {**ATTACKS_ON, "checklist_runs": 3, **AFTER_TABLES, "plot_cell": 1, "all": 1},
+    ),
     # a metric of the evaluation: the evaluations and everything after them
     ("evaluate/cells.py", {"evaluate": 4, "compare": 2, **AFTER_TABLES, "plot_cell": 1, "all": 1}),
     # plotting code: the plots only (the report is built from them by `--report`)
@@ -686,6 +701,7 @@ EXTENSION_JOBS = {
     "predict_adv": 2 * 2 + 3 * 4 + 2 * 1 + 2 * 2,
     "evaluate": 5 + 4,  # every set: each has a new target (and Pneumothorax expert labels)
     "compare": 2,  # both deployed targets' tasks get new sets to compare
+    "checklist_runs": 3,  # pneu_jpeg and both views are attacked white-box
     "tables": 1,
     "plot_headline": 1,
     "plot_heatmap": 3,  # the run's 2 (read the new table) + cardiomegaly/uap

@@ -50,7 +50,9 @@ PRED_ADV = f"{RESULTS}/predictions/{{target}}/adv/{ADV_SET}.csv"
 SET_METRICS = f"{RESULTS}/metrics/sets/{ADV_SET}.json"
 # per deployed target: paired comparisons of its adversarial sets (evaluate.compare)
 COMPARISONS = f"{RESULTS}/metrics/comparisons/{{target}}.csv"
+CHECKLIST_RUNS = f"{RESULTS}/checklist/{{target}}.csv"  # the checklist's extra white-box runs
 TRANSFER_TABLE = f"{TABLES}/transfer.csv"
+CHECKLIST_TABLE = f"{TABLES}/checklist.csv"
 COMPARISONS_TABLE = f"{TABLES}/comparisons.csv"
 SUMMARY = f"{TABLES}/summary.md"
 SUMMARY_HTML = f"{TABLES}/summary.html"  # the same, rendered for the report

@@ -20,27 +20,10 @@ import pandas as pd
 
 from cxrtransfer import WorkflowError
 from cxrtransfer.core.paths import CONTROL_SUFFIX
+from cxrtransfer.evaluate.checklist_io import RUN_COLUMNS, VARIANTS
 from cxrtransfer.evaluate.comparison_table import ABOVE_NOISE, ABOVE_NOISE_CI
 from cxrtransfer.evaluate.tables import fmt, markdown_table
 
-# The checklist job's rows (one per extra white-box run): the grid's white-box cell it checks
-# (target = source, data_task, attack, eps), the variant run and its adversarial AUROC.
-RUN_COLUMNS = (
-    "target",
-    "data_task",
-    "attack",
-    "eps",
-    "variant",
-    "variant_eps",
-    "variant_steps",
-    "adv_auroc",
-    "adv_auroc_ci_low",
-    "adv_auroc_ci_high",
-    "n_images",
-)
-# single_step: one step of size eps (FGSM); unbounded: eps 255 (L-inf) or the image's L2
-# diameter; more_steps: the same attack with more steps (plan.checklist's steps_factor).
-VARIANTS = ("single_step", "unbounded", "more_steps")
 # The checks, in row and summary order, with the rule each applies.
 CHECKS = {
     "iterative >= single-step": "white-box AUROC > single-step AUROC + tolerance",

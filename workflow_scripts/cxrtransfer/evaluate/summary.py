@@ -16,6 +16,7 @@ import pandas as pd
 from cxrtransfer import WorkflowError
 from cxrtransfer.core.paths import CONTROL_SUFFIX
 from cxrtransfer.evaluate.answer import answer_lines, attack_comparison_lines
+from cxrtransfer.evaluate.checklist import checklist_lines
 from cxrtransfer.evaluate.comparison_table import ABOVE_NOISE, ABOVE_NOISE_CI
 from cxrtransfer.evaluate.relations import RELATIONS
 from cxrtransfer.evaluate.summary_sections import (
@@ -74,6 +75,7 @@ def summary_markdown(
     expert: dict | None = None,
     comparisons: pd.DataFrame | None = None,
     deployed: dict | None = None,
+    checklist: pd.DataFrame | None = None,
 ) -> str:
     """The Markdown summary: the answer per deployed target (``deployed``: {target: data
     task}; with ``comparisons``, the paired comparisons of comparisons.csv, for orderings),
@@ -82,7 +84,8 @@ def summary_markdown(
     ``data_source`` ("synthetic" or "kaggle") is stated; for synthetic data the text says the
     numbers are a demonstration, not clinical results. ``expert`` ({task: expert column or
     None}, when the study has expert labels) adds the section comparing NLP and expert labels
-    (``expert_lines``).
+    (``expert_lines``). ``checklist``: the evaluation checklist's rows (``evaluate.checklist``),
+    its counts and every flag named (``checklist_lines``).
     """
     need = [*ID_COLUMNS, "transfer_rate", "fooling_rate", "adv_auroc", "clean_auroc"]
     missing = [c for c in need if c not in df.columns]
@@ -109,6 +112,8 @@ def summary_markdown(
     lines += robust_lines(every, models)
     if expert:
         lines += expert_lines(real, expert)
+    if checklist is not None:
+        lines += checklist_lines(checklist)
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -13,6 +13,7 @@ from cxrtransfer.core.paths import eps_label
 from cxrtransfer.data.expert_labels import DEFAULT_PATH
 from cxrtransfer.data.synthetic import expert_label_settings
 from cxrtransfer.plan.adversarial_checks import check_adversarial_training
+from cxrtransfer.plan.checklist import check_checklist_config
 from cxrtransfer.plan.study import (
     KERAS_APPLICATIONS,
     adversarial_sets,
@@ -44,6 +45,7 @@ def check_config(config: dict, basedir: str | Path = ".") -> None:
     _check_grid(config)
     _check_expert_labels(config, basedir)
     _check_deployed(config)
+    check_checklist_config(config)
 
 
 def _check_expert_labels(config: dict, basedir) -> None:

@@ -202,6 +202,11 @@ def attack(facts: Facts, source: str, data_task: str, attack: str, eps: str) -> 
     return inputs
 
 
+def checklist_runs(facts: Facts, target: str) -> Inputs:
+    """Rule checklist_runs: the target and its own task's test shards."""
+    return {**_model(target), "shards": shards(facts, facts.source_task(target), "test")}
+
+
 def predict_clean(facts: Facts, target: str, data_task: str) -> Inputs:
     """Rule predict_clean: the target and the data task's test shards."""
     return {**_model(target), "shards": shards(facts, data_task, "test")}

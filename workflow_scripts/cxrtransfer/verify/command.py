@@ -32,7 +32,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from cxrtransfer import WorkflowError
 from cxrtransfer.core import paths as P
+from cxrtransfer.evaluate.checklist_io import read_runs
 from cxrtransfer.verify import formats as F
 from cxrtransfer.verify.index import (
     Index,
@@ -138,6 +140,12 @@ def check_product(p: Product, results: Path, cache: dict, ix: Index | None = Non
         return F.check_shard(p.path, p["task"], p["split"])
     if k in ("shard_summary", "comparison"):
         return F.check_csv(p.path)
+    if k == "checklist":  # its columns, its job's config record, the checkpoint it attacked
+        try:
+            read_runs([p.path], {p["target"]: sha(p["target"])})
+        except WorkflowError as e:
+            return str(e)
+        return None
     if k == "model":
         return F.check_model(p.path)
     if k == "uap":

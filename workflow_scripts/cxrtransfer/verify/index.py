@@ -185,6 +185,8 @@ def job_inputs(p: Product, facts: TreeFacts) -> plan_inputs.Inputs:
         return plan_inputs.predict_adv(facts, p["target"], *keys)
     if k == "set":
         return plan_inputs.evaluate(facts, *keys)
+    if k == "checklist":
+        return plan_inputs.checklist_runs(facts, p["target"])
     return {}  # a manifest (made from the download) or a final product (see children)
 
 
@@ -248,7 +250,7 @@ def children(p: Product, ix: Index) -> set[Product]:
         # the comparisons of the deployed target of the set's data task read it
         task = p["data_task"]
         out |= {c for c in sel("comparison") if ix.model_tasks.get(c["target"]) in (task, None)}
-    if k == "comparison":  # the tables job reads every comparison
+    if k in ("comparison", "checklist"):  # the tables job reads every one
         out |= sel("table")
     if k == "table":  # the tables job writes all of tables/; every plot reads transfer.csv
         out |= sel("table") | sel("plot")

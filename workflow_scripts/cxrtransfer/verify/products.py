@@ -31,6 +31,7 @@ KINDS = (
     "adv_prediction",
     "set",
     "comparison",
+    "checklist",
     "table",
     "plot",
     "report",
@@ -88,6 +89,7 @@ FILE_KINDS = (
     ("adv_prediction", P.PRED_ADV, {}),
     ("set", P.SET_METRICS, {}),
     ("comparison", P.COMPARISONS, {}),
+    ("checklist", P.CHECKLIST_RUNS, {}),
 )
 _FILE_PATTERNS = [(kind, P.pattern(t), fixed) for kind, t, fixed in FILE_KINDS]
 _MODEL_DIR = P.pattern(P.MODEL_DIR)
