@@ -26,8 +26,8 @@ _JSON_TYPES = {int: "integer", float: "number", bool: "boolean", str: "string"}
 
 @dataclass(frozen=True)
 class Parameter:
-    """One attack setting. ``minimum``/``maximum`` are inclusive, ``above`` exclusive (JSON
-    schema's exclusiveMinimum); ``choices`` the values the schema admits; ``schema_fills``:
+    """One attack setting. ``minimum``/``maximum`` are inclusive, ``above`` and ``below``
+    exclusive (JSON schema's exclusiveMinimum and exclusiveMaximum); ``choices`` the values the schema admits; ``schema_fills``:
     the schema writes its default into every attack entry that lacks it (the default is then
     part of the entry's config, hence of its jobs' parameters); ``removed``: a setting that
     no longer exists, refused with this hint."""
@@ -39,6 +39,7 @@ class Parameter:
     minimum: float | None = None
     maximum: float | None = None
     above: float | None = None
+    below: float | None = None
     choices: tuple = ()
     schema_fills: bool = False
     reference: str = ""
@@ -56,6 +57,8 @@ class Parameter:
         high = None if self.maximum is None else f"{self.maximum:g}"
         if low is not None and high is not None:
             return f"in [{low}, {high}]"
+        if self.above is not None and self.below is not None:
+            return f"in ({self.above:g}, {self.below:g})"
         if self.above is not None:
             return f"> {self.above:g}" + ("" if high is None else f" and <= {high}")
         if low is not None:
@@ -72,6 +75,7 @@ class Parameter:
                 and (self.minimum is None or v >= self.minimum)
                 and (self.maximum is None or v <= self.maximum)
                 and (self.above is None or v > self.above)
+                and (self.below is None or v < self.below)
             )
         return True
 
@@ -84,6 +88,7 @@ class Parameter:
             ("minimum", self.minimum),
             ("maximum", self.maximum),
             ("exclusiveMinimum", self.above),
+            ("exclusiveMaximum", self.below),
         ):
             if value is not None:
                 out[key] = value
@@ -254,6 +259,45 @@ PARAMETERS: dict[str, Parameter] = {
             above=0,
         ),
         Parameter(
+            "algorithm",
+            str,
+            "uap: how it is crafted: sgd (stochastic gradient ascent, Shafahi et al. 2020) or "
+            "deepfool (Moosavi-Dezfooli et al. 2017, Algorithm 1: passes adding each unfooled "
+            "image's minimal DeepFool perturbation)",
+            choices=("sgd", "deepfool"),
+            reference="deepfool (Hirano et al. 2021)",
+        ),
+        Parameter(
+            "delta",
+            float,
+            "uap deepfool: stop once the decisions of at least 1 - delta of the crafting "
+            "images have changed",
+            above=0,
+            below=1,
+            reference="0.2 (Moosavi-Dezfooli et al. 2017)",
+        ),
+        Parameter(
+            "max_passes",
+            int,
+            "uap deepfool: at most this many passes over the crafting images",
+            minimum=1,
+        ),
+        Parameter(
+            "overshoot",
+            float,
+            "uap deepfool: each DeepFool step goes (1 + overshoot) x the linearised distance",
+            minimum=0,
+            maximum=1,
+            reference="0.02",
+        ),
+        Parameter(
+            "deepfool_steps",
+            int,
+            "uap deepfool: at most this many linearised steps per image and pass",
+            minimum=1,
+            reference="10 (the authors' code)",
+        ),
+        Parameter(
             "epochs",
             int,
             "removed: uap counted passes over the crafting images, which on a small set could "
@@ -326,8 +370,9 @@ ATTACKS: dict[str, Attack] = {
         ),
         Attack(
             "uap",
-            "one universal L-inf perturbation per source, by stochastic gradient ascent over "
-            "minibatches of its training or validation images (Shafahi et al. 2020)",
+            "one universal L-inf perturbation per source, crafted on its training or validation "
+            "images by stochastic gradient ascent over minibatches (Shafahi et al. 2020) or by "
+            "DeepFool passes (Moosavi-Dezfooli et al. 2017)",
             {
                 "method": None,
                 "norm": "linf",
@@ -338,6 +383,11 @@ ATTACKS: dict[str, Attack] = {
                 "max_images": 0,
                 "loss_clamp": 10.0,
                 "seed": 0,
+                "algorithm": "sgd",
+                "delta": 0.2,
+                "max_passes": 10,
+                "overshoot": 0.02,
+                "deepfool_steps": 10,
             },
         ),
     )

@@ -13,8 +13,17 @@ adversarial set (``attack_job``), evaluated on every target like the other sets.
 Config (one entry of ``attacks:``)::
 
     uap: {method: uap, split: val, steps: 40, step_fraction: 0.1}
+    uap_df: {method: uap, algorithm: deepfool, split: val, delta: 0.2, max_passes: 10}
 
 ``steps`` defaults to ``default_steps(eps, step)`` = 4 x ceil(eps / step).
+
+``algorithm: deepfool`` (``cxrtransfer.attacks.uap_deepfool``) crafts it instead by the
+DeepFool-based Algorithm 1 of Moosavi-Dezfooli et al. 2017 (passes adding each unfooled image's
+minimal perturbation, projected onto the eps ball, until the fooling rate reaches 1 - delta or
+after ``max_passes``). The default ``algorithm: sgd`` keeps the settings, files and random
+streams the method had before: the DeepFool settings (``DEEPFOOL_KEYS``) are recorded only
+when on, as ``attacks.spec`` keeps the per-image attacks' streams (``_NEW_KEYS_OFF``); a file
+without ``algorithm`` is an sgd one.
 
 Units as for the other L-inf attacks: eps and step in 1/255 units.
 """
@@ -29,7 +38,13 @@ from pathlib import Path
 import numpy as np
 
 from cxrtransfer import WorkflowError
-from cxrtransfer.attacks.parameters import ATTACKS, check_keys, check_value, schema_filled
+from cxrtransfer.attacks.parameters import (
+    ATTACKS,
+    PARAMETERS,
+    check_keys,
+    check_value,
+    schema_filled,
+)
 from cxrtransfer.attacks.spec import step_from_entry, steps_to_reach
 from cxrtransfer.core.files import FIX_DAMAGED, atomic_path, file_sha256
 from cxrtransfer.core.logs import LOG, Progress
@@ -40,6 +55,10 @@ from cxrtransfer.models.checkpoints import load_checkpoint
 METHOD = "uap"
 SPLITS = ("train", "val")
 _DEFAULT = ATTACKS[METHOD].defaults  # declared in attacks.parameters
+ALGORITHMS = ("sgd", "deepfool")
+# the settings of one algorithm only: given for the other, they are refused (not ignored)
+SGD_KEYS = ("step", "step_fraction", "steps", "loss_clamp")
+DEEPFOOL_KEYS = ("algorithm", "delta", "max_passes", "overshoot", "deepfool_steps")
 
 
 @dataclass(frozen=True)
@@ -55,9 +74,14 @@ class UapSpec:
     seed: int = _DEFAULT["seed"]
     method: str = METHOD
     norm: str = _DEFAULT["norm"]
+    algorithm: str = _DEFAULT["algorithm"]
+    delta: float = _DEFAULT["delta"]
+    max_passes: int = _DEFAULT["max_passes"]
+    overshoot: float = _DEFAULT["overshoot"]
+    deepfool_steps: int = _DEFAULT["deepfool_steps"]
 
     def __post_init__(self):
-        for name in ("norm", "steps", "max_images", "loss_clamp", "seed"):
+        for name in ("norm", "steps", "max_images", "loss_clamp", "seed", *DEEPFOOL_KEYS):
             check_value(name, getattr(self, name))  # within the declared bounds
         if self.norm != "linf":
             raise WorkflowError(
@@ -70,6 +94,8 @@ class UapSpec:
             )
         if not (self.eps > 0 and math.isfinite(self.eps)):
             raise WorkflowError(f"eps must be > 0 (1/255 units), got {self.eps}.")
+        if self.algorithm == "deepfool":
+            return  # DeepFool takes no step: its passes stop by the fooling rate or max_passes
         if not (0 < self.step <= self.eps):
             raise WorkflowError(f"step must be in (0, eps] (1/255 units), got {self.step}.")
         if self.steps < steps_to_reach(self.eps, self.step):
@@ -96,8 +122,18 @@ class UapSpec:
         """Largest stored perturbation in grey levels."""
         return math.floor(self.eps + 1e-9)
 
+    @property
+    def is_deepfool(self) -> bool:
+        return self.algorithm == "deepfool"
+
     def attrs(self) -> dict:
-        return {**asdict(self), "eps_unit": self.eps_unit}
+        """The settings the crafting used: sgd's as before the DeepFool ones existed, or
+        deepfool's (without sgd's step, steps and loss_clamp, which it does not use)."""
+        drop = SGD_KEYS if self.is_deepfool else DEEPFOOL_KEYS
+        return {
+            **{k: v for k, v in asdict(self).items() if k not in drop},
+            "eps_unit": self.eps_unit,
+        }
 
 
 def default_steps(eps: float, step: float) -> int:
@@ -125,6 +161,7 @@ def uap_spec_from_config(attack_cfg: dict, eps: float) -> UapSpec:
     check_keys(METHOD, cfg)
     for key, value in cfg.items():
         check_value(key, value)
+    _check_algorithm_keys(cfg)
     eps = float(eps)
     step = step_from_entry(cfg, eps, _DEFAULT["step_fraction"])
     return UapSpec(
@@ -136,7 +173,23 @@ def uap_spec_from_config(attack_cfg: dict, eps: float) -> UapSpec:
         loss_clamp=float(cfg.get("loss_clamp", _DEFAULT["loss_clamp"])),
         seed=int(cfg.get("seed", _DEFAULT["seed"])),
         norm=str(cfg.get("norm", _DEFAULT["norm"])),
+        **{k: PARAMETERS[k].cast(cfg.get(k, _DEFAULT[k])) for k in DEEPFOOL_KEYS},
     )
+
+
+def _check_algorithm_keys(cfg: dict) -> None:
+    """Refuse a setting of the other algorithm than the entry's (it would be ignored)."""
+    algorithm = cfg.get("algorithm", _DEFAULT["algorithm"])
+    if algorithm == "deepfool":
+        other, hint = SGD_KEYS, "they are the sgd algorithm's (DeepFool takes no step)"
+    else:
+        other, hint = DEEPFOOL_KEYS[1:], "they need algorithm: deepfool"
+    given = sorted(set(cfg) & set(other))
+    if given:
+        raise WorkflowError(
+            f"setting(s) {', '.join(given)} have no meaning for a uap with algorithm "
+            f"{algorithm}: {hint}."
+        )
 
 
 def make_uap_step(model, spec: UapSpec):
@@ -271,7 +324,6 @@ def craft_uap_job(
     (with its fooling rate on those images) to ``out_path``."""
     # heavy: data.shards and data.adversarial_cache import h5py at their top (the Snakefile
     # imports this module for the UAP specs at parse time)
-    from cxrtransfer.data.adversarial_cache import check_reached
     from cxrtransfer.data.shards import read_shard
     from cxrtransfer.models.inference import predict_probs
 
@@ -284,22 +336,14 @@ def craft_uap_job(
         keep = np.sort(np.random.default_rng(spec.seed).permutation(len(images))[: spec.max_images])
         images, labels = images[keep], labels[keep]
     model = load_checkpoint(model_path, image_size)
-    LOG.info(
-        "UAP %s of %s: eps %g/255, %d steps of %g/255 (minibatches of %d) over %d %s images",
-        attack_name,
-        source_model,
-        spec.eps,
-        spec.steps,
-        spec.step,
-        batch_size,
-        len(images),
-        spec.split,
-    )
-    progress = Progress(spec.steps, f"uap {attack_name} steps", every_seconds=30)
-    delta, losses = craft_uap(model, images, labels, spec, batch_size, progress)
+    where = f"UAP {attack_name} of {source_model}"
+    t = record["threshold"]
+    if spec.is_deepfool:
+        delta, crafted = _craft_deepfool(model, images, spec, t, batch_size, where)
+    else:
+        delta, crafted = _craft_sgd(model, images, labels, spec, batch_size, where)
     clean = predict_probs(model, images, batch_size)
     adv = predict_probs(model, apply_uap(images, delta), batch_size)
-    t = record["threshold"]
     fooling = flip_rate(clean >= t, adv >= t)
     attrs = {
         **spec.attrs(),
@@ -310,11 +354,11 @@ def craft_uap_job(
         "crafting_shards": [str(p) for p in shard_paths],
         "crafting_shards_sha256": [file_sha256(p) for p in shard_paths],
         "n_images": len(images),
-        "step_losses": losses,
+        **crafted,
         "crafting_flip_rate": fooling,
         "max_linf_255": int(np.abs(delta).max(initial=0)),
     }
-    check_reached(attrs["max_linf_255"], spec.eps, f"UAP {attack_name} of {source_model}")
+    _check_uap_reached(attrs, spec, where)
     write_uap(out_path, delta, attrs)
     LOG.info(
         "%s: fooling rate (decision changed) %.3f on its %d crafting images; max |delta| %d/255",
@@ -324,6 +368,71 @@ def craft_uap_job(
         attrs["max_linf_255"],
     )
     return attrs
+
+
+def _craft_sgd(model, images, labels, spec: UapSpec, batch_size: int, where: str):
+    """The SGD UAP (``craft_uap``) and what it records: its step losses."""
+    LOG.info(
+        "%s: eps %g/255, %d steps of %g/255 (minibatches of %d) over %d %s images",
+        where,
+        spec.eps,
+        spec.steps,
+        spec.step,
+        batch_size,
+        len(images),
+        spec.split,
+    )
+    progress = Progress(spec.steps, f"{where} steps", every_seconds=30)
+    delta, losses = craft_uap(model, images, labels, spec, batch_size, progress)
+    return delta, {"step_losses": losses}
+
+
+def _craft_deepfool(model, images, spec: UapSpec, threshold, batch_size: int, where: str):
+    """The DeepFool UAP (``uap_deepfool.craft_uap_deepfool``) and what it records: its passes,
+    fooling rate per pass and why it stopped."""
+    # heavy: uap_deepfool imports TensorFlow at its top (this module is imported at parse time)
+    from cxrtransfer.attacks.uap_deepfool import craft_uap_deepfool
+
+    if threshold is None:
+        raise WorkflowError(f"{where}: a DeepFool UAP needs a binary source with a threshold.")
+    LOG.info(
+        "%s: eps %g/255, DeepFool (overshoot %g, %d steps per image), at most %d passes over "
+        "%d %s images until the fooling rate reaches %g",
+        where,
+        spec.eps,
+        spec.overshoot,
+        spec.deepfool_steps,
+        spec.max_passes,
+        len(images),
+        spec.split,
+        1 - spec.delta,
+    )
+    progress = Progress(spec.max_passes, f"{where} passes", every_seconds=30)
+    _, delta, history = craft_uap_deepfool(model, images, spec, threshold, batch_size, progress)
+    return delta, history.record()
+
+
+def _check_uap_reached(attrs: dict, spec: UapSpec, where: str) -> None:
+    """The stored perturbation reaches its eps label (``check_reached``), unless a DeepFool UAP
+    stopped because it fooled 1 - delta of its crafting images with less (DeepFool's
+    perturbations are minimal): then ``stopped`` says so."""
+    # heavy: data.adversarial_cache imports h5py at its top (this module is imported at parse
+    # time)
+    from cxrtransfer.data.adversarial_cache import check_reached
+
+    if spec.is_deepfool and attrs["stopped"] == "fooling_rate":
+        return
+    try:
+        check_reached(attrs["max_linf_255"], spec.eps, where)
+    except WorkflowError as e:
+        if not spec.is_deepfool:
+            raise
+        raise WorkflowError(
+            f"{where}: after max_passes {spec.max_passes} passes the DeepFool UAP fools "
+            f"{attrs['fooling_rates'][-1]:.3f} of its crafting images (below 1 - delta = "
+            f"{1 - spec.delta:g}) and reaches only {attrs['max_linf_255']}/255 of its eps "
+            f"{spec.eps:g}/255; give more max_passes (or a larger delta), then rerun."
+        ) from e
 
 
 def uap_record(path) -> dict:
