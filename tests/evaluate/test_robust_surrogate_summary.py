@@ -110,3 +110,13 @@ def test_the_statement_reaches_the_summary_of_the_deployed_target():
     text = answer.answer_lines(cells, pd.DataFrame(rows), FACTS, "synthetic", {TARGET: "ptx"})
     hits = [line for line in text if "Robust surrogate small_at" in line]
     assert len(hits) == 1 and hits[0].startswith("- ")
+
+
+def test_an_ensemble_of_models_from_scratch_is_from_scratch_in_the_regime():
+    rows = pd.DataFrame(
+        [{"source": "a+b", "target": TARGET, "n_images": 146}, {"source": "a", "target": TARGET}]
+    )
+    facts = {"a+b": {"pretrained": "none+none"}, "a": {"pretrained": "none"}, TARGET: {}}
+    assert "trained from scratch" in answer.regime_sentence(rows, facts, "synthetic")
+    facts["a+b"] = {"pretrained": "none+imagenet"}
+    assert "pretrained weights" in answer.regime_sentence(rows, facts, "synthetic")

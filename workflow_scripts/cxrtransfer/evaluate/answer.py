@@ -315,7 +315,10 @@ def missing_sentence(rows: pd.DataFrame) -> str:
 def regime_sentence(rows: pd.DataFrame, models: dict, data_source: str) -> str:
     """What the numbers describe: the data, how the models started, how many test images."""
     names = sorted(set(rows["source"]) | set(rows["target"]))
-    pretrained = {str(models.get(n, {}).get("pretrained")) for n in names if n in models}
+    # an ensemble's fact joins its members' with "+" (e.g. "none+none"): each member counts
+    pretrained = {
+        p for n in names if n in models for p in str(models[n].get("pretrained")).split("+")
+    }
     start = (
         "trained from scratch"
         if pretrained <= {"None", "none", "False", ""}
