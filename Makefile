@@ -27,7 +27,7 @@ demo: venv
 	$(BIN)/snakemake --cores $(CORES) --report results/report.html
 	@echo "Report: results/report.html"
 
-# The default demo plus an adversarially fine-tuned and a JPEG-defended target (opt-in: longer).
+# The default demo plus a JPEG-defended target and its adaptive attack (opt-in: longer).
 demo-robust: venv
 	$(BIN)/snakemake --cores $(CORES) --configfile config/robust_demo.yaml
 	$(BIN)/snakemake --cores $(CORES) --configfile config/robust_demo.yaml \

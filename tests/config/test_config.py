@@ -223,19 +223,21 @@ def test_transfer_attack_settings_pass_the_checks(root, schema):
 
 
 def test_robust_demo_overlay_extends_the_default_demo(root, schema):
-    """config/robust_demo.yaml, built on the demo (base: demo), is a valid study with a robust
-    and a defended target beside the demo's."""
-    demo_models = set(yaml.safe_load((root / "config" / "config.yaml").read_text())["models"])
+    """config/robust_demo.yaml, built on the demo (base: demo), is a valid study with a defended
+    target beside the demo's models, the demo's robust pair among its sources."""
+    demo = yaml.safe_load((root / "config" / "config.yaml").read_text())
     overlay = yaml.safe_load((root / "config" / "robust_demo.yaml").read_text())
     assert overlay["base"] == "demo"
     base = load.resolve(overlay, root / "config")
     validate(base, schema)
     checks.check_config(base, root)
-    assert set(base["models"]) - demo_models == {"pneumothorax_resnet50_at"}
-    assert base["models"]["pneumothorax_resnet50_at"]["training"]["adversarial"]["eps"] == 2
+    assert set(base["models"]) == set(demo["models"])
+    robust = [n for n, m in base["models"].items() if m.get("robust_base")]
+    assert robust and base["models"][robust[0]]["training"]["adversarial"]["eps"] == 2
     assert plan.defended(base) == ["pneumothorax_resnet50_jpeg75"]
     sources = {s.source for s in plan.adversarial_sets(base, controls=False)}
-    assert {"pneumothorax_resnet50_at", "pneumothorax_resnet50_jpeg75"} <= sources
+    assert {robust[0], base["models"][robust[0]]["robust_base"]} <= sources
+    assert "pneumothorax_resnet50_jpeg75" in sources
     assert "pneumothorax_resnet50_jpeg75" in plan.targets_for(base, "pneumothorax")
 
 
