@@ -49,7 +49,9 @@ def test_the_variants_are_the_attack_made_single_step_unbounded_and_longer(demo)
         if r["variant"] == "single_step":
             assert (spec.method, spec.steps, spec.step) == ("fgsm", 1, r["eps"])
         elif r["variant"] == "unbounded":
-            assert spec.eps == 255 and spec.steps == steps == r["variant_steps"]
+            n = demo["checklist"]["unbounded_steps"]
+            assert spec.eps == 255 and spec.steps == n == r["variant_steps"]
+            assert spec.step * n == pytest.approx(255)
         else:
             assert spec.steps == 2 * steps == r["variant_steps"] and spec.eps == r["eps"]
             assert spec.step == pytest.approx(spec_from_config(grid, r["eps"]).step)

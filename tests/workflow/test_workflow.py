@@ -102,6 +102,35 @@ def test_console_and_logs_show_no_tensorflow_start_up_notices(run):
         assert tf_logs and all("loaded; oneDNN" in p.read_text() for p in tf_logs), rule
 
 
+WHITE_BOX_RUN_CHECKS = ("iterative >= single-step", "unbounded reaches 0", "converged")
+
+
+def test_the_checklist_checks_every_white_box_attack_and_names_its_flags(run):
+    """Each model's white-box PGD gets the checks of its extra runs, computed (not "not
+    checked"); the unbounded attack drives every model's AUROC to about 0; every cell is
+    checked against its noise control; the summary names each flag of the table."""
+    r = run / "results"
+    rows = pd.read_csv(r / "tables" / "checklist.csv", keep_default_na=False)
+    cells = pd.read_csv(r / "tables" / "transfer.csv")
+    models = sorted(_config(run)["models"])
+    for target in models:
+        mine = rows[(rows["target"] == target) & rows["check"].isin(WHITE_BOX_RUN_CHECKS)]
+        assert sorted(mine["check"]) == sorted(WHITE_BOX_RUN_CHECKS), target
+        assert set(mine["status"]) <= {"pass", "flag"}, mine
+        runs = pd.read_csv(r / "checklist" / f"{target}.csv")
+        assert set(runs["variant"]) == {"single_step", "unbounded", "more_steps"}
+    unbounded = rows[rows["check"] == "unbounded reaches 0"]
+    assert (unbounded["status"] == "pass").all(), unbounded
+    real = cells[~cells["attack"].str.endswith("__shuffled")]
+    assert (rows["check"] == "beats noise control").sum() == len(real)
+    summary = (r / "tables" / "summary.md").read_text()
+    assert "## Evaluation checklist" in summary
+    flags = rows[rows["status"] == "flag"]
+    bullets = [ln for ln in summary.splitlines() if ln.startswith("- **") and "(" in ln]
+    assert len([b for b in bullets if any(c in b for c in set(rows["check"]))]) == len(flags)
+    assert flags.empty == ("No flags." in summary)
+
+
 def test_job_logs_have_no_warnings_and_say_what_they_did(run):
     """No Python warning and no TensorFlow C++ warning or error line in any job log, no
     `Shell command: None` on the console; each log starts with what its job does and ends with
@@ -263,7 +292,8 @@ def test_relations_are_measured_and_controls_shown(run):
 
 def test_the_summary_answers_first_and_every_number_is_in_the_tables(run):
     """summary.md opens with the answer per deployed target; each number it prints (3 decimals)
-    is a value of a row of transfer.csv or comparisons.csv."""
+    is a value of a row of transfer.csv, comparisons.csv, checklist.csv or the checklist's runs
+    (their CIs)."""
     tables = run / "results" / "tables"
     summary = (tables / "summary.md").read_text()
     assert summary.index("## The answer, per deployed target") < summary.index("## Data task")
@@ -272,7 +302,10 @@ def test_the_summary_answers_first_and_every_number_is_in_the_tables(run):
     comparisons = pd.read_csv(tables / "comparisons.csv")
     assert set(comparisons["target"]) == {"pneumothorax_small", "cardiomegaly_small"}
     known = set()
-    for frame in (pd.read_csv(tables / "transfer.csv"), comparisons):
+    frames = [pd.read_csv(tables / "transfer.csv"), comparisons]
+    frames += [pd.read_csv(tables / "checklist.csv")]
+    frames += [pd.read_csv(p) for p in (run / "results" / "checklist").glob("*.csv")]
+    for frame in frames:
         for col in frame.columns:
             known |= {f"{x:.3f}" for x in pd.to_numeric(frame[col], errors="coerce").dropna()}
     numbers = re.findall(r"-?\d+\.\d{3}", summary)
@@ -787,6 +820,11 @@ def _check_defended(r, real, summary):
     rows = re.sub(" {2,}", " ", summary).splitlines()  # the padding of tabulate's columns
     row = [ln for ln in rows if ln.startswith("| pneu_jpeg | jpeg_quality=50 |")]
     assert len(row) == 1 and "n/a" not in row[0], summary
+    checks = pd.read_csv(r / "tables" / "checklist.csv", keep_default_na=False)
+    adaptive = checks[
+        (checks["check"] == "adaptive >= non-adaptive") & (checks["target"] == "pneu_jpeg")
+    ]
+    assert len(adaptive) == 1 and adaptive["status"].iloc[0] in ("pass", "flag"), adaptive
 
 
 def _check_expert_labels(r, df, real, summary):
