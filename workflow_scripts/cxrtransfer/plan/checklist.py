@@ -93,11 +93,12 @@ def runs(config: dict, target: str) -> list[dict]:
         variants = [("unbounded", free, unbounded, n)]
         if steps > 1:  # an iterative attack: its single-step and longer versions
             variants = [
-                ("single_step", {**cfg, "method": "fgsm"}, eps, 1),
+                ("single_step", single_step(cfg), eps, 1),
                 *variants,
                 ("more_steps", {**cfg, "steps": steps * factor}, eps, steps * factor),
             ]
         for variant, vcfg, veps, vsteps in variants:
+            spec_from_config(vcfg, veps)  # a variant that cannot run fails the plan, not a job
             out.append(
                 {
                     "attack": attack,
@@ -110,6 +111,17 @@ def runs(config: dict, target: str) -> list[dict]:
                 }
             )
     return out
+
+
+# What only an iterative attack has (FGSM refuses them): momentum (and NI's look-ahead on it),
+# restarts, and the number of steps.
+ITERATIVE_ONLY = ("momentum", "nesterov", "restarts", "steps")
+
+
+def single_step(cfg: dict) -> dict:
+    """The attack entry as one step of size eps (FGSM), its other settings (TI, DI, SI, EOT)
+    kept."""
+    return {k: v for k, v in cfg.items() if k not in ITERATIVE_ONLY} | {"method": "fgsm"}
 
 
 def no_base_models(config: dict) -> list[str]:
